@@ -1,0 +1,27 @@
+"""Exception types users and plugin authors can catch. Every message says what to do."""
+
+from __future__ import annotations
+
+
+class SapoError(Exception):
+    """Base class of sapo's errors; the CLI prints them without a traceback."""
+
+
+class ConfigError(SapoError):
+    """A configuration key or value is wrong."""
+
+
+class PluginError(SapoError):
+    """A plugin failed to load, registered a clashing name, or a name is unknown."""
+
+
+class PayloadError(SapoError, ValueError):
+    """Untrusted data (a peer's payload, a downloaded file) failed validation."""
+
+
+class BackendError(SapoError):
+    """A backend cannot work at all (bad credentials, unreachable server, missing model)."""
+
+
+class TrainingError(SapoError):
+    """The learner hit a state it must not continue from (e.g. a non-finite loss)."""

@@ -1,0 +1,208 @@
+"""The contracts a backend implements: one small Protocol per kind, plus the records they pass.
+
+A plugin registers a *factory* per backend name (see `sapo_core.hookspecs`); the core calls
+``factory(settings, context)`` once per run and then only the methods below. Every method is
+called from the node's main thread, one call at a time: a backend may use threads or asyncio
+inside a call but must not keep work running between calls.
+
+Optional methods, used when present: ``close()`` (release resources at the end of a run) and
+``round_metrics() -> Mapping[str, float]`` (numbers about the last round, merged into the
+node's metrics under the backend's kind, e.g. ``inference/requests``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from sapo_core.records import Completion, Group, Problem, RoundPayload
+
+# --------------------------------------------------------------------------------- records
+
+
+@attrs.frozen
+class SamplingParams:
+    """How to sample. ``seed`` is the base seed of this call; see `InferenceBackend.generate`."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k filtering
+    max_new_tokens: int = 256
+    seed: int = 0
+    stop: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
+
+@attrs.frozen
+class SwarmState:
+    """The round the swarm is in and when it ends (epoch seconds), as the coordinator wrote it."""
+
+    round: int
+    deadline: float | None = None
+    updated_at: float = 0.0
+    coordinator: str = ""
+
+
+@attrs.frozen
+class NodeInfo:
+    """A node's registration and heartbeat."""
+
+    node: str
+    role: str
+    model: str = ""
+    started_at: float = 0.0
+    last_seen: float = 0.0
+    round: int = -1
+
+
+@attrs.frozen
+class Collected:
+    """Peers' payloads found for a round, and the reasons files were refused."""
+
+    payloads: tuple[RoundPayload, ...] = attrs.field(default=(), converter=tuple)
+    rejected: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
+
+@attrs.frozen
+class CheckpointInfo:
+    """A complete checkpoint: its round, where it lives, and the JSON metadata saved with it."""
+
+    round: int
+    location: str
+    meta: Mapping[str, Any] = attrs.field(factory=dict, converter=dict, eq=False)
+
+
+@attrs.define
+class BackendContext:
+    """What a factory knows about the run it is built for.
+
+    ``shared`` lets the backends of one node hand objects to each other (the local plugin's
+    learner trains the very model its inference backend generates with). ``config`` is the
+    whole resolved configuration as plain values, secrets included: never log it.
+    """
+
+    experiment: str = "default"
+    node: str = "node-0"
+    role: str = "worker"
+    model: str = ""
+    seed: int = 0
+    workdir: Path = attrs.field(factory=lambda: Path("runs") / "default" / "node-0", converter=Path)
+    config: Mapping[str, Any] = attrs.field(factory=dict)
+    tasks: Mapping[str, Task] = attrs.field(factory=dict)
+    shared: dict[str, Any] = attrs.field(factory=dict)
+
+
+# ------------------------------------------------------------------------------- protocols
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A generator of checkable problems and their verifier. Pure Python, no I/O.
+
+    * ``generate(seed)`` is a pure function of ``seed`` (and the task's settings): the same
+      seed gives the same problem on every machine and Python version. Use
+      ``random.Random(seed)``, never the global RNG or ``hash()``.
+    * ``verify(problem, answer)`` scores the text found in the completion's answer tags in
+      [0, 1] (partial credit allowed). It never raises, whatever the text: empty, huge,
+      adversarial input scores 0.
+    """
+
+    name: str
+    description: str
+
+    def generate(self, seed: int) -> Problem: ...
+
+    def verify(self, problem: Problem, answer: str) -> float: ...
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """Generates completions.
+
+    ``generate`` returns one list per problem, in order. A list shorter than ``n`` (empty
+    included) means those completions failed; the loop drops that problem and counts it, so
+    one failed request never aborts a round. Raise `sapo_core.errors.BackendError` only when
+    nothing can succeed (bad credentials, unreachable server), with a message saying what to do.
+
+    Reproducibility: derive one seed per (problem, replicate) with
+    ``sapo_core.seeding.derive_seed(params.seed, problem.id, i)`` and pass it to the engine
+    where it takes one, so the same config gives the same rollouts.
+    """
+
+    def generate(self, problems: Sequence[Problem], n: int, params: SamplingParams) -> list[list[Completion]]: ...
+
+
+@runtime_checkable
+class RewardFunction(Protocol):
+    """Scores the completions of one problem: one finite float per completion, in order.
+
+    Never raises for a bad completion (empty, huge, prompt injection, odd unicode): it
+    returns a low reward instead. Deterministic unless its documentation says otherwise.
+    """
+
+    def score(self, problem: Problem, completions: Sequence[Completion]) -> Sequence[float]: ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Moves payloads and round state between the nodes of one experiment.
+
+    ``shared`` is False for the offline loop (transport ``none``): the node drives its own
+    rounds and has no peers. Reads must tolerate what shared storage does (late, duplicate,
+    partial or corrupt files): a bad file is skipped and its reason listed in
+    `Collected.rejected`, never raised. Writes are atomic.
+    """
+
+    shared: bool
+
+    def ensure_settings(self, settings: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Store the experiment's settings if none are stored yet; return the stored ones."""
+        ...
+
+    def heartbeat(self, node: NodeInfo) -> None: ...
+
+    def live_nodes(self, within_seconds: float) -> list[NodeInfo]: ...
+
+    def read_state(self) -> SwarmState | None: ...
+
+    def write_state(self, state: SwarmState) -> None: ...
+
+    def publish(self, payload: RoundPayload) -> None: ...
+
+    def collect(self, round: int) -> Collected: ...
+
+
+@runtime_checkable
+class Checkpointer(Protocol):
+    """Stores checkpoints atomically and keeps the newest ``keep`` of them.
+
+    ``save`` gives ``write`` an empty local folder to fill (the learner's files) and makes the
+    checkpoint visible only once complete. ``restore`` copies the newest complete checkpoint
+    into ``into`` and returns its info, or None when there is none.
+    """
+
+    def save(self, round: int, write: Callable[[Path], None], meta: Mapping[str, Any]) -> CheckpointInfo: ...
+
+    def restore(self, into: Path) -> CheckpointInfo | None: ...
+
+    def list(self) -> list[CheckpointInfo]: ...
+
+
+@runtime_checkable
+class Learner(Protocol):
+    """Updates the policy's weights from scored groups.
+
+    ``train`` runs one learner step on the groups (own and external, each with its
+    ``node``) and returns metrics. It raises `sapo_core.errors.TrainingError` on a
+    non-finite loss, leaving the last saved checkpoint as the state to resume from.
+    ``save``/``load`` write and read the learner's full state in a local folder, in safe
+    formats (safetensors, JSON): never pickle.
+    """
+
+    def train(self, groups: Sequence[Group], round: int) -> Mapping[str, float]: ...
+
+    def save(self, folder: Path) -> None: ...
+
+    def load(self, folder: Path) -> None: ...
