@@ -25,6 +25,10 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 Factory = Callable[[Any, Any], Any]
 
 
+class NameClashError(PluginError):
+    """Two plugins registered the same name for one kind: the user must choose."""
+
+
 class Register(Protocol):
     """The ``register`` callable a registry hook receives."""
 
@@ -52,7 +56,15 @@ class Registry:
     def __init__(self) -> None:
         self._by_kind: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
 
-    def add(self, registration: Registration) -> None:
+    def add(self, *registrations: Registration) -> None:
+        """Add registrations all or none: if one is refused, none of them is added."""
+        staged = Registry()
+        staged._by_kind = {kind: dict(names) for kind, names in self._by_kind.items()}
+        for registration in registrations:
+            staged._add_one(registration)
+        self._by_kind = staged._by_kind
+
+    def _add_one(self, registration: Registration) -> None:
         kind, name = registration.kind, registration.name
         if kind not in KINDS:
             raise PluginError(f"Unknown backend kind {kind!r}. Choose one of: {', '.join(KINDS)}")
@@ -65,7 +77,7 @@ class Registry:
             raise PluginError(f"Plugin {registration.plugin!r} registered {KINDS[kind]} {name!r} with a non-callable factory")
         existing = self._by_kind[kind].get(name)
         if existing is not None:
-            raise PluginError(
+            raise NameClashError(
                 f"Two plugins register the {KINDS[kind]} {name!r}: {_origin(existing)} and {_origin(registration)}. "
                 "Uninstall or disable one of them (SAPO_DISABLE_PLUGINS=<name>)."
             )

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up everything on a fresh machine and run the test suite:
+#   a venv in .venv, editable installs of all five distributions with their test
+#   dependencies (torch pinned to the CPU build through constraints/cpu.txt), then pytest.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k codec -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+"${pip[@]}" install --upgrade pip
+"${pip[@]}" install -c constraints/cpu.txt \
+  -e '.[test]' \
+  -e plugins/sapo_local \
+  -e plugins/sapo_openai \
+  -e plugins/sapo_vllm \
+  -e plugins/sapo_gdrive
+
+exec .venv/bin/python -m pytest "$@"

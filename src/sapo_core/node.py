@@ -1,0 +1,481 @@
+"""One node of a swarm (or the offline loop): build its backends from the config, run its rounds.
+
+A worker's or contributor's round (DESIGN.md, "One node, one round"):
+
+1. read the swarm state (round, deadline) from the transport;
+2. sample B problems from the task mix, deterministically from (seed, node, round);
+3. generate G completions each through the inference backend;
+4. score them with the reward functions and compute group advantages;
+5. publish its groups; collect peers' groups until the round advances or its deadline passes;
+6. build the training set: I local + J external groups, external ones re-scored here;
+7. learner step (workers only), metrics, a checkpoint every K rounds.
+
+A coordinator only owns the round state: it advances when a quorum of live nodes has
+published or the deadline passes, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from sapo_core import __version__
+from sapo_core.advantages import group_advantages
+from sapo_core.config import Config, structure
+from sapo_core.errors import ConfigError, SapoError
+from sapo_core.interfaces import (
+    BackendContext,
+    Checkpointer,
+    InferenceBackend,
+    Learner,
+    NodeInfo,
+    RewardFunction,
+    SamplingParams,
+    SwarmState,
+    Task,
+    Transport,
+)
+from sapo_core.plugins import Plugins
+from sapo_core.records import SCHEMA_VERSION, Completion, Group, Problem, RoundPayload
+from sapo_core.rewards import combine_rewards
+from sapo_core.sampling import sample_problems, training_set
+from sapo_core.seeding import derive_seed
+
+log = logging.getLogger("sapo.node")
+
+#: Settings every node of one experiment must agree on; stored by the first node to start.
+SHARED_SETTINGS = (
+    "tasks.names",
+    "tasks.weights",
+    "tasks.problems_per_round",
+    "inference.num_completions",
+    "rewards.weights",
+    "advantages.scale_by_std",
+    "swarm.local_groups",
+    "swarm.external_groups",
+    "swarm.round_seconds",
+)
+
+
+def swarm_settings(config: Config) -> dict[str, Any]:
+    """The values of `SHARED_SETTINGS`, with the payload schema version."""
+    data = config.to_dict(redact=True)
+    settings: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+    for key in SHARED_SETTINGS:
+        section, name = key.split(".")
+        settings[key] = data[section][name]
+    return settings
+
+
+def check_compatible(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> None:
+    """Refuse to join a swarm whose stored settings differ from ours, naming each difference."""
+    diffs = [
+        f"{key}: swarm has {json.dumps(theirs.get(key))}, this node has {json.dumps(ours.get(key))}"
+        for key in sorted(set(ours) | set(theirs))
+        if json.dumps(ours.get(key), sort_keys=True) != json.dumps(theirs.get(key), sort_keys=True)
+    ]
+    if diffs:
+        raise ConfigError(
+            "This node's settings do not match the swarm's:\n  "
+            + "\n  ".join(diffs)
+            + "\nUse the swarm's values (e.g. --set KEY=VALUE) or start a new experiment."
+        )
+
+
+@attrs.define
+class Timer:
+    """Wall time per phase of a round."""
+
+    seconds: dict[str, float] = attrs.field(factory=dict)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+@attrs.define
+class Node:
+    """A node's backends and the loop that drives them. Build one with `Node.from_config`."""
+
+    config: Config
+    plugins: Plugins
+    context: BackendContext
+    tasks: dict[str, Task]
+    rewards: dict[str, RewardFunction]
+    transport: Transport
+    inference: InferenceBackend | None = None
+    learner: Learner | None = None
+    checkpointer: Checkpointer | None = None
+    sleep: Callable[[float], None] = time.sleep
+    last_metrics: dict[str, Any] = attrs.field(factory=dict)
+
+    # ---------------------------------------------------------------------- building
+
+    @classmethod
+    def from_config(cls, config: Config, plugins: Plugins) -> Node:
+        run = config.run
+        role = run.role
+        if role == "worker" and ("learner", config.learner.backend) not in plugins.registry:
+            if config.source("run.role") != "default":
+                plugins.registry.get("learner", config.learner.backend)  # raises: unknown learner, with choices
+            # Nothing here can train (an API-only install): share rollouts instead of failing.
+            log.warning(
+                "no learner %r is installed (pip install sapo-local to train); running as a contributor",
+                config.learner.backend,
+            )
+            role = "contributor"
+        context = BackendContext(
+            experiment=run.experiment,
+            node=run.node_id,
+            role=role,
+            model=config.model.name,
+            seed=run.seed,
+            workdir=Path(run.workdir) / run.experiment / run.node_id,
+            config=config.to_dict(redact=False),
+        )
+        build = _Builder(config, plugins, context)
+        tasks = {name: build("task", name, config.extras("tasks", name), f"tasks.{name}") for name in config.tasks.names}
+        context.tasks = tasks
+        rewards = {
+            name: build("reward", name, config.extras("rewards", name), f"rewards.{name}")
+            for name, weight in config.rewards.weights.items()
+            if weight != 0
+        }
+        transport = build("transport", config.swarm.transport, config.extras("swarm"), "swarm")
+        node = cls(config=config, plugins=plugins, context=context, tasks=tasks, rewards=rewards, transport=transport)
+        if role != "coordinator":
+            node.inference = build("inference", config.inference.backend, config.extras("inference"), "inference")
+            node.checkpointer = build("checkpointer", config.checkpoint.backend, config.extras("checkpoint"), "checkpoint")
+        if role == "worker":
+            node.learner = build("learner", config.learner.backend, config.extras("learner"), "learner")
+        return node
+
+    def close(self) -> None:
+        for backend in (self.inference, self.learner, self.checkpointer, self.transport, *self.rewards.values()):
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
+
+    # ----------------------------------------------------------------------- running
+
+    def run(self) -> dict[str, Any]:
+        """Run this node's rounds (up to `run.rounds`); return the last round's metrics."""
+        self.context.workdir.mkdir(parents=True, exist_ok=True)
+        check_compatible(swarm_settings(self.config), self.transport.ensure_settings(swarm_settings(self.config)))
+        self.plugins.notify("run_started", context=self.context)
+        try:
+            if self.context.role == "coordinator":
+                self.coordinate()
+            else:
+                self.work()
+        finally:
+            self.plugins.notify("run_finished", context=self.context, metrics=self.last_metrics)
+            self.close()
+        return self.last_metrics
+
+    def work(self) -> None:
+        """The worker/contributor loop."""
+        done = self.resume() if self.config.run.resume else -1
+        from sapo_core.progress import round_progress  # rich is imported only when running
+
+        with round_progress(self.config.run.rounds, done + 1, label=self.context.node) as progress:
+            while True:
+                round = self.next_round(done)
+                if round >= self.config.run.rounds:
+                    break
+                metrics = self.step(round)
+                self.finish_round(round, metrics)
+                progress(round, metrics)
+                done = round
+
+    def info(self, round: int = -1) -> NodeInfo:
+        now = time.time()
+        return NodeInfo(
+            node=self.context.node, role=self.context.role, model=self.context.model, started_at=now, last_seen=now, round=round
+        )
+
+    def next_round(self, done: int) -> int:
+        """The round to work on after ``done``: the swarm's current one (jumping ahead if behind)."""
+        if not self.transport.shared:
+            return done + 1
+        swarm = self.config.swarm
+        waited_since = time.monotonic()
+        while True:
+            self.transport.heartbeat(self.info(done))
+            state = self.transport.read_state()
+            if state is not None and state.round > done:
+                if state.round > done + 1 and done >= 0:
+                    log.warning("%s: swarm is at round %d; skipping ahead from %d", self.context.node, state.round, done)
+                return state.round
+            # No node waits forever: without a coordinator's word, go on alone after a round's time.
+            patience = swarm.round_seconds
+            if state is not None and state.deadline is not None:
+                patience = max(0.0, state.deadline - time.time()) + swarm.round_seconds
+            if time.monotonic() - waited_since > patience:
+                log.warning("%s: no new round from the coordinator; running round %d alone", self.context.node, done + 1)
+                return done + 1
+            self.sleep(swarm.poll_seconds)
+
+    def step(self, round: int) -> dict[str, Any]:
+        """One round: generate, score, share, train. Returns its metrics."""
+        if self.inference is None:
+            raise SapoError(f"role {self.context.role!r} does not generate")
+        config, timer = self.config, Timer()
+        start = time.perf_counter()
+        metrics: dict[str, Any] = {"round": round, "node": self.context.node, "time": time.time()}
+        with timer.phase("generate"):
+            problems = sample_problems(
+                self.tasks,
+                config.tasks.weights,
+                config.tasks.problems_per_round,
+                seed=config.run.seed,
+                node=self.context.node,
+                round=round,
+            )
+            params = SamplingParams(
+                temperature=config.inference.temperature,
+                top_p=config.inference.top_p,
+                top_k=config.inference.top_k,
+                max_new_tokens=config.inference.max_new_tokens,
+                seed=derive_seed(config.run.seed, self.context.node, round, "sampling"),
+            )
+            outputs = self.inference.generate(problems, config.inference.num_completions, params)
+        if len(outputs) != len(problems):
+            raise SapoError(
+                f"inference backend {config.inference.backend!r} returned {len(outputs)} results for {len(problems)} problems"
+            )
+        with timer.phase("score"):
+            complete = [(p, c) for p, c in zip(problems, outputs) if len(c) >= config.inference.num_completions]
+            local = [self.score(p, c[: config.inference.num_completions], node=self.context.node) for p, c in complete]
+        metrics["inference/dropped_problems"] = len(problems) - len(complete)
+        metrics.update(self.reward_metrics(local))
+
+        external: list[Group] = []
+        if self.transport.shared:
+            with timer.phase("share"):
+                external = self.share(round, local, metrics)
+        metrics["groups/local"] = len(local)
+        metrics["groups/external_available"] = len(external)
+
+        if self.learner is not None:
+            chosen = training_set(
+                local,
+                external,
+                local_count=config.swarm.local_groups if self.transport.shared else None,
+                external_count=config.swarm.external_groups,
+                seed=config.run.seed,
+                node=self.context.node,
+                round=round,
+            )
+            own = sum(1 for group in chosen if group.node == self.context.node)
+            metrics["groups/trained_local"] = own
+            metrics["groups/trained_external"] = len(chosen) - own
+            if chosen:
+                with timer.phase("train"):
+                    learned = self.learner.train(chosen, round)
+                metrics.update({f"train/{key}": value for key, value in learned.items()})
+            else:
+                log.info("%s: round %d has no group with a learning signal; no learner step", self.context.node, round)
+        for kind, backend in (("inference", self.inference), ("learner", self.learner), ("transport", self.transport)):
+            extra = getattr(backend, "round_metrics", None)
+            if callable(extra):
+                metrics.update({f"{kind}/{key}": value for key, value in extra().items()})
+        metrics.update({f"time/{name}": value for name, value in timer.seconds.items()})
+        metrics["time/round"] = time.perf_counter() - start
+        return metrics
+
+    def score(self, problem: Problem, completions: Sequence[Completion], *, node: str) -> Group:
+        """Score one problem's completions with this node's rewards: a `Group` with advantages."""
+        per_function: dict[str, list[float]] = {}
+        for name, reward in self.rewards.items():
+            per_function[name] = _checked_scores(name, reward, problem, completions)
+        rewards = combine_rewards(per_function, self.config.rewards.weights)
+        advantages = group_advantages(rewards, scale_by_std=self.config.advantages.scale_by_std)
+        return Group(problem=problem, completions=completions, rewards=rewards, advantages=advantages, node=node)
+
+    def reward_metrics(self, groups: Sequence[Group]) -> dict[str, float]:
+        rewards = [r for group in groups for r in group.rewards]
+        metrics = {
+            "reward/mean": _mean(rewards),
+            "reward/max_group_mean": max((g.mean_reward for g in groups), default=0.0),
+            "groups/zero_variance": sum(group.zero_variance for group in groups),
+        }
+        for task in self.tasks:
+            of_task = [r for group in groups if group.problem.task == task for r in group.rewards]
+            if of_task:
+                metrics[f"reward/task/{task}"] = _mean(of_task)
+        return metrics
+
+    def share(self, round: int, local: Sequence[Group], metrics: dict[str, Any]) -> list[Group]:
+        """Publish our groups, wait for peers (bounded), return their groups re-scored here."""
+        payload = RoundPayload(
+            experiment=self.context.experiment,
+            round=round,
+            node=self.context.node,
+            groups=tuple(local),
+            model=self.context.model,
+            created_at=time.time(),
+        )
+        self.transport.publish(payload)
+        self.wait_for_peers(round)
+        collected = self.transport.collect(round)
+        for reason in collected.rejected:
+            log.warning("%s: refused a payload for round %d: %s", self.context.node, round, reason)
+        metrics["payloads/rejected"] = len(collected.rejected)
+        peers = {p.node: p for p in collected.payloads if p.node != self.context.node}
+        metrics["payloads/peers"] = len(peers)
+        external, unknown = [], 0
+        for peer in peers.values():
+            for group in peer.groups:
+                if group.problem.task not in self.tasks:
+                    unknown += 1
+                    continue
+                # SAPO re-scores others' rollouts with this node's own rewards.
+                external.append(self.score(group.problem, group.completions, node=peer.node))
+        metrics["groups/external_unknown_task"] = unknown
+        return external
+
+    def wait_for_peers(self, round: int) -> None:
+        """Until every live peer has published, the round advances, or its deadline passes."""
+        swarm = self.config.swarm
+        state = self.transport.read_state()
+        deadline = state.deadline if state is not None and state.round == round and state.deadline else None
+        if deadline is None:
+            deadline = time.time() + swarm.round_seconds
+        while True:
+            self.transport.heartbeat(self.info(round))
+            state = self.transport.read_state()
+            if state is not None and state.round > round:
+                return
+            peers = {n.node for n in self.transport.live_nodes(swarm.live_seconds) if n.role != "coordinator"}
+            published = {p.node for p in self.transport.collect(round).payloads}
+            if peers <= published or time.time() >= deadline:
+                return
+            self.sleep(swarm.poll_seconds)
+
+    def finish_round(self, round: int, metrics: dict[str, Any]) -> None:
+        """Checkpoint if due, append metrics, tell the observers."""
+        every = self.config.checkpoint.every
+        last = round == self.config.run.rounds - 1
+        if self.checkpointer is not None and ((round + 1) % every == 0 or last):
+            started = time.perf_counter()
+            self.checkpointer.save(round, self._write_checkpoint, {"round": round, "sapo_core": __version__})
+            metrics["time/checkpoint"] = time.perf_counter() - started
+        self.last_metrics = metrics
+        with open(self.context.workdir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(metrics, sort_keys=True, default=str) + "\n")
+        self.plugins.notify("round_finished", context=self.context, round=round, metrics=metrics)
+
+    def _write_checkpoint(self, folder: Path) -> None:
+        if self.learner is not None:
+            self.learner.save(folder)
+
+    def resume(self) -> int:
+        """Load the newest complete checkpoint; return its round (-1 when there is none)."""
+        if self.checkpointer is None:
+            return -1
+        with tempfile.TemporaryDirectory(prefix="sapo-resume-") as tmp:
+            info = self.checkpointer.restore(Path(tmp))
+            if info is None:
+                log.info("%s: no checkpoint to resume from; starting at round 0", self.context.node)
+                return -1
+            if self.learner is not None:
+                self.learner.load(Path(tmp))
+        log.info("%s: resumed from the checkpoint of round %d (%s)", self.context.node, info.round, info.location)
+        return info.round
+
+    # ------------------------------------------------------------------- coordinator
+
+    def coordinate(self) -> None:
+        """Own the round state: advance on quorum of live nodes or at the deadline."""
+        swarm, rounds = self.config.swarm, self.config.run.rounds
+        state = self.transport.read_state()
+        if state is None:
+            state = self._advance_to(0)
+        while state.round < rounds:
+            self.transport.heartbeat(self.info(state.round))
+            live = {n.node for n in self.transport.live_nodes(swarm.live_seconds) if n.role != "coordinator"}
+            published = {p.node for p in self.transport.collect(state.round).payloads}
+            quorum = math.ceil(swarm.quorum * len(live)) if live else None
+            reached = quorum is not None and len(published & live) >= quorum
+            if reached or (state.deadline is not None and time.time() >= state.deadline):
+                why = "quorum" if reached else "deadline"
+                log.info("coordinator: round %d closed by %s (%d published)", state.round, why, len(published))
+                self.last_metrics = {"round": state.round, "closed_by": why, "published": len(published), "live": len(live)}
+                self.plugins.notify("round_finished", context=self.context, round=state.round, metrics=self.last_metrics)
+                state = self._advance_to(state.round + 1)
+                continue
+            self.sleep(swarm.poll_seconds)
+
+    def _advance_to(self, round: int) -> SwarmState:
+        now = time.time()
+        state = SwarmState(
+            round=round, deadline=now + self.config.swarm.round_seconds, updated_at=now, coordinator=self.context.node
+        )
+        self.transport.write_state(state)
+        return state
+
+
+def _checked_scores(name: str, reward: RewardFunction, problem: Problem, completions: Sequence[Completion]) -> list[float]:
+    """A reward function's scores, or zeros (logged) if it broke its contract."""
+    try:
+        scores = [float(s) for s in reward.score(problem, completions)]
+    except Exception as exc:  # one broken reward must not lose the round's rollouts
+        log.warning("reward %r failed on problem %s (%s: %s); scored 0", name, problem.id, type(exc).__name__, exc)
+        return [0.0] * len(completions)
+    if len(scores) != len(completions) or not all(math.isfinite(s) for s in scores):
+        log.warning("reward %r returned %d scores (finite: %s) for %d completions; scored 0", name, len(scores),
+                    all(math.isfinite(s) for s in scores), len(completions))
+        return [0.0] * len(completions)
+    return scores
+
+
+@attrs.define
+class _Builder:
+    """Builds a backend from its registration and the settings found in the config."""
+
+    config: Config
+    plugins: Plugins
+    context: BackendContext
+
+    def __call__(self, kind: str, name: str, values: Mapping[str, Any], where: str) -> Any:
+        registration = self.plugins.registry.get(kind, name)
+        if registration.settings is not None:
+            settings = structure(registration.settings, values, where=where)
+        elif values:
+            keys = ", ".join(f"{where}.{key}" for key in sorted(values))
+            raise ConfigError(f"{registration.kind} {name!r} takes no settings, but the config sets {keys}")
+        else:
+            settings = None
+        try:
+            return registration.factory(settings, self.context)
+        except SapoError:
+            raise
+        except Exception as exc:
+            raise SapoError(
+                f"{kind} {name!r} from {registration.distribution} failed to start: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+def run_node(config: Config, plugins: Plugins) -> dict[str, Any]:
+    """Build the node the config describes and run it to the end."""
+    os.makedirs(config.run.workdir, exist_ok=True)
+    return Node.from_config(config, plugins).run()

@@ -1,0 +1,271 @@
+"""Find, load and query plugins: entry points of the group ``sapo``, then the built-ins.
+
+A plugin that fails (import error, misspelt hook, a hook that raises, a clashing name) is
+reported and skipped, never fatal, unless ``SAPO_STRICT_PLUGINS=1``. Environment:
+
+* ``SAPO_LOAD_PLUGINS=a,b``: load only these entry points or distributions (empty: none).
+* ``SAPO_DISABLE_PLUGINS=a,b``: skip these entry points or distributions.
+* ``SAPO_STRICT_PLUGINS=1``: any plugin failure raises `PluginError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
+from typing import Any
+
+import attrs
+import pluggy
+
+import sapo_core
+from sapo_core import hookspecs
+from sapo_core.errors import PluginError
+from sapo_core.registry import Factory, NameClashError, Registration, Registry
+
+log = logging.getLogger("sapo.plugins")
+
+GROUP = "sapo"
+
+#: Built-in plugin modules, registered after the entry points (the llm / datasette pattern).
+BUILTIN_PLUGINS = (
+    "sapo_core.builtin.tasks",
+    "sapo_core.builtin.rewards",
+    "sapo_core.builtin.transports",
+    "sapo_core.builtin.checkpointers",
+)
+
+#: Registry hook name -> backend kind it registers.
+REGISTRY_HOOKS = {
+    "register_tasks": "task",
+    "register_inference": "inference",
+    "register_rewards": "reward",
+    "register_transports": "transport",
+    "register_checkpointers": "checkpointer",
+    "register_learners": "learner",
+}
+
+
+@attrs.define
+class PluginInfo:
+    """A plugin as `sapo plugins` shows it."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+    builtin: bool = False
+    hooks: list[str] = attrs.field(factory=list)
+    error: str | None = None
+
+
+def _env_list(name: str) -> set[str] | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    return {item.strip() for item in value.split(",") if item.strip()}
+
+
+def _strict() -> bool:
+    return os.environ.get("SAPO_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+class Plugins:
+    """The plugin manager of one process: pluggy underneath, the registry on top."""
+
+    def __init__(self, *, builtins: Iterable[str] = BUILTIN_PLUGINS) -> None:
+        self.pm = pluggy.PluginManager(GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+        self._builtins = tuple(builtins)
+        self._registry: Registry | None = None
+        self._loaded = False
+
+    # ------------------------------------------------------------------------- loading
+
+    def load(self) -> None:
+        """Load entry points, then the built-ins. Idempotent."""
+        if self._loaded:
+            return
+        self._loaded = True
+        only, disabled = _env_list("SAPO_LOAD_PLUGINS"), _env_list("SAPO_DISABLE_PLUGINS") or set()
+        for ep in sorted(entry_points(group=GROUP), key=lambda ep: ep.name):
+            dist = ep.dist.name if ep.dist else "?"
+            version = ep.dist.version if ep.dist else "?"
+            wanted = {ep.name, dist}
+            if (only is not None and not wanted & only) or wanted & disabled:
+                continue
+            self._load_entry_point(ep, dist, version)
+        for module_name in self._builtins:
+            name = module_name.rsplit(".", 1)[-1]
+            if {name, module_name} & disabled:
+                continue
+            self.register(importlib.import_module(module_name), name=f"sapo-core:{name}", builtin=True)
+
+    def _load_entry_point(self, ep: EntryPoint, dist: str, version: str) -> None:
+        info = PluginInfo(name=ep.name, distribution=dist, version=version, module=ep.value)
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken plugin must not break sapo
+            self._fail(info, f"failed to import ({type(exc).__name__}: {exc})", exc)
+            return
+        self.register(plugin, name=ep.name, distribution=dist, version=version)
+
+    def register(
+        self,
+        plugin: object,
+        *,
+        name: str | None = None,
+        distribution: str | None = None,
+        version: str | None = None,
+        builtin: bool = False,
+    ) -> PluginInfo | None:
+        """Register a plugin object or module; returns its info, or None if it was refused."""
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        if builtin:
+            distribution, version = "sapo-core", sapo_core.__version__
+        module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
+        info = PluginInfo(
+            name=name, distribution=distribution or "(not installed)", version=version or "", module=module, builtin=builtin
+        )
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:  # pluggy refuses impls whose arguments do not match the spec
+            self._fail(info, f"was refused by the plugin manager ({exc})", exc)
+            return None
+        unknown = [hc.name for hc in self.pm.get_hookcallers(plugin) or [] if hc.spec is None]
+        if unknown:
+            self.pm.unregister(plugin)
+            hints = []
+            for hook in unknown:
+                close = difflib.get_close_matches(hook, self.hook_names(), n=1)
+                hints.append(f"'{hook}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            self._fail(info, "implements unknown hook " + ", ".join(hints), None)
+            return None
+        info.hooks = sorted(hc.name for hc in self.pm.get_hookcallers(plugin) or [])
+        self.infos[name] = info
+        self._registry = None
+        return info
+
+    def unregister(self, name: str) -> None:
+        """Remove a plugin by name (used by the test fixture)."""
+        self.pm.unregister(name=name)
+        self.infos.pop(name, None)
+        self._registry = None
+
+    def hook_names(self) -> list[str]:
+        return sorted(name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "sapo_spec"))
+
+    def _fail(self, info: PluginInfo, why: str, exc: BaseException | None) -> None:
+        message = f"plugin {info.name!r} from {info.distribution} {why}; skipped"
+        if _strict():
+            raise PluginError(message) from exc
+        log.warning("%s", message)
+        info.error = why
+        self.infos[info.name] = info
+
+    # ------------------------------------------------------------------------ registry
+
+    @property
+    def registry(self) -> Registry:
+        """Every backend name, from every loaded plugin; built once per set of plugins."""
+        self.load()
+        if self._registry is None:
+            self._registry = self._collect()
+        return self._registry
+
+    def _collect(self) -> Registry:
+        registry = Registry()
+        for hook_name, kind in REGISTRY_HOOKS.items():
+            # Each plugin is called on its own so that one that raises loses only its own names.
+            for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+                info = self.infos.get(impl.plugin_name)
+                if info is None or info.error:
+                    continue
+                pending: list[Registration] = []
+
+                def register(
+                    name: str, factory: Factory, *, settings: type | None = None, description: str = "", _kind: str = kind
+                ) -> None:
+                    pending.append(
+                        Registration(
+                            kind=_kind,
+                            name=name,
+                            factory=factory,
+                            settings=settings,
+                            description=description,
+                            plugin=info.name,
+                            distribution=info.distribution,
+                        )
+                    )
+
+                try:
+                    impl.function(register=register)
+                    registry.add(*pending)
+                except NameClashError:
+                    raise
+                except Exception as exc:
+                    self._fail(info, f"failed in {hook_name} ({type(exc).__name__}: {exc})", exc)
+        return registry
+
+    def names_by_plugin(self) -> dict[str, dict[str, list[str]]]:
+        """plugin name -> kind -> names it registered."""
+        out: dict[str, dict[str, list[str]]] = {}
+        for reg in self.registry:
+            out.setdefault(reg.plugin, {}).setdefault(reg.kind, []).append(reg.name)
+        return out
+
+    # ----------------------------------------------------------------------- observers
+
+    def notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Call an observer hook on every plugin; one that raises is reported, not fatal."""
+        self.load()
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            try:
+                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            except Exception as exc:
+                if _strict():
+                    raise
+                log.warning("plugin %r failed in %s (%s: %s)", impl.plugin_name, hook_name, type(exc).__name__, exc)
+
+
+_plugins: Plugins | None = None
+
+
+def get_plugins() -> Plugins:
+    """The process's plugin manager, loaded on first use."""
+    global _plugins
+    if _plugins is None:
+        _plugins = Plugins()
+        _plugins.load()
+    return _plugins
+
+
+def reset_plugins() -> None:
+    """Forget the loaded plugins, so the next `get_plugins()` loads afresh (tests, env changes)."""
+    global _plugins
+    _plugins = None
+
+
+def describe(plugins: Plugins) -> list[Mapping[str, Any]]:
+    """The rows of `sapo plugins --json`: one per plugin, with the names it registers."""
+    names = plugins.names_by_plugin()
+    rows = []
+    for info in sorted(plugins.infos.values(), key=lambda i: (i.builtin, i.name)):
+        rows.append(
+            {
+                "name": info.name,
+                "distribution": info.distribution,
+                "version": info.version,
+                "module": info.module,
+                "builtin": info.builtin,
+                "hooks": info.hooks,
+                "registers": names.get(info.name, {}),
+                "error": info.error,
+            }
+        )
+    return rows

@@ -1,0 +1,58 @@
+"""Which problems a node works on, and which groups it trains on (SAPO's I local + J external)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+from sapo_core.interfaces import Task
+from sapo_core.records import Group, Problem
+from sapo_core.seeding import derive_seed
+
+
+def sample_problems(
+    tasks: Mapping[str, Task],
+    weights: Sequence[float],
+    count: int,
+    *,
+    seed: int,
+    node: str,
+    round: int,
+) -> list[Problem]:
+    """``count`` problems from the task mix, a pure function of (seed, node, round).
+
+    Nodes draw different problems (the node is part of the seed) and a node that re-runs a
+    round (after a crash) draws the same ones again.
+    """
+    names = list(tasks)
+    rng = random.Random(derive_seed(seed, node, round, "problems"))
+    picks = rng.choices(names, weights=list(weights) or None, k=count)
+    return [tasks[name].generate(derive_seed(seed, node, round, index)) for index, name in enumerate(picks)]
+
+
+def select_groups(groups: Sequence[Group], count: int, rng: random.Random) -> list[Group]:
+    """Up to ``count`` groups, uniformly, after dropping those with no learning signal.
+
+    A group whose rewards are all equal has all-zero advantages and contributes no policy
+    gradient, so it would only dilute the batch (the SAPO paper filters them the same way).
+    """
+    useful = [group for group in groups if not group.zero_variance]
+    if count >= len(useful):
+        return useful
+    return rng.sample(useful, count)
+
+
+def training_set(
+    local: Sequence[Group],
+    external: Sequence[Group],
+    *,
+    local_count: int | None,
+    external_count: int,
+    seed: int,
+    node: str,
+    round: int,
+) -> list[Group]:
+    """SAPO's training set: ``local_count`` own groups (None: all) and ``external_count`` peers'."""
+    rng = random.Random(derive_seed(seed, node, round, "training-set"))
+    own = select_groups(local, len(local) if local_count is None else local_count, rng)
+    return own + select_groups(external, external_count, rng)
