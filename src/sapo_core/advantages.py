@@ -1,0 +1,52 @@
+r"""Group-relative advantages, as in GRPO.
+
+For the G rewards :math:`r_1..r_G` of one problem's completions, with the group mean
+:math:`\mu = \frac{1}{G}\sum_j r_j` and the *population* standard deviation
+:math:`\sigma = \sqrt{\frac{1}{G}\sum_j (r_j - \mu)^2}`:
+
+* GRPO (DeepSeekMath, arXiv 2402.03300): :math:`A_i = (r_i - \mu) / (\sigma + \epsilon)`.
+* Dr. GRPO (arXiv 2503.20783, ``scale_by_std=False``): :math:`A_i = r_i - \mu`, which removes
+  the bias toward groups whose rewards barely differ.
+
+The population standard deviation (divide by G) is used because it is the spread of the group
+itself, not an estimate for a larger population, and it keeps :math:`\sum_i A_i^2 \approx G`.
+TRL's ``GRPOTrainer`` uses the sample one (divide by G - 1); the two differ by the constant
+factor :math:`\sqrt{(G-1)/G}`, which the learning rate absorbs.
+
+A zero-variance group (every reward equal) carries no learning signal: its advantages are all
+exactly 0.0, never the rounding noise of :math:`0 / \epsilon`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+#: Rewards this close to each other count as equal (the same tolerance as `Group.zero_variance`).
+ZERO_VARIANCE_TOLERANCE = 1e-12
+
+
+def is_zero_variance(rewards: Sequence[float]) -> bool:
+    """True when every reward equals the first (within `ZERO_VARIANCE_TOLERANCE`); True when empty."""
+    return all(math.isclose(r, rewards[0], abs_tol=ZERO_VARIANCE_TOLERANCE) for r in rewards)
+
+
+def group_advantages(rewards: Sequence[float], *, scale_by_std: bool = True, eps: float = 1e-6) -> tuple[float, ...]:
+    """The advantage of each completion of one group, in order (see the module docstring).
+
+    Raises ValueError for a non-finite reward or a negative or non-finite ``eps``: reward
+    functions return finite floats, so either is a bug upstream that must not reach training.
+    """
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0, not {eps}")
+    values = [float(r) for r in rewards]
+    if not all(math.isfinite(r) for r in values):
+        raise ValueError(f"rewards must be finite numbers, got {values}")
+    if is_zero_variance(values):
+        return (0.0,) * len(values)
+    mean = math.fsum(values) / len(values)
+    centred = [r - mean for r in values]
+    if not scale_by_std:
+        return tuple(centred)
+    std = math.sqrt(math.fsum(c * c for c in centred) / len(centred))
+    return tuple(c / (std + eps) for c in centred)

@@ -1,0 +1,1 @@
+"""Plugins that ship with sapo-core, registered after the installed entry points."""

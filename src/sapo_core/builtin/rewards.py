@@ -1,0 +1,30 @@
+"""Built-in plugin: the ``correctness`` and ``format`` reward functions of `sapo_core.rewards`."""
+
+from __future__ import annotations
+
+from sapo_core import hookimpl
+from sapo_core.interfaces import BackendContext
+from sapo_core.registry import Register
+from sapo_core.rewards import CorrectnessReward, FormatReward
+
+
+def correctness_reward(settings: None, context: BackendContext) -> CorrectnessReward:
+    return CorrectnessReward(context)
+
+
+def format_reward(settings: None, context: BackendContext) -> FormatReward:
+    return FormatReward()
+
+
+@hookimpl
+def register_rewards(register: Register) -> None:
+    register(
+        "correctness",
+        correctness_reward,
+        description="The problem's own verifier on the text in <answer></answer> (0 without an answer).",
+    )
+    register(
+        "format",
+        format_reward,
+        description="1 for an optional <think> block then one <answer> block, 0.5 for a stray answer block, else 0.",
+    )

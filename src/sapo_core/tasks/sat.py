@@ -1,0 +1,149 @@
+"""``sat``: find a satisfying assignment of a random k-SAT formula with a planted solution.
+
+A clause is a tuple of nonzero ints, DIMACS style: ``3`` is x3, ``-3`` is NOT x3. Generation
+draws a random assignment first and only emits clauses it satisfies, so every instance is
+satisfiable. Scoring: 1.0 when every clause is satisfied; otherwise ``partial_weight`` times
+the fraction of satisfied clauses. Variables the answer leaves out are unassigned and make
+both of their literals false. An answer that is not a clean list of assignments (see
+`parse_assignment`), or gives one variable two different values (hedging), scores 0.0.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+
+import attrs
+
+from sapo_core.answers import build_messages, normalize_answer
+from sapo_core.records import Problem
+
+#: Longer answers are refused unread.
+MAX_ANSWER_CHARS = 8192
+
+# An answer read token by token: an assignment ("x3=1", "X3 : true", "x3=F"), separators, or
+# any other character, which makes it no clean assignment list. Every alternative either
+# starts with a fixed character or consumes one, so scanning is linear.
+_TOKENS = re.compile(
+    r"(?P<var>x[0-9]{1,6})[ \t]*[=:][ \t]*(?P<value>1|0|true|false|t|f)|(?P<sep>[,;\s]+)|(?P<other>.)",
+    re.IGNORECASE | re.ASCII | re.DOTALL,
+)
+_TRUE = {"1", "true", "t"}
+
+
+@attrs.frozen
+class SatSettings:
+    """Settings of the ``sat`` task."""
+
+    #: Number of variables, x1..xN.
+    num_vars: int = attrs.field(
+        default=5, validator=[attrs.validators.instance_of(int), attrs.validators.in_(range(1, 1001))]
+    )
+    #: Number of clauses.
+    num_clauses: int = attrs.field(
+        default=10, validator=[attrs.validators.instance_of(int), attrs.validators.in_(range(1, 10001))]
+    )
+    #: Literals per clause, over distinct variables (at most num_vars).
+    k: int = attrs.field(default=3, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)])
+    #: Weight of partial credit: a random assignment satisfies 7/8 of 3-SAT clauses on
+    #: average, so a value below 1 widens the gap to a full solution.
+    partial_weight: float = attrs.field(default=1.0, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
+
+    def __attrs_post_init__(self) -> None:
+        if self.k > self.num_vars:
+            raise ValueError(f"sat: k ({self.k}) is larger than num_vars ({self.num_vars})")
+
+
+def parse_assignment(answer: str) -> dict[int, bool] | None:
+    """The variable values an answer gives, or None if it is not a clean list of assignments.
+
+    The answer must be assignments only, separated by commas, semicolons or whitespace, with
+    an optional final period. Anything else (words, a variable given two different values,
+    no assignment at all, more than `MAX_ANSWER_CHARS`) gives None.
+    """
+    if not isinstance(answer, str) or len(answer) > MAX_ANSWER_CHARS:
+        return None
+    values: dict[int, bool] = {}
+    after_assignment = False
+    for token in _TOKENS.finditer(normalize_answer(answer).removesuffix(".")):
+        if token["other"] is not None or (token["var"] is not None and after_assignment):
+            return None
+        after_assignment = token["var"] is not None
+        if after_assignment:
+            var, value = int(token["var"][1:]), token["value"].lower() in _TRUE
+            if values.setdefault(var, value) != value:
+                return None
+    return values or None
+
+
+def format_clause(clause: Sequence[int]) -> str:
+    """``(x1 OR NOT x3 OR x4)``."""
+    return "(" + " OR ".join(f"x{lit}" if lit > 0 else f"NOT x{-lit}" for lit in clause) + ")"
+
+
+def format_assignment(values: Sequence[bool]) -> str:
+    """``x1=1, x2=0, ...`` for values of x1, x2, ... in order."""
+    return ", ".join(f"x{i}={int(v)}" for i, v in enumerate(values, start=1))
+
+
+class SatTask:
+    """Planted random k-SAT; see the module docstring for the scoring rule."""
+
+    name = "sat"
+    description = "Find a satisfying assignment of a random k-SAT formula (partial credit per clause)."
+
+    def __init__(self, settings: SatSettings | None = None) -> None:
+        self.settings = settings or SatSettings()
+
+    def generate(self, seed: int) -> Problem:
+        s = self.settings
+        rng = random.Random(seed)
+        planted = [rng.random() < 0.5 for _ in range(s.num_vars)]
+        clauses = []
+        for _ in range(s.num_clauses):
+            variables = sorted(rng.sample(range(1, s.num_vars + 1), s.k))
+            clause = [v if rng.random() < 0.5 else -v for v in variables]
+            if not any((lit > 0) == planted[abs(lit) - 1] for lit in clause):
+                # Flip one literal so the planted assignment satisfies the clause.
+                i = rng.randrange(s.k)
+                clause[i] = -clause[i]
+            clauses.append(tuple(clause))
+        listing = "\n".join(format_clause(c) for c in clauses)
+        example = format_assignment([i % 2 == 0 for i in range(min(s.num_vars, 3))])
+        prompt = (
+            f"Find values for the variables x1 to x{s.num_vars} that make every clause below true. "
+            "A clause is true when at least one of its parts is true; NOT x is true when x is false.\n\n"
+            f"{listing}\n\n"
+            "Put only the assignment in <answer></answer>, giving every variable the value 1 (true) "
+            f"or 0 (false), like this: {example}{', ...' if s.num_vars > 3 else ''}"
+        )
+        return Problem(
+            task=self.name,
+            id=f"{self.name}-{s.k}cnf-{s.num_vars}v{s.num_clauses}c-{seed}",
+            messages=build_messages(prompt),
+            answer=tuple(clauses),
+            metadata={"num_vars": s.num_vars, "k": s.k, "planted": format_assignment(planted)},
+        )
+
+    def verify(self, problem: Problem, answer: str) -> float:
+        clauses = _clauses(problem.answer)
+        values = parse_assignment(answer)
+        if not clauses or values is None:
+            return 0.0
+        satisfied = sum(any(values.get(abs(lit)) is (lit > 0) for lit in clause) for clause in clauses)
+        if satisfied == len(clauses):
+            return 1.0
+        return self.settings.partial_weight * satisfied / len(clauses)
+
+
+def _clauses(value: object) -> list[Sequence[int]] | None:
+    """The clauses of a problem's answer, or None if it is not a list of lists of nonzero ints."""
+    if not isinstance(value, (list, tuple)):
+        return None
+    for clause in value:
+        if not isinstance(clause, (list, tuple)) or not clause:
+            return None
+        if not all(type(lit) is int and lit != 0 for lit in clause):
+            return None
+    return list(value)
