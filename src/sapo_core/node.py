@@ -178,8 +178,7 @@ class Node:
 
     def run(self) -> dict[str, Any]:
         """Run this node's rounds (up to `run.rounds`); return the last round's metrics."""
-        self.context.workdir.mkdir(parents=True, exist_ok=True)
-        check_compatible(swarm_settings(self.config), self.transport.ensure_settings(swarm_settings(self.config)))
+        self.join()
         self.plugins.notify("run_started", context=self.context)
         try:
             if self.context.role == "coordinator":
@@ -190,6 +189,12 @@ class Node:
             self.plugins.notify("run_finished", context=self.context, metrics=self.last_metrics)
             self.close()
         return self.last_metrics
+
+    def join(self) -> None:
+        """Check this node's settings against the swarm's and announce it (idempotent)."""
+        self.context.workdir.mkdir(parents=True, exist_ok=True)
+        check_compatible(swarm_settings(self.config), self.transport.ensure_settings(swarm_settings(self.config)))
+        self.transport.heartbeat(self.info())
 
     def work(self) -> None:
         """The worker/contributor loop."""

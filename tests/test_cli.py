@@ -1,0 +1,136 @@
+"""The `sapo` command line, in-process through click and once as the installed executable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sapo_core import hookimpl
+
+ORACLE_PLUGIN = """
+from sapo_core import hookimpl
+from sapo_core.records import Completion
+
+
+class Oracle:
+    def generate(self, problems, n, params):
+        return [[Completion(text=f"<answer>{p.answer}</answer>") for _ in range(n)] for p in problems]
+
+
+@hookimpl
+def register_inference(register):
+    register("oracle", lambda settings, context: Oracle(), description="always right")
+"""
+
+
+def test_plugins_json_lists_distributions_hooks_and_names(sapo_cli):
+    result = sapo_cli("plugins", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert rows["sapo-core:tasks"]["registers"]["task"] == ["arithmetic", "countdown", "sat", "sort"]
+    assert rows["sapo-core:tasks"]["hooks"] == ["register_tasks"]
+    assert rows["sapo_openai"]["distribution"] == "sapo-openai"
+    assert rows["sapo_openai"]["version"] == "0.1.0"
+
+
+def test_plugins_table(sapo_cli):
+    result = sapo_cli("plugins")
+    assert result.exit_code == 0
+    assert "sapo-gdrive" in result.output and "memory, none" in result.output
+
+
+def test_tasks_list_and_show_are_deterministic(sapo_cli):
+    listing = json.loads(sapo_cli("tasks", "--json").output)
+    assert [row["name"] for row in listing] == ["arithmetic", "countdown", "sat", "sort"]
+    first = sapo_cli("tasks", "show", "arithmetic", "--seed", "7", "--json")
+    again = sapo_cli("tasks", "show", "arithmetic", "--seed", "7", "--json")
+    other = sapo_cli("tasks", "show", "arithmetic", "--seed", "8", "--json")
+    assert first.exit_code == 0, first.output
+    assert first.output == again.output != other.output
+    problem = json.loads(first.output)
+    assert problem["task"] == "arithmetic" and problem["messages"][-1]["role"] == "user"
+    text = sapo_cli("tasks", "show", "sort", "--seed", "1").output
+    assert "[user]" in text and "[answer]" in text
+
+
+def test_tasks_show_takes_task_settings(sapo_cli):
+    easy = json.loads(sapo_cli("tasks", "show", "arithmetic", "--seed", "1", "--json").output)
+    hard = sapo_cli("tasks", "show", "arithmetic", "--seed", "1", "--json", "--set", "tasks.arithmetic.difficulty=5")
+    assert hard.exit_code == 0, hard.output
+    assert json.loads(hard.output)["id"] != easy["id"]
+    unknown = sapo_cli("tasks", "show", "nope")
+    assert unknown.exit_code == 1 and "Unknown task 'nope'. Choose one of: arithmetic" in unknown.output
+
+
+def test_config_shows_sources_and_redacts_secrets(sapo_cli, tmp_path):
+    file = tmp_path / "sapo.toml"
+    file.write_text('[inference]\ntemperature = 0.5\n[swarm]\nsecret = "file-secret"\n')
+    env = {"NODE_ID": "colab-1", "SAPO_SWARM_SECRET": "env-secret"}
+    result = sapo_cli("config", "--config", str(file), "--inference", "openai", "--set", "inference.top_p=0.9", env=env)
+    assert result.exit_code == 0, result.output
+    assert "secret" not in result.output.replace("swarm.secret", "")
+    lines = {line.split()[0]: line for line in result.output.splitlines() if line.strip()}
+    assert "file" in lines["inference.temperature"] and "0.5" in lines["inference.temperature"]
+    assert "NODE_ID" in lines["run.node_id"]
+    assert "--inference" in lines["inference.backend"]
+    assert "--set" in lines["inference.top_p"]
+    data = json.loads(sapo_cli("config", "--json", env=env).output)
+    assert data["run"]["node_id"] == "colab-1"
+    assert data["swarm"]["secret"] == "***"
+
+
+def test_config_errors_name_the_key_and_suggest(sapo_cli):
+    result = sapo_cli("config", "--set", "inference.temprature=0.3")
+    assert result.exit_code == 1
+    assert "inference.temprature" in result.output and "inference.temperature" in result.output
+
+
+def test_run_drives_a_third_party_backend_through_a_round(sapo_cli, install_dist, tmp_path):
+    install_dist("sapo-oracle", "oracle_plugin", ORACLE_PLUGIN)
+    install_dist("sapo-broken", "broken_plugin", "raise ImportError('missing dependency: frobnicate')")
+    from sapo_core.plugins import reset_plugins
+
+    reset_plugins()  # the fixture's manager was loaded before these were installed
+    result = sapo_cli("run", "--inference", "oracle", "--transport", "none", "--rounds", "1",
+                      "--set", f"run.workdir={tmp_path.as_posix()}")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["round"] == 0 and metrics["groups/local"] == 8
+    assert metrics["reward/mean"] > 0.5, "always-right answers score on correctness"
+    assert (tmp_path / "default" / "node-0" / "metrics.jsonl").exists()
+
+
+def test_run_reports_bad_input_without_a_traceback(sapo_cli, tmp_path):
+    result = sapo_cli("run", "--inference", "nope", "--set", f"run.workdir={tmp_path.as_posix()}", "--role", "contributor")
+    assert result.exit_code == 1
+    assert "Unknown inference backend 'nope'. Choose one of:" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_plugins_can_add_commands(sapo_plugins, sapo_cli):
+    import click
+
+    class Commands:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command()
+            def hello():
+                click.echo("hello from a plugin")
+
+    sapo_plugins.register(Commands(), name="commands")
+    assert sapo_cli("hello").output == "hello from a plugin\n"
+
+
+def test_installed_executable_survives_a_broken_plugin(install_dist, tmp_path):
+    install_dist("sapo-broken", "broken_plugin", "raise RuntimeError('kaboom')")
+    site = next(p for p in sys.path if p.endswith("site") and Path(p, "broken_plugin.py").exists())
+    env = {**os.environ, "PYTHONPATH": site}
+    sapo = Path(sys.executable).with_name("sapo")
+    result = subprocess.run([str(sapo), "plugins", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert "kaboom" in rows["broken_plugin"]["error"]
+    assert "broken_plugin" in result.stderr and "sapo-broken" in result.stderr

@@ -1,0 +1,321 @@
+"""The node loop, end to end on the built-in tasks, rewards, transports and checkpoints.
+
+Generation and learning come from two small plugins registered for the test: a seeded
+"oracle" that answers right or wrong by a coin flip per replicate (so groups carry signal),
+and a learner that records what it was given and saves/loads that record as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+import pytest
+
+from sapo_core import codec, hookimpl
+from sapo_core.config import load_config
+from sapo_core.errors import ConfigError, PluginError, SapoError
+from sapo_core.node import Node
+from sapo_core.records import Completion
+from sapo_core.seeding import derive_seed
+from sapo_core.transports import MemoryTransport
+
+
+class Oracle:
+    """Right or wrong answers in the expected format, by a coin flip seeded per replicate."""
+
+    def __init__(self, drop: set[str] | None = None) -> None:
+        self.calls = 0
+        self.drop = drop or set()
+
+    def generate(self, problems, n, params):
+        self.calls += 1
+        out = []
+        for problem in problems:
+            if problem.id in self.drop:
+                out.append([])
+                continue
+            completions = []
+            for i in range(n):
+                right = derive_seed(params.seed, problem.id, i) % 2 == 0
+                answer = problem.answer if right else int(problem.answer) + 1
+                completions.append(Completion(text=f"<think>adding up</think>\n<answer>{answer}</answer>", num_tokens=9))
+            out.append(completions)
+        return out
+
+
+class Recorder:
+    """A learner that remembers which groups it trained on, and checkpoints that memory."""
+
+    def __init__(self) -> None:
+        self.trained: list[dict] = []
+
+    def train(self, groups, round):
+        self.trained.append({"round": round, "groups": [[g.node, g.problem.id] for g in groups]})
+        return {"loss": 0.5, "groups": float(len(groups))}
+
+    def save(self, folder: Path) -> None:
+        (folder / "recorder.json").write_text(json.dumps(self.trained))
+
+    def load(self, folder: Path) -> None:
+        self.trained = json.loads((folder / "recorder.json").read_text())
+
+
+class Backends:
+    def __init__(self) -> None:
+        self.oracles: dict[str, Oracle] = {}
+        self.learners: dict[str, Recorder] = {}
+
+    @hookimpl
+    def register_inference(self, register):
+        def build(settings, context):
+            return self.oracles.setdefault(context.node, Oracle())
+
+        register("oracle", build)
+
+    @hookimpl
+    def register_learners(self, register):
+        def build(settings, context):
+            return self.learners.setdefault(context.node, Recorder())
+
+        register("recorder", build)
+
+
+@pytest.fixture
+def backends(sapo_plugins):
+    backends = Backends()
+    sapo_plugins.register(backends, name="test-backends")
+    return backends
+
+
+def config(tmp_path, *sets, **env):
+    base = [
+        "inference.backend=oracle",
+        "learner.backend=recorder",
+        "inference.num_completions=4",
+        "tasks.problems_per_round=6",
+        f"run.workdir={tmp_path.as_posix()}",
+    ]
+    return load_config(env=env, sets=[*base, *sets])
+
+
+def metrics_lines(tmp_path, node="node-0", experiment="default"):
+    path = tmp_path / experiment / node / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_offline_loop_generates_scores_trains_and_checkpoints(tmp_path, sapo_plugins, backends):
+    cfg = config(tmp_path, "run.rounds=3", "checkpoint.every=2")
+    last = Node.from_config(cfg, sapo_plugins).run()
+    lines = metrics_lines(tmp_path)
+    assert [line["round"] for line in lines] == [0, 1, 2]
+    assert last == lines[-1]
+    for line in lines:
+        assert line["groups/local"] == 6
+        assert 0.0 < line["reward/mean"] < 1.1
+        assert line["train/loss"] == 0.5
+        assert line["groups/trained_external"] == 0
+        # every group the learner saw had a learning signal
+        assert line["groups/trained_local"] == 6 - line["groups/zero_variance"]
+    learner = backends.learners["node-0"]
+    assert [entry["round"] for entry in learner.trained] == [0, 1, 2]
+    checkpoints = sorted(p.name for p in (tmp_path / "default" / "node-0" / "checkpoints").iterdir())
+    assert checkpoints == ["round-000001", "round-000002"], "every 2 rounds, and after the last"
+
+
+def test_rollouts_are_reproducible_and_differ_between_nodes(tmp_path, sapo_plugins, backends):
+    Node.from_config(config(tmp_path / "a", "run.rounds=1"), sapo_plugins).run()
+    backends.learners.clear()
+    Node.from_config(config(tmp_path / "b", "run.rounds=1"), sapo_plugins).run()
+    backends.learners.clear()
+    Node.from_config(config(tmp_path / "c", "run.rounds=1", "run.node_id=node-1"), sapo_plugins).run()
+    a, b = metrics_lines(tmp_path / "a"), metrics_lines(tmp_path / "b")
+    c = metrics_lines(tmp_path / "c", node="node-1")
+    assert a[0]["reward/mean"] == b[0]["reward/mean"]
+    trained = [json.loads((tmp_path / d / "default" / n / "checkpoints" / "round-000000" / "recorder.json").read_text())
+               for d, n in (("a", "node-0"), ("b", "node-0"), ("c", "node-1"))]
+    assert trained[0] == trained[1]
+    assert trained[0] != trained[2]
+    assert c[0]["node"] == "node-1"
+
+
+def test_resume_continues_after_the_newest_checkpoint(tmp_path, sapo_plugins, backends):
+    Node.from_config(config(tmp_path, "run.rounds=2", "checkpoint.every=1"), sapo_plugins).run()
+    backends.learners.clear()
+    Node.from_config(config(tmp_path, "run.rounds=4", "checkpoint.every=1", "run.resume=true"), sapo_plugins).run()
+    assert [line["round"] for line in metrics_lines(tmp_path)] == [0, 1, 2, 3]
+    resumed = backends.learners["node-0"]
+    assert [entry["round"] for entry in resumed.trained] == [0, 1, 2, 3], "state of rounds 0-1 came from the checkpoint"
+
+    # the same rounds in one go give the same training record
+    backends.learners.clear()
+    Node.from_config(config(tmp_path / "straight", "run.rounds=4"), sapo_plugins).run()
+    assert backends.learners["node-0"].trained == resumed.trained
+
+
+def test_failed_generation_drops_only_its_problem(tmp_path, sapo_plugins, backends):
+    cfg = config(tmp_path, "run.rounds=1")
+    node = Node.from_config(cfg, sapo_plugins)
+    problems_seen = []
+    original = node.inference.generate
+
+    def flaky(problems, n, params):
+        problems_seen.extend(problems)
+        out = original(problems, n, params)
+        out[1] = out[1][:2]  # a request that came back short
+        out[3] = []  # one that failed outright
+        return out
+
+    node.inference.generate = flaky
+    metrics = node.run()
+    assert metrics["inference/dropped_problems"] == 2
+    assert metrics["groups/local"] == 4
+
+
+def test_a_reward_that_raises_scores_zero_and_the_round_goes_on(tmp_path, sapo_plugins, backends, caplog):
+    class Exploding:
+        def score(self, problem, completions):
+            raise ZeroDivisionError("reward bug")
+
+    class Plugin:
+        @hookimpl
+        def register_rewards(self, register):
+            register("exploding", lambda s, c: Exploding())
+
+    sapo_plugins.register(Plugin(), name="exploding")
+    cfg = config(tmp_path, "run.rounds=1", "rewards.weights={correctness=1.0, exploding=1.0}")
+    with caplog.at_level(logging.WARNING, logger="sapo.node"):
+        metrics = Node.from_config(cfg, sapo_plugins).run()
+    assert "reward bug" in caplog.text
+    assert metrics["groups/local"] == 6
+
+
+def test_default_role_without_a_learner_becomes_a_contributor(tmp_path, sapo_plugins, backends, caplog):
+    cfg = load_config(env={}, sets=["inference.backend=oracle", "run.rounds=1", f"run.workdir={tmp_path.as_posix()}"])
+    with caplog.at_level(logging.WARNING, logger="sapo.node"):
+        node = Node.from_config(cfg, sapo_plugins)
+    assert node.context.role == "contributor" and node.learner is None
+    assert "pip install sapo-local" in caplog.text
+    metrics = node.run()
+    assert "train/loss" not in metrics and metrics["groups/local"] == 8
+
+
+def test_explicit_worker_without_a_learner_is_an_error(tmp_path, sapo_plugins, backends):
+    cfg = load_config(env={}, sets=["inference.backend=oracle", "run.role=worker", f"run.workdir={tmp_path.as_posix()}"])
+    with pytest.raises(PluginError, match=r"Unknown learner 'grpo'\. Choose one of: recorder"):
+        Node.from_config(cfg, sapo_plugins)
+
+
+def test_backend_settings_are_checked_against_the_registration(tmp_path, sapo_plugins, backends):
+    cfg = config(tmp_path, "inference.base_url=http://127.0.0.1:1")
+    with pytest.raises(ConfigError, match=r"takes no settings.*inference\.base_url"):
+        Node.from_config(cfg, sapo_plugins)
+    cfg = config(tmp_path, "tasks.arithmetic.difficulty=9")
+    with pytest.raises(ConfigError, match=r"tasks\.arithmetic\.difficulty"):
+        Node.from_config(cfg, sapo_plugins)
+
+
+def test_a_factory_that_fails_names_its_backend(tmp_path, sapo_plugins, backends):
+    class Plugin:
+        @hookimpl
+        def register_inference(self, register):
+            def build(settings, context):
+                raise OSError("model file missing")
+
+            register("broken", build)
+
+    sapo_plugins.register(Plugin(), name="broken-factory")
+    cfg = config(tmp_path, "inference.backend=broken")
+    with pytest.raises(SapoError, match=r"inference 'broken' from \(not installed\) failed to start: OSError: model file missing"):
+        Node.from_config(cfg, sapo_plugins)
+
+
+# ------------------------------------------------------------------------------- swarm
+
+
+def swarm_config(tmp_path, root, node, role, *sets):
+    return config(
+        tmp_path,
+        "swarm.transport=memory",
+        f"swarm.root={root}",
+        f"run.node_id={node}",
+        f"run.role={role}",
+        "swarm.poll_seconds=0.01",
+        "swarm.round_seconds=20",
+        "swarm.local_groups=3",
+        "swarm.external_groups=3",
+        "run.rounds=3",
+        *sets,
+    )
+
+
+def run_threads(nodes):
+    for node in nodes:  # every node announced before any starts, so none mistakes a late peer for an absent one
+        node.join()
+    errors = []
+
+    def target(node):
+        try:
+            node.run()
+        except BaseException as exc:  # surfaced in the test thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=target, args=(node,)) for node in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "a node hung"
+    assert not errors, errors
+
+
+def test_a_swarm_shares_rollouts_and_each_worker_trains_on_its_peers(tmp_path, sapo_plugins, backends):
+    root = f"swarm-{tmp_path.name}"
+    nodes = [Node.from_config(swarm_config(tmp_path, root, "coord", "coordinator"), sapo_plugins)]
+    for name in ("alice", "bob"):
+        nodes.append(Node.from_config(swarm_config(tmp_path, root, name, "worker"), sapo_plugins))
+    run_threads(nodes)
+    for me, peer in (("alice", "bob"), ("bob", "alice")):
+        lines = metrics_lines(tmp_path, node=me)
+        assert [line["round"] for line in lines] == [0, 1, 2]
+        for line in lines:
+            assert line["payloads/peers"] == 1
+            assert line["groups/external_available"] == 6
+            assert line["groups/trained_local"] <= 3 and line["groups/trained_external"] <= 3
+        trained_nodes = {node for entry in backends.learners[me].trained for node, _ in entry["groups"]}
+        assert trained_nodes == {me, peer}
+    coordinator_state = MemoryTransport(root, "default").read_state()
+    assert coordinator_state.round == 3
+
+
+def test_corrupt_and_forged_payloads_are_refused_and_counted(tmp_path, sapo_plugins, backends, caplog):
+    root = f"swarm-{tmp_path.name}"
+    transport = MemoryTransport(root, "default")
+    transport.put_raw(0, "garbage", b"\x1f\x8b not really gzip")
+    forged = codec.RoundPayload(experiment="default", round=0, node="mallory", groups=(), created_at=1.0)
+    transport.put_raw(0, "mallory", codec.write_gz(forged))  # unsigned, while the swarm has a secret
+    cfg = swarm_config(tmp_path, root, "alice", "worker", "run.rounds=1", "swarm.secret=s3cret", "swarm.round_seconds=0.2")
+    with caplog.at_level(logging.WARNING, logger="sapo.node"):
+        metrics = Node.from_config(cfg, sapo_plugins).run()
+    assert metrics["payloads/rejected"] == 2
+    assert metrics["payloads/peers"] == 0
+    assert "garbage" in caplog.text and "mallory" in caplog.text
+    assert "s3cret" not in caplog.text
+
+
+def test_joining_a_swarm_with_other_settings_is_refused(tmp_path, sapo_plugins, backends):
+    root = f"swarm-{tmp_path.name}"
+    first = Node.from_config(swarm_config(tmp_path, root, "alice", "worker", "run.rounds=1", "swarm.round_seconds=0.1"), sapo_plugins)
+    first.run()
+    other = swarm_config(tmp_path, root, "bob", "worker", "swarm.round_seconds=0.1", "tasks.names=[\"sort\"]")
+    with pytest.raises(ConfigError, match=r"tasks\.names: swarm has \[\"arithmetic\"\], this node has \[\"sort\"\]"):
+        Node.from_config(other, sapo_plugins).run()
+
+
+def test_a_worker_without_a_coordinator_does_not_wait_forever(tmp_path, sapo_plugins, backends):
+    root = f"swarm-{tmp_path.name}"
+    cfg = swarm_config(tmp_path, root, "alice", "worker", "run.rounds=2", "swarm.round_seconds=0.2")
+    Node.from_config(cfg, sapo_plugins).run()
+    assert [line["round"] for line in metrics_lines(tmp_path, node="alice")] == [0, 1]
