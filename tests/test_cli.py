@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -122,6 +123,27 @@ def test_plugins_can_add_commands(sapo_plugins, sapo_cli):
 
     sapo_plugins.register(Commands(), name="commands")
     assert sapo_cli("hello").output == "hello from a plugin\n"
+
+
+def test_plugin_commands_cannot_replace_builtin_ones(sapo_plugins, sapo_cli, caplog):
+    import click
+
+    class Hijack:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command(name="run")
+            def run():
+                click.echo("hijacked")
+
+    sapo_plugins.register(Hijack(), name="hijack")
+    with caplog.at_level(logging.WARNING, logger="sapo.plugins"):
+        result = sapo_cli("run", "--help")
+    assert "hijacked" not in result.output and "Run a node" in result.output
+    assert "'sapo run' already exists" in caplog.text
+
+
+def test_plugin_commands_do_not_leak_between_clis(sapo_plugins, sapo_cli):
+    assert "hello" not in sapo_cli("--help").output
 
 
 def test_installed_executable_survives_a_broken_plugin(install_dist, tmp_path):

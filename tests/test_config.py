@@ -193,7 +193,7 @@ def test_toml_file_with_subsections_and_extras(tmp_path):
         correctness = 1.0
         [rewards.format]
         strict = true
-        [learner]
+        [train]
         lr = 1e-5
         """,
     )
@@ -207,11 +207,11 @@ def test_toml_file_with_subsections_and_extras(tmp_path):
     assert config.extras("tasks", "arithmetic") == {"difficulty": 3, "digits": [1, 2]}
     assert config.extras("tasks", "sort") == {}
     assert config.extras("rewards") == {"format": {"strict": True}}
-    assert config.extras("learner") == {"lr": 1e-5}
+    assert config.extras("train") == {"lr": 1e-5}
     assert config.source("tasks.arithmetic.difficulty") == f"file {file}"
     data = config.to_dict()
     assert data["tasks"]["arithmetic"] == {"difficulty": 3, "digits": [1, 2]}
-    assert data["tasks"]["names"] == ["arithmetic", "sort"] and data["learner"] == {"backend": "grpo", "lr": 1e-5}
+    assert data["tasks"]["names"] == ["arithmetic", "sort"] and data["train"] == {"backend": "grpo", "lr": 1e-5}
 
 
 def test_file_unknown_keys_and_sections(tmp_path):
@@ -254,11 +254,11 @@ def test_set_values_are_toml_when_they_parse_else_plain_strings():
             "model.name=1.10",  # a str field keeps the text typed, not the float 1.1
             'run.experiment="quoted"',
             "run.node_id = 2024-01-01 ",
-            "learner.lr=1e-5",
-            "learner.betas=[0.9, 0.99]",
-            "learner.schedule={warmup=10}",
-            "learner.name=cosine",
-            "learner.note=",
+            "train.lr=1e-5",
+            "train.betas=[0.9, 0.99]",
+            "train.schedule={warmup=10}",
+            "train.name=cosine",
+            "train.note=",
         ],
     )
     assert config.inference.temperature == 0.7 and config.run.resume is True
@@ -266,14 +266,14 @@ def test_set_values_are_toml_when_they_parse_else_plain_strings():
     assert config.rewards.weights == {"correctness": 1.0, "format": 0.0}
     assert config.extras("inference") == {"base_url": "http://h:8000/v1?a=b"}
     assert config.model.name == "1.10" and config.run.experiment == "quoted" and config.run.node_id == "2024-01-01"
-    assert config.extras("learner") == {
+    assert config.extras("train") == {
         "lr": 1e-5,
         "betas": [0.9, 0.99],
         "schedule": {"warmup": 10},
         "name": "cosine",
         "note": "",
     }
-    assert all(config.source(f"learner.{k}") == "--set" for k in config.extras("learner"))
+    assert all(config.source(f"train.{k}") == "--set" for k in config.extras("train"))
 
 
 def test_set_one_entry_of_a_table():
@@ -365,14 +365,14 @@ def test_secrets_are_redacted_in_dumps_and_reprs():
         env={"SAPO_SWARM_SECRET": "hunter2", "SAPO_INFERENCE_API_KEY": "sk-live"},
         sets=[
             "inference.headers={Authorization='Bearer tok', X-Team='a'}",
-            "learner.wandb_token=t0k",
+            "train.wandb_token=t0k",
             "inference.max_new_tokens=9",
         ],
     )
     data = config.to_dict()
     assert data["swarm"]["secret"] == "***" and data["inference"]["api_key"] == "***"
     assert data["inference"]["headers"] == {"Authorization": "***", "X-Team": "a"}
-    assert data["learner"]["wandb_token"] == "***" and data["inference"]["max_new_tokens"] == 9
+    assert data["train"]["wandb_token"] == "***" and data["inference"]["max_new_tokens"] == 9
     rows = {key: (value, source) for key, value, source in config.items()}
     assert rows["swarm.secret"] == ("***", "env SAPO_SWARM_SECRET")
     assert rows["inference.api_key"] == ("***", "env SAPO_INFERENCE_API_KEY")
@@ -381,7 +381,7 @@ def test_secrets_are_redacted_in_dumps_and_reprs():
     raw = config.to_dict(redact=False)
     assert raw["swarm"]["secret"] == "hunter2" and raw["inference"]["api_key"] == "sk-live"
     assert raw["inference"]["headers"]["Authorization"] == "Bearer tok"
-    assert {k: v for k, v, _ in config.items(redact=False)}["learner.wandb_token"] == "t0k"
+    assert {k: v for k, v, _ in config.items(redact=False)}["train.wandb_token"] == "t0k"
     assert load_config(env={}).to_dict()["swarm"]["secret"] == ""  # unset stays visibly unset
     assert is_secret("swarm.secret") and is_secret("inference.api_key") and is_secret("tasks.x.password")
     assert not is_secret("inference.max_new_tokens") and not is_secret("inference.base_url")
@@ -515,9 +515,9 @@ def test_structure_names_the_key_of_a_cross_field_validator():
 
 
 def test_structure_without_a_settings_class():
-    assert structure(None, {}, where="learner") is None
-    with pytest.raises(ConfigError, match=r"'learner.lr' \(from --set\): 'learner' takes no settings"):
-        structure(None, Extras({"lr": 1}, sources={"lr": "--set"}), where="learner")
+    assert structure(None, {}, where="train") is None
+    with pytest.raises(ConfigError, match=r"'train.lr' \(from --set\): 'train' takes no settings"):
+        structure(None, Extras({"lr": 1}, sources={"lr": "--set"}), where="train")
 
 
 def test_config_settings_use_the_text_as_typed_and_the_sources():
@@ -527,17 +527,17 @@ def test_config_settings_use_the_text_as_typed_and_the_sources():
         lr: float = 1e-3
         retries: int | None = None
 
-    config = load_config(env={"SAPO_LEARNER_RETRIES": "4"}, sets=["learner.revision=1.10", "learner.lr=1e-5"])
-    extras = config.extras("learner")
+    config = load_config(env={"SAPO_TRAIN_RETRIES": "4"}, sets=["train.revision=1.10", "train.lr=1e-5"])
+    extras = config.extras("train")
     assert extras == {"revision": 1.1, "lr": 1e-5, "retries": "4"}  # --set values are TOML when they parse
-    assert extras.sources == {"revision": "--set", "lr": "--set", "retries": "env SAPO_LEARNER_RETRIES"}
-    assert config.settings(Backend, "learner") == Backend(revision="1.10", lr=1e-5, retries=4)
-    assert structure(Backend, extras, where="learner") == Backend(revision="1.10", lr=1e-5, retries=4)
+    assert extras.sources == {"revision": "--set", "lr": "--set", "retries": "env SAPO_TRAIN_RETRIES"}
+    assert config.settings(Backend, "train") == Backend(revision="1.10", lr=1e-5, retries=4)
+    assert structure(Backend, extras, where="train") == Backend(revision="1.10", lr=1e-5, retries=4)
     with pytest.raises(
         ConfigError,
-        match=r"Unknown keys 'learner.retries' \(from env SAPO_LEARNER_RETRIES\), 'learner.revision' \(from --set\), .*'learner' takes no settings",
+        match=r"Unknown keys 'train.retries' \(from env SAPO_TRAIN_RETRIES\), 'train.revision' \(from --set\), .*'train' takes no settings",
     ):
-        config.settings(None, "learner")
+        config.settings(None, "train")
 
     @attrs.frozen
     class Difficulty:

@@ -286,7 +286,7 @@ def test_examples_run_a_node_together(doc_plugins, tmp_path: Path) -> None:
             "checkpoint.subdir=ckpt",
             "checkpoint.every=1",
             "checkpoint.keep=1",
-            "learner.backend=mean-tracker",
+            "train.backend=mean-tracker",
         ],
     )
     metrics = Node.from_config(config, plugins).run()

@@ -93,7 +93,7 @@ def backends(sapo_plugins):
 def config(tmp_path, *sets, **env):
     base = [
         "inference.backend=oracle",
-        "learner.backend=recorder",
+        "train.backend=recorder",
         "inference.num_completions=4",
         "tasks.problems_per_round=6",
         f"run.workdir={tmp_path.as_posix()}",
@@ -319,3 +319,23 @@ def test_a_worker_without_a_coordinator_does_not_wait_forever(tmp_path, sapo_plu
     cfg = swarm_config(tmp_path, root, "alice", "worker", "run.rounds=2", "swarm.round_seconds=0.2")
     Node.from_config(cfg, sapo_plugins).run()
     assert [line["round"] for line in metrics_lines(tmp_path, node="alice")] == [0, 1]
+
+
+def test_a_peer_cannot_forge_the_answer_of_a_problem(tmp_path, sapo_plugins, backends):
+    import attrs
+
+    from sapo_core.records import Group, RoundPayload
+    from sapo_core.tasks.arithmetic import ArithmeticTask
+
+    root = f"swarm-{tmp_path.name}"
+    genuine = ArithmeticTask().generate(11)
+    forged = attrs.evolve(ArithmeticTask().generate(12), answer=7)  # "7" is now right, says the peer
+    completions = [Completion("<answer>7</answer>"), Completion("<answer>8</answer>")]
+    groups = [Group(problem=p, completions=completions, rewards=[1.0, 0.0], advantages=[1.0, -1.0], node="mallory")
+              for p in (genuine, forged)]
+    MemoryTransport(root, "default").publish(RoundPayload(experiment="default", round=0, node="mallory", groups=groups))
+    cfg = swarm_config(tmp_path, root, "alice", "worker", "run.rounds=1", "swarm.round_seconds=0.2")
+    metrics = Node.from_config(cfg, sapo_plugins).run()
+    assert metrics["payloads/peers"] == 1
+    assert metrics["groups/external_refused"] == 1
+    assert metrics["groups/external_available"] == 1

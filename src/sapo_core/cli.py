@@ -13,7 +13,7 @@ import click
 
 from sapo_core import __version__, codec
 from sapo_core.config import Config, load_config
-from sapo_core.errors import SapoError
+from sapo_core.errors import PluginError, SapoError
 from sapo_core.interfaces import BackendContext
 from sapo_core.plugins import describe, get_plugins
 
@@ -86,13 +86,17 @@ def resolve(config_file: str | None, sets: Sequence[str], **flags: Any) -> Confi
     return load_config(file=config_file, flags=given, sets=sets)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="sapo")
-def cli() -> None:
-    """sapo: swarm reinforcement learning of language models (GRPO / SAPO)."""
+class SapoGroup(click.Group):
+    """The `sapo` group: plugins may add commands but not replace one that already exists."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        name = name or cmd.name
+        if name in self.commands:
+            raise PluginError(f"the command 'sapo {name}' already exists; choose another name")
+        super().add_command(cmd, name)
 
 
-@cli.command()
+@click.command()
 @run_options
 def run(config_file: str | None, sets: tuple[str, ...], **flags: Any) -> None:
     """Run a node: the offline GRPO loop (--transport none) or one node of a swarm."""
@@ -108,7 +112,7 @@ def run(config_file: str | None, sets: tuple[str, ...], **flags: Any) -> None:
     click.echo(json.dumps(metrics, sort_keys=True, default=str))
 
 
-@cli.command(name="config")
+@click.command(name="config")
 @run_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (values only).")
 def config_command(config_file: str | None, sets: tuple[str, ...], as_json: bool, **flags: Any) -> None:
@@ -135,7 +139,7 @@ def _stdout() -> Any:
     return Console()
 
 
-@cli.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def plugins(as_json: bool) -> None:
     """List plugins: distribution, version, hooks and the backend names each registers."""
@@ -157,7 +161,7 @@ def plugins(as_json: bool) -> None:
     _stdout().print(table)
 
 
-@cli.group(invoke_without_command=True)
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def tasks(ctx: click.Context, as_json: bool) -> None:
@@ -206,21 +210,28 @@ def tasks_show(name: str, seed: int, sets: tuple[str, ...], as_json: bool) -> No
     click.echo(f"\n[answer]\n{json.dumps(problem.answer, ensure_ascii=False)}")
 
 
+BUILTIN_COMMANDS = (run, config_command, plugins, tasks)
+
+
 def build_cli() -> click.Group:
-    """The CLI with the plugins' subcommands added (a plugin that fails here is reported)."""
-    try:
-        plugins = get_plugins()
-    except SapoError as exc:  # e.g. a name clash: the built-in commands still work to diagnose it
-        log.warning("%s", exc)
-        return cli
-    for impl in plugins.pm.hook.register_commands.get_hookimpls():
-        try:
-            impl.function(cli=cli)
-        except Exception as exc:
-            log.warning("plugin %r failed in register_commands (%s: %s)", impl.plugin_name, type(exc).__name__, exc)
+    """A new `sapo` group: the built-in commands, then the plugins' (a plugin that fails is reported)."""
+
+    @click.group(cls=SapoGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(__version__, prog_name="sapo")
+    def cli() -> None:
+        """sapo: swarm reinforcement learning of language models (GRPO / SAPO)."""
+
+    for command in BUILTIN_COMMANDS:
+        cli.add_command(command)
+    get_plugins().notify("register_commands", cli=cli)
     return cli
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    build_cli().main(args=argv, prog_name="sapo")
+    try:
+        group = build_cli()
+    except SapoError as exc:  # e.g. SAPO_STRICT_PLUGINS=1 and a broken plugin
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    group.main(args=argv, prog_name="sapo")

@@ -6,7 +6,7 @@ came from (``"default"``, ``"file <path>"``, ``"env NAME"``, a flag's label, ``"
 errors and ``sapo config`` can say so.
 
 The schema is one frozen attrs class per section (`RunSettings` ...), held by `Config`. Keys of
-``inference``, ``learner``, ``checkpoint`` and ``swarm`` that are not core keys are *extras*:
+``inference``, ``train``, ``checkpoint`` and ``swarm`` that are not core keys are *extras*:
 kept raw because only the chosen backend knows them, and built into the backend's settings class
 by `structure` (or `Config.settings`). ``tasks.<task>.<key>`` and ``rewards.<reward>.<key>`` are
 the extras of one task or reward function. ``run``, ``model`` and ``advantages`` take no extras.
@@ -49,7 +49,7 @@ __all__ = [
     "Config",
     "Extras",
     "InferenceSettings",
-    "LearnerSettings",
+    "TrainSettings",
     "ModelSettings",
     "RewardsSettings",
     "RunSettings",
@@ -221,8 +221,8 @@ class SwarmSettings:
 
 
 @attrs.frozen
-class LearnerSettings:
-    """``[learner]``: what updates the weights. Other keys are the learner's extras."""
+class TrainSettings:
+    """``[train]``: the learner that updates the weights. Other keys are the learner's extras."""
 
     backend: str = attrs.field(default="grpo", validator=_not_empty)  # registered learner name
 
@@ -246,11 +246,11 @@ SECTIONS: Mapping[str, type] = types.MappingProxyType(
         "rewards": RewardsSettings,
         "advantages": AdvantagesSettings,
         "swarm": SwarmSettings,
-        "learner": LearnerSettings,
+        "train": TrainSettings,
         "checkpoint": CheckpointSettings,
     }
 )
-_FLAT_EXTRAS = frozenset({"inference", "learner", "checkpoint", "swarm"})  # <section>.<key>
+_FLAT_EXTRAS = frozenset({"inference", "train", "checkpoint", "swarm"})  # <section>.<key>
 _NAMED_EXTRAS = frozenset({"tasks", "rewards"})  # <section>.<name>.<key>
 _CORE: dict[str, dict[str, attrs.Attribute]] = {
     section: {f.name: f for f in attrs.fields(cls)} for section, cls in SECTIONS.items()
@@ -731,7 +731,7 @@ class Config:
     rewards: RewardsSettings = attrs.field(factory=RewardsSettings)
     advantages: AdvantagesSettings = attrs.field(factory=AdvantagesSettings)
     swarm: SwarmSettings = attrs.field(factory=SwarmSettings)
-    learner: LearnerSettings = attrs.field(factory=LearnerSettings)
+    train: TrainSettings = attrs.field(factory=TrainSettings)
     checkpoint: CheckpointSettings = attrs.field(factory=CheckpointSettings)
     # Extras by key parts: ("inference", "base_url") or ("tasks", "arithmetic", "difficulty").
     _extras: Mapping[tuple[str, ...], Any] = attrs.field(factory=dict, repr=False)
@@ -745,7 +745,7 @@ class Config:
         return Path(self.run.workdir) / self.run.experiment / self.run.node_id
 
     def extras(self, section: str, name: str | None = None) -> Any:
-        """The raw extras of ``section`` as an `Extras` (a dict): for ``inference``, ``learner``,
+        """The raw extras of ``section`` as an `Extras` (a dict): for ``inference``, ``train``,
         ``checkpoint``, ``swarm`` its non-core keys; for ``tasks``/``rewards`` with ``name`` the
         keys of ``tasks.<name>``, without ``name`` a dict name -> `Extras` of every subsection
         set. Empty for ``run``, ``model``, ``advantages``. Values are copies.

@@ -103,7 +103,9 @@ class Task(Protocol):
 
     * ``generate(seed)`` is a pure function of ``seed`` (and the task's settings): the same
       seed gives the same problem on every machine and Python version. Use
-      ``random.Random(seed)``, never the global RNG or ``hash()``.
+      ``random.Random(seed)``, never the global RNG or ``hash()``. The problem's ``id`` ends
+      in ``-<seed>``: a node regenerates a peer's problem from it and refuses the group if
+      it differs, so a peer cannot make rollouts look right by sending its own "answer".
     * ``verify(problem, answer)`` scores the text found in the completion's answer tags in
       [0, 1] (partial credit allowed). It never raises, whatever the text: empty, huge,
       adversarial input scores 0.

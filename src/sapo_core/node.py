@@ -29,7 +29,7 @@ from typing import Any
 
 import attrs
 
-from sapo_core import __version__
+from sapo_core import __version__, codec
 from sapo_core.advantages import group_advantages
 from sapo_core.config import Config, structure
 from sapo_core.errors import ConfigError, SapoError
@@ -133,13 +133,13 @@ class Node:
     def from_config(cls, config: Config, plugins: Plugins) -> Node:
         run = config.run
         role = run.role
-        if role == "worker" and ("learner", config.learner.backend) not in plugins.registry:
+        if role == "worker" and ("learner", config.train.backend) not in plugins.registry:
             if config.source("run.role") != "default":
-                plugins.registry.get("learner", config.learner.backend)  # raises: unknown learner, with choices
+                plugins.registry.get("learner", config.train.backend)  # raises: unknown learner, with choices
             # Nothing here can train (an API-only install): share rollouts instead of failing.
             log.warning(
                 "no learner %r is installed (pip install sapo-local to train); running as a contributor",
-                config.learner.backend,
+                config.train.backend,
             )
             role = "contributor"
         context = BackendContext(
@@ -165,7 +165,7 @@ class Node:
             node.inference = build("inference", config.inference.backend, config.extras("inference"), "inference")
             node.checkpointer = build("checkpointer", config.checkpoint.backend, config.extras("checkpoint"), "checkpoint")
         if role == "worker":
-            node.learner = build("learner", config.learner.backend, config.extras("learner"), "learner")
+            node.learner = build("learner", config.train.backend, config.extras("train"), "train")
         return node
 
     def close(self) -> None:
@@ -347,16 +347,34 @@ class Node:
         metrics["payloads/rejected"] = len(collected.rejected)
         peers = {p.node: p for p in collected.payloads if p.node != self.context.node}
         metrics["payloads/peers"] = len(peers)
-        external, unknown = [], 0
+        external, unknown, forged = [], 0, 0
         for peer in peers.values():
             for group in peer.groups:
                 if group.problem.task not in self.tasks:
                     unknown += 1
                     continue
+                problem = self.regenerate(group.problem)
+                if problem is None:
+                    forged += 1
+                    log.warning("%s: %s sent problem %r, which its task does not generate; refused",
+                                self.context.node, peer.node, group.problem.id)
+                    continue
                 # SAPO re-scores others' rollouts with this node's own rewards.
-                external.append(self.score(group.problem, group.completions, node=peer.node))
+                external.append(self.score(problem, group.completions, node=peer.node))
         metrics["groups/external_unknown_task"] = unknown
+        metrics["groups/external_refused"] = forged
         return external
+
+    def regenerate(self, problem: Problem) -> Problem | None:
+        """This node's own copy of a peer's problem (from the seed its id ends in), or None if it differs."""
+        _, _, seed = problem.id.rpartition("-")
+        if not seed.isdigit():
+            return None
+        try:
+            ours = self.tasks[problem.task].generate(int(seed))
+            return ours if codec.to_data(ours) == codec.to_data(problem) else None
+        except Exception:  # a task that cannot regenerate this id did not make it
+            return None
 
     def wait_for_peers(self, round: int) -> None:
         """Until every live peer has published, the round advances, or its deadline passes."""
@@ -380,7 +398,8 @@ class Node:
         """Checkpoint if due, append metrics, tell the observers."""
         every = self.config.checkpoint.every
         last = round == self.config.run.rounds - 1
-        if self.checkpointer is not None and ((round + 1) % every == 0 or last):
+        # A contributor has no weights: its progress is the swarm's round, nothing to save.
+        if self.checkpointer is not None and self.learner is not None and ((round + 1) % every == 0 or last):
             started = time.perf_counter()
             self.checkpointer.save(round, self._write_checkpoint, {"round": round, "sapo_core": __version__})
             metrics["time/checkpoint"] = time.perf_counter() - started

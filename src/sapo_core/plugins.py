@@ -60,7 +60,8 @@ class PluginInfo:
     module: str
     builtin: bool = False
     hooks: list[str] = attrs.field(factory=list)
-    error: str | None = None
+    error: str | None = None  # why the plugin was not loaded at all
+    hook_errors: dict[str, str] = attrs.field(factory=dict)  # hook name -> why its names were dropped
 
 
 def _env_list(name: str) -> set[str] | None:
@@ -126,6 +127,9 @@ class Plugins:
     ) -> PluginInfo | None:
         """Register a plugin object or module; returns its info, or None if it was refused."""
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        if self.pm.is_registered(plugin):
+            existing = self.pm.get_name(plugin)
+            return self.infos.get(existing) if existing else None
         if builtin:
             distribution, version = "sapo-core", sapo_core.__version__
         module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
@@ -209,8 +213,18 @@ class Plugins:
                 except NameClashError:
                     raise
                 except Exception as exc:
-                    self._fail(info, f"failed in {hook_name} ({type(exc).__name__}: {exc})", exc)
+                    why = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PluginError) else str(exc)
+                    self._hook_failed(info, hook_name, why, exc)
         return registry
+
+    def _hook_failed(self, info: PluginInfo, hook_name: str, why: str, exc: BaseException) -> None:
+        """One hook of a plugin failed: drop the names it registered, keep the rest of the plugin."""
+        message = f"plugin {info.name!r} from {info.distribution} failed in {hook_name} ({why}); its names are skipped"
+        if _strict():
+            raise PluginError(message) from exc
+        if hook_name not in info.hook_errors:  # the registry is rebuilt when plugins change: warn once
+            log.warning("%s", message)
+        info.hook_errors[hook_name] = why
 
     def names_by_plugin(self) -> dict[str, dict[str, list[str]]]:
         """plugin name -> kind -> names it registered."""
@@ -222,14 +236,14 @@ class Plugins:
     # ----------------------------------------------------------------------- observers
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
-        """Call an observer hook on every plugin; one that raises is reported, not fatal."""
+        """Call a hook on every plugin, one at a time; one that raises is reported, not fatal."""
         self.load()
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             try:
                 impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
             except Exception as exc:
                 if _strict():
-                    raise
+                    raise PluginError(f"plugin {impl.plugin_name!r} failed in {hook_name}: {exc}") from exc
                 log.warning("plugin %r failed in %s (%s: %s)", impl.plugin_name, hook_name, type(exc).__name__, exc)
 
 
@@ -266,6 +280,7 @@ def describe(plugins: Plugins) -> list[Mapping[str, Any]]:
                 "hooks": info.hooks,
                 "registers": names.get(info.name, {}),
                 "error": info.error,
+                "hook_errors": info.hook_errors,
             }
         )
     return rows

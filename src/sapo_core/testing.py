@@ -60,11 +60,20 @@ def sample_problems() -> list[Problem]:
     ]
 
 
-def check_inference(backend: InferenceBackend, *, n: int = 2, params: SamplingParams | None = None) -> list[list[Completion]]:
-    """Assert the `InferenceBackend` contract on two problems; return what it generated."""
+def check_inference(
+    backend: InferenceBackend, *, n: int = 2, params: SamplingParams | None = None, deterministic: bool = True
+) -> list[list[Completion]]:
+    """Assert the `InferenceBackend` contract on two problems; return what it generated.
+
+    With ``deterministic`` (pass False for engines that cannot honour seeds, and say so in
+    your docs), the same call twice must give the same texts.
+    """
     problems = sample_problems()
     params = params or SamplingParams(max_new_tokens=16, seed=1234)
     out = backend.generate(problems, n, params)
+    if deterministic:
+        again = backend.generate(problems, n, params)
+        assert [[c.text for c in cs] for cs in out] == [[c.text for c in cs] for cs in again], "same seed, same texts"
     assert isinstance(out, list) and len(out) == len(problems), "one list of completions per problem, in order"
     for completions in out:
         assert len(completions) <= n, "at most n completions per problem"
@@ -80,6 +89,7 @@ def check_reward(reward: RewardFunction, problem: Problem, texts: Sequence[str] 
                "\u200b\u202e\ufeff", "\x00\x01"]
     completions = [Completion(text=t) for t in [*texts, *hostile]]
     scores = list(reward.score(problem, completions))
+    assert list(reward.score(problem, completions)) == scores, "same completions, same scores"
     assert len(scores) == len(completions), "one score per completion"
     assert all(isinstance(s, (int, float)) and math.isfinite(s) for s in scores), "finite scores only"
     return scores[: len(texts)]
