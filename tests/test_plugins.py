@@ -43,8 +43,10 @@ def test_builtins_are_ordinary_plugins_registered_after_entry_points(install_dis
     assert "local" in registry.names("checkpointer")
 
 
-def test_the_repo_plugins_are_discovered_through_entry_points():
+def test_the_repo_plugins_are_discovered_through_entry_points(monkeypatch):
+    monkeypatch.delenv("SAPO_DISABLE_PLUGINS")
     plugins = loaded()
+    assert plugins.registry.get("learner", "grpo").distribution == "sapo-local"
     dists = {info.distribution for info in plugins.infos.values()}
     assert {"sapo-local", "sapo-openai", "sapo-vllm", "sapo-gdrive"} <= dists
 

