@@ -261,9 +261,11 @@ class GRPOLearner:
             self.scheduler.step()
         self.policy.version += 1
         tokens = sum(b.mask.sum().item() for b in batches) * settings.num_iterations
+        totals["tokens"] = tokens
+        totals = self._sum_over_processes(totals)
         seconds = time.perf_counter() - started
         iterations = settings.num_iterations
-        out = {key: value / max(1.0, tokens) for key, value in totals.items() if key != "loss"}
+        out = {key: value / max(1.0, totals["tokens"]) for key, value in totals.items() if key not in ("loss", "tokens")}
         out.update({
             "loss": totals["loss"] / iterations,
             "grad_norm": grad_norm,
@@ -271,11 +273,20 @@ class GRPOLearner:
             "completions": float(len(examples)),
             "external_completions": float(sum(e.external for e in examples)),
             "micro_batches": float(len(batches)),
-            "tokens": float(tokens),
+            "tokens": totals["tokens"],
             "seconds": seconds,
-            "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+            "tokens_per_second": totals["tokens"] / seconds if seconds > 0 else 0.0,
         })
         return out
+
+    def _sum_over_processes(self, totals: dict[str, float]) -> dict[str, float]:
+        """Each process saw its share of the batch: the figures of the step are the sums."""
+        if self.accelerator.num_processes == 1:
+            return totals
+        keys = sorted(totals)
+        summed = self.accelerator.reduce(torch.tensor([totals[k] for k in keys], device=self.accelerator.device,
+                                                      dtype=torch.float64), reduction="sum")
+        return dict(zip(keys, summed.tolist()))
 
     def _clip(self) -> float:
         params = [p for p in self.module.parameters() if p.requires_grad]
