@@ -74,9 +74,9 @@ class CompletionLogprobs(torch.nn.Module):
         hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         # The hidden state at position p predicts the token at p + 1.
         picked = hidden[rows, positions - 1]
-        weight = base.get_output_embeddings().weight
-        return selected_logprobs(picked, weight, targets, chunk_size=self.chunk_size, temperature=self.temperature,
-                                 softcap=self.softcap)
+        head = base.get_output_embeddings()
+        return selected_logprobs(picked, head.weight, targets, chunk_size=self.chunk_size, temperature=self.temperature,
+                                 softcap=self.softcap, bias=getattr(head, "bias", None))
 
 
 @attrs.frozen
@@ -228,6 +228,7 @@ class GRPOLearner:
         ref = self._reference_logprobs(batches) if settings.beta > 0 else [None] * len(batches)
         self.module.train()
         totals: dict[str, float] = {}
+        ratio_max = 0.0
         for _ in range(settings.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             for index, (batch, old_lp, ref_lp) in enumerate(zip(batches, old, ref)):
@@ -251,7 +252,10 @@ class GRPOLearner:
                     # DDP averages gradients over processes; the normaliser already covers the whole batch.
                     accelerator.backward(loss * accelerator.num_processes)
                 for key, value in metrics.items():
-                    totals[key] = totals.get(key, 0.0) + float(value) * batch.mask.sum().item()
+                    if key == "ratio_max":
+                        ratio_max = max(ratio_max, float(value))
+                    else:  # means over real tokens: weight by them
+                        totals[key] = totals.get(key, 0.0) + float(value) * batch.mask.sum().item()
                 totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
             grad_norm = self._clip()
             if not math.isfinite(grad_norm):
@@ -269,6 +273,7 @@ class GRPOLearner:
         out.update({
             "loss": totals["loss"] / iterations,
             "grad_norm": grad_norm,
+            "ratio_max": ratio_max,
             "lr": self.scheduler.get_last_lr()[0],
             "completions": float(len(examples)),
             "external_completions": float(sum(e.external for e in examples)),

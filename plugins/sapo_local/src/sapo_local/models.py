@@ -6,7 +6,9 @@ A model spec is one of:
   ships it (a GGUF file), so nothing needs the network;
 * a ``.gguf`` file;
 * a local folder holding a Hugging Face model;
-* a Hugging Face hub id (loaded from the local cache when there is no network).
+* a Hugging Face hub id (loaded from the local cache when there is no network);
+* ``random:<any of the above>``: that model's architecture and tokenizer with freshly
+  initialised weights (seeded), for throughput benchmarks where only shapes matter.
 
 GGUF files are de-quantised by transformers on load, which takes a while; the first load
 saves the result as safetensors under the cache folder (``SAPO_CACHE``, default
@@ -57,6 +59,7 @@ class ModelSource:
 
     path: str
     gguf_file: str | None = None
+    random_weights: bool = False
 
     def kwargs(self) -> dict[str, Any]:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
@@ -68,6 +71,8 @@ def cache_dir() -> Path:
 
 def resolve(spec: str) -> ModelSource:
     """The source a model spec names; raises `BackendError` saying how to get a missing one."""
+    if spec.startswith("random:"):
+        return attrs.evolve(resolve(spec.removeprefix("random:")), random_weights=True)
     if spec in ALIASES:
         bundled = ALIASES[spec]
         found = importlib.util.find_spec(bundled.package)
@@ -95,6 +100,8 @@ def converted(source: ModelSource) -> ModelSource:
     """A GGUF source as a cached safetensors folder, converting it once; other sources as they are."""
     if not source.gguf_file:
         return source
+    if source.random_weights:
+        return attrs.evolve(converted(attrs.evolve(source, random_weights=False)), random_weights=True)
     gguf = Path(source.path) / source.gguf_file
     stat = gguf.stat()
     target = cache_dir() / "gguf" / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
@@ -176,6 +183,13 @@ def load_model(spec: str, *, device: torch.device, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM
 
     source = converted(resolve(spec))
+    if source.random_weights:
+        import torch
+        from transformers import AutoConfig
+
+        torch.manual_seed(0)
+        config = AutoConfig.from_pretrained(source.path)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device).eval()
     try:
         model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **source.kwargs())
     except OSError as exc:
