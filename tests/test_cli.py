@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,7 +102,30 @@ def test_run_drives_a_third_party_backend_through_a_round(sapo_cli, install_dist
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert metrics["round"] == 0 and metrics["groups/local"] == 8
     assert metrics["reward/mean"] > 0.5, "always-right answers score on correctness"
-    assert (tmp_path / "default" / "node-0" / "metrics.jsonl").exists()
+    run_dirs = [p.parent for p in tmp_path.glob("default/*/metrics.jsonl")]
+    assert len(run_dirs) == 1 and re.fullmatch(r"\d{8}-\d{6}", run_dirs[0].name), "runs/<experiment>/<UTC timestamp>"
+
+
+def test_run_dir_flag_and_the_run_directory_layout(sapo_cli, install_dist, tmp_path):
+    install_dist("sapo-oracle", "oracle_plugin", ORACLE_PLUGIN)
+    from sapo_core.plugins import reset_plugins
+
+    reset_plugins()
+    folder = tmp_path / "here"
+    result = sapo_cli("run", "--inference", "oracle", "--rounds", "2", "--run-dir", str(folder),
+                      "--set", "eval.every=1", "--set", "eval.problems=3", "--set", "swarm.secret=psst")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["eval/pass@1"] == 1.0 and metrics["eval/problems"] == 3
+    assert sorted(p.name for p in (folder / "metrics").iterdir()) == [
+        "eval_iter_000.json", "eval_iter_001.json", "train_iter_000.json", "train_iter_001.json"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["run"]["dir"] == str(folder) and config["swarm"]["secret"] == "***"
+    assert "psst" not in result.output
+    assert [line.split(":")[0] for line in result.stderr.splitlines() if " round " in line] == [
+        "node-0 round 1/2", "node-0 round 2/2"]
+    shown = sapo_cli("config", "--run-dir", "elsewhere")
+    assert any(line.split()[:3] == ["run.dir", '"elsewhere"', "--run-dir"] for line in shown.output.splitlines())
 
 
 def test_run_reports_bad_input_without_a_traceback(sapo_cli, tmp_path):

@@ -549,3 +549,32 @@ def test_config_settings_use_the_text_as_typed_and_the_sources():
     ):
         config.settings(Difficulty, "tasks", "arithmetic")
     assert config.settings(Difficulty, "tasks", "sort") == Difficulty()
+
+
+# ------------------------------------------------------------------- run.dir and [eval]
+
+
+def test_eval_section_and_run_dir():
+    config = load_config(env={})
+    assert (config.eval.every, config.eval.problems, config.eval.num_completions) == (5, 32, 1)
+    assert config.eval.temperature == 0.0 and config.eval.seed == 0 and config.run.dir == ""
+    assert config.experiment_dir == Path("runs") / "default"
+    config = load_config(env={"SAPO_EVAL_EVERY": "0", "SAPO_RUN_DIR": "out/run1"}, sets=["eval.problems=8"])
+    assert config.eval.every == 0 and config.eval.problems == 8 and config.run.dir == "out/run1"
+    assert config.source("eval.every") == "env SAPO_EVAL_EVERY"
+    assert config.to_dict()["eval"]["num_completions"] == 1
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["eval.every=-1"], "eval.every = -1 (from --set): must be >= 0"),
+        (["eval.problems=0"], "must be >= 1"),
+        (["eval.temperature=-0.5"], "must be >= 0"),
+        (["eval.temprature=0.5"], "Did you mean 'eval.temperature'?"),
+        (["eval.backend=x"], "Unknown key 'eval.backend'"),
+        (["run.dir=gs://bucket/run"], "run.dir = 'gs://bucket/run' (from --set): must be a local folder"),
+    ],
+)
+def test_eval_and_run_dir_errors(sets, message):
+    assert message in error(sets=sets)

@@ -101,9 +101,17 @@ def config(tmp_path, *sets, **env):
     return load_config(env=env, sets=[*base, *sets])
 
 
-def metrics_lines(tmp_path, node="node-0", experiment="default"):
-    path = tmp_path / experiment / node / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+def run_dir(tmp_path, experiment="default"):
+    """The one offline run directory under ``tmp_path`` (an automatic, timestamped one)."""
+    found = list((tmp_path / experiment).glob("*/metrics.jsonl"))
+    assert len(found) == 1, found
+    return found[0].parent
+
+
+def metrics_lines(tmp_path, node=None, experiment="default"):
+    """A swarm node's metrics (``node``), or those of the one offline run."""
+    folder = tmp_path / experiment / node if node else run_dir(tmp_path, experiment)
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_offline_loop_generates_scores_trains_and_checkpoints(tmp_path, sapo_plugins, backends):
@@ -121,7 +129,7 @@ def test_offline_loop_generates_scores_trains_and_checkpoints(tmp_path, sapo_plu
         assert line["groups/trained_local"] == 6 - line["groups/zero_variance"]
     learner = backends.learners["node-0"]
     assert [entry["round"] for entry in learner.trained] == [0, 1, 2]
-    checkpoints = sorted(p.name for p in (tmp_path / "default" / "node-0" / "checkpoints").iterdir())
+    checkpoints = sorted(p.name for p in (run_dir(tmp_path) / "checkpoints").iterdir())
     assert checkpoints == ["round-000001", "round-000002"], "every 2 rounds, and after the last"
 
 
@@ -132,10 +140,10 @@ def test_rollouts_are_reproducible_and_differ_between_nodes(tmp_path, sapo_plugi
     backends.learners.clear()
     Node.from_config(config(tmp_path / "c", "run.rounds=1", "run.node_id=node-1"), sapo_plugins).run()
     a, b = metrics_lines(tmp_path / "a"), metrics_lines(tmp_path / "b")
-    c = metrics_lines(tmp_path / "c", node="node-1")
+    c = metrics_lines(tmp_path / "c")
     assert a[0]["reward/mean"] == b[0]["reward/mean"]
-    trained = [json.loads((tmp_path / d / "default" / n / "checkpoints" / "round-000000" / "recorder.json").read_text())
-               for d, n in (("a", "node-0"), ("b", "node-0"), ("c", "node-1"))]
+    trained = [json.loads((run_dir(tmp_path / d) / "checkpoints" / "round-000000" / "recorder.json").read_text())
+               for d in ("a", "b", "c")]
     assert trained[0] == trained[1]
     assert trained[0] != trained[2]
     assert c[0]["node"] == "node-1"
@@ -339,3 +347,133 @@ def test_a_peer_cannot_forge_the_answer_of_a_problem(tmp_path, sapo_plugins, bac
     assert metrics["payloads/peers"] == 1
     assert metrics["groups/external_refused"] == 1
     assert metrics["groups/external_available"] == 1
+
+
+# --------------------------------------------------------------------- run directories
+
+STAMP = r"\d{8}-\d{6}(-\d+)?"
+
+
+def test_an_offline_run_gets_its_own_timestamped_run_directory(tmp_path, sapo_plugins, backends):
+    import re
+
+    cfg = config(tmp_path, "run.rounds=3", "checkpoint.every=2", "eval.every=2", "eval.problems=4",
+                 "swarm.secret=hush", "run.seed=3")
+    node = Node.from_config(cfg, sapo_plugins)
+    folder = node.context.workdir
+    assert folder.parent == tmp_path / "default" and re.fullmatch(STAMP, folder.name)
+    node.run()
+    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert "config.json" in names and "metrics.jsonl" in names
+    assert [n for n in names if n.startswith("metrics/")] == [
+        "metrics/eval_iter_001.json", "metrics/eval_iter_002.json",
+        "metrics/train_iter_000.json", "metrics/train_iter_001.json", "metrics/train_iter_002.json",
+    ]
+    assert {n.split("/")[1] for n in names if n.startswith("checkpoints/")} == {"round-000001", "round-000002"}
+    stored = json.loads((folder / "config.json").read_text())
+    assert stored["swarm"]["secret"] == "***" and "hush" not in (folder / "config.json").read_text()
+    assert stored["run"]["dir"] == str(folder) and stored["run"]["seed"] == 3
+    assert stored["eval"]["every"] == 2
+    train = json.loads((folder / "metrics" / "train_iter_001.json").read_text())
+    line = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()][1]
+    assert train == {k: v for k, v in line.items() if not k.startswith("eval/") and k != "time/eval"}
+    assert (folder / "metrics" / "train_iter_001.json").read_text().startswith("{\n  "), "pretty JSON"
+
+    # a second run of the same experiment does not touch the first
+    Node.from_config(config(tmp_path, "run.rounds=1"), sapo_plugins).run()
+    assert len(list((tmp_path / "default").iterdir())) == 2
+
+
+def test_run_dir_is_used_as_given(tmp_path, sapo_plugins, backends):
+    folder = tmp_path / "mine" / "exp1"
+    Node.from_config(config(tmp_path, "run.rounds=1", f"run.dir={folder.as_posix()}"), sapo_plugins).run()
+    assert (folder / "metrics.jsonl").exists() and (folder / "checkpoints" / "round-000000").is_dir()
+    assert not (tmp_path / "default").exists()
+    with pytest.raises(ConfigError, match="run.dir"):
+        config(tmp_path, "run.dir=s3://bucket/run")
+
+
+def test_resume_continues_the_newest_run_that_has_a_checkpoint(tmp_path, sapo_plugins, backends, caplog):
+    first = Node.from_config(config(tmp_path, "run.rounds=2"), sapo_plugins)
+    first.run()
+    second = Node.from_config(config(tmp_path, "run.rounds=2"), sapo_plugins)
+    second.run()
+    assert second.context.workdir != first.context.workdir
+    later = tmp_path / "default" / "29991231-235959"  # newer, but without a checkpoint (e.g. it crashed early)
+    later.mkdir()
+    (tmp_path / "default" / "sweep-29991231-235959").mkdir()  # not a run directory
+    with caplog.at_level(logging.INFO, logger="sapo.node"):
+        resumed = Node.from_config(config(tmp_path, "run.rounds=3", "run.resume=true"), sapo_plugins)
+    assert resumed.context.workdir == second.context.workdir
+    assert str(second.context.workdir) in caplog.text and "round 1" in caplog.text
+    resumed.run()
+    rounds = lambda folder: [json.loads(x)["round"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert rounds(second.context.workdir) == [0, 1, 2]
+    assert rounds(first.context.workdir) == [0, 1]
+    assert not any(later.iterdir())
+
+
+def test_resume_without_a_checkpointed_run_is_a_clear_error(tmp_path, sapo_plugins, backends):
+    (tmp_path / "default" / "20260101-000000").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"--resume: no run of experiment 'default' in .* has a checkpoint.*--run-dir"):
+        Node.from_config(config(tmp_path, "run.resume=true"), sapo_plugins)
+    assert [p.name for p in (tmp_path / "default").iterdir()] == ["20260101-000000"], "no new run directory"
+
+
+def test_a_run_that_fails_to_start_leaves_no_empty_run_directory(tmp_path, sapo_plugins, backends):
+    with pytest.raises(PluginError):
+        Node.from_config(config(tmp_path, "inference.backend=nope"), sapo_plugins)
+    assert not any((tmp_path / "default").iterdir())
+
+
+def test_a_resumed_run_logs_changed_settings(tmp_path, sapo_plugins, backends, caplog):
+    folder = tmp_path / "run"
+    Node.from_config(config(tmp_path, "run.rounds=1", f"run.dir={folder.as_posix()}"), sapo_plugins).run()
+    with caplog.at_level(logging.INFO, logger="sapo.node"):
+        Node.from_config(config(tmp_path, "run.rounds=2", "run.resume=true", f"run.dir={folder.as_posix()}"),
+                         sapo_plugins).run()
+    assert "run.rounds: 1 -> 2" in caplog.text
+    assert json.loads((folder / "config.json").read_text())["run"]["rounds"] == 2
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def test_summary_shows_whichever_headline_metrics_are_present():
+    from sapo_core.progress import summary, summary_line
+
+    full = {"reward/mean": 0.41234, "reward/accuracy": 0.375, "eval/pass@1": 0.40625, "train/kl": 0.012345,
+            "train/clip_ratio_low": 0.01, "train/clip_ratio_high": 0.011, "inference/tokens_per_second": 1534.4,
+            "train/tokens_per_second": 1.0, "train/loss": 0.12345, "time/round": 12.34}
+    assert summary(full) == "reward 0.412  acc 0.375  pass@1 0.406  kl 0.01235  clip 0.021  tok/s 1534  loss 0.1235  12.3s"
+    assert "clip 0.500" in summary({"train/clip_ratio": 0.5, "train/clip_ratio_low": 0.1})
+    assert summary({"train/tokens_per_second": 812.0}) == "tok/s 812"
+    assert summary({"train/loss": float("nan")}) == "loss nan"
+    assert summary({"reward/mean": True, "node": "x"}) == ""
+    assert summary_line("node-0", 2, 10, {"reward/mean": 1.0}) == "node-0 round 3/10: reward 1.000"
+
+
+def test_each_round_prints_one_summary_line_when_stderr_is_not_a_terminal(tmp_path, sapo_plugins, backends, capsys):
+    Node.from_config(config(tmp_path, "run.rounds=3", "eval.every=2", "eval.problems=2"), sapo_plugins).run()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if " round " in line]
+    assert [line.split(":")[0] for line in lines] == ["node-0 round 1/3", "node-0 round 2/3", "node-0 round 3/3"]
+    assert all("reward " in line and "acc " in line and "loss 0.5" in line and "tok/s " in line for line in lines)
+    assert ["pass@1" in line for line in lines] == [False, True, True]
+    assert "━" not in err, "no progress bar outside a terminal"
+
+
+def test_the_progress_display_is_told_each_phase(tmp_path, sapo_plugins, backends, monkeypatch):
+    from sapo_core.progress import RunProgress
+
+    seen = []
+    monkeypatch.setattr(RunProgress, "phase", lambda self, name: seen.append(name))
+    Node.from_config(config(tmp_path, "run.rounds=2", "eval.every=2", "checkpoint.every=2"), sapo_plugins).run()
+    assert seen == ["generate", "score", "train", "generate", "score", "train", "eval", "checkpoint"]
+
+
+def test_an_explicit_run_dir_that_holds_a_run_needs_resume(tmp_path, sapo_plugins, backends):
+    folder = tmp_path / "run"
+    Node.from_config(config(tmp_path, "run.rounds=1", f"run.dir={folder.as_posix()}"), sapo_plugins).run()
+    with pytest.raises(ConfigError, match=r"already holds a run \(metrics.jsonl\): continue it with --resume"):
+        Node.from_config(config(tmp_path, "run.rounds=2", f"run.dir={folder.as_posix()}"), sapo_plugins)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -31,23 +33,19 @@ RUN_FLAGS = {
     "task": "tasks.names",
     "rounds": "run.rounds",
     "resume": "run.resume",
+    "run_dir": "run.dir",
 }
 
 
 def setup_logging(level: str = "info") -> None:
     from rich.logging import RichHandler
 
+    from sapo_core.progress import stderr_console  # one console for logs and progress
+
     root = logging.getLogger("sapo")
-    root.handlers[:] = [RichHandler(console=_stderr(), show_path=False, show_time=False, markup=False)]
+    root.handlers[:] = [RichHandler(console=stderr_console(), show_path=False, show_time=False, markup=False)]
     root.setLevel(level.upper())
     root.propagate = False
-
-
-@functools.cache
-def _stderr() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True)
 
 
 def fail(exc: BaseException) -> None:
@@ -67,7 +65,10 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--node-id", help="This node's id (NODE_ID)."),
         click.option("--task", help="Task names, comma-separated (see `sapo tasks`)."),
         click.option("--rounds", type=int, help="Run until this many rounds are done."),
-        click.option("--resume", is_flag=True, default=None, help="Continue from the newest complete checkpoint."),
+        click.option("--resume", is_flag=True, default=None,
+                     help="Continue from the newest complete checkpoint (offline: of the newest run that has one)."),
+        click.option("--run-dir", type=click.Path(file_okay=False),
+                     help="This run's folder (default: runs/<experiment>/<UTC timestamp> offline, runs/<experiment>/<node> in a swarm)."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. inference.temperature=0.7."),
     ]
     for option in reversed(options):
@@ -75,8 +76,12 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def resolve(config_file: str | None, sets: Sequence[str], **flags: Any) -> Config:
-    given = {}
+def resolve(
+    config_file: str | None, sets: Sequence[str], extra: Mapping[str, tuple[Any, str]] | None = None, **flags: Any
+) -> Config:
+    """The config from a file, the environment, the flags of `run_options`, ``extra`` flags
+    (dotted key -> (value, label)) and ``--set`` items."""
+    given = dict(extra or {})
     for name, value in flags.items():
         if value is None:
             continue
@@ -99,7 +104,13 @@ class SapoGroup(click.Group):
 @click.command()
 @run_options
 def run(config_file: str | None, sets: tuple[str, ...], **flags: Any) -> None:
-    """Run a node: the offline GRPO loop (--transport none) or one node of a swarm."""
+    """Run a node: the offline GRPO loop (--transport none) or one node of a swarm.
+
+    Offline, each run gets its own folder, runs/<experiment>/<UTC timestamp>/ (or --run-dir):
+    config.json, metrics.jsonl, metrics/train_iter_NNN.json, metrics/eval_iter_NNN.json
+    (every eval.every rounds and after the last) and checkpoints/. Prints the last round's
+    metrics as JSON on stdout.
+    """
     from sapo_core.node import Node
 
     try:
@@ -210,7 +221,151 @@ def tasks_show(name: str, seed: int, sets: tuple[str, ...], as_json: bool) -> No
     click.echo(f"\n[answer]\n{json.dumps(problem.answer, ensure_ascii=False)}")
 
 
-BUILTIN_COMMANDS = (run, config_command, plugins, tasks)
+@click.command()
+@run_options
+@click.option("--dry-run", is_flag=True, help="List the combinations and their folders; run nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary (or, with --dry-run, the grid) as JSON.")
+@click.pass_context
+def sweep(ctx: click.Context, config_file: str | None, sets: tuple[str, ...], dry_run: bool, as_json: bool,
+          **flags: Any) -> None:
+    """Run a grid of offline runs: every --set KEY=V1,V2,... is an axis of the grid.
+
+    \b
+    sapo sweep --rounds 20 --set train.lr=5e-6,1e-5 --set train.beta=0,0.05
+    runs 4 combinations, each in <workdir>/<experiment>/sweep-<timestamp>/<lr=..,beta=..>/
+    (--run-dir names the sweep folder), then prints a table (summary.json in the sweep folder):
+    final reward, best eval pass@1, final train loss, wall time, errors. Commas inside brackets,
+    braces or quotes do not split: tasks.names=["arithmetic","sort"] is one value. A failing
+    combination is reported and the sweep goes on (exit status 1 at the end). --resume with
+    --run-dir SWEEP_FOLDER continues each combination from its checkpoint.
+    """
+    from sapo_core import rundir
+    from sapo_core.sweep import parse_grid, run_sweep
+
+    folder_flag = flags.pop("run_dir")
+    try:
+        grid = parse_grid(sets)
+        configs = []
+        for combination in grid.combinations:
+            try:
+                configs.append(resolve(config_file, combination.sets, **flags))
+            except SapoError as exc:
+                what = f" (combination {combination.describe()})" if combination.values else ""
+                raise SapoError(f"{exc}{what}") from exc
+        base = configs[0]
+        for config in configs:
+            if config.swarm.transport != "none":
+                raise SapoError(f"sapo sweep runs offline, but swarm.transport is {config.swarm.transport!r} "
+                                f"(from {config.source('swarm.transport')}); use --transport none")
+        if base.source("run.dir") == "--set":
+            raise SapoError("sapo sweep: give the sweep's folder with --run-dir, not --set run.dir")
+        folder_flag = folder_flag or base.run.dir or None  # run.dir from a config file or SAPO_RUN_DIR
+        if base.run.resume and not folder_flag:
+            raise SapoError("sapo sweep --resume needs the sweep's folder: --run-dir <workdir>/<experiment>/sweep-<timestamp>")
+        if folder_flag and not base.run.resume and (Path(folder_flag) / "sweep.json").exists():
+            raise SapoError(f"{folder_flag} already holds a sweep: continue it with --resume, or give another --run-dir")
+    except SapoError as exc:
+        fail(exc)
+    folder = Path(folder_flag) if folder_flag else base.experiment_dir / f"sweep-{rundir.timestamp()}"
+    if dry_run:
+        _print_grid(grid, folder, as_json)
+        return
+
+    setup_logging(base.run.log_level)
+    if not folder_flag:
+        folder = rundir.new_dir(base.experiment_dir, folder.name)
+    log.info("sweep: %d combination(s) in %s", len(grid.combinations), folder)
+
+    def run_one(combination: Any, run_dir: Path) -> None:
+        from sapo_core.node import Node
+
+        config = resolve(config_file, combination.sets, extra={"run.dir": (str(run_dir), "sapo sweep")}, **flags)
+        node = Node.from_config(config, get_plugins())
+        node.label = combination.name
+        try:
+            node.run()
+        finally:  # let the backends' memory (a model on the GPU) go before the next combination
+            del node
+            gc.collect()
+
+    results = run_sweep(grid, folder, run_one)
+    summary_path = folder / "summary.json"
+    if as_json:
+        click.echo(summary_path.read_text(encoding="utf-8").rstrip())
+    else:
+        _print_summary(grid, results)
+        click.echo(f"summary: {summary_path}")
+    if any(r.status == "interrupted" for r in results):
+        ctx.exit(130)
+    failed = [r for r in results if r.status != "ok"]
+    if failed:
+        click.echo(f"{len(failed)} of {len(results)} combinations failed", err=True)
+        ctx.exit(1)
+
+
+def _number(value: Any, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _print_grid(grid: Any, folder: Path, as_json: bool) -> None:
+    from sapo_core.sweep import grid_data
+
+    if as_json:
+        click.echo(json.dumps(grid_data(grid, folder), indent=2))
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"{len(grid.combinations)} combination(s) in {folder}", title_justify="left")
+    table.add_column("#", justify="right")
+    for axis in grid.axes:
+        table.add_column(axis.key)
+    table.add_column("folder")
+    for combination in grid.combinations:
+        table.add_row(str(combination.index + 1), *map(Text, combination.values.values()), Text(combination.name))
+    _print_wide(table)
+
+
+def _print_summary(grid: Any, results: Sequence[Any]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="sweep summary", title_justify="left")
+    table.add_column("#", justify="right")
+    for axis in grid.axes:
+        table.add_column(axis.key)
+    for name in ("status", "rounds", "final reward", "best pass@1", "final loss", "wall time"):
+        table.add_column(name, justify="left" if name == "status" else "right")
+    table.add_column("error", overflow="fold")
+    for result in results:
+        style = {"ok": "green", "failed": "red", "interrupted": "yellow"}.get(result.status, "dim")
+        best = _number(result.best_eval_pass_at_1, ".3f")
+        if result.best_eval_round is not None:
+            best += f" (r{result.best_eval_round})"
+        wall = "-" if result.wall_seconds is None else f"{result.wall_seconds:.1f}s"
+        table.add_row(
+            str(result.combination.index + 1),
+            *map(Text, result.combination.values.values()),
+            Text(result.status, style=style),
+            str(result.rounds_done),
+            _number(result.final_reward_mean, ".3f"),
+            best,
+            _number(result.final_train_loss, ".4g"),
+            wall,
+            Text(result.error or ""),
+        )
+    _print_wide(table)
+
+
+def _print_wide(renderable: Any) -> None:
+    """Print to stdout; when it is not a terminal (a file, CI), at a width that keeps table rows whole."""
+    from rich.console import Console
+
+    console = _stdout()
+    (console if console.is_terminal else Console(width=200)).print(renderable)
+
+
+BUILTIN_COMMANDS = (run, config_command, plugins, tasks, sweep)
 
 
 def build_cli() -> click.Group:

@@ -9,7 +9,7 @@ The schema is one frozen attrs class per section (`RunSettings` ...), held by `C
 ``inference``, ``train``, ``checkpoint`` and ``swarm`` that are not core keys are *extras*:
 kept raw because only the chosen backend knows them, and built into the backend's settings class
 by `structure` (or `Config.settings`). ``tasks.<task>.<key>`` and ``rewards.<reward>.<key>`` are
-the extras of one task or reward function. ``run``, ``model`` and ``advantages`` take no extras.
+the extras of one task or reward function. ``run``, ``model``, ``advantages`` and ``eval`` take no extras.
 
 Values are converted by the attrs field's type annotation with one converter (`structure`), for
 the core sections and the backends' settings alike. A string (from the environment, a flag or
@@ -47,6 +47,7 @@ __all__ = [
     "AdvantagesSettings",
     "CheckpointSettings",
     "Config",
+    "EvalSettings",
     "Extras",
     "InferenceSettings",
     "TrainSettings",
@@ -104,6 +105,7 @@ _valid_name = _check(
     "must be 1-64 characters of A-Z a-z 0-9 . _ -, not starting with '.' or '-', without '..'",
 )
 _local_folder = _check(lambda v: bool(v.strip()) and "://" not in v, "must be a local folder (not empty, not a URL)")
+_local_folder_or_empty = _check(lambda v: "://" not in v, "must be a local folder (not a URL), or empty for automatic")
 
 
 def _lower(value: Any) -> Any:
@@ -152,10 +154,11 @@ class RunSettings:
     role: str = attrs.field(default="worker", converter=_lower, validator=_one_of(ROLES))  # what this node does
     rounds: int = attrs.field(default=10, validator=_at_least(1))  # run until this many rounds are done
     seed: int = 0  # base seed of problems, sampling and training
-    workdir: str = attrs.field(
-        default="runs", validator=_local_folder
-    )  # a node writes under <workdir>/<experiment>/<node_id>
-    resume: bool = False  # continue from the newest complete checkpoint
+    workdir: str = attrs.field(default="runs", validator=_local_folder)  # run directories go under <workdir>/<experiment>/
+    # This run's directory (metrics, checkpoints, config.json). "" = automatic: an offline run
+    # (transport none) gets <workdir>/<experiment>/<UTC timestamp>, a swarm node <workdir>/<experiment>/<node_id>.
+    dir: str = attrs.field(default="", validator=_local_folder_or_empty)
+    resume: bool = False  # continue from the newest complete checkpoint (offline: of the newest run that has one)
     log_level: str = attrs.field(default="info", converter=_lower, validator=_one_of(LOG_LEVELS))
 
 
@@ -236,6 +239,17 @@ class CheckpointSettings:
     keep: int = attrs.field(default=3, validator=_at_least(1))  # newest checkpoints kept
 
 
+@attrs.frozen
+class EvalSettings:
+    """``[eval]``: evaluation on held-out problems (workers and contributors; never coordinators)."""
+
+    every: int = attrs.field(default=5, validator=_at_least(0))  # evaluate after every this many rounds and the last; 0: never
+    problems: int = attrs.field(default=32, validator=_at_least(1))  # held-out problems, split evenly over tasks.names
+    num_completions: int = attrs.field(default=1, validator=_at_least(1))  # k samples per problem; pass@1 = mean fraction correct
+    temperature: float = attrs.field(default=0.0, validator=_check(lambda v: v >= 0, "must be >= 0"))  # 0: greedy
+    seed: int = 0  # base seed of the held-out problems; independent of run.seed, so every run sees the same set
+
+
 #: Every section, in the order of `Config`, with its attrs class.
 SECTIONS: Mapping[str, type] = types.MappingProxyType(
     {
@@ -248,6 +262,7 @@ SECTIONS: Mapping[str, type] = types.MappingProxyType(
         "swarm": SwarmSettings,
         "train": TrainSettings,
         "checkpoint": CheckpointSettings,
+        "eval": EvalSettings,
     }
 )
 _FLAT_EXTRAS = frozenset({"inference", "train", "checkpoint", "swarm"})  # <section>.<key>
@@ -733,6 +748,7 @@ class Config:
     swarm: SwarmSettings = attrs.field(factory=SwarmSettings)
     train: TrainSettings = attrs.field(factory=TrainSettings)
     checkpoint: CheckpointSettings = attrs.field(factory=CheckpointSettings)
+    eval: EvalSettings = attrs.field(factory=EvalSettings)
     # Extras by key parts: ("inference", "base_url") or ("tasks", "arithmetic", "difficulty").
     _extras: Mapping[tuple[str, ...], Any] = attrs.field(factory=dict, repr=False)
     _texts: Mapping[tuple[str, ...], str] = attrs.field(factory=dict, repr=False, eq=False)
@@ -740,15 +756,21 @@ class Config:
     _sources: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)
 
     @property
+    def experiment_dir(self) -> Path:
+        """``<workdir>/<experiment>``: the folder that holds this experiment's run directories."""
+        return Path(self.run.workdir) / self.run.experiment
+
+    @property
     def node_dir(self) -> Path:
-        """Where this node writes: ``<workdir>/<experiment>/<node_id>``."""
-        return Path(self.run.workdir) / self.run.experiment / self.run.node_id
+        """A swarm node's automatic run directory: ``<workdir>/<experiment>/<node_id>`` (stable, so
+        ``--resume`` finds it). Offline runs get a timestamped one: see `sapo_core.rundir`."""
+        return self.experiment_dir / self.run.node_id
 
     def extras(self, section: str, name: str | None = None) -> Any:
         """The raw extras of ``section`` as an `Extras` (a dict): for ``inference``, ``train``,
         ``checkpoint``, ``swarm`` its non-core keys; for ``tasks``/``rewards`` with ``name`` the
         keys of ``tasks.<name>``, without ``name`` a dict name -> `Extras` of every subsection
-        set. Empty for ``run``, ``model``, ``advantages``. Values are copies.
+        set. Empty for ``run``, ``model``, ``advantages``, ``eval``. Values are copies.
         """
         if section not in SECTIONS:
             raise ValueError(f"Unknown config section {section!r}. Choose one of: {', '.join(SECTIONS)}")

@@ -8,7 +8,9 @@ A worker's or contributor's round (DESIGN.md, "One node, one round"):
 4. score them with the reward functions and compute group advantages;
 5. publish its groups; collect peers' groups until the round advances or its deadline passes;
 6. build the training set: I local + J external groups, external ones re-scored here;
-7. learner step (workers only), metrics, a checkpoint every K rounds.
+7. learner step (workers only);
+8. every ``eval.every`` rounds and after the last: evaluate on the held-out problems;
+9. a checkpoint every K rounds and after the last; the round's metrics to the run directory.
 
 A coordinator only owns the round state: it advances when a quorum of live nodes has
 published or the deadline passes, whichever comes first.
@@ -29,10 +31,11 @@ from typing import Any
 
 import attrs
 
-from sapo_core import __version__, codec
+from sapo_core import __version__, codec, rundir
 from sapo_core.advantages import group_advantages
 from sapo_core.config import Config, structure
 from sapo_core.errors import ConfigError, SapoError
+from sapo_core.evaluation import Evaluator, ProblemResult
 from sapo_core.interfaces import (
     BackendContext,
     Checkpointer,
@@ -47,7 +50,7 @@ from sapo_core.interfaces import (
 )
 from sapo_core.plugins import Plugins
 from sapo_core.records import SCHEMA_VERSION, Completion, Group, Problem, RoundPayload
-from sapo_core.rewards import combine_rewards
+from sapo_core.rewards import CorrectnessReward, FormatReward, combine_rewards
 from sapo_core.sampling import sample_problems, training_set
 from sapo_core.seeding import derive_seed
 
@@ -94,12 +97,15 @@ def check_compatible(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> None
 
 @attrs.define
 class Timer:
-    """Wall time per phase of a round."""
+    """Wall time per phase of a round; ``on_phase(name)`` is told when a phase starts (progress)."""
 
     seconds: dict[str, float] = attrs.field(factory=dict)
+    on_phase: Callable[[str], None] | None = None
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        if self.on_phase is not None:
+            self.on_phase(name)
         start = time.perf_counter()
         try:
             yield
@@ -126,6 +132,11 @@ class Node:
     checkpointer: Checkpointer | None = None
     sleep: Callable[[float], None] = time.sleep
     last_metrics: dict[str, Any] = attrs.field(factory=dict)
+    #: How the progress display names this node (default: its node id).
+    label: str = ""
+    #: Told when a phase of a round starts (set by `work` to the progress display's).
+    on_phase: Callable[[str], None] | None = None
+    _evaluator: Evaluator | None = attrs.field(default=None, init=False, repr=False)
 
     # ---------------------------------------------------------------------- building
 
@@ -142,13 +153,26 @@ class Node:
                 config.train.backend,
             )
             role = "contributor"
+        offline = config.swarm.transport == "none"
+        automatic = offline and not run.dir
+        if run.dir:
+            workdir = Path(run.dir)
+            if not run.resume and rundir.holds_run(workdir):
+                raise ConfigError(
+                    f"run.dir {workdir} already holds a run ({rundir.METRICS_FILE}): continue it with --resume, "
+                    "or give another --run-dir"
+                )
+        elif offline:  # a fresh timestamped run directory, unless --resume picks an existing one below
+            workdir = config.experiment_dir / rundir.timestamp()
+        else:
+            workdir = config.node_dir
         context = BackendContext(
             experiment=run.experiment,
             node=run.node_id,
             role=role,
             model=config.model.name,
             seed=run.seed,
-            workdir=Path(run.workdir) / run.experiment / run.node_id,
+            workdir=workdir,
             config=config.to_dict(redact=False),
         )
         build = _Builder(config, plugins, context)
@@ -159,14 +183,47 @@ class Node:
             for name, weight in config.rewards.weights.items()
             if weight != 0
         }
-        transport = build("transport", config.swarm.transport, config.extras("swarm"), "swarm")
-        node = cls(config=config, plugins=plugins, context=context, tasks=tasks, rewards=rewards, transport=transport)
+        checkpointer = None
         if role != "coordinator":
-            node.inference = build("inference", config.inference.backend, config.extras("inference"), "inference")
-            node.checkpointer = build("checkpointer", config.checkpoint.backend, config.extras("checkpoint"), "checkpoint")
-        if role == "worker":
-            node.learner = build("learner", config.train.backend, config.extras("train"), "train")
+            if automatic and run.resume:
+                context.workdir, checkpointer = cls._resumable_run(config, build, context)
+            elif automatic:
+                context.workdir = rundir.new_dir(config.experiment_dir, workdir.name)
+        created = context.workdir if automatic and not run.resume else None
+        try:
+            transport = build("transport", config.swarm.transport, config.extras("swarm"), "swarm")
+            node = cls(config=config, plugins=plugins, context=context, tasks=tasks, rewards=rewards, transport=transport)
+            if role != "coordinator":
+                node.inference = build("inference", config.inference.backend, config.extras("inference"), "inference")
+                node.checkpointer = checkpointer or build(
+                    "checkpointer", config.checkpoint.backend, config.extras("checkpoint"), "checkpoint"
+                )
+            if role == "worker":
+                node.learner = build("learner", config.train.backend, config.extras("train"), "train")
+        except BaseException:
+            if created is not None:
+                rundir.discard_if_empty(created)
+            raise
         return node
+
+    @staticmethod
+    def _resumable_run(config: Config, build: _Builder, context: BackendContext) -> tuple[Path, Checkpointer]:
+        """The newest automatic run directory of the experiment with a checkpoint, and its checkpointer."""
+        for candidate in rundir.stamped_runs(config.experiment_dir):
+            context.workdir = candidate
+            checkpointer = build("checkpointer", config.checkpoint.backend, config.extras("checkpoint"), "checkpoint")
+            saved = checkpointer.list()
+            if saved:
+                log.info("--resume: continuing run %s (the newest of experiment %r with a checkpoint, round %d)",
+                         candidate, config.run.experiment, saved[-1].round)
+                return candidate, checkpointer
+            close = getattr(checkpointer, "close", None)
+            if callable(close):
+                close()
+        raise ConfigError(
+            f"--resume: no run of experiment {config.run.experiment!r} in {config.experiment_dir} has a checkpoint. "
+            "Start a new run without --resume, or give the run's folder with --run-dir (run.dir)."
+        )
 
     def close(self) -> None:
         for backend in (self.inference, self.learner, self.checkpointer, self.transport, *self.rewards.values()):
@@ -193,23 +250,47 @@ class Node:
     def join(self) -> None:
         """Check this node's settings against the swarm's and announce it (idempotent)."""
         self.context.workdir.mkdir(parents=True, exist_ok=True)
+        self.write_config()
         check_compatible(swarm_settings(self.config), self.transport.ensure_settings(swarm_settings(self.config)))
         self.transport.heartbeat(self.info())
 
+    def write_config(self) -> None:
+        """``config.json`` in the run directory: the resolved configuration, secrets redacted.
+
+        A resumed run whose settings changed logs the differences and stores the new ones.
+        """
+        path = self.context.workdir / rundir.CONFIG_FILE
+        data = self.config.to_dict(redact=True)
+        data["run"]["dir"] = str(self.context.workdir)
+        if path.is_file():
+            try:
+                changes = rundir.config_changes(json.loads(path.read_text(encoding="utf-8")), data)
+            except (OSError, ValueError, AttributeError):
+                changes = []
+            if changes:
+                log.info("%s: settings changed since %s was written: %s", self.context.node, path, "; ".join(changes))
+        rundir.write_json(path, data)
+
     def work(self) -> None:
         """The worker/contributor loop."""
+        log.info("%s: run directory %s", self.context.node, self.context.workdir)
         done = self.resume() if self.config.run.resume else -1
-        from sapo_core.progress import round_progress  # rich is imported only when running
+        from sapo_core.progress import run_progress  # rich is imported only when running
 
-        with round_progress(self.config.run.rounds, done + 1, label=self.context.node) as progress:
-            while True:
-                round = self.next_round(done)
-                if round >= self.config.run.rounds:
-                    break
-                metrics = self.step(round)
-                self.finish_round(round, metrics)
-                progress(round, metrics)
-                done = round
+        label = self.label or self.context.node
+        with run_progress(self.config.run.rounds, done + 1, label=label) as progress:
+            self.on_phase = progress.phase
+            try:
+                while True:
+                    round = self.next_round(done)
+                    if round >= self.config.run.rounds:
+                        break
+                    metrics = self.step(round)
+                    self.finish_round(round, metrics)
+                    progress.round_done(round, metrics)
+                    done = round
+            finally:
+                self.on_phase = None
 
     def info(self, round: int = -1) -> NodeInfo:
         now = time.time()
@@ -243,7 +324,7 @@ class Node:
         """One round: generate, score, share, train. Returns its metrics."""
         if self.inference is None:
             raise SapoError(f"role {self.context.role!r} does not generate")
-        config, timer = self.config, Timer()
+        config, timer = self.config, Timer(on_phase=self.on_phase)
         start = time.perf_counter()
         metrics: dict[str, Any] = {"round": round, "node": self.context.node, "time": time.time()}
         with timer.phase("generate"):
@@ -269,9 +350,19 @@ class Node:
             )
         with timer.phase("score"):
             complete = [(p, c) for p, c in zip(problems, outputs) if len(c) >= config.inference.num_completions]
-            local = [self.score(p, c[: config.inference.num_completions], node=self.context.node) for p, c in complete]
+            scored = [self.score_functions(p, c[: config.inference.num_completions]) for p, c in complete]
+            local = [
+                self.group(p, c[: config.inference.num_completions], parts, node=self.context.node)
+                for (p, c), parts in zip(complete, scored)
+            ]
         metrics["inference/dropped_problems"] = len(problems) - len(complete)
+        tokens = [c.num_tokens for group in local for c in group.completions if c.num_tokens is not None]
+        if tokens and timer.seconds.get("generate"):
+            # A backend's own round_metrics() with these keys, merged below, takes precedence.
+            metrics["inference/tokens"] = sum(tokens)
+            metrics["inference/tokens_per_second"] = sum(tokens) / timer.seconds["generate"]
         metrics.update(self.reward_metrics(local))
+        metrics.update(self.function_metrics(scored))
 
         external: list[Group] = []
         if self.transport.shared:
@@ -309,12 +400,33 @@ class Node:
 
     def score(self, problem: Problem, completions: Sequence[Completion], *, node: str) -> Group:
         """Score one problem's completions with this node's rewards: a `Group` with advantages."""
-        per_function: dict[str, list[float]] = {}
-        for name, reward in self.rewards.items():
-            per_function[name] = _checked_scores(name, reward, problem, completions)
-        rewards = combine_rewards(per_function, self.config.rewards.weights)
+        return self.group(problem, completions, self.score_functions(problem, completions), node=node)
+
+    def score_functions(self, problem: Problem, completions: Sequence[Completion]) -> dict[str, list[float]]:
+        """Each reward function's scores of one problem's completions (a broken one scores 0)."""
+        return {name: _checked_scores(name, reward, problem, completions) for name, reward in self.rewards.items()}
+
+    def group(self, problem: Problem, completions: Sequence[Completion], per_function: Mapping[str, Sequence[float]],
+              *, node: str) -> Group:
+        """A `Group` from the reward functions' scores: their weighted sum, and group advantages."""
+        weights = {name: w for name, w in self.config.rewards.weights.items() if name in per_function}
+        rewards = combine_rewards(per_function, weights)
         advantages = group_advantages(rewards, scale_by_std=self.config.advantages.scale_by_std)
         return Group(problem=problem, completions=completions, rewards=rewards, advantages=advantages, node=node)
+
+    @staticmethod
+    def function_metrics(scored: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, float]:
+        """``reward/fn/<name>``: each reward function's mean score; ``reward/accuracy``: the fraction
+        of completions with correctness 1.0 (when ``correctness`` is one of the rewards)."""
+        from sapo_core.evaluation import CORRECT
+
+        metrics: dict[str, float] = {}
+        for name in dict.fromkeys(name for parts in scored for name in parts):
+            values = [v for parts in scored for v in parts.get(name, ())]
+            metrics[f"reward/fn/{name}"] = _mean(values)
+            if name == "correctness":
+                metrics["reward/accuracy"] = _mean([float(v >= CORRECT) for v in values])
+        return metrics
 
     def reward_metrics(self, groups: Sequence[Group]) -> dict[str, float]:
         rewards = [r for group in groups for r in group.rewards]
@@ -394,19 +506,80 @@ class Node:
                 return
             self.sleep(swarm.poll_seconds)
 
+    def eval_due(self, round: int) -> bool:
+        """Whether ``round`` ends with an evaluation: every ``eval.every`` rounds and after the last."""
+        every = self.config.eval.every
+        if every == 0 or self.inference is None:
+            return False
+        return (round + 1) % every == 0 or round == self.config.run.rounds - 1
+
+    def evaluate(self) -> tuple[dict[str, float], list[ProblemResult]]:
+        """Evaluate the current policy on the held-out problems (see `sapo_core.evaluation`)."""
+        if self.inference is None:
+            raise SapoError(f"role {self.context.role!r} does not generate, so it does not evaluate")
+        if self._evaluator is None:
+            extra: dict[str, RewardFunction] = {}  # pass@1 and eval/format need these even when not weighted
+            if "correctness" not in self.rewards:
+                extra["correctness"] = CorrectnessReward(self.context)
+            if "format" not in self.rewards:
+                extra["format"] = FormatReward()
+
+            def score(problem: Problem, completions: Sequence[Completion]) -> dict[str, list[float]]:
+                scores = self.score_functions(problem, completions)
+                scores.update({n: _checked_scores(n, r, problem, completions) for n, r in extra.items()})
+                return scores
+
+            inference = self.config.inference
+            self._evaluator = Evaluator.build(
+                self.config.eval,
+                inference=self.inference,
+                score=score,
+                weights=self.config.rewards.weights,
+                tasks=self.tasks,
+                names=self.config.tasks.names,
+                base=SamplingParams(top_p=inference.top_p, top_k=inference.top_k, max_new_tokens=inference.max_new_tokens),
+            )
+        return self._evaluator.evaluate()
+
     def finish_round(self, round: int, metrics: dict[str, Any]) -> None:
-        """Checkpoint if due, append metrics, tell the observers."""
+        """Evaluate and checkpoint if due, write the round's metrics, tell the observers."""
+        timer = Timer(on_phase=self.on_phase)
+        results: list[ProblemResult] | None = None
+        if self.eval_due(round):
+            with timer.phase("eval"):
+                evaluated, results = self.evaluate()
+            metrics.update(evaluated)
+            # The inference backend's numbers since the round's were read are the evaluation's:
+            # report them apart, so they do not count in the next round's inference/*.
+            drain = getattr(self.inference, "round_metrics", None)
+            if callable(drain):
+                metrics.update({f"eval/inference/{key}": value for key, value in drain().items()})
         every = self.config.checkpoint.every
         last = round == self.config.run.rounds - 1
         # A contributor has no weights: its progress is the swarm's round, nothing to save.
         if self.checkpointer is not None and self.learner is not None and ((round + 1) % every == 0 or last):
-            started = time.perf_counter()
-            self.checkpointer.save(round, self._write_checkpoint, {"round": round, "sapo_core": __version__})
-            metrics["time/checkpoint"] = time.perf_counter() - started
+            with timer.phase("checkpoint"):
+                self.checkpointer.save(round, self._write_checkpoint, {"round": round, "sapo_core": __version__})
+        metrics.update({f"time/{name}": value for name, value in timer.seconds.items()})
+        if "time/round" in metrics:
+            metrics["time/round"] += sum(timer.seconds.values())
         self.last_metrics = metrics
-        with open(self.context.workdir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(metrics, sort_keys=True, default=str) + "\n")
+        self.write_metrics(round, metrics, results)
         self.plugins.notify("round_finished", context=self.context, round=round, metrics=metrics)
+
+    def write_metrics(self, round: int, metrics: Mapping[str, Any], results: Sequence[ProblemResult] | None) -> None:
+        """Append the round's line to ``metrics.jsonl``; write ``metrics/train_iter_<round>.json``
+        (the round's metrics without eval/*) and, when it evaluated, ``metrics/eval_iter_<round>.json``."""
+        workdir = self.context.workdir
+        with open(workdir / rundir.METRICS_FILE, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(metrics, sort_keys=True, default=str) + "\n")
+        common = {key: metrics[key] for key in ("round", "node", "time") if key in metrics}
+        train = {key: value for key, value in metrics.items() if not key.startswith(("eval/", "time/eval"))}
+        rundir.write_json(rundir.iter_file(workdir, "train", round), train)
+        if results is not None:
+            evaluated = {key: value for key, value in metrics.items() if key.startswith("eval/") or key == "time/eval"}
+            problems = [result.to_data() for result in results]
+            rundir.write_json(rundir.iter_file(workdir, "eval", round), {**common, **evaluated, "problems": problems})
 
     def _write_checkpoint(self, folder: Path) -> None:
         if self.learner is not None:
