@@ -80,7 +80,7 @@ def test_fresh_venv_install_and_offline_run(tmp_path: Path) -> None:
     metrics = json.loads(result.stdout)  # stdout is the final metrics JSON and nothing else
     assert "reward/mean" in metrics and metrics["round"] == 0
     assert "contributor" in result.stderr  # no learner installed: the node only contributes rollouts
-    node_dir = workdir / "default" / "node-0"
+    (node_dir,) = (p.parent for p in (workdir / "default").glob("*/metrics.jsonl"))
     lines = (node_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["round"] for line in lines] == [0]
     assert (node_dir / "hello.csv").read_text(encoding="utf-8").splitlines()[0] == "round,reward_mean"
