@@ -7,6 +7,8 @@ the input and bounded: completions are untrusted text (huge, adversarial, odd un
 
 from __future__ import annotations
 
+import re
+
 import unicodedata
 
 from sapo_core.records import Message
@@ -94,3 +96,16 @@ def normalize_answer(answer: str) -> str:
     the answer, so they can never make a wrong answer pass.
     """
     return unicodedata.normalize("NFKC", answer).translate(_MINUS_SIGNS).strip()
+
+
+_LAST_INTEGER = re.compile(r"(?<![\w.])-?\d{1,30}(?![\w.]*\d)")
+
+
+def last_integer(text: str) -> str | None:
+    """The last integer written in the text (GSM8K-style extraction), or None.
+
+    Used as an untagged answer by numeric tasks, for models too small to follow the tag
+    format yet; only the last `MAX_SCAN_CHARS` characters are looked at.
+    """
+    found = _LAST_INTEGER.findall(normalize_answer(text[-MAX_SCAN_CHARS:]))
+    return found[-1] if found else None

@@ -109,6 +109,9 @@ class Task(Protocol):
     * ``verify(problem, answer)`` scores the text found in the completion's answer tags in
       [0, 1] (partial credit allowed). It never raises, whatever the text: empty, huge,
       adversarial input scores 0.
+    * Optional: ``untagged_answer(text) -> str | None`` reads an answer from a completion that
+      has no answer tags (arithmetic: its last integer); the ``correctness`` reward uses it
+      unless ``rewards.correctness.answer_tags = "require"``.
     """
 
     name: str

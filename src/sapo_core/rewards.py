@@ -12,6 +12,8 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 
+import attrs
+
 from sapo_core.answers import extract_answer, format_score
 from sapo_core.interfaces import BackendContext, Task
 from sapo_core.records import Completion, Problem
@@ -30,6 +32,17 @@ def clamp_reward(value: object) -> float:
     return min(1.0, max(0.0, reward)) if math.isfinite(reward) else 0.0
 
 
+@attrs.frozen
+class CorrectnessSettings:
+    """``rewards.correctness.*`` keys."""
+
+    # "prefer": the answer tags' content, else the task's own reading of untagged text where it
+    # has one (arithmetic: the last integer), which gives models too small to follow the tag
+    # format yet a learning signal while the format reward teaches the tags.
+    # "require": no tags, no reward.
+    answer_tags: str = attrs.field(default="prefer", validator=attrs.validators.in_(("prefer", "require")))
+
+
 class CorrectnessReward:
     """1.0 for a verified answer, partial credit as the task allows, 0.0 without an answer.
 
@@ -38,8 +51,9 @@ class CorrectnessReward:
     not there scores 0.0 for every completion (a warning is logged once per task name).
     """
 
-    def __init__(self, context: BackendContext) -> None:
+    def __init__(self, context: BackendContext, settings: CorrectnessSettings | None = None) -> None:
         self._context = context
+        self._settings = settings or CorrectnessSettings()
         self._reported: set[str] = set()
 
     def score(self, problem: Problem, completions: Sequence[Completion]) -> list[float]:
@@ -55,10 +69,13 @@ class CorrectnessReward:
         return [self._score_one(task, problem, completion) for completion in completions]
 
     def _score_one(self, task: Task, problem: Problem, completion: Completion) -> float:
-        answer = extract_answer(completion.text)
-        if answer is None:
-            return 0.0
         try:
+            answer = extract_answer(completion.text)
+            untagged = getattr(task, "untagged_answer", None)
+            if answer is None and self._settings.answer_tags == "prefer" and untagged is not None:
+                answer = untagged(completion.text)
+            if answer is None:
+                return 0.0
             return clamp_reward(task.verify(problem, answer))
         except Exception:
             # The Task contract says verify never raises; a broken one must not end the round.

@@ -5,11 +5,11 @@ from __future__ import annotations
 from sapo_core import hookimpl
 from sapo_core.interfaces import BackendContext
 from sapo_core.registry import Register
-from sapo_core.rewards import CorrectnessReward, FormatReward
+from sapo_core.rewards import CorrectnessReward, CorrectnessSettings, FormatReward
 
 
-def correctness_reward(settings: None, context: BackendContext) -> CorrectnessReward:
-    return CorrectnessReward(context)
+def correctness_reward(settings: CorrectnessSettings | None, context: BackendContext) -> CorrectnessReward:
+    return CorrectnessReward(context, settings)
 
 
 def format_reward(settings: None, context: BackendContext) -> FormatReward:
@@ -21,7 +21,9 @@ def register_rewards(register: Register) -> None:
     register(
         "correctness",
         correctness_reward,
-        description="The problem's own verifier on the text in <answer></answer> (0 without an answer).",
+        settings=CorrectnessSettings,
+        description="The problem's own verifier on the text in <answer></answer>, or on the task's reading of "
+        "untagged text (rewards.correctness.answer_tags)",
     )
     register(
         "format",

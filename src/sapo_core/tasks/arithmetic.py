@@ -11,7 +11,7 @@ import re
 
 import attrs
 
-from sapo_core.answers import build_messages, normalize_answer
+from sapo_core.answers import build_messages, last_integer, normalize_answer
 from sapo_core.records import Problem
 
 
@@ -104,6 +104,10 @@ class ArithmeticTask:
             answer=value,
             metadata={"difficulty": difficulty, "expression": expression},
         )
+
+    def untagged_answer(self, text: str) -> str | None:
+        """The answer of a completion without answer tags: its last integer."""
+        return last_integer(text)
 
     def verify(self, problem: Problem, answer: str) -> float:
         """1.0 when the answer states the reference integer (see `parse_integer`), else 0.0."""
