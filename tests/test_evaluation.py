@@ -228,3 +228,18 @@ def test_a_contributor_evaluates_too(tmp_path, sapo_plugins, scripted):
     cfg = config(tmp_path, "run.rounds=1", "run.role=contributor")
     metrics = Node.from_config(cfg, sapo_plugins).run()
     assert metrics["eval/pass@1"] == 1.0 and "train/loss" not in metrics
+
+
+def test_eval_at_start_records_the_baseline_before_any_training(tmp_path, sapo_plugins, scripted):
+    cfg = config(tmp_path, "run.rounds=2", "eval.every=2", "eval.at_start=true")
+    Node.from_config(cfg, sapo_plugins).run()
+    folder = only_run_dir(tmp_path)
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [-1, 0, 1]
+    assert lines[0]["eval/pass@1"] == 1.0 and not any(key.startswith(("train/", "reward/")) for key in lines[0])
+    assert lines[1]["inference/calls"] == 1, "the baseline's generation is not round 0's"
+    stored = json.loads((folder / "metrics" / "eval_start.json").read_text())
+    calls = scripted["node-0"].eval_calls()
+    assert len(calls) == 2 and calls[0]["ids"] == calls[1]["ids"]
+    assert [p["id"] for p in stored["problems"]] == calls[0]["ids"]
+    assert scripted["node-0"].training_ids(), "training happened after the baseline"

@@ -248,6 +248,7 @@ class EvalSettings:
     num_completions: int = attrs.field(default=1, validator=_at_least(1))  # k samples per problem; pass@1 = mean fraction correct
     temperature: float = attrs.field(default=0.0, validator=_check(lambda v: v >= 0, "must be >= 0"))  # 0: greedy
     seed: int = 0  # base seed of the held-out problems; independent of run.seed, so every run sees the same set
+    at_start: bool = False  # also evaluate before the first round: the baseline of the learning curve
 
 
 #: Every section, in the order of `Config`, with its attrs class.

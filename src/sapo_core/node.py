@@ -275,6 +275,8 @@ class Node:
         """The worker/contributor loop."""
         log.info("%s: run directory %s", self.context.node, self.context.workdir)
         done = self.resume() if self.config.run.resume else -1
+        if done == -1 and self.config.eval.at_start and self.inference is not None:
+            self.evaluate_baseline()
         from sapo_core.progress import run_progress  # rich is imported only when running
 
         label = self.label or self.context.node
@@ -540,6 +542,24 @@ class Node:
                 base=SamplingParams(top_p=inference.top_p, top_k=inference.top_k, max_new_tokens=inference.max_new_tokens),
             )
         return self._evaluator.evaluate()
+
+    def evaluate_baseline(self) -> dict[str, Any]:
+        """Evaluate before any training: a ``"round": -1`` line in metrics.jsonl and ``metrics/eval_start.json``."""
+        started = time.perf_counter()
+        evaluated, results = self.evaluate()
+        drain = getattr(self.inference, "round_metrics", None)
+        if callable(drain):  # the evaluation's tokens must not count in round 0's inference/*
+            evaluated.update({f"eval/inference/{key}": value for key, value in drain().items()})
+        metrics = {"round": -1, "node": self.context.node, "time": time.time(), **evaluated,
+                   "time/eval": time.perf_counter() - started}
+        workdir = self.context.workdir
+        with open(workdir / rundir.METRICS_FILE, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(metrics, sort_keys=True, default=str) + "\n")
+        rundir.write_json(workdir / rundir.METRICS_DIR / "eval_start.json",
+                          {**metrics, "problems": [result.to_data() for result in results]})
+        log.info("%s: before training: pass@1 %.3f, reward %.3f", self.context.node,
+                 evaluated.get("eval/pass@1", 0.0), evaluated.get("eval/reward_mean", 0.0))
+        return metrics
 
     def finish_round(self, round: int, metrics: dict[str, Any]) -> None:
         """Evaluate and checkpoint if due, write the round's metrics, tell the observers."""
