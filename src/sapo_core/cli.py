@@ -365,7 +365,40 @@ def _print_wide(renderable: Any) -> None:
     (console if console.is_terminal else Console(width=200)).print(renderable)
 
 
-BUILTIN_COMMANDS = (run, config_command, plugins, tasks, sweep)
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("reward.png"),
+              show_default=True, help="PNG file to draw the curves into.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rounds as JSON instead of a table.")
+def report(paths: tuple[Path, ...], output: Path, as_json: bool) -> None:
+    """Draw reward per round (and held-out pass@1) for runs: run directories or folders of them."""
+    from sapo_core import report as reporting
+
+    try:
+        runs = reporting.find_runs(paths)
+        curves = [reporting.load_curve(run, label) for run, label in zip(runs, reporting.labels_for(runs))]
+        reporting.plot(curves, output)
+    except SapoError as exc:
+        fail(exc)
+    rows = {curve.label: reporting.table_rows(curve) for curve in curves}
+    if as_json:
+        click.echo(json.dumps({"image": str(output), "runs": rows}, indent=2))
+        return
+    from rich.table import Table
+
+    for label, lines in rows.items():
+        table = Table("round", "reward", "held-out pass@1", title=label, box=None)
+        for row in lines:
+            table.add_row(str(row["round"]), _fmt(row["reward"]), _fmt(row["pass@1"]))
+        _stdout().print(table)
+    click.echo(f"reward curve: {output}")
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+BUILTIN_COMMANDS = (run, config_command, plugins, tasks, sweep, report)
 
 
 def build_cli() -> click.Group:

