@@ -1,0 +1,543 @@
+"""The ``local`` inference backend: batched generation with Hugging Face ``model.generate``.
+
+Sampling is reproducible per completion. Each (problem, replicate) has its own seed,
+``derive_seed(params.seed, problem.id, i)``, and every random number it uses is a
+counter-based hash of (that seed, decode step, token id): no generator state is shared between
+rows, so a completion does not depend on the batch size, on the other rows of its batch, on
+their order, or on the device (the hash is integer arithmetic, the same on a CPU and a GPU;
+only the final -log(-log(u)) may differ in the last bit of a float64 between devices).
+
+How a token is drawn (`GumbelSampler`, a `LogitsProcessor` run under greedy decoding):
+temperature, top-k and top-p are applied to the logits as Hugging Face's warpers do, then
+Gumbel noise ``g = -log(-log(u))`` is added, with ``u`` the hash mapped to (0, 1) on 24 bits,
+and the token with the largest noisy score is the one chosen. That is an exact sample from the
+tempered, filtered distribution (the Gumbel-max trick). Greedy decoding then picks it.
+
+What stays floating point: the logits themselves. The same model on another device, or the
+same row padded differently in another batch, gives logits that differ in the last bits, which
+changes a token only where two noisy scores tie to that precision (rare: a tiny fp32 model gave
+the same 24 completions of 32 tokens on a CPU and on an H100).
+
+Speed: on the CPU only the tokens that can still win get noise (see `GumbelSampler`); on CUDA
+the noise for all tokens is one torch.compile'd kernel. Either way the draw costs about what
+``generate(do_sample=True)``'s softmax + multinomial does.
+
+``temperature == 0`` is plain greedy decoding, without noise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+
+import attrs
+import torch
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+from transformers.generation.stopping_criteria import StopStringCriteria
+
+from sapo_core.interfaces import BackendContext, SamplingParams
+from sapo_core.records import Completion, Problem
+from sapo_core.seeding import derive_seed
+from sapo_local.policy import Policy, get_policy, prompt_ids
+from sapo_local.settings import LocalInferenceSettings
+
+log = logging.getLogger("sapo.local")
+
+__all__ = [
+    "GumbelSampler",
+    "LocalInference",
+    "LocalInferenceSettings",
+    "build_local_inference",
+    "fmix32",
+    "gumbel_noise",
+    "noise_keys",
+]
+
+
+# The ``inference.*`` settings live in the torch-free `sapo_local.settings` (the plugin
+# registers them without importing torch): device, dtype, batch_size (rows per generate call;
+# results do not depend on it, memory and speed do; on a CUDA out-of-memory error the batch is
+# halved and retried). Read here with getattr, so a settings object without them still works:
+# compile_sampler (default True): on CUDA, fuse the sampler's noise into one torch.compile'd
+# kernel (the same draws; compiling takes a few seconds once per process; plain torch if it fails).
+
+
+# ------------------------------------------------------------------------ counter-based noise
+
+_MASK32 = 0xFFFFFFFF
+# Murmur3's fmix32 multipliers, written as their negative 32-bit two's complement twins: the
+# low 32 bits of x * c are the same, and |x * c| < 2**63 for any x < 2**32, so the int64
+# products never overflow (no reliance on wrap-around, on any device).
+_FMIX_C1 = 0x85EBCA6B - (1 << 32)
+_FMIX_C2 = 0xC2B2AE35 - (1 << 32)
+# Salts that separate the key streams (arbitrary odd constants).
+_SALT_HI, _SALT_LO, _SALT_STEP1, _SALT_STEP2 = 0x9E3779B9, 0x7F4A7C15, 0x243F6A88, 0x85A308D3
+
+# u = (k + 0.5) / 2**24 for a 24-bit k, so u lies in [2**-25, 1 - 2**-25] and the Gumbel noise
+# g = -log(-log(u)) in [_G_MIN, _G_MAX]. A token whose score is more than _G_MAX - _G_MIN below
+# the row's best cannot win, whatever the noise: only the others need noise (see GumbelSampler).
+_G_MIN = -math.log(-math.log(2.0**-25))
+_G_MAX = -math.log(-math.log1p(-(2.0**-25)))
+_NOISE_SPAN = _G_MAX - _G_MIN  # about 20.18
+
+
+def fmix32(x: torch.Tensor) -> torch.Tensor:
+    """Murmur3's 32-bit finaliser on an int64 tensor of values in [0, 2**32): a bijection that mixes every bit."""
+    x = x ^ (x >> 16)
+    x = (x * _FMIX_C1) & _MASK32
+    x = x ^ (x >> 13)
+    x = (x * _FMIX_C2) & _MASK32
+    return x ^ (x >> 16)
+
+
+def noise_keys(seeds: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two 32-bit keys per (row seed, step), broadcast: ``seeds`` (..., 1) and ``steps`` (...,) give (..., steps)."""
+    lo, hi = seeds & _MASK32, (seeds >> 32) & _MASK32
+    row1 = fmix32(lo ^ fmix32(hi ^ _SALT_HI))
+    row2 = fmix32(hi ^ fmix32(lo ^ _SALT_LO))
+    key1 = fmix32(row1 ^ fmix32((steps + _SALT_STEP1) & _MASK32))
+    key2 = fmix32(row2 ^ fmix32((steps ^ _SALT_STEP2) & _MASK32))
+    return key1, key2
+
+
+def _fmix32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """`fmix32` in place (``tmp``: scratch of x's shape): the same values, without temporaries."""
+    torch.bitwise_right_shift(x, 16, out=tmp)
+    x.bitwise_xor_(tmp).mul_(_FMIX_C1).bitwise_and_(_MASK32)
+    torch.bitwise_right_shift(x, 13, out=tmp)
+    x.bitwise_xor_(tmp).mul_(_FMIX_C2).bitwise_and_(_MASK32)
+    torch.bitwise_right_shift(x, 16, out=tmp)
+    return x.bitwise_xor_(tmp)
+
+
+def _hash_tokens(key1: torch.Tensor, key2: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """32 random-looking bits per (key pair, token id), broadcast: two fmix32 rounds, each keyed."""
+    x = torch.bitwise_xor(tokens, key1)
+    tmp = torch.empty_like(x)
+    _fmix32_(x, tmp).bitwise_xor_(key2)
+    return _fmix32_(x, tmp)
+
+
+def _gumbel_from_bits(bits: torch.Tensor) -> torch.Tensor:
+    """The top 24 of 32 hashed bits as u = (k + 0.5) / 2**24 in (0, 1), then g = -log(-log(u)).
+
+    In float64, where u is exact (float32 would round the largest u to 1.0).
+    """
+    u = (bits >> 8).to(torch.float64)
+    return u.add_(0.5).mul_(2.0**-24).log_().neg_().log_().neg_()
+
+
+def gumbel_noise(seeds: Sequence[int] | torch.Tensor, step: int, tokens: torch.Tensor) -> torch.Tensor:
+    """The Gumbel noise of every row seed at one decode step for the given token ids: (rows, len(tokens)).
+
+    A pure function of (seed, step, token id): the reference that `GumbelSampler` computes only
+    for the tokens that can win.
+    """
+    seeds = torch.as_tensor(seeds, dtype=torch.int64, device=tokens.device).reshape(-1, 1)
+    key1, key2 = noise_keys(seeds, torch.tensor([step], dtype=torch.int64, device=tokens.device))
+    return _gumbel_from_bits(_hash_tokens(key1, key2, tokens.to(torch.int64).reshape(1, -1)))
+
+
+def _draw_all(scores: torch.Tensor, key1: torch.Tensor, key2: torch.Tensor) -> torch.Tensor:
+    """argmax over all tokens of (scores + noise): the dense draw, written without in-place ops so
+    that torch.compile can fuse it into one kernel. Bit for bit the same as the eager path."""
+    tokens = torch.arange(scores.shape[-1], dtype=torch.int64, device=scores.device)
+    bits = fmix32(fmix32(tokens ^ key1[:, None]) ^ key2[:, None])
+    u = ((bits >> 8).to(torch.float64) + 0.5) * (2.0**-24)
+    return ((-torch.log(-torch.log(u))) + scores.to(torch.float64)).argmax(dim=-1)
+
+
+_compiled_draw: Any = None  # torch.compile(_draw_all), built on first use; False once it failed
+
+
+def _fused_draw(scores: torch.Tensor, key1: torch.Tensor, key2: torch.Tensor) -> torch.Tensor | None:
+    """`_draw_all` compiled (one kernel instead of ~30 passes over rows x vocab), or None when
+    compiling is impossible here (then the caller computes it eagerly)."""
+    global _compiled_draw
+    if _compiled_draw is False:
+        return None
+    try:
+        if _compiled_draw is None:
+            _compiled_draw = torch.compile(_draw_all, dynamic=True)
+        return _compiled_draw(scores, key1.contiguous(), key2.contiguous())
+    except _oom_errors():
+        raise
+    except Exception as exc:  # noqa: BLE001 (no compiler, unsupported device...: the eager path gives the same draw)
+        _compiled_draw = False
+        log.warning("torch.compile of the sampler failed (%s); sampling without it", str(exc).splitlines()[0][:200])
+        return None
+
+
+class GumbelSampler(LogitsProcessor):
+    """Draws each row's next token with its own seed; the returned scores' argmax is that token.
+
+    ``seeds`` has one seed per row of the batch (63-bit ints from `derive_seed`);
+    ``prompt_length`` is the padded prompt length, so the decode step is
+    ``input_ids.shape[1] - prompt_length``. Keys for steps below ``max_steps`` are computed up
+    front; later steps (if any) on demand. Processing follows Hugging Face's order:
+    temperature, top-k, top-p, then the Gumbel-max draw.
+
+    Only the tokens within the noise span (about 20) of their row's best score can win, so
+    computing noise for those alone is the same draw with a fraction of the work; finding them
+    costs a host sync. ``sparse``: True always does that, False never (noise for every token),
+    None (default) does it on the CPU when at most half of the scores are candidates (a real
+    LM at temperature 0.7: a few percent; at 1.0: about half), and never on other devices,
+    where the sync costs more than the noise.
+
+    ``compile``: draw over all tokens with a torch.compile'd kernel (the same numbers, one pass
+    instead of ~30 over rows x vocab). None (default): on CUDA only. Compiling takes a few
+    seconds once per process; if it fails the eager code is used.
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        prompt_length: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        max_steps: int = 1,
+        device: torch.device | str = "cpu",
+        sparse: bool | None = None,
+        compile: bool | None = None,
+    ) -> None:
+        if temperature <= 0:
+            raise ValueError("GumbelSampler needs temperature > 0 (temperature 0 is greedy decoding)")
+        self.prompt_length = prompt_length
+        self.temperature = float(temperature)
+        self.max_steps = max(1, int(max_steps))
+        device = torch.device(device)
+        self.sparse: bool | None = sparse
+        if sparse is None and device.type != "cpu":
+            self.sparse = False
+        self.compile = device.type == "cuda" if compile is None else compile
+        self.warpers: list[LogitsProcessor] = []
+        if top_k and top_k > 0:
+            self.warpers.append(TopKLogitsWarper(top_k=int(top_k)))
+        if top_p <= 0.0:  # an empty nucleus keeps its one best token, as min_tokens_to_keep=1 does
+            self.warpers.append(TopKLogitsWarper(top_k=1))
+        elif top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p=float(top_p)))
+        self.seeds = torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device).reshape(-1, 1)
+        self.rows = self.seeds.shape[0]
+        # (rows, steps): computed once, so a decode step only looks its column up.
+        self.key1, self.key2 = noise_keys(self.seeds, torch.arange(self.max_steps, dtype=torch.int64, device=device))
+
+    def step_of(self, input_ids: torch.Tensor) -> int:
+        step = input_ids.shape[1] - self.prompt_length
+        if step < 0:
+            raise ValueError(f"input_ids are shorter ({input_ids.shape[1]}) than the prompt ({self.prompt_length})")
+        return step
+
+    def keys(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's two noise keys at ``step``."""
+        if step < self.max_steps:
+            return self.key1[:, step], self.key2[:, step]
+        key1, key2 = noise_keys(self.seeds, torch.tensor([step], dtype=torch.int64, device=self.seeds.device))
+        return key1[:, 0], key2[:, 0]
+
+    def warp(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Temperature, top-k, top-p, as Hugging Face's warpers: the distribution drawn from, as log-weights."""
+        scores = scores.float()
+        if self.temperature != 1.0:
+            scores = scores / self.temperature
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        return scores
+
+    def choose(self, scores: torch.Tensor, step: int, temperature: float = 1.0) -> torch.Tensor:
+        """The drawn token of every row: argmax over tokens of ``scores / temperature`` plus Gumbel
+        noise, the lowest id on ties."""
+        rows, vocab = scores.shape
+        if rows != self.rows:
+            raise ValueError(f"GumbelSampler has {self.rows} seeds but the batch has {rows} rows")
+        key1, key2 = self.keys(step)
+        if self.sparse is not False:
+            # Only tokens within the noise span of their row's best (tempered) score can win;
+            # the margin is far above float error. The draw among them is the draw over all.
+            best = scores.max(dim=-1, keepdim=True).values
+            floor = best - ((_NOISE_SPAN + 1e-3) * temperature + 1e-5 * best.abs())
+            candidates = scores >= floor
+            if self.sparse or int(torch.count_nonzero(candidates)) * 2 <= rows * vocab:
+                row_ids, tokens = torch.nonzero(candidates, as_tuple=True)
+                values = scores[row_ids, tokens]
+                if temperature != 1.0:
+                    values = values / temperature
+                return self._choose_among(rows, row_ids, tokens, values, key1, key2)
+        if temperature != 1.0:
+            scores = scores / temperature
+        if self.compile:
+            chosen = _fused_draw(scores, key1, key2)
+            if chosen is not None:
+                return chosen
+        tokens = torch.arange(vocab, dtype=torch.int64, device=scores.device)
+        noisy = _gumbel_from_bits(_hash_tokens(key1[:, None], key2[:, None], tokens)).add_(scores)
+        return noisy.argmax(dim=-1)  # the first maximum: the lowest id on ties
+
+    @staticmethod
+    def _choose_among(
+        rows: int, row_ids: torch.Tensor, tokens: torch.Tensor, values: torch.Tensor, key1: torch.Tensor,
+        key2: torch.Tensor,
+    ) -> torch.Tensor:
+        noisy = _gumbel_from_bits(_hash_tokens(key1[row_ids], key2[row_ids], tokens)).add_(values)
+        top = torch.full((rows,), -math.inf, dtype=torch.float64, device=values.device)
+        top = top.scatter_reduce(0, row_ids, noisy, reduce="amax", include_self=False)
+        winners = noisy == top[row_ids]
+        chosen = torch.zeros(rows, dtype=torch.int64, device=values.device)  # a row with no finite score: token 0
+        return chosen.scatter_reduce(0, row_ids[winners], tokens[winners], reduce="amin", include_self=False)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = self.step_of(input_ids)
+        if self.warpers:
+            chosen = self.choose(self.warp(input_ids, scores), step)
+        else:  # the division by the temperature waits until only the candidates are left
+            chosen = self.choose(scores.float(), step, self.temperature)
+        out = torch.full_like(scores, -math.inf).scatter_(1, chosen[:, None], 0.0)
+        return cast(torch.FloatTensor, out)
+
+
+class _StopStringRecorder(StoppingCriteria):
+    """Hugging Face's stop-string criterion, remembering how many tokens each row had when it fired."""
+
+    def __init__(self, inner: StopStringCriteria, prompt_length: int, rows: int, device: torch.device) -> None:
+        self.inner = inner
+        self.prompt_length = prompt_length
+        self.fired_at = torch.full((rows,), -1, dtype=torch.int64, device=device)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        done = self.inner(input_ids, scores, **kwargs).to(self.fired_at.device)
+        generated = input_ids.shape[1] - self.prompt_length
+        self.fired_at = torch.where(done & (self.fired_at < 0), generated, self.fired_at)
+        return done
+
+
+# Generation settings a model's own generation_config could set and that would change what we
+# sample: forced to neutral values in every call. (Sampling flags such as temperature are left
+# alone: with do_sample=False transformers ignores them.) The _UNNEUTRALISABLE ones cannot be
+# forced off, transformers fills them from the model's config when ours leaves them None: we warn.
+_NEUTRAL: Mapping[str, Any] = {
+    "do_sample": False,
+    "num_beams": 1,
+    "num_beam_groups": 1,
+    "num_return_sequences": 1,
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "min_length": 0,
+    "min_new_tokens": 0,
+    "guidance_scale": 1.0,
+    "remove_invalid_values": False,
+    "renormalize_logits": False,
+    "use_cache": True,
+    "output_scores": False,
+    "output_logits": False,
+    "return_dict_in_generate": False,
+}
+_UNNEUTRALISABLE = (
+    "bad_words_ids", "sequence_bias", "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens",
+    "begin_suppress_tokens", "exponential_decay_length_penalty", "watermarking_config", "stop_strings", "max_time",
+)
+
+
+@contextmanager
+def _quiet_generate() -> Iterator[None]:
+    """Silence transformers' advice about generation flags: our config is deliberate."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"transformers(\.|$)")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+@attrs.define
+class _Row:
+    problem: int  # index in the problems of the call
+    replicate: int
+    prompt: list[int]
+    seed: int
+
+
+class LocalInference:
+    """Generates with the node's shared `Policy` (the very model the learner trains)."""
+
+    def __init__(self, policy: Policy, settings: LocalInferenceSettings | None = None) -> None:
+        self.policy = policy
+        self.settings = settings or LocalInferenceSettings()
+        self._batch_size = self.settings.batch_size
+        self._tokens = 0
+        self._seconds = 0.0
+        self._warned_foreign = False
+        self._warned_context = False
+
+    # ---------------------------------------------------------------------------- protocol
+
+    def generate(self, problems: Sequence[Problem], n: int, params: SamplingParams) -> list[list[Completion]]:
+        started = time.perf_counter()
+        tokenizer = self.policy.tokenizer
+        rows = [
+            _Row(p, i, prompt, derive_seed(params.seed, problem.id, i))
+            for p, problem in enumerate(problems)
+            for prompt in [prompt_ids(tokenizer, problem)]
+            for i in range(n)
+        ]
+        # Longest prompts first: batches of similar lengths pad little, and the biggest batch
+        # (the one that may not fit) comes first. The order changes no result.
+        order = sorted(range(len(rows)), key=lambda r: -len(rows[r].prompt))
+        results: list[Completion | None] = [None] * len(rows)
+        model = self.policy.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                start = 0
+                while start < len(order):
+                    chunk = order[start : start + self._batch_size]
+                    try:
+                        completions = self._generate_batch([rows[r] for r in chunk], params)
+                    except _oom_errors() as exc:
+                        if len(chunk) == 1:
+                            raise
+                        self._batch_size = (len(chunk) + 1) // 2  # kept for later calls
+                        log.warning("out of memory with %d rows per batch; retrying with %d (%s)",
+                                    len(chunk), self._batch_size, str(exc).splitlines()[0] if str(exc) else "")
+                        _empty_cache(self.policy.device)
+                        continue
+                    for r, completion in zip(chunk, completions):
+                        results[r] = completion
+                    start += len(chunk)
+        finally:
+            model.train(was_training)
+        out: list[list[Completion]] = [[] for _ in problems]
+        for row, completion in zip(rows, results):
+            assert completion is not None
+            out[row.problem].append(completion)
+        self._tokens += sum(c.num_tokens or 0 for c in results if c is not None)
+        self._seconds += time.perf_counter() - started
+        return out
+
+    def round_metrics(self) -> dict[str, float]:
+        """Generated tokens, seconds spent in `generate` and their ratio since the last read; then reset."""
+        tokens, seconds = self._tokens, self._seconds
+        self._tokens, self._seconds = 0, 0.0
+        return {"tokens": float(tokens), "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+                "seconds": seconds}
+
+    # ------------------------------------------------------------------------------ batches
+
+    def generation_config(self, max_new_tokens: int) -> GenerationConfig:
+        """Greedy decoding with every distribution-changing flag neutral; sampling is our processor's job."""
+        eos_ids = self.policy.eos_ids
+        pad_id = self.policy.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = eos_ids[0]
+        model_config = getattr(self.policy.model, "generation_config", None)
+        if model_config is not None and not self._warned_foreign:
+            self._warned_foreign = True
+            foreign = [k for k in _UNNEUTRALISABLE if getattr(model_config, k, None) not in (None, [], {})]
+            if foreign:
+                log.warning("the model's generation_config sets %s; transformers applies them to local generation "
+                            "too", ", ".join(foreign))
+        with _quiet_generate():
+            return GenerationConfig(
+                **_NEUTRAL, max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id
+            )
+
+    def _generate_batch(self, rows: Sequence[_Row], params: SamplingParams) -> list[Completion]:
+        policy = self.policy
+        device = policy.device
+        pad_id = policy.tokenizer.pad_token_id
+        eos_ids = policy.eos_ids
+        if pad_id is None:
+            pad_id = eos_ids[0]
+        width = max(len(r.prompt) for r in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):  # left padding
+            input_ids[i, width - len(row.prompt) :] = torch.tensor(row.prompt, dtype=torch.long)
+            attention_mask[i, width - len(row.prompt) :] = 1
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        context = getattr(getattr(policy.model, "config", None), "max_position_embeddings", None)
+        if isinstance(context, int) and width + params.max_new_tokens > context and not self._warned_context:
+            self._warned_context = True  # transformers' own warning is silenced with the rest
+            log.warning("prompt (%d tokens) + max_new_tokens (%d) exceed the model's context (%d)",
+                        width, params.max_new_tokens, context)
+        processors = LogitsProcessorList()
+        if params.temperature > 0:
+            processors.append(
+                GumbelSampler(
+                    [r.seed for r in rows], width, temperature=params.temperature, top_k=params.top_k,
+                    top_p=params.top_p, max_steps=params.max_new_tokens, device=device,
+                    compile=None if getattr(self.settings, "compile_sampler", True) else False,
+                )
+            )
+        criteria = StoppingCriteriaList()
+        recorder: _StopStringRecorder | None = None
+        stops = [s for s in params.stop if s]
+        if stops:
+            recorder = _StopStringRecorder(StopStringCriteria(policy.tokenizer, stops), width, len(rows), device)
+            criteria.append(recorder)
+        config = self.generation_config(params.max_new_tokens)
+        with _quiet_generate():
+            output = policy.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                logits_processor=processors, stopping_criteria=criteria,
+            )
+        generated = output[:, width:].tolist()
+        fired = recorder.fired_at.tolist() if recorder is not None else [-1] * len(rows)
+        eos = set(eos_ids)
+        kept: list[list[int]] = []
+        reasons: list[str] = []
+        for ids, stop_at in zip(generated, fired):
+            end = next((j for j, t in enumerate(ids) if t in eos), None)
+            if stop_at > 0 and (end is None or stop_at <= end):
+                kept.append(ids[:stop_at])  # a stop string ended it (the padding after it may be EOS ids)
+                reasons.append("stop")
+            elif end is not None:
+                kept.append(ids[: end + 1])
+                reasons.append("stop")
+            else:
+                kept.append(ids)
+                reasons.append("length")
+        texts = policy.tokenizer.batch_decode(kept, skip_special_tokens=True)
+        completions = []
+        for ids, text, reason in zip(kept, texts, reasons):
+            if stops:
+                cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+                if cut >= 0:
+                    text, reason = text[:cut], "stop"
+            completions.append(Completion(text=text, finish_reason=reason, num_tokens=len(ids), token_ids=tuple(ids)))
+        return completions
+
+
+def _oom_errors() -> tuple[type[BaseException], ...]:
+    errors = [getattr(torch, "OutOfMemoryError", None), getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)]
+    return tuple({e for e in errors if isinstance(e, type)}) or (MemoryError,)
+
+
+def _empty_cache(device: Any) -> None:
+    if getattr(device, "type", None) == "cuda":
+        torch.cuda.empty_cache()
+
+
+def build_local_inference(settings: LocalInferenceSettings | None, context: BackendContext) -> LocalInference:
+    """Factory of the ``local`` inference backend: the node's shared policy, loaded on first use."""
+    settings = settings or LocalInferenceSettings()
+    return LocalInference(get_policy(context, device=settings.device, dtype=settings.dtype), settings)
