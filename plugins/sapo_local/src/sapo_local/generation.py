@@ -66,12 +66,8 @@ __all__ = [
 ]
 
 
-# The ``inference.*`` settings live in the torch-free `sapo_local.settings` (the plugin
-# registers them without importing torch): device, dtype, batch_size (rows per generate call;
-# results do not depend on it, memory and speed do; on a CUDA out-of-memory error the batch is
-# halved and retried). Read here with getattr, so a settings object without them still works:
-# compile_sampler (default True): on CUDA, fuse the sampler's noise into one torch.compile'd
-# kernel (the same draws; compiling takes a few seconds once per process; plain torch if it fails).
+# The ``inference.*`` settings (`LocalInferenceSettings`) live in the torch-free
+# `sapo_local.settings`, so the plugin registers them without importing torch.
 
 
 # ------------------------------------------------------------------------ counter-based noise
@@ -485,7 +481,7 @@ class LocalInference:
                 GumbelSampler(
                     [r.seed for r in rows], width, temperature=params.temperature, top_k=params.top_k,
                     top_p=params.top_p, max_steps=params.max_new_tokens, device=device,
-                    compile=None if getattr(self.settings, "compile_sampler", True) else False,
+                    compile=None if self.settings.compile_sampler else False,
                 )
             )
         criteria = StoppingCriteriaList()

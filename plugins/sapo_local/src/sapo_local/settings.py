@@ -43,3 +43,6 @@ class LocalInferenceSettings:
     device: str = "auto"  # "auto": the GPU of this process's local rank, else the CPU
     dtype: str = "auto"  # "auto": bf16 on a recent GPU (fp32 weights on a training node), fp32 on the CPU
     batch_size: int = attrs.field(default=64, validator=attrs.validators.ge(1))  # rows per generate call
+    # On CUDA, fuse the sampler's noise into one torch.compile'd kernel (the same draws; compiling
+    # takes a few seconds once per process; falls back to plain torch if it fails).
+    compile_sampler: bool = True
