@@ -187,8 +187,10 @@ class Node:
         if role != "coordinator":
             if automatic and run.resume:
                 context.workdir, checkpointer = cls._resumable_run(config, build, context)
-            elif automatic:
+            elif automatic and process_rank() == 0:
                 context.workdir = rundir.new_dir(config.experiment_dir, workdir.name)
+            elif automatic:  # another process of a distributed learner: rank 0 owns the run directory
+                context.workdir = Path(tempfile.mkdtemp(prefix=f"sapo-rank{process_rank()}-"))
         created = context.workdir if automatic and not run.resume else None
         try:
             transport = build("transport", config.swarm.transport, config.extras("swarm"), "swarm")
@@ -247,9 +249,21 @@ class Node:
             self.close()
         return self.last_metrics
 
+    @property
+    def main(self) -> bool:
+        """False in the other processes of a distributed learner (``accelerate launch``).
+
+        Every process runs the same loop on the same rollouts (the seeds make them identical)
+        and the learner shares the work out; only the main process writes: the run directory,
+        metrics, checkpoints, payloads and heartbeats, and only it evaluates.
+        """
+        return process_rank() == 0
+
     def join(self) -> None:
         """Check this node's settings against the swarm's and announce it (idempotent)."""
         self.context.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.main:
+            return
         self.write_config()
         check_compatible(swarm_settings(self.config), self.transport.ensure_settings(swarm_settings(self.config)))
         self.transport.heartbeat(self.info())
@@ -275,7 +289,7 @@ class Node:
         """The worker/contributor loop."""
         log.info("%s: run directory %s", self.context.node, self.context.workdir)
         done = self.resume() if self.config.run.resume else -1
-        if done == -1 and self.config.eval.at_start and self.inference is not None:
+        if done == -1 and self.config.eval.at_start and self.inference is not None and self.main:
             self.evaluate_baseline()
         from sapo_core.progress import run_progress  # rich is imported only when running
 
@@ -294,6 +308,11 @@ class Node:
             finally:
                 self.on_phase = None
 
+    def beat(self, round: int) -> None:
+        """Heartbeat (from the main process only)."""
+        if self.main:
+            self.transport.heartbeat(self.info(round))
+
     def info(self, round: int = -1) -> NodeInfo:
         now = time.time()
         return NodeInfo(
@@ -307,7 +326,7 @@ class Node:
         swarm = self.config.swarm
         waited_since = time.monotonic()
         while True:
-            self.transport.heartbeat(self.info(done))
+            self.beat(done)
             state = self.transport.read_state()
             if state is not None and state.round > done:
                 if state.round > done + 1 and done >= 0:
@@ -453,7 +472,8 @@ class Node:
             model=self.context.model,
             created_at=time.time(),
         )
-        self.transport.publish(payload)
+        if self.main:
+            self.transport.publish(payload)
         self.wait_for_peers(round)
         collected = self.transport.collect(round)
         for reason in collected.rejected:
@@ -498,7 +518,7 @@ class Node:
         if deadline is None:
             deadline = time.time() + swarm.round_seconds
         while True:
-            self.transport.heartbeat(self.info(round))
+            self.beat(round)
             state = self.transport.read_state()
             if state is not None and state.round > round:
                 return
@@ -511,7 +531,7 @@ class Node:
     def eval_due(self, round: int) -> bool:
         """Whether ``round`` ends with an evaluation: every ``eval.every`` rounds and after the last."""
         every = self.config.eval.every
-        if every == 0 or self.inference is None:
+        if every == 0 or self.inference is None or not self.main:
             return False
         return (round + 1) % every == 0 or round == self.config.run.rounds - 1
 
@@ -577,15 +597,17 @@ class Node:
         every = self.config.checkpoint.every
         last = round == self.config.run.rounds - 1
         # A contributor has no weights: its progress is the swarm's round, nothing to save.
-        if self.checkpointer is not None and self.learner is not None and ((round + 1) % every == 0 or last):
+        due = (round + 1) % every == 0 or last
+        if self.checkpointer is not None and self.learner is not None and due and self.main:
             with timer.phase("checkpoint"):
                 self.checkpointer.save(round, self._write_checkpoint, {"round": round, "sapo_core": __version__})
         metrics.update({f"time/{name}": value for name, value in timer.seconds.items()})
         if "time/round" in metrics:
             metrics["time/round"] += sum(timer.seconds.values())
         self.last_metrics = metrics
-        self.write_metrics(round, metrics, results)
-        self.plugins.notify("round_finished", context=self.context, round=round, metrics=metrics)
+        if self.main:
+            self.write_metrics(round, metrics, results)
+            self.plugins.notify("round_finished", context=self.context, round=round, metrics=metrics)
 
     def write_metrics(self, round: int, metrics: Mapping[str, Any], results: Sequence[ProblemResult] | None) -> None:
         """Append the round's line to ``metrics.jsonl``; write ``metrics/train_iter_<round>.json``
@@ -628,7 +650,7 @@ class Node:
         if state is None:
             state = self._advance_to(0)
         while state.round < rounds:
-            self.transport.heartbeat(self.info(state.round))
+            self.beat(state.round)
             live = {n.node for n in self.transport.live_nodes(swarm.live_seconds) if n.role != "coordinator"}
             published = {p.node for p in self.transport.collect(state.round).payloads}
             quorum = math.ceil(swarm.quorum * len(live)) if live else None
@@ -649,6 +671,14 @@ class Node:
         )
         self.transport.write_state(state)
         return state
+
+
+def process_rank() -> int:
+    """This process's rank in a distributed launch (accelerate launch, torchrun), 0 otherwise."""
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0
 
 
 def _checked_scores(name: str, reward: RewardFunction, problem: Problem, completions: Sequence[Completion]) -> list[float]:

@@ -59,3 +59,54 @@ def test_two_processes_take_the_same_step_as_one(tmp_path, loss_type):
     assert two["tokens"] == one["tokens"]
     assert two["loss"] == pytest.approx(one["loss"], abs=1e-6)
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
+
+
+HASH_REWARD = '''
+import hashlib
+from sapo_core import hookimpl
+
+
+class HashReward:
+    def score(self, problem, completions):
+        return [hashlib.sha256(c.text.encode()).digest()[0] / 255 for c in completions]
+
+
+@hookimpl
+def register_rewards(register):
+    register("hash", lambda settings, context: HashReward())
+'''
+
+
+def tiny_model_folder(folder: Path) -> Path:
+    """A tiny Llama config with the bundled tokenizer: ``random:<folder>`` builds it in a second."""
+    from sapo_local.models import load_tokenizer, tiny_llama
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    tiny_llama(len(tokenizer)).config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_sapo_run_under_accelerate_launch_writes_once_and_trains_on_both_ranks(tmp_path):
+    site = tmp_path / "site"  # a plugin installed the way pip leaves one: module + dist-info
+    (site / "hash_reward-1.0.dist-info").mkdir(parents=True)
+    (site / "hash_reward.py").write_text(HASH_REWARD)
+    (site / "hash_reward-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: hash-reward\nVersion: 1.0\n")
+    (site / "hash_reward-1.0.dist-info" / "entry_points.txt").write_text("[sapo]\nhash_reward = hash_reward\n")
+    model = tiny_model_folder(tmp_path / "tiny")
+    run_dir = tmp_path / "run"
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+               "-m", "sapo_core", "run", "--model", f"random:{model}", "--transport", "none", "--rounds", "2",
+               "--run-dir", str(run_dir), "--set", "rewards.weights={hash=1.0}", "--set", "tasks.problems_per_round=4",
+               "--set", "inference.num_completions=4", "--set", "inference.max_new_tokens=8",
+               "--set", "eval.every=0", "--set", "checkpoint.every=1", "--set", f"run.workdir={tmp_path / 'runs'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(site)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [0, 1], "one line per round: only rank 0 writes"
+    assert all(line["train/completions"] == 16 for line in lines), "the step covers both ranks' shares"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["round-000000", "round-000001"]
+    assert not (tmp_path / "runs").exists(), "rank 1 made no run directory of its own"
