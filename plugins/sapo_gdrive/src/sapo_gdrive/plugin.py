@@ -1,5 +1,21 @@
-"""The entry point of sapo-gdrive (group `sapo`).
+"""The entry point of sapo-gdrive (group `sapo`): the folder transport, as ``gdrive`` and ``fs``."""
 
-Its backends arrive with issue 4; until then this plugin registers nothing, so `sapo plugins`
-lists the distribution without claiming backends it does not have.
-"""
+from __future__ import annotations
+
+import sapo_core
+from sapo_core.registry import Register
+from sapo_gdrive.folder import build_folder_transport
+
+
+@sapo_core.hookimpl
+def register_transports(register: Register) -> None:
+    register(
+        "gdrive",
+        build_folder_transport,
+        description="A swarm over a shared folder: a mounted Google Drive (swarm.root / GDRIVE_PATH), any path, or fsspec URL",
+    )
+    register(
+        "fs",
+        build_folder_transport,
+        description="Alias of gdrive: a swarm over any folder or fsspec URL (file://, memory://, s3://...)",
+    )

@@ -1,0 +1,432 @@
+"""`FolderTransport`: a swarm over a shared folder (Google Drive mount, any path, fsspec storage).
+
+Layout under ``<root>/<experiment>/``::
+
+    swarm.json                       experiment settings, written once (first writer wins)
+    state.json                       the `SwarmState` the coordinator wrote
+    nodes/<node>.json                each node's `NodeInfo` (registration + heartbeat)
+    rounds/<round>/<node>.json.gz    one payload per node per round (`codec.write_gz`)
+
+Contracts
+---------
+* Every write is atomic: the bytes go to ``.<name>.<uuid>.tmp`` in the same folder (flushed and
+  fsynced on a local filesystem), then are renamed over the final name. A reader sees the old
+  file or the new one, never half of one; a writer killed halfway leaves only a dot-temp file,
+  which readers ignore.
+* ``swarm.json`` is created exclusively (a hard link of a fsynced temp on a local filesystem,
+  ``open(mode="xb")`` elsewhere), so of two nodes starting at once exactly one wins and both
+  return what is stored.
+* Readers never raise for what synced folders do: a missing folder is an empty result; a
+  corrupt, partial, oversized, unsigned (in a signed swarm) or misplaced payload is skipped with
+  its reason in `Collected.rejected`; a corrupt ``state.json`` reads as None and a corrupt
+  ``nodes/*.json`` is skipped (both logged). Sync clients' conflict copies
+  (``alice (1).json.gz``, ``alice (conflicted copy 2026-11-25).json.gz``,
+  ``alice.json (1).gz``) count as candidates for node ``alice``: one valid payload is kept per
+  node, the canonical file first, else the newest ``created_at``.
+* Node ids and the experiment name are validated (`codec.validate_node_id`), and file names
+  read from the folder are parsed, never joined as given, so nothing reads or writes outside
+  ``<root>/<experiment>``.
+* Liveness: a node is live when ``now - max(last_seen, file mtime) <= within_seconds``, with
+  ``now`` the *reader's* clock. ``last_seen`` is the writer's clock: the file's modification
+  time (the storage's clock) rescues a peer whose clock lags; a peer whose clock runs ahead
+  looks live a little longer than it is, which only delays a round until its deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import posixpath
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, NoReturn
+
+import attrs
+import fsspec.core
+from fsspec.implementations.local import LocalFileSystem
+
+from sapo_core import codec
+from sapo_core.errors import BackendError, ConfigError
+from sapo_core.interfaces import BackendContext, Collected, NodeInfo, SwarmState
+from sapo_core.records import RoundPayload
+
+log = logging.getLogger("sapo.transport.gdrive")
+
+SETTINGS_FILE = "swarm.json"
+STATE_FILE = "state.json"
+NODES_DIR = "nodes"
+ROUNDS_DIR = "rounds"
+
+# A sync client's copy marker: " (1)", "(2)", " (conflicted copy 2026-11-25)",
+# " (alice's conflicted copy ...)". Node ids never contain parentheses, so this is unambiguous.
+_COPY = r"(?:\s*\([^()/\\]*\))"
+_PAYLOAD_NAME = re.compile(rf"(?P<node>.*?)(?P<copy1>{_COPY})?\.json(?P<copy2>{_COPY})?\.gz", re.DOTALL)
+_NODE_NAME = re.compile(rf"(?P<node>.*?)(?P<copy1>{_COPY})?\.json(?P<copy2>{_COPY})?", re.DOTALL)
+# How long ensure_settings waits for a peer's swarm.json to become readable (a non-atomic
+# fallback create, or a sync client still downloading it).
+_SETTINGS_READ_TRIES = 20
+_SETTINGS_READ_PAUSE = 0.05
+
+
+@attrs.frozen
+class FileName:
+    """A file name read from the folder, parsed: its node id (unvalidated) and whether it is a copy."""
+
+    node: str
+    canonical: bool
+
+
+def parse_name(name: str, *, payload: bool) -> FileName | None:
+    """Parse ``<node>.json.gz`` (payload) or ``<node>.json`` and their conflict copies; None otherwise."""
+    match = (_PAYLOAD_NAME if payload else _NODE_NAME).fullmatch(name)
+    if match is None:
+        return None
+    return FileName(node=match["node"], canonical=not (match["copy1"] or match["copy2"]))
+
+
+def _mtime(info: Mapping[str, Any]) -> float | None:
+    """The modification time (epoch seconds) in an fsspec ``info`` dict, whatever the backend calls it."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value).timestamp()
+            except ValueError:
+                continue
+    return None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _malformed(reason: str) -> NoReturn:
+    # ValueError, not TypeError: callers treat any malformed document alike (skip and log).
+    raise ValueError(reason)
+
+
+def state_from_data(data: object) -> SwarmState:
+    """A `SwarmState` from parsed JSON; ValueError when the document is not one."""
+    if not isinstance(data, dict):
+        _malformed("not a JSON object")
+    round_, deadline = data.get("round"), data.get("deadline")
+    updated_at, coordinator = data.get("updated_at", 0.0), data.get("coordinator", "")
+    if type(round_) is not int or round_ < 0:
+        _malformed(f"round: expected a non-negative integer, got {round_!r}")
+    if deadline is not None and not _is_number(deadline):
+        _malformed("deadline: expected a finite number or null")
+    if not _is_number(updated_at):
+        _malformed("updated_at: expected a finite number")
+    if not isinstance(coordinator, str):
+        _malformed("coordinator: expected a string")
+    return SwarmState(round=round_, deadline=None if deadline is None else float(deadline),
+                      updated_at=float(updated_at), coordinator=coordinator)
+
+
+def node_from_data(data: object) -> NodeInfo:
+    """A `NodeInfo` from parsed JSON; ValueError (or PayloadError) when the document is not one."""
+    if not isinstance(data, dict):
+        _malformed("not a JSON object")
+    node, role, model = data.get("node"), data.get("role"), data.get("model", "")
+    if not isinstance(node, str):
+        _malformed("node: expected a string")
+    codec.validate_node_id(node)
+    if not isinstance(role, str) or not isinstance(model, str):
+        _malformed("role and model: expected strings")
+    numbers = {key: data.get(key, 0.0) for key in ("started_at", "last_seen")}
+    if not all(_is_number(v) for v in numbers.values()):
+        _malformed("started_at and last_seen: expected finite numbers")
+    round_ = data.get("round", -1)
+    if type(round_) is not int:
+        _malformed("round: expected an integer")
+    return NodeInfo(node=node, role=role, model=model, started_at=float(numbers["started_at"]),
+                    last_seen=float(numbers["last_seen"]), round=round_)
+
+
+def _json_bytes(data: Any) -> bytes:
+    # allow_nan=False: a NaN/Infinity in state or settings would be unreadable by strict peers.
+    return json.dumps(data, sort_keys=True, allow_nan=False, indent=1).encode("utf-8")
+
+
+class FolderTransport:
+    """The `Transport` protocol over a folder reachable through fsspec (see the module docstring).
+
+    ``root`` is a local path or an fsspec URL (``memory://``, ``file://``, ``s3://``...);
+    ``storage_options`` go to the fsspec filesystem. Raises `PayloadError` for an unsafe
+    experiment name and ValueError for an empty root.
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        root: str,
+        experiment: str,
+        *,
+        secret: str = "",
+        limits: codec.Limits = codec.DEFAULT_LIMITS,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not str(root).strip():
+            raise ValueError("the swarm folder (root) is empty")
+        self.experiment = codec.validate_experiment_name(experiment)
+        self._secret = secret
+        self._limits = limits
+        self.fs, base = fsspec.core.url_to_fs(str(root), **dict(storage_options or {}))
+        self._local = isinstance(self.fs, LocalFileSystem)
+        self.folder = f"{base.rstrip('/')}/{self.experiment}"
+
+    # ----------------------------------------------------------------------------- paths
+
+    def path(self, *parts: str) -> str:
+        """The fsspec path of ``parts`` under ``<root>/<experiment>`` (parts are trusted names)."""
+        return posixpath.join(self.folder, *parts)
+
+    def payload_path(self, round: int, node: str) -> str:
+        return self.path(ROUNDS_DIR, str(int(round)), f"{codec.validate_node_id(node)}.json.gz")
+
+    # ---------------------------------------------------------------------------- writing
+
+    def _temp_for(self, path: str) -> str:
+        folder, name = posixpath.split(path)
+        return posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+
+    def _write_local_temp(self, tmp: str, data: bytes) -> None:
+        # O_EXCL: the temp name is ours alone; fsync so the rename never exposes unwritten blocks.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _remove_quietly(self, path: str) -> None:
+        # Best effort: a leftover dot-temp is ignored by readers anyway.
+        with contextlib.suppress(OSError):
+            self.fs.rm_file(path)
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        """Write ``data`` at ``path`` via a same-folder temp and a rename."""
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        tmp = self._temp_for(path)
+        try:
+            if self._local:
+                self._write_local_temp(tmp, data)
+                os.replace(tmp, path)
+            else:
+                self.fs.pipe_file(tmp, data)
+                self.fs.mv(tmp, path)
+        except BaseException:
+            self._remove_quietly(tmp)
+            raise
+
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        """Create ``path`` with ``data`` unless it exists; True when this call created it."""
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        if not self._local:
+            try:
+                with self.fs.open(path, "xb") as f:
+                    f.write(data)
+                return True
+            except FileExistsError:
+                return False
+            except (NotImplementedError, ValueError):  # no exclusive create here: best effort
+                if self.fs.exists(path):
+                    return False
+                self.write_atomic(path, data)
+                return True
+        tmp = self._temp_for(path)
+        try:
+            self._write_local_temp(tmp, data)
+            try:
+                os.link(tmp, path)  # atomic and exclusive: fails if path exists
+                return True
+            except FileExistsError:
+                return False
+            except OSError:
+                # No hard links (some FUSE mounts): O_EXCL on the final name is still exclusive,
+                # though a reader may briefly see it short; ensure_settings' read retries cover that.
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                return True
+        finally:
+            self._remove_quietly(tmp)
+
+    # ---------------------------------------------------------------------------- reading
+
+    def _read_json(self, path: str) -> Any:
+        """Parsed JSON at ``path``; FileNotFoundError if absent, ValueError if unreadable."""
+        blob = self.fs.cat_file(path)
+        if len(blob) > self._limits.max_payload_bytes:
+            raise ValueError(f"{len(blob)} bytes, over the limit")
+        try:
+            return json.loads(blob.decode("utf-8"), parse_constant=_no_constant)
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise ValueError(str(exc)) from exc
+
+    def _listing(self, folder: str) -> list[dict[str, Any]]:
+        """The entries of ``folder`` (fsspec detail dicts); empty when it does not exist."""
+        try:
+            entries = self.fs.ls(folder, detail=True, refresh=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except TypeError:  # a filesystem whose ls takes no refresh
+            try:
+                entries = self.fs.ls(folder, detail=True)
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        return [e for e in entries if e.get("type") != "directory"]
+
+    # -------------------------------------------------------------------------- settings
+
+    def ensure_settings(self, settings: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Store ``settings`` in ``swarm.json`` unless some node already did; return the stored ones."""
+        path = self.path(SETTINGS_FILE)
+        self.create_exclusive(path, _json_bytes(dict(settings)))
+        problem = "missing"
+        for attempt in range(_SETTINGS_READ_TRIES):
+            try:
+                stored = self._read_json(path)
+                if isinstance(stored, dict):
+                    return stored
+                problem = "not a JSON object"
+            except FileNotFoundError:
+                problem = "missing"
+            except ValueError as exc:
+                problem = str(exc)
+            time.sleep(_SETTINGS_READ_PAUSE * (attempt + 1))
+        raise BackendError(
+            f"cannot read the swarm settings {path} ({problem}); if it is damaged, delete it and restart the nodes"
+        )
+
+    # ------------------------------------------------------------------------------ state
+
+    def write_state(self, state: SwarmState) -> None:
+        self.write_atomic(self.path(STATE_FILE), _json_bytes(attrs.asdict(state)))
+
+    def read_state(self) -> SwarmState | None:
+        """The stored state, or None when there is none or it cannot be read (logged)."""
+        path = self.path(STATE_FILE)
+        try:
+            return state_from_data(self._read_json(path))
+        except FileNotFoundError:
+            return None
+        except (ValueError, codec.PayloadError) as exc:
+            log.warning("ignoring unreadable swarm state %s: %s", path, exc)
+            return None
+
+    # ------------------------------------------------------------------------------ nodes
+
+    def heartbeat(self, node: NodeInfo) -> None:
+        """Write ``nodes/<node>.json`` with ``last_seen`` set to now (this machine's clock)."""
+        name = codec.validate_node_id(node.node)
+        info = attrs.evolve(node, last_seen=time.time())
+        self.write_atomic(self.path(NODES_DIR, f"{name}.json"), _json_bytes(attrs.asdict(info)))
+
+    def live_nodes(self, within_seconds: float) -> list[NodeInfo]:
+        """Nodes seen within ``within_seconds`` of now, sorted by id (see the module docstring on clocks).
+
+        ``last_seen`` of each returned node is the later of its own claim and its file's mtime.
+        """
+        cutoff = time.time() - within_seconds
+        best: dict[str, NodeInfo] = {}
+        for entry in self._listing(self.path(NODES_DIR)):
+            name = posixpath.basename(entry["name"])
+            parsed = None if name.startswith(".") else parse_name(name, payload=False)
+            if parsed is None:
+                continue
+            try:
+                info = node_from_data(self._read_json(entry["name"]))
+                if info.node != parsed.node:
+                    raise ValueError(f"describes node {info.node!r}")
+            except FileNotFoundError:
+                continue  # replaced or removed since the listing
+            except (ValueError, codec.PayloadError) as exc:
+                log.warning("ignoring unreadable heartbeat %s: %s", name, exc)
+                continue
+            seen = max(info.last_seen, _mtime(entry) or 0.0)
+            if seen < cutoff:
+                continue
+            info = attrs.evolve(info, last_seen=seen)
+            if info.node not in best or seen > best[info.node].last_seen:
+                best[info.node] = info
+        return [best[node] for node in sorted(best)]
+
+    # --------------------------------------------------------------------------- payloads
+
+    def publish(self, payload: RoundPayload) -> None:
+        """Write the (signed, with a secret) payload at ``rounds/<round>/<node>.json.gz``."""
+        path = self.payload_path(payload.round, payload.node)
+        if self._secret:
+            payload = codec.sign_payload(payload, self._secret)
+        self.write_atomic(path, codec.write_gz(payload, self._limits))
+
+    def collect(self, round: int) -> Collected:
+        """One valid payload per node found for ``round``, and why every other file was refused."""
+        folder = self.path(ROUNDS_DIR, str(int(round)))
+        candidates: dict[str, list[tuple[bool, RoundPayload]]] = {}
+        rejected: list[str] = []
+        for entry in sorted(self._listing(folder), key=lambda e: str(e["name"])):
+            name = posixpath.basename(entry["name"])
+            if name.startswith("."):
+                continue  # temp files of writers in progress (or killed), and OS clutter
+            try:
+                parsed = parse_name(name, payload=True)
+                if parsed is None:
+                    raise codec.PayloadError("not a payload file name (<node>.json.gz)")
+                node = codec.validate_node_id(parsed.node)
+                size = entry.get("size")
+                if isinstance(size, int) and size > self._limits.max_payload_bytes:
+                    raise codec.PayloadError(f"file of {size} bytes exceeds {self._limits.max_payload_bytes}")
+                try:
+                    blob = self.fs.cat_file(entry["name"])
+                except FileNotFoundError:
+                    continue  # replaced or removed since the listing: nothing to refuse
+                except OSError as exc:
+                    raise codec.PayloadError(f"unreadable: {exc}") from exc
+                payload = codec.read_gz(blob, self._limits)
+                codec.verify_signature(payload, self._secret or None)
+                if payload.node != node:
+                    raise codec.PayloadError(f"payload of node {payload.node!r} in the file of node {node!r}")
+                if payload.round != round:
+                    raise codec.PayloadError(f"payload is for round {payload.round}, not {round}")
+            except codec.PayloadError as exc:
+                rejected.append(f"{name}: {exc}")
+                continue
+            candidates.setdefault(node, []).append((parsed.canonical, payload))
+        payloads = [max(found, key=lambda c: (c[0], c[1].created_at))[1] for _, found in sorted(candidates.items())]
+        return Collected(payloads=payloads, rejected=rejected)
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def build_folder_transport(settings: object, context: BackendContext) -> FolderTransport:
+    """The ``gdrive`` / ``fs`` factory: ``swarm.root`` is the folder, ``swarm.secret`` signs payloads."""
+    swarm = context.config.get("swarm", {}) or {}
+    root = str(swarm.get("root") or "").strip()
+    if not root:
+        raise ConfigError(
+            "transport 'gdrive' needs the swarm's shared folder: pass --root PATH (a mounted Google Drive "
+            "folder, any shared path, or an fsspec URL such as s3://bucket/swarms) or set GDRIVE_PATH"
+        )
+    try:
+        return FolderTransport(root, context.experiment, secret=str(swarm.get("secret") or ""))
+    except codec.PayloadError as exc:
+        raise ConfigError(f"run.experiment: {exc}") from exc

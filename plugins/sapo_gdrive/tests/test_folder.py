@@ -1,0 +1,398 @@
+"""The folder transport (`gdrive` / `fs`): contract, layout, hostile files, two machines, a real swarm."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import attrs
+import pytest
+from sapo_gdrive.folder import FolderTransport, build_folder_transport, parse_name
+
+from sapo_core import codec, hookimpl
+from sapo_core import plugins as plugins_module
+from sapo_core.config import load_config
+from sapo_core.errors import ConfigError
+from sapo_core.interfaces import BackendContext, NodeInfo, SwarmState
+from sapo_core.node import Node
+from sapo_core.plugins import Plugins
+from sapo_core.records import Completion, Group, Message, Problem, RoundPayload
+from sapo_core.seeding import derive_seed
+from sapo_core.testing import check_transport
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def memory_root() -> str:
+    return f"memory://sapo-gdrive-{uuid.uuid4().hex}"
+
+
+def payload(node: str, round: int = 0, *, created_at: float = 1.0, reward: float = 1.0, text: str = "2") -> RoundPayload:
+    problem = Problem(task="arithmetic", id=f"p-{node}-{round}", messages=[Message("user", "1 + 1?")], answer=2)
+    group = Group(problem=problem, completions=[Completion(text), Completion("3")], rewards=[reward, 0.0],
+                  advantages=[1.0, -1.0], node=node)
+    return RoundPayload(experiment="exp", round=round, node=node, groups=[group], created_at=created_at)
+
+
+def gz_json(data: dict) -> bytes:
+    return gzip.compress(json.dumps(data).encode())
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+# ------------------------------------------------------------------------------ contract
+
+
+def test_contract_on_a_local_folder(tmp_path):
+    check_transport(FolderTransport(str(tmp_path), "contract"))
+
+
+def test_contract_on_fsspec_memory_and_file_urls(tmp_path):
+    check_transport(FolderTransport(memory_root(), "contract"))
+    check_transport(FolderTransport((tmp_path / "f").as_uri(), "contract"))
+
+
+def test_contract_with_a_secret(tmp_path):
+    check_transport(FolderTransport(str(tmp_path), "contract", secret="s3cret"))
+
+
+def test_layout_is_exactly_the_documented_one_and_writes_leave_no_temp_files(tmp_path):
+    t = FolderTransport(str(tmp_path), "exp")
+    t.ensure_settings({"schema_version": 1})
+    t.write_state(SwarmState(round=0, deadline=None, updated_at=1.0, coordinator="coord"))
+    t.write_state(SwarmState(round=1, deadline=5.0, updated_at=2.0, coordinator="coord"))
+    t.heartbeat(NodeInfo(node="alice", role="worker"))
+    t.heartbeat(NodeInfo(node="alice", role="worker", round=1))
+    t.publish(payload("alice", 0))
+    t.publish(payload("alice", 1))
+    assert files_under(tmp_path) == [
+        "exp/nodes/alice.json",
+        "exp/rounds/0/alice.json.gz",
+        "exp/rounds/1/alice.json.gz",
+        "exp/state.json",
+        "exp/swarm.json",
+    ]
+    assert codec.read_gz((tmp_path / "exp/rounds/1/alice.json.gz").read_bytes()) == payload("alice", 1)
+    assert json.loads((tmp_path / "exp/state.json").read_text())["round"] == 1
+
+
+def test_missing_folders_read_as_empty(tmp_path):
+    t = FolderTransport(str(tmp_path / "not-yet"), "exp")
+    assert t.read_state() is None
+    assert t.live_nodes(60) == []
+    assert t.collect(0).payloads == () and t.collect(0).rejected == ()
+
+
+def test_unsafe_names_never_reach_the_filesystem(tmp_path):
+    with pytest.raises(codec.PayloadError):
+        FolderTransport(str(tmp_path), "../escape")
+    t = FolderTransport(str(tmp_path), "exp")
+    with pytest.raises(codec.PayloadError):
+        t.heartbeat(NodeInfo(node="../../evil", role="worker"))
+    with pytest.raises(codec.PayloadError):
+        t.publish(attrs.evolve(payload("alice"), node="../bob"))
+    assert files_under(tmp_path) == []
+
+
+def test_conflict_copy_names_belong_to_their_node():
+    for name in ("alice.json.gz", "alice (1).json.gz", "alice(2).json.gz", "alice (conflicted copy 2026-11-25).json.gz",
+                 "alice (Bob's conflicted copy 2026-11-25).json.gz", "alice.json (1).gz"):
+        parsed = parse_name(name, payload=True)
+        assert parsed is not None and parsed.node == "alice", name
+        assert parsed.canonical == (name == "alice.json.gz")
+    assert parse_name("a.b-c_d.json.gz", payload=True).node == "a.b-c_d"
+    assert parse_name("alice.txt", payload=True) is None
+    assert parse_name("bob (1).json", payload=False).node == "bob"
+
+
+# ------------------------------------------------------------------------- hostile files
+
+
+def test_a_write_killed_halfway_never_breaks_a_reader(tmp_path):
+    t = FolderTransport(str(tmp_path), "exp")
+    t.publish(payload("alice"))
+    folder = tmp_path / "exp/rounds/0"
+    (folder / ".alice.json.gz.x.tmp").write_bytes(codec.write_gz(payload("alice"))[:20])
+    whole = codec.write_gz(payload("bob"))
+    (folder / "bob.json.gz").write_bytes(whole[: len(whole) // 2])
+    collected = t.collect(0)
+    assert [p.node for p in collected.payloads] == ["alice"]
+    assert len(collected.rejected) == 1 and collected.rejected[0].startswith("bob.json.gz: ")
+
+
+@pytest.mark.parametrize("secret", ["", "s3cret"])
+def test_bad_files_are_refused_with_a_reason_and_valid_ones_still_returned(tmp_path, secret):
+    limits = codec.Limits(max_text_chars=1000)
+    t = FolderTransport(str(tmp_path), "exp", secret=secret, limits=limits)
+    t.publish(payload("alice"))
+    t.publish(payload("bob"))
+    folder = tmp_path / "exp/rounds/0"
+
+    def signed(p: RoundPayload) -> RoundPayload:
+        return codec.sign_payload(p, secret) if secret else p
+
+    good = codec.to_data(signed(payload("carol")))
+    bad = {
+        "corrupt.json.gz": b"\x1f\x8b not really gzip at all",
+        "truncated.json.gz": codec.write_gz(signed(payload("truncated")))[:30],
+        "schema.json.gz": gz_json({**good, "node": "schema", "schema_version": 999}),
+        "nan.json.gz": gzip.compress(json.dumps({**good, "node": "nan"}).replace('"rewards": [1.0', '"rewards": [NaN').encode()),
+        "big.json.gz": codec.write_gz(signed(payload("big", text="x" * 2000))),
+        "a..b.json.gz": codec.write_gz(signed(payload("alice"))),
+        "liar.json.gz": codec.write_gz(signed(payload("dave"))),
+        "early.json.gz": codec.write_gz(signed(payload("early", round=1))),
+        "notes.txt": b"hello",
+    }
+    for name, blob in bad.items():
+        (folder / name).write_bytes(blob)
+    # a conflict copy of a valid payload: counted once for its node
+    (folder / "alice (1).json.gz").write_bytes(codec.write_gz(signed(payload("alice", created_at=9.0))))
+    (folder / "erin (conflicted copy 2026-11-25).json.gz").write_bytes(codec.write_gz(signed(payload("erin"))))
+    if secret:
+        bad["unsigned.json.gz"] = codec.write_gz(payload("unsigned"))
+        bad["forged.json.gz"] = codec.write_gz(codec.sign_payload(payload("forged"), "not-the-secret"))
+        for name in ("unsigned.json.gz", "forged.json.gz"):
+            (folder / name).write_bytes(bad[name])
+
+    collected = t.collect(0)
+    assert [p.node for p in collected.payloads] == ["alice", "bob", "erin"]
+    alice = collected.payloads[0]
+    assert alice.created_at == 1.0, "the canonical file wins over a newer conflict copy"
+    reasons = dict(r.split(": ", 1) for r in collected.rejected)
+    assert set(reasons) == set(bad), collected.rejected
+    assert "not a finite number" in reasons["nan.json.gz"] or "NaN" in reasons["nan.json.gz"]
+    assert "schema" in reasons["schema.json.gz"]
+    assert "dave" in reasons["liar.json.gz"]
+    assert "round 1" in reasons["early.json.gz"]
+    assert "node id" in reasons["a..b.json.gz"]
+
+
+def test_conflict_copies_alone_give_the_newest_payload(tmp_path):
+    t = FolderTransport(str(tmp_path), "exp")
+    folder = tmp_path / "exp/rounds/0"
+    folder.mkdir(parents=True)
+    (folder / "alice (1).json.gz").write_bytes(codec.write_gz(payload("alice", created_at=1.0)))
+    (folder / "alice.json (1).gz").write_bytes(codec.write_gz(payload("alice", created_at=5.0)))
+    collected = t.collect(0)
+    assert [(p.node, p.created_at) for p in collected.payloads] == [("alice", 5.0)]
+    assert collected.rejected == ()
+
+
+def test_oversized_file_is_refused_without_reading_it(tmp_path):
+    t = FolderTransport(str(tmp_path), "exp", limits=codec.Limits(max_payload_bytes=100))
+    folder = tmp_path / "exp/rounds/0"
+    folder.mkdir(parents=True)
+    (folder / "huge.json.gz").write_bytes(os.urandom(1000))
+    (rejected,) = t.collect(0).rejected
+    assert rejected.startswith("huge.json.gz: ") and "exceeds" in rejected
+
+
+def test_corrupt_state_and_heartbeats_are_skipped(tmp_path, caplog):
+    t = FolderTransport(str(tmp_path), "exp")
+    t.heartbeat(NodeInfo(node="alice", role="worker"))
+    (tmp_path / "exp/state.json").write_text('{"round": ')
+    (tmp_path / "exp/nodes/bob.json").write_text("garbage")
+    (tmp_path / "exp/nodes/carol.json").write_text(json.dumps({"node": "mallory", "role": "worker", "last_seen": time.time()}))
+    (tmp_path / "exp/nodes/.dave.json.1.tmp").write_text("{")
+    assert t.read_state() is None
+    (tmp_path / "exp/state.json").write_text(json.dumps({"round": "three"}))
+    assert t.read_state() is None
+    assert [n.node for n in t.live_nodes(60)] == ["alice"]
+    assert "state.json" in caplog.text and "bob.json" in caplog.text
+
+
+def test_liveness_takes_the_later_of_the_claimed_time_and_the_file_mtime(tmp_path):
+    t = FolderTransport(str(tmp_path), "exp")
+    nodes = tmp_path / "exp/nodes"
+    nodes.mkdir(parents=True)
+    now = time.time()
+    lagging = {"node": "lagging", "role": "worker", "last_seen": now - 3600}  # clock an hour behind, file fresh
+    (nodes / "lagging.json").write_text(json.dumps(lagging))
+    stale = {"node": "stale", "role": "worker", "last_seen": now - 3600}
+    (nodes / "stale.json").write_text(json.dumps(stale))
+    os.utime(nodes / "stale.json", (now - 3600, now - 3600))
+    live = t.live_nodes(60)
+    assert [n.node for n in live] == ["lagging"]
+    assert live[0].last_seen >= now - 5
+
+
+# ------------------------------------------------------------------------- two machines
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_two_machines_on_one_root_see_each_other(tmp_path, kind):
+    root = str(tmp_path) if kind == "local" else memory_root()
+    a, b = FolderTransport(root, "exp", secret="k"), FolderTransport(root, "exp", secret="k")
+    assert a.ensure_settings({"x": 1}) == {"x": 1}
+    assert b.ensure_settings({"x": 2}) == {"x": 1}
+    a.heartbeat(NodeInfo(node="alice", role="worker"))
+    b.heartbeat(NodeInfo(node="bob", role="coordinator"))
+    assert [n.node for n in a.live_nodes(60)] == [n.node for n in b.live_nodes(60)] == ["alice", "bob"]
+    b.write_state(SwarmState(round=2, deadline=None, updated_at=3.0, coordinator="bob"))
+    assert a.read_state() == SwarmState(round=2, deadline=None, updated_at=3.0, coordinator="bob")
+    a.publish(payload("alice", 2))
+    b.publish(payload("bob", 2))
+    assert [p.node for p in a.collect(2).payloads] == [p.node for p in b.collect(2).payloads] == ["alice", "bob"]
+    assert FolderTransport(root, "other-exp").collect(2).payloads == (), "experiments do not mix"
+
+
+def test_ensure_settings_first_writer_wins_under_a_race(tmp_path):
+    results: dict[int, dict] = {}
+    barrier = threading.Barrier(8)
+
+    def start(i: int) -> None:
+        transport = FolderTransport(str(tmp_path), "exp")
+        barrier.wait()
+        results[i] = dict(transport.ensure_settings({"writer": i}))
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert len(results) == 8
+    assert len({json.dumps(r) for r in results.values()}) == 1, results
+    assert json.loads((tmp_path / "exp/swarm.json").read_text()) == results[0]
+    assert files_under(tmp_path) == ["exp/swarm.json"], "no temp files left"
+
+
+# ------------------------------------------------------------------------------ factory
+
+
+def test_factory_reads_root_and_secret_and_explains_a_missing_root(tmp_path):
+    context = BackendContext(experiment="exp", config={"swarm": {"root": str(tmp_path), "secret": "k"}})
+    transport = build_folder_transport(None, context)
+    transport.publish(payload("alice"))
+    assert codec.read_gz((tmp_path / "exp/rounds/0/alice.json.gz").read_bytes()).signature is not None
+    with pytest.raises(ConfigError, match="--root.*GDRIVE_PATH"):
+        build_folder_transport(None, BackendContext(experiment="exp", config={"swarm": {"root": ""}}))
+
+
+def test_registered_as_gdrive_and_fs(monkeypatch):
+    monkeypatch.setenv("SAPO_DISABLE_PLUGINS", "sapo-local")
+    plugins = Plugins()
+    plugins.load()
+    for name in ("gdrive", "fs"):
+        registration = plugins.registry.get("transport", name)
+        assert registration.factory is build_folder_transport and registration.description
+
+
+# ------------------------------------------------------------------- a swarm end to end
+
+
+class Oracle:
+    """Right or wrong answers in the expected format, by a coin flip seeded per replicate."""
+
+    def generate(self, problems, n, params):
+        out = []
+        for problem in problems:
+            completions = []
+            for i in range(n):
+                right = derive_seed(params.seed, problem.id, i) % 2 == 0
+                answer = problem.answer if right else int(problem.answer) + 1
+                completions.append(Completion(text=f"<think>adding up</think>\n<answer>{answer}</answer>", num_tokens=9))
+            out.append(completions)
+        return out
+
+
+class Recorder:
+    """A learner that remembers which groups it trained on."""
+
+    def __init__(self) -> None:
+        self.trained: list[dict] = []
+
+    def train(self, groups, round):
+        self.trained.append({"round": round, "groups": [[g.node, g.problem.id] for g in groups]})
+        return {"loss": 0.5}
+
+    def save(self, folder: Path) -> None:
+        (folder / "recorder.json").write_text(json.dumps(self.trained))
+
+    def load(self, folder: Path) -> None:
+        self.trained = json.loads((folder / "recorder.json").read_text())
+
+
+class Backends:
+    def __init__(self) -> None:
+        self.learners: dict[str, Recorder] = {}
+
+    @hookimpl
+    def register_inference(self, register):
+        register("oracle", lambda settings, context: Oracle())
+
+    @hookimpl
+    def register_learners(self, register):
+        register("recorder", lambda settings, context: self.learners.setdefault(context.node, Recorder()))
+
+
+@pytest.fixture
+def swarm_plugins(monkeypatch):
+    """A plugin manager without sapo-local (no torch) plus the oracle/recorder test backends."""
+    monkeypatch.setenv("SAPO_DISABLE_PLUGINS", "sapo-local")
+    previous = plugins_module._plugins
+    plugins = Plugins()
+    plugins.load()
+    backends = Backends()
+    plugins.register(backends, name="test-backends")
+    plugins_module._plugins = plugins
+    try:
+        yield plugins, backends
+    finally:
+        plugins_module._plugins = previous
+
+
+def run_threads(nodes):
+    for node in nodes:  # every node announced before any starts
+        node.join()
+    errors = []
+
+    def target(node):
+        try:
+            node.run()
+        except BaseException as exc:  # noqa: BLE001 - surfaced in the test thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=target, args=(node,)) for node in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "a node hung"
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("transport", ["gdrive", "fs"])
+def test_a_swarm_over_a_folder_trains_each_worker_on_its_peer(tmp_path, swarm_plugins, transport):
+    plugins, backends = swarm_plugins
+    root = tmp_path / "drive"
+
+    def cfg(node, role):
+        return load_config(env={}, sets=[
+            "inference.backend=oracle", "train.backend=recorder", "inference.num_completions=4",
+            "tasks.problems_per_round=6", f"run.workdir={(tmp_path / 'work').as_posix()}",
+            f"swarm.transport={transport}", f"swarm.root={root.as_posix()}", "swarm.secret=s3cret",
+            f"run.node_id={node}", f"run.role={role}", "swarm.poll_seconds=0.01", "swarm.round_seconds=20",
+            "swarm.local_groups=3", "swarm.external_groups=3", "run.rounds=2",
+        ])
+
+    nodes = [Node.from_config(cfg("coord", "coordinator"), plugins)]
+    nodes += [Node.from_config(cfg(name, "worker"), plugins) for name in ("alice", "bob")]
+    run_threads(nodes)
+    for me, peer in (("alice", "bob"), ("bob", "alice")):
+        trained = backends.learners[me].trained
+        assert [entry["round"] for entry in trained] == [0, 1]
+        assert {node for entry in trained for node, _ in entry["groups"]} == {me, peer}
+    state = FolderTransport(root.as_posix(), "default").read_state()
+    assert state is not None and state.round == 2
+    assert sorted(files_under(root / "default")) == [
+        "nodes/alice.json", "nodes/bob.json", "nodes/coord.json",
+        "rounds/0/alice.json.gz", "rounds/0/bob.json.gz", "rounds/1/alice.json.gz", "rounds/1/bob.json.gz",
+        "state.json", "swarm.json",
+    ]
