@@ -190,26 +190,10 @@ class Plugins:
                 info = self.infos.get(impl.plugin_name)
                 if info is None or info.error:
                     continue
-                pending: list[Registration] = []
-
-                def register(
-                    name: str, factory: Factory, *, settings: type | None = None, description: str = "", _kind: str = kind
-                ) -> None:
-                    pending.append(
-                        Registration(
-                            kind=_kind,
-                            name=name,
-                            factory=factory,
-                            settings=settings,
-                            description=description,
-                            plugin=info.name,
-                            distribution=info.distribution,
-                        )
-                    )
-
+                register = _Collector(kind, info)
                 try:
                     impl.function(register=register)
-                    registry.add(*pending)
+                    registry.add(*register.registrations)
                 except NameClashError:
                     raise
                 except Exception as exc:
@@ -245,6 +229,21 @@ class Plugins:
                 if _strict():
                     raise PluginError(f"plugin {impl.plugin_name!r} failed in {hook_name}: {exc}") from exc
                 log.warning("plugin %r failed in %s (%s: %s)", impl.plugin_name, hook_name, type(exc).__name__, exc)
+
+
+@attrs.define
+class _Collector:
+    """The ``register`` one plugin's registry hook receives: collects, the registry adds all or none."""
+
+    kind: str
+    info: PluginInfo
+    registrations: list[Registration] = attrs.field(factory=list)
+
+    def __call__(self, name: str, factory: Factory, *, settings: type | None = None, description: str = "") -> None:
+        self.registrations.append(Registration(
+            kind=self.kind, name=name, factory=factory, settings=settings, description=description,
+            plugin=self.info.name, distribution=self.info.distribution,
+        ))
 
 
 _plugins: Plugins | None = None
