@@ -366,23 +366,43 @@ def _print_wide(renderable: Any) -> None:
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("reward.png"),
               show_default=True, help="PNG file to draw the curves into.")
+@click.option("--experiment", metavar="NAME",
+              help="PATH is a swarm's shared folder (local or mounted): draw NAME's nodes and the swarm mean.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rounds as JSON instead of a table.")
-def report(paths: tuple[Path, ...], output: Path, as_json: bool) -> None:
-    """Draw reward per round (and held-out pass@1) for runs: run directories or folders of them."""
+def report(paths: tuple[str, ...], output: Path, experiment: str | None, as_json: bool) -> None:
+    """Draw reward per round (and held-out pass@1) for runs: run directories or folders of them.
+
+    With --experiment NAME, the one PATH is a swarm root: one curve per node from
+    PATH/NAME/metrics/<node>.jsonl, and the swarm mean (thick, black).
+    """
     from sapo_core import report as reporting
 
     try:
-        runs = reporting.find_runs(paths)
-        curves = [reporting.load_curve(run, label) for run, label in zip(runs, reporting.labels_for(runs))]
-        reporting.plot(curves, output)
+        if experiment is not None:
+            if len(paths) != 1:
+                raise SapoError("with --experiment, give exactly one PATH: the swarm's root folder")
+            curves = reporting.swarm_curves(paths[0], experiment)
+            reporting.plot(curves, output, title=f"sapo swarm {experiment}: reward per round")
+        else:
+            folders = [Path(path) for path in paths]
+            for path, folder in zip(paths, folders):
+                if not folder.is_dir():
+                    raise SapoError(f"{path}: no such folder" + (" (sapo report reads local folders, not URLs)"
+                                                                  if "://" in path else ""))
+            runs = reporting.find_runs(folders)
+            curves = [reporting.load_curve(run, label) for run, label in zip(runs, reporting.labels_for(runs))]
+            reporting.plot(curves, output)
     except SapoError as exc:
         fail(exc)
     rows = {curve.label: reporting.table_rows(curve) for curve in curves}
     if as_json:
-        click.echo(json.dumps({"image": str(output), "runs": rows}, indent=2))
+        data: dict[str, Any] = {"image": str(output), "runs": rows}
+        if experiment is not None:
+            data["experiment"] = experiment
+        click.echo(json.dumps(data, indent=2))
         return
     from rich.table import Table
 

@@ -19,3 +19,8 @@ def register_transports(register: Register) -> None:
         build_folder_transport,
         description="Alias of gdrive: a swarm over any folder or fsspec URL (file://, memory://, s3://...)",
     )
+
+
+from sapo_gdrive.status import register_commands  # noqa: F401
+from sapo_gdrive.observers import run_started, round_finished, run_finished  # noqa: F401
+from sapo_gdrive.checkpoints import register_checkpointers  # noqa: F401
