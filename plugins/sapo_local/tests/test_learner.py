@@ -182,3 +182,44 @@ def test_gradient_checkpointing_gives_the_same_update(tokenizer):
     checkpointed.train(groups(), 0)
     assert_same(weights(plain), weights(checkpointed), atol=1e-6)
 
+
+
+def sampled_groups(tokenizer, logprob: float) -> list[Group]:
+    """Our own rollouts as a server returns them: token ids and the sampler's log-prob of each."""
+    out = []
+    eos = tokenizer.eos_token_id
+    for group in groups():
+        completions = []
+        for c in group.completions:
+            ids = [*tokenizer(c.text, add_special_tokens=False)["input_ids"], eos]
+            completions.append(Completion(text=c.text, token_ids=ids, logprobs=[logprob] * len(ids)))
+        out.append(Group(problem=group.problem, completions=completions, rewards=group.rewards,
+                         advantages=group.advantages, node="me"))
+    return out
+
+
+def test_truncated_importance_sampling_weights_the_gradient(tokenizer):
+    """A sampler far less likely than the learner on every token: every weight is the cap."""
+    plain = make_learner(tokenizer, max_grad_norm=0.0, importance_sampling=False)
+    capped = make_learner(tokenizer, max_grad_norm=0.0, importance_sampling_cap=2.0)
+    reference = plain.train(sampled_groups(tokenizer, -100.0), 0)
+    weighted = capped.train(sampled_groups(tokenizer, -100.0), 0)
+    assert "is_weight_mean" not in reference, "switched off: no weights"
+    assert weighted["is_weight_mean"] == pytest.approx(2.0)
+    assert weighted["grad_norm"] == pytest.approx(2.0 * reference["grad_norm"], rel=1e-4)
+    # A sampler that put probability 1 on each token: weight pi_old(token) < 1, never above the cap.
+    below = make_learner(tokenizer, max_grad_norm=0.0).train(sampled_groups(tokenizer, 0.0), 0)
+    assert 0 < below["is_weight_mean"] < 1 and below["grad_norm"] < reference["grad_norm"]
+
+
+def test_sampler_logprobs_of_other_tokens_are_ignored(tokenizer):
+    """Log-probs that do not line up with the tokens trained on (peers' rollouts) get weight 1."""
+    learner = make_learner(tokenizer)
+    mismatched = [Group(problem=g.problem, advantages=g.advantages, rewards=g.rewards, node="me",
+                        completions=[Completion(text=c.text, token_ids=c.token_ids, logprobs=c.logprobs[:-1])
+                                     for c in g.completions]) for g in sampled_groups(tokenizer, -100.0)]
+    assert all(e.sampler_logprobs is None for e in learner.examples(mismatched))
+    external = [Group(problem=g.problem, completions=g.completions, rewards=g.rewards, advantages=g.advantages,
+                      node="peer") for g in sampled_groups(tokenizer, -100.0)]
+    assert all(e.sampler_logprobs is None for e in learner.examples(external))
+    assert all(e.sampler_logprobs is not None for e in learner.examples(sampled_groups(tokenizer, -100.0)))

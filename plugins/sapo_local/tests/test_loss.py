@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sapo_local.loss import LOSS_TYPES, grpo_loss, loss_normalizer
+from sapo_local.loss import LOSS_TYPES, grpo_loss, loss_normalizer, truncated_is_weights
 
 EPS_LOW, EPS_HIGH = 0.2, 0.28
 LENGTHS = [9, 4, 1, 0, 7, 9, 3, 6]  # variable, padded to T = 9; one empty completion
@@ -197,3 +197,34 @@ def test_errors():
         call(advantages=advantages[:, None])
     with pytest.raises(ValueError, match="epsilon_low"):
         call(epsilon_low=1.0)
+
+
+def test_truncated_is_weights_match_a_naive_reference():
+    logprobs, old, _, mask, _, _ = batch(seed=7)
+    g = torch.Generator().manual_seed(7)
+    sampler = old - 1.5 + 3.0 * torch.rand(old.shape, generator=g, dtype=torch.float64)  # ratios both sides of the cap
+    known = mask.clone()
+    known[1] = 0  # a completion without the sampler's log-probs (e.g. a peer's)
+    sampler[known == 0] = math.nan  # whatever sits where nothing is known must not matter
+    cap = 2.0
+    weights = truncated_is_weights(old, sampler, known, cap=cap)
+    for i, n in enumerate(LENGTHS):
+        for t in range(max(LENGTHS)):
+            if known[i, t]:
+                want = min(math.exp(old[i, t].item() - sampler[i, t].item()), cap)
+            else:
+                want = 1.0
+            assert weights[i, t].item() == pytest.approx(want, rel=1e-12), (i, t)
+    assert (weights[known.bool()] == cap).any() and (weights[known.bool()] < 1).any(), "both regimes exercised"
+    assert not weights.requires_grad
+    # From the learner's live log-probs (one iteration: pi_old = pi_theta): detached, the same numbers.
+    live = truncated_is_weights(logprobs, sampler, known, cap=cap)
+    assert not live.requires_grad
+
+
+def test_truncated_is_weights_errors():
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="cap must be > 0"):
+        truncated_is_weights(x, x, x, cap=0.0)
+    with pytest.raises(ValueError, match="one shape"):
+        truncated_is_weights(x, x[:, :2], x, cap=2.0)

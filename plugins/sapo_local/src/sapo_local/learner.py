@@ -30,7 +30,7 @@ from sapo_core.errors import TrainingError
 from sapo_core.interfaces import BackendContext
 from sapo_core.records import Group
 from sapo_local.logprobs import selected_logprobs
-from sapo_local.loss import grpo_loss, loss_normalizer
+from sapo_local.loss import grpo_loss, loss_normalizer, truncated_is_weights
 from sapo_local.policy import Policy, completion_ids, get_policy, prompt_ids
 from sapo_local.settings import GRPOSettings
 
@@ -44,6 +44,7 @@ class Example:
     completion: tuple[int, ...]
     advantage: float
     external: bool
+    sampler_logprobs: tuple[float, ...] | None = None  # the generating engine's, one per completion token
 
     @property
     def length(self) -> int:
@@ -89,6 +90,8 @@ class MicroBatch:
     mask: torch.Tensor  # [B, T] 1 on real completion tokens
     advantages: torch.Tensor  # [B]
     tokens: int
+    sampler: torch.Tensor | None = None  # [B, T] the sampler's log-probs where known ...
+    known: torch.Tensor | None = None  # [B, T] ... that is, where this is 1
 
     def to_padded(self, flat: torch.Tensor) -> torch.Tensor:
         """[N] per-token values -> [B, T] with zeros on padding."""
@@ -118,11 +121,17 @@ def _collate(batch: Sequence[Example], pad_id: int, device: torch.device) -> Mic
     attention = torch.zeros((len(batch), width), dtype=torch.long)
     mask = torch.zeros((len(batch), longest), dtype=torch.float32)
     rows, positions, targets = [], [], []
+    with_sampler = any(e.sampler_logprobs is not None for e in batch)
+    sampler = torch.zeros((len(batch), longest), dtype=torch.float32) if with_sampler else None
+    known = torch.zeros((len(batch), longest), dtype=torch.float32) if with_sampler else None
     for i, example in enumerate(batch):
         ids = [*example.prompt, *example.completion]
         input_ids[i, : len(ids)] = torch.tensor(ids)
         attention[i, : len(ids)] = 1
         mask[i, : len(example.completion)] = 1
+        if sampler is not None and known is not None and example.sampler_logprobs is not None:
+            sampler[i, : len(example.completion)] = torch.tensor(example.sampler_logprobs, dtype=torch.float32)
+            known[i, : len(example.completion)] = 1
         start = len(example.prompt)
         rows += [i] * len(example.completion)
         positions += range(start, start + len(example.completion))
@@ -136,6 +145,8 @@ def _collate(batch: Sequence[Example], pad_id: int, device: torch.device) -> Mic
         mask=mask.to(device),
         advantages=torch.tensor([e.advantage for e in batch], dtype=torch.float32, device=device),
         tokens=int(attention.sum()),
+        sampler=None if sampler is None else sampler.to(device),
+        known=None if known is None else known.to(device),
     )
 
 
@@ -210,8 +221,12 @@ class GRPOLearner:
             own = group.node == self.node
             for completion, advantage in zip(group.completions, group.advantages):
                 ids = completion_ids(tokenizer, completion, eos, own=own)
+                # The sampler's log-probs count only for the very tokens it sampled.
+                aligned = (own and self.settings.importance_sampling and completion.logprobs is not None
+                           and completion.token_ids is not None and len(completion.logprobs) == len(ids))
                 if ids:
-                    out.append(Example(prompt=prompt, completion=tuple(ids), advantage=advantage, external=not own))
+                    out.append(Example(prompt=prompt, completion=tuple(ids), advantage=advantage, external=not own,
+                                       sampler_logprobs=tuple(completion.logprobs) if aligned else None))
         return out
 
     def train(self, groups: Sequence[Group], round: int) -> dict[str, float]:
@@ -227,7 +242,8 @@ class GRPOLearner:
         old = self._logprobs(batches) if settings.num_iterations > 1 else [None] * len(batches)
         ref = self._reference_logprobs(batches) if settings.beta > 0 else [None] * len(batches)
         self.module.train()
-        totals: dict[str, float] = {}
+        # Every process reports the same keys, whether its share had sampler log-probs or not.
+        totals: dict[str, float] = {"is_weight_sum": 0.0, "is_tokens": 0.0}
         ratio_max = 0.0
         for _ in range(settings.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
@@ -238,10 +254,17 @@ class GRPOLearner:
                     with accelerator.autocast():
                         flat = self.module(batch.input_ids, batch.attention_mask, batch.rows, batch.positions, batch.targets)
                     logprobs = batch.to_padded(flat)
+                    is_weights = None
+                    if batch.sampler is not None and batch.known is not None:
+                        is_weights = truncated_is_weights(logprobs if old_lp is None else old_lp, batch.sampler,
+                                                          batch.known, cap=settings.importance_sampling_cap)
+                        totals["is_weight_sum"] += float((is_weights * batch.known).sum())
+                        totals["is_tokens"] += float(batch.known.sum())
                     loss, metrics = grpo_loss(
                         logprobs, old_lp, batch.advantages, batch.mask, normalizer=normalizer,
                         loss_type=settings.loss_type, epsilon_low=settings.epsilon_low,
                         epsilon_high=settings.epsilon_high, beta=settings.beta, ref_logprobs=ref_lp,
+                        is_weights=is_weights,
                     )
                     if not torch.isfinite(loss):
                         self.optimizer.zero_grad(set_to_none=True)
@@ -269,7 +292,10 @@ class GRPOLearner:
         totals = self._sum_over_processes(totals)
         seconds = time.perf_counter() - started
         iterations = settings.num_iterations
+        is_sum, is_tokens = totals.pop("is_weight_sum", 0.0), totals.pop("is_tokens", 0.0)
         out = {key: value / max(1.0, totals["tokens"]) for key, value in totals.items() if key not in ("loss", "tokens")}
+        if is_tokens:  # the mean truncated-IS weight over the tokens that had the sampler's log-probs
+            out["is_weight_mean"] = is_sum / is_tokens
         out.update({
             "loss": totals["loss"] / iterations,
             "grad_norm": grad_norm,

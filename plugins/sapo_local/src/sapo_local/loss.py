@@ -108,6 +108,32 @@ def grpo_loss(
     return loss, {k: v.detach() for k, v in metrics.items()}
 
 
+def truncated_is_weights(old_logprobs: Tensor, sampler_logprobs: Tensor, known: Tensor, *, cap: float) -> Tensor:
+    """Per-token weights correcting for rollouts sampled by another engine (truncated IS), detached.
+
+    A server (vLLM, SGLang) draws token t of completion i from its own q_it, which differs from
+    the learner's pi_old by kernels and precision, and by any learner step it has not loaded yet.
+    The policy gradient is an expectation under pi_old, so each token is re-weighted by
+
+        w_it = min(exp(logp_old_it - logq_it), C)     where the sampler's logq_it is known (``known``)
+        w_it = 1                                      elsewhere (local rollouts, peers' rollouts)
+
+    and `grpo_loss` multiplies the surrogate by it (``is_weights``). Capping at C trades a little
+    bias for bounded variance (TIS: Yao et al. 2025, "Your efficient RL framework secretly brings
+    you off-policy RL training"; TRL's ``vllm_importance_sampling_cap``, verl's ``tis_imp_ratio_cap``).
+    """
+    if not cap > 0:
+        raise ValueError(f"the importance-sampling cap must be > 0, got {cap}")
+    if old_logprobs.shape != sampler_logprobs.shape or old_logprobs.shape != known.shape:
+        raise ValueError(f"old, sampler and known must have one shape, got {tuple(old_logprobs.shape)}, "
+                         f"{tuple(sampler_logprobs.shape)}, {tuple(known.shape)}")
+    k = known.bool()
+    zero = torch.zeros((), dtype=old_logprobs.dtype, device=old_logprobs.device)
+    # Unknown entries become 0 - 0 before exp(), so padding (-inf, nan) never reaches the result.
+    delta = torch.where(k, old_logprobs.detach() - sampler_logprobs.detach().to(old_logprobs.dtype), zero)
+    return torch.where(k, torch.exp(delta).clamp(max=cap), torch.ones_like(delta))
+
+
 def _check(logprobs, old, advantages, mask, ref, is_weights, loss_type, beta, normalizer) -> None:
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")

@@ -24,6 +24,10 @@ class GRPOSettings:
     epsilon_high: float = 0.28  # clip range above 1 (DAPO's "clip higher")
     beta: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))  # KL weight; 0 loads no reference
     num_iterations: int = attrs.field(default=1, validator=attrs.validators.ge(1))  # updates per batch of rollouts
+    # Truncated importance sampling for rollouts whose sampler's log-probs are recorded (a vLLM or
+    # SGLang server): weight min(exp(logp_learner - logp_server), cap) per token; see sapo_local.loss.
+    importance_sampling: bool = True
+    importance_sampling_cap: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
     micro_batch_tokens: int = attrs.field(default=4096, validator=attrs.validators.ge(1))  # padded tokens per micro-batch
     logprob_chunk_size: int = 1024  # completion tokens per chunk of the vocabulary projection
     gradient_checkpointing: bool = False
