@@ -17,6 +17,7 @@ from sapo_core import __version__, codec
 from sapo_core.config import Config, load_config
 from sapo_core.errors import PluginError, SapoError
 from sapo_core.interfaces import BackendContext
+from sapo_core.keys import keys_command
 from sapo_core.plugins import describe, get_plugins
 
 log = logging.getLogger("sapo")
@@ -418,7 +419,7 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
-BUILTIN_COMMANDS = (run, config_command, plugins, tasks, sweep, report)
+BUILTIN_COMMANDS = (run, config_command, plugins, tasks, sweep, report, keys_command)
 
 
 def build_cli() -> click.Group:

@@ -6,10 +6,11 @@ came from (``"default"``, ``"file <path>"``, ``"env NAME"``, a flag's label, ``"
 errors and ``sapo config`` can say so.
 
 The schema is one frozen attrs class per section (`RunSettings` ...), held by `Config`. Keys of
-``inference``, ``train``, ``checkpoint`` and ``swarm`` that are not core keys are *extras*:
+``inference``, ``train``, ``checkpoint``, ``swarm`` and ``eval`` that are not core keys are *extras*:
 kept raw because only the chosen backend knows them, and built into the backend's settings class
 by `structure` (or `Config.settings`). ``tasks.<task>.<key>`` and ``rewards.<reward>.<key>`` are
-the extras of one task or reward function. ``run``, ``model``, ``advantages`` and ``eval`` take no extras.
+the extras of one task or reward function. ``run``, ``model`` and ``advantages`` take no extras; ``eval``'s
+are the settings of its own inference backend (``eval.inference``), when it has one.
 
 Values are converted by the attrs field's type annotation with one converter (`structure`), for
 the core sections and the backends' settings alike. A string (from the environment, a flag or
@@ -17,7 +18,7 @@ the core sections and the backends' settings alike. A string (from the environme
 ``"a,b"`` or ``'["a","b"]'`` for a list, ``"{a=1.0}"`` for a table.
 
 Secrets (``swarm.secret``, fields whose metadata has ``secret=True``, and extras whose key
-contains key/secret/token/password/passwd/auth/credential) never appear in exception messages and
+contains key/secret/token/password/passwd/passphrase/auth/credential/bearer/cookie) never appear in exception messages and
 are shown as ``"***"`` by `Config.to_dict` and `Config.items` unless ``redact=False``.
 """
 
@@ -69,7 +70,7 @@ SECRET = "secret"
 REDACTED = "***"
 # Words that make an extra's key a secret. Over-redacting (e.g. an extra named ``max_tokens``) is
 # the safe failure; "auth" also covers HTTP ``authorization`` headers kept in an extra table.
-_SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "auth", "credential")
+_SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "passphrase", "auth", "credential", "bearer", "cookie")
 
 # ------------------------------------------------------------------------------ validators
 # Each raises ValueError(problem, attribute): the problem never contains the value (the caller
@@ -249,6 +250,9 @@ class EvalSettings:
     temperature: float = attrs.field(default=0.0, validator=_check(lambda v: v >= 0, "must be >= 0"))  # 0: greedy
     seed: int = 0  # base seed of the held-out problems; independent of run.seed, so every run sees the same set
     at_start: bool = False  # also evaluate before the first round: the baseline of the learning curve
+    # The evaluation's own inference backend ("" = the node's [inference] one), e.g. a hosted API
+    # judging a local policy's progress; eval's other keys are that backend's settings.
+    inference: str = ""
 
 
 #: Every section, in the order of `Config`, with its attrs class.
@@ -266,7 +270,7 @@ SECTIONS: Mapping[str, type] = types.MappingProxyType(
         "eval": EvalSettings,
     }
 )
-_FLAT_EXTRAS = frozenset({"inference", "train", "checkpoint", "swarm"})  # <section>.<key>
+_FLAT_EXTRAS = frozenset({"inference", "train", "checkpoint", "swarm", "eval"})  # <section>.<key>
 _NAMED_EXTRAS = frozenset({"tasks", "rewards"})  # <section>.<name>.<key>
 _CORE: dict[str, dict[str, attrs.Attribute]] = {
     section: {f.name: f for f in attrs.fields(cls)} for section, cls in SECTIONS.items()
@@ -294,7 +298,7 @@ def _secret_word(name: str) -> bool:
 
 def is_secret(key: str) -> bool:
     """Whether the dotted ``key`` holds a secret: ``swarm.secret``, or an extra whose last part
-    contains key/secret/token/password/passwd/auth/credential (case-insensitive).
+    contains key/secret/token/password/passwd/passphrase/auth/credential/bearer/cookie (case-insensitive).
 
     Core keys are secret only by their field metadata, so ``inference.max_new_tokens`` is not.
     """
@@ -769,9 +773,9 @@ class Config:
 
     def extras(self, section: str, name: str | None = None) -> Any:
         """The raw extras of ``section`` as an `Extras` (a dict): for ``inference``, ``train``,
-        ``checkpoint``, ``swarm`` its non-core keys; for ``tasks``/``rewards`` with ``name`` the
+        ``checkpoint``, ``swarm``, ``eval`` its non-core keys; for ``tasks``/``rewards`` with ``name`` the
         keys of ``tasks.<name>``, without ``name`` a dict name -> `Extras` of every subsection
-        set. Empty for ``run``, ``model``, ``advantages``, ``eval``. Values are copies.
+        set. Empty for ``run``, ``model``, ``advantages``. Values are copies.
         """
         if section not in SECTIONS:
             raise ValueError(f"Unknown config section {section!r}. Choose one of: {', '.join(SECTIONS)}")
@@ -989,6 +993,10 @@ class _Resolver:
                     values.texts[name] = entry.text
             sections[section] = structure(cls, values, where=section)
         extras = {parts: e.value for parts, e in self.entries.items() if parts[1] not in _CORE[parts[0]]}
+        stray = next((parts for parts in extras if parts[0] == "eval"), None)
+        if stray is not None and not sections["eval"].inference:
+            raise _unknown(".".join(stray), self.entries[stray].source, [f"eval.{k}" for k in _CORE["eval"]],
+                           hint="(eval's other keys are the settings of its own backend: set eval.inference=NAME.)")
         texts = {parts: e.text for parts, e in self.entries.items() if parts in extras and e.text is not None}
         sources = {".".join(parts): e.source for parts, e in self.entries.items() if e.source != "default"}
         return Config(**sections, extras=extras, texts=texts, sources=sources)

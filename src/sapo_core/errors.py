@@ -25,3 +25,11 @@ class BackendError(SapoError):
 
 class TrainingError(SapoError):
     """The learner hit a state it must not continue from (e.g. a non-finite loss)."""
+
+
+class StopRun(SapoError):
+    """A backend asks the node to end its run cleanly (e.g. a usage cap is reached).
+
+    Raised from ``generate`` before any work of the round is done; the node writes what it
+    has, tells the observers the run finished, and exits successfully with the message logged.
+    """

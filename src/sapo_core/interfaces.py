@@ -6,8 +6,9 @@ called from the node's main thread, one call at a time: a backend may use thread
 inside a call but must not keep work running between calls.
 
 Optional methods, used when present: ``close()`` (release resources at the end of a run) and
-``round_metrics() -> Mapping[str, float]`` (numbers about the last round, merged into the
-node's metrics under the backend's kind, e.g. ``inference/requests``).
+``round_metrics() -> Mapping[str, float]`` (numbers since the last call, merged into the
+node's metrics under the backend's kind, e.g. ``inference/requests``; a reward function's under
+``reward/<name>/``, e.g. ``reward/llm-judge/unparseable``).
 """
 
 from __future__ import annotations

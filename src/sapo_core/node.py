@@ -34,7 +34,7 @@ import attrs
 from sapo_core import __version__, codec, rundir
 from sapo_core.advantages import group_advantages
 from sapo_core.config import Config, structure
-from sapo_core.errors import ConfigError, SapoError
+from sapo_core.errors import ConfigError, SapoError, StopRun
 from sapo_core.evaluation import Evaluator, ProblemResult
 from sapo_core.interfaces import (
     BackendContext,
@@ -128,6 +128,8 @@ class Node:
     rewards: dict[str, RewardFunction]
     transport: Transport
     inference: InferenceBackend | None = None
+    #: The evaluation's own backend (``eval.inference``); None: evaluate with `inference`.
+    eval_inference: InferenceBackend | None = None
     learner: Learner | None = None
     checkpointer: Checkpointer | None = None
     sleep: Callable[[float], None] = time.sleep
@@ -137,6 +139,8 @@ class Node:
     #: Told when a phase of a round starts (set by `work` to the progress display's).
     on_phase: Callable[[str], None] | None = None
     _evaluator: Evaluator | None = attrs.field(default=None, init=False, repr=False)
+    # Set when a backend asked to stop during an evaluation: the round is finished, then the run ends.
+    _stop: StopRun | None = attrs.field(default=None, init=False, repr=False)
 
     # ---------------------------------------------------------------------- building
 
@@ -197,6 +201,8 @@ class Node:
             node = cls(config=config, plugins=plugins, context=context, tasks=tasks, rewards=rewards, transport=transport)
             if role != "coordinator":
                 node.inference = build("inference", config.inference.backend, config.extras("inference"), "inference")
+                if config.eval.inference:
+                    node.eval_inference = build("inference", config.eval.inference, config.extras("eval"), "eval")
                 node.checkpointer = checkpointer or build(
                     "checkpointer", config.checkpoint.backend, config.extras("checkpoint"), "checkpoint"
                 )
@@ -228,7 +234,8 @@ class Node:
         )
 
     def close(self) -> None:
-        for backend in (self.inference, self.learner, self.checkpointer, self.transport, *self.rewards.values()):
+        backends = (self.inference, self.eval_inference, self.learner, self.checkpointer, self.transport)
+        for backend in (*backends, *self.rewards.values()):
             close = getattr(backend, "close", None)
             if callable(close):
                 close()
@@ -290,7 +297,11 @@ class Node:
         log.info("%s: run directory %s", self.context.node, self.context.workdir)
         done = self.resume() if self.config.run.resume else -1
         if done == -1 and self.config.eval.at_start and self.inference is not None and self.main:
-            self.evaluate_baseline()
+            try:
+                self.evaluate_baseline()
+            except StopRun as exc:
+                log.warning("%s: %s; the run ends before round 0", self.context.node, exc)
+                return
         from sapo_core.progress import run_progress  # rich is imported only when running
 
         label = self.label or self.context.node
@@ -301,10 +312,17 @@ class Node:
                     round = self.next_round(done)
                     if round >= self.config.run.rounds:
                         break
-                    metrics = self.step(round)
+                    try:
+                        metrics = self.step(round)
+                    except StopRun as exc:
+                        log.warning("%s: %s; the run ends before round %d", self.context.node, exc, round)
+                        break
                     self.finish_round(round, metrics)
                     progress.round_done(round, metrics)
                     done = round
+                    if self._stop is not None:
+                        log.warning("%s: %s; the run ends after round %d", self.context.node, self._stop, round)
+                        break
             finally:
                 self.on_phase = None
 
@@ -411,7 +429,9 @@ class Node:
                 metrics.update({f"train/{key}": value for key, value in learned.items()})
             else:
                 log.info("%s: round %d has no group with a learning signal; no learner step", self.context.node, round)
-        for kind, backend in (("inference", self.inference), ("learner", self.learner), ("transport", self.transport)):
+        backends = [("inference", self.inference), ("learner", self.learner), ("transport", self.transport)]
+        backends += [(f"reward/{name}", reward) for name, reward in self.rewards.items()]  # e.g. a judge's requests
+        for kind, backend in backends:
             extra = getattr(backend, "round_metrics", None)
             if callable(extra):
                 metrics.update({f"{kind}/{key}": value for key, value in extra().items()})
@@ -554,7 +574,7 @@ class Node:
             inference = self.config.inference
             self._evaluator = Evaluator.build(
                 self.config.eval,
-                inference=self.inference,
+                inference=self.eval_inference or self.inference,
                 score=score,
                 weights=self.config.rewards.weights,
                 tasks=self.tasks,
@@ -567,7 +587,7 @@ class Node:
         """Evaluate before any training: a ``"round": -1`` line in metrics.jsonl and ``metrics/eval_start.json``."""
         started = time.perf_counter()
         evaluated, results = self.evaluate()
-        drain = getattr(self.inference, "round_metrics", None)
+        drain = getattr(self.eval_inference or self.inference, "round_metrics", None)
         if callable(drain):  # the evaluation's tokens must not count in round 0's inference/*
             evaluated.update({f"eval/inference/{key}": value for key, value in drain().items()})
         metrics = {"round": -1, "node": self.context.node, "time": time.time(), **evaluated,
@@ -586,12 +606,15 @@ class Node:
         timer = Timer(on_phase=self.on_phase)
         results: list[ProblemResult] | None = None
         if self.eval_due(round):
-            with timer.phase("eval"):
-                evaluated, results = self.evaluate()
-            metrics.update(evaluated)
+            try:
+                with timer.phase("eval"):
+                    evaluated, results = self.evaluate()
+                metrics.update(evaluated)
+            except StopRun as exc:  # the round's own work is done: keep its metrics, then stop
+                self._stop = exc
             # The inference backend's numbers since the round's were read are the evaluation's:
             # report them apart, so they do not count in the next round's inference/*.
-            drain = getattr(self.inference, "round_metrics", None)
+            drain = getattr(self.eval_inference or self.inference, "round_metrics", None)
             if callable(drain):
                 metrics.update({f"eval/inference/{key}": value for key, value in drain().items()})
         every = self.config.checkpoint.every
