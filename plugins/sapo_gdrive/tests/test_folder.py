@@ -397,3 +397,78 @@ def test_a_swarm_over_a_folder_trains_each_worker_on_its_peer(tmp_path, swarm_pl
         "rounds/0/alice.json.gz", "rounds/0/bob.json.gz", "rounds/1/alice.json.gz", "rounds/1/bob.json.gz",
         "state.json", "swarm.json",
     ]
+
+
+# ----------------------------------------------------------------- reading once per version
+
+
+def _rewrite_in_place(path: Path, data: bytes) -> None:
+    """New bytes, same inode, size and mtime: a listing cannot tell this file changed."""
+    stat = path.stat()
+    assert len(data) == stat.st_size
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_collect_reads_a_file_again_only_when_the_listing_shows_it_changed(tmp_path):
+    t = FolderTransport(str(tmp_path), "exp", secret="k")
+    t.publish(payload("alice"))
+    t.publish(payload("bob"))
+    assert [p.node for p in t.collect(0).payloads] == ["alice", "bob"]
+    bob = tmp_path / "exp/rounds/0/bob.json.gz"
+    _rewrite_in_place(bob, b"\0" * bob.stat().st_size)
+    assert [p.node for p in t.collect(0).payloads] == ["alice", "bob"], "an unchanged listing is not read again"
+    fresh = FolderTransport(str(tmp_path), "exp", secret="k")
+    assert [p.node for p in fresh.collect(0).payloads] == ["alice"], "a new reader sees the damage"
+    t.publish(payload("bob", reward=0.5))  # a new version: atomic rename, new inode and mtime
+    (bob_now,) = [p for p in t.collect(0).payloads if p.node == "bob"]
+    assert bob_now.groups[0].rewards[0] == 0.5
+    (tmp_path / "exp/rounds/0/alice.json.gz").unlink()
+    assert [p.node for p in t.collect(0).payloads] == ["bob"], "a removed file is gone at once"
+
+
+def test_a_refused_file_is_checked_again_when_it_changes_or_after_a_while(tmp_path, monkeypatch):
+    t = FolderTransport(str(tmp_path), "exp")
+    folder = tmp_path / "exp/rounds/0"
+    folder.mkdir(parents=True)
+    whole = codec.write_gz(payload("carol"))
+    carol = folder / "carol.json.gz"
+    carol.write_bytes(whole[: len(whole) // 2])  # a sync client still downloading
+    assert t.collect(0).payloads == () and len(t.collect(0).rejected) == 1
+    carol.write_bytes(whole)  # grows: the listing shows the change
+    assert [p.node for p in t.collect(0).payloads] == ["carol"]
+    dave = folder / "dave.json.gz"
+    good = codec.write_gz(payload("dave"))
+    dave.write_bytes(b"\0" * len(good))  # preallocated, bytes not there yet
+    assert [p.node for p in t.collect(0).payloads] == ["carol"]
+    _rewrite_in_place(dave, good)  # complete, and the listing looks the same
+    assert [p.node for p in t.collect(0).payloads] == ["carol"]
+    monkeypatch.setattr("sapo_gdrive.folder.REFUSED_RECHECK_SECONDS", 0.0)
+    assert [p.node for p in t.collect(0).payloads] == ["carol", "dave"]
+
+
+def test_collect_keeps_the_last_two_rounds_read(tmp_path):
+    t = FolderTransport(str(tmp_path), "exp")
+    for round in range(4):
+        t.publish(payload("alice", round))
+        assert [p.round for p in t.collect(round).payloads] == [round]
+    assert sorted(t._examined) == [2, 3]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this OS")
+def test_fifos_links_and_dot_names_that_look_like_payloads_are_refused(tmp_path):
+    t = FolderTransport(str(tmp_path), "exp")
+    t.publish(payload("alice"))
+    folder = tmp_path / "exp/rounds/0"
+    os.mkfifo(folder / "pipe.json.gz")  # reading it would block forever
+    (folder / "link.json.gz").symlink_to("/dev/zero")  # reading it would never end
+    (folder / "..evil.json.gz").write_bytes(codec.write_gz(payload("evil")))
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (folder / "._alice.json.gz").write_bytes(b"\0\5\26\7")  # macOS AppleDouble clutter
+    collected = t.collect(0)
+    assert [p.node for p in collected.payloads] == ["alice"]
+    reasons = dict(r.split(": ", 1) for r in collected.rejected)
+    assert set(reasons) == {"pipe.json.gz", "link.json.gz", "..evil.json.gz"}
+    assert "not a regular file" in reasons["pipe.json.gz"] and "not a regular file" in reasons["link.json.gz"]
+    assert "node id" in reasons["..evil.json.gz"]

@@ -23,6 +23,12 @@ Contracts
   (``alice (1).json.gz``, ``alice (conflicted copy 2026-11-25).json.gz``,
   ``alice.json (1).gz``) count as candidates for node ``alice``: one valid payload is kept per
   node, the canonical file first, else the newest ``created_at``.
+* `collect` reads each file once per version: a valid payload is kept by the transport (for the
+  round collected last and the one before) until the listing shows its file changed (size,
+  modification time, inode or etag), so a node polling for its peers pays for a listing, not
+  for reading, inflating, validating and verifying every peer's payload again. A refused file
+  is read again when it changes, and at least every `REFUSED_RECHECK_SECONDS`: a synced file
+  still downloading can look complete in a listing before its bytes are.
 * Node ids and the experiment name are validated (`codec.validate_node_id`), and file names
   read from the folder are parsed, never joined as given, so nothing reads or writes outside
   ``<root>/<experiment>``.
@@ -68,6 +74,10 @@ ROUNDS_DIR = "rounds"
 _COPY = r"(?:\s*\([^()/\\]*\))"
 _PAYLOAD_NAME = re.compile(rf"(?P<node>.*?)(?P<copy1>{_COPY})?\.json(?P<copy2>{_COPY})?\.gz", re.DOTALL)
 _NODE_NAME = re.compile(rf"(?P<node>.*?)(?P<copy1>{_COPY})?\.json(?P<copy2>{_COPY})?", re.DOTALL)
+#: A refused payload file is read again after this long even if the listing shows no change.
+REFUSED_RECHECK_SECONDS = 10.0
+# Listing keys that name a version of a file on some fsspec backend (inode, object etags, generations).
+_VERSION_KEYS = ("ino", "ETag", "etag", "md5Hash", "generation", "version_id")
 # How long ensure_settings waits for a peer's swarm.json to become readable (a non-atomic
 # fallback create, or a sync client still downloading it).
 _SETTINGS_READ_TRIES = 20
@@ -104,6 +114,26 @@ def _mtime(info: Mapping[str, Any]) -> float | None:
             except ValueError:
                 continue
     return None
+
+
+def _version(info: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """What tells two versions of a listed file apart; None when the listing cannot (no caching)."""
+    stamp = _mtime(info)
+    tags = tuple(str(info[key]) for key in _VERSION_KEYS if info.get(key) is not None)
+    if stamp is None and not tags:
+        return None
+    return (info.get("size"), stamp, tags)
+
+
+@attrs.frozen
+class _Examined:
+    """What `FolderTransport.collect` made of one version of one file: a payload, or why not."""
+
+    version: tuple[Any, ...] | None
+    at: float  # time.monotonic() when read
+    canonical: bool = False
+    payload: RoundPayload | None = None
+    refused: str = ""
 
 
 def _is_number(value: object) -> bool:
@@ -185,6 +215,8 @@ class FolderTransport:
         self.fs, base = fsspec.core.url_to_fs(str(root), **dict(storage_options or {}))
         self._local = isinstance(self.fs, LocalFileSystem)
         self.folder = f"{base.rstrip('/')}/{self.experiment}"
+        # round -> file name -> what collect found in it (the two rounds collected last).
+        self._examined: dict[int, dict[str, _Examined]] = {}
 
     # ----------------------------------------------------------------------------- paths
 
@@ -377,40 +409,68 @@ class FolderTransport:
         self.write_atomic(path, codec.write_gz(payload, self._limits))
 
     def collect(self, round: int) -> Collected:
-        """One valid payload per node found for ``round``, and why every other file was refused."""
-        folder = self.path(ROUNDS_DIR, str(int(round)))
-        candidates: dict[str, list[tuple[bool, RoundPayload]]] = {}
-        rejected: list[str] = []
-        for entry in sorted(self._listing(folder), key=lambda e: str(e["name"])):
+        """One valid payload per node found for ``round``, and why every other file was refused.
+
+        Files already read are not read again unless they changed (see the module docstring).
+        """
+        round = int(round)
+        known = self._examined.get(round, {})
+        examined: dict[str, _Examined] = {}
+        for entry in sorted(self._listing(self.path(ROUNDS_DIR, str(round))), key=lambda e: str(e["name"])):
             name = posixpath.basename(entry["name"])
-            if name.startswith("."):
-                continue  # temp files of writers in progress (or killed), and OS clutter
-            try:
-                parsed = parse_name(name, payload=True)
-                if parsed is None:
-                    raise codec.PayloadError("not a payload file name (<node>.json.gz)")
-                node = codec.validate_node_id(parsed.node)
-                size = entry.get("size")
-                if isinstance(size, int) and size > self._limits.max_payload_bytes:
-                    raise codec.PayloadError(f"file of {size} bytes exceeds {self._limits.max_payload_bytes}")
-                try:
-                    blob = self.fs.cat_file(entry["name"])
-                except FileNotFoundError:
-                    continue  # replaced or removed since the listing: nothing to refuse
-                except OSError as exc:
-                    raise codec.PayloadError(f"unreadable: {exc}") from exc
-                payload = codec.read_gz(blob, self._limits)
-                codec.verify_signature(payload, self._secret or None)
-                if payload.node != node:
-                    raise codec.PayloadError(f"payload of node {payload.node!r} in the file of node {node!r}")
-                if payload.round != round:
-                    raise codec.PayloadError(f"payload is for round {payload.round}, not {round}")
-            except codec.PayloadError as exc:
-                rejected.append(f"{name}: {exc}")
+            # Writers' temp files (.<name>.<uuid>.tmp) and OS clutter; a dot-name that looks like a
+            # payload is examined (and refused: node ids never start with '.').
+            if name.startswith(".") and (name.startswith("._") or parse_name(name, payload=True) is None):
                 continue
-            candidates.setdefault(node, []).append((parsed.canonical, payload))
-        payloads = [max(found, key=lambda c: (c[0], c[1].created_at))[1] for _, found in sorted(candidates.items())]
+            version, now = _version(entry), time.monotonic()
+            found = known.get(name)
+            fresh = found is not None and version is not None and found.version == version
+            if not (fresh and (found.payload is not None or now - found.at < REFUSED_RECHECK_SECONDS)):
+                found = self._examine(entry, name, round, version, now)
+            if found is not None:
+                examined[name] = found
+        self._examined.pop(round, None)
+        self._examined[round] = examined
+        for old in list(self._examined)[:-2]:
+            del self._examined[old]
+        candidates: dict[str, list[_Examined]] = {}
+        for found in examined.values():
+            if found.payload is not None:
+                candidates.setdefault(found.payload.node, []).append(found)
+        payloads = [max(found, key=lambda c: (c.canonical, c.payload.created_at)).payload  # type: ignore[union-attr]
+                    for _, found in sorted(candidates.items())]
+        rejected = [f"{name}: {found.refused}" for name, found in examined.items() if found.payload is None]
         return Collected(payloads=payloads, rejected=rejected)
+
+    def _examine(self, entry: Mapping[str, Any], name: str, round: int, version: tuple[Any, ...] | None,
+                 now: float) -> _Examined | None:
+        """Read and check one listed file of round ``round``; None when it vanished since the listing."""
+        try:
+            parsed = parse_name(name, payload=True)
+            if parsed is None:
+                raise codec.PayloadError("not a payload file name (<node>.json.gz)")
+            node = codec.validate_node_id(parsed.node)
+            if entry.get("type") not in ("file", None):
+                # A symlink, FIFO or device: reading it could block or never end.
+                raise codec.PayloadError(f"not a regular file ({entry.get('type')})")
+            size = entry.get("size")
+            if isinstance(size, int) and size > self._limits.max_payload_bytes:
+                raise codec.PayloadError(f"file of {size} bytes exceeds {self._limits.max_payload_bytes}")
+            try:
+                blob = self.fs.cat_file(entry["name"])
+            except FileNotFoundError:
+                return None  # replaced or removed since the listing: nothing to refuse
+            except OSError as exc:
+                raise codec.PayloadError(f"unreadable: {exc}") from exc
+            payload = codec.read_gz(blob, self._limits)
+            codec.verify_signature(payload, self._secret or None)
+            if payload.node != node:
+                raise codec.PayloadError(f"payload of node {payload.node!r} in the file of node {node!r}")
+            if payload.round != round:
+                raise codec.PayloadError(f"payload is for round {payload.round}, not {round}")
+        except codec.PayloadError as exc:
+            return _Examined(version=version, at=now, refused=str(exc))
+        return _Examined(version=version, at=now, canonical=parsed.canonical, payload=payload)
 
 
 def _no_constant(name: str) -> float:
