@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
-import sys
 import threading
 from pathlib import Path
 
@@ -22,12 +20,7 @@ from sapo_core.interfaces import BackendContext
 from sapo_core.node import Node
 from sapo_core.plugins import Plugins
 
-# The oracle/recorder backends and the thread runner of the folder transport's end-to-end test.
-_spec = importlib.util.spec_from_file_location("sapo_gdrive_test_folder", Path(__file__).with_name("test_folder.py"))
-_folder_tests = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault(_spec.name, _folder_tests)
-_spec.loader.exec_module(_folder_tests)
-Backends, run_threads, files_under = _folder_tests.Backends, _folder_tests.run_threads, _folder_tests.files_under
+from sapo_gdrive_test_folder import Backends, files_under, run_threads  # loaded by conftest.py
 
 SECRET = "s3cret-never-logged"
 ROUNDS = 3
