@@ -221,6 +221,10 @@ class SwarmSettings:
     live_seconds: float = attrs.field(
         default=120.0, validator=_positive
     )  # a node is live if its heartbeat is this recent
+    # Stand-by coordinator (a worker or contributor): takes over the round state when the coordinator's
+    # lease has not been renewed for lease_seconds; needs a transport with leases (gdrive, fs, memory).
+    standby: bool = False
+    lease_seconds: float = attrs.field(default=120.0, validator=_positive)  # how long the coordinator may stay away
     secret: str = attrs.field(default="", repr=_redacted_repr, metadata={SECRET: True})  # signs payloads; never shown
 
 

@@ -47,6 +47,24 @@ class SwarmState:
 
 
 @attrs.frozen
+class Lease:
+    """The coordinator's lease: who may write the swarm state until ``expires_at`` (epoch seconds).
+
+    ``epoch`` numbers the leases of an experiment: each holder takes the next one, so a lease is
+    never taken twice. ``token`` is random per acquisition (it tells two runs of one node apart).
+    ``holder`` is "" when the lease's file could not be read; ``renewed_at`` is then its
+    modification time (see `Leases`).
+    """
+
+    epoch: int
+    holder: str
+    token: str = ""
+    acquired_at: float = 0.0
+    renewed_at: float = 0.0
+    expires_at: float = 0.0
+
+
+@attrs.frozen
 class NodeInfo:
     """A node's registration and heartbeat."""
 
@@ -178,6 +196,32 @@ class Transport(Protocol):
     def publish(self, payload: RoundPayload) -> None: ...
 
     def collect(self, round: int) -> Collected: ...
+
+
+@runtime_checkable
+class Leases(Protocol):
+    """Optional: a `Transport` that can also hold the coordinator's lease (``swarm.standby`` needs it).
+
+    The transport is the mechanism; when a lease has expired and who may take it is the core's
+    policy (`sapo_core.lease`). Contract:
+
+    * ``read_lease()`` returns the lease of the highest epoch, or None when none was ever taken.
+      A lease that cannot be read comes back with ``holder=""`` and ``renewed_at`` set to when it
+      was last written (the reader then waits its own ``swarm.lease_seconds`` from that time).
+    * ``claim_lease(lease)`` creates the lease of ``lease.epoch`` exclusively: of any number of
+      callers (threads, processes, machines) claiming one epoch, exactly one gets True. It returns
+      False as well when a higher epoch already exists. An epoch, once taken, is never reused.
+    * ``renew_lease(lease)`` stores the holder's renewed lease (a later ``expires_at``; the same
+      ``epoch`` and ``token``) and returns True. It returns False when the stored lease of that
+      epoch has another token or a higher epoch exists: the caller must then stop acting as the
+      coordinator (whatever it wrote counts for nothing).
+    """
+
+    def read_lease(self) -> Lease | None: ...
+
+    def claim_lease(self, lease: Lease) -> bool: ...
+
+    def renew_lease(self, lease: Lease) -> bool: ...
 
 
 @runtime_checkable

@@ -34,6 +34,7 @@ import attrs
 from sapo_core import __version__, codec, rundir
 from sapo_core.advantages import group_advantages
 from sapo_core.config import Config, structure
+from sapo_core.coordinator import Coordinator, check_lease_settings, standing_by
 from sapo_core.errors import ConfigError, SapoError, StopRun
 from sapo_core.evaluation import Evaluator, ProblemResult
 from sapo_core.interfaces import (
@@ -44,7 +45,6 @@ from sapo_core.interfaces import (
     NodeInfo,
     RewardFunction,
     SamplingParams,
-    SwarmState,
     Task,
     Transport,
 )
@@ -132,6 +132,8 @@ class Node:
     eval_inference: InferenceBackend | None = None
     learner: Learner | None = None
     checkpointer: Checkpointer | None = None
+    #: A worker's stand-by coordinator (``swarm.standby``), run alongside its rounds.
+    standby: Coordinator | None = None
     sleep: Callable[[float], None] = time.sleep
     last_metrics: dict[str, Any] = attrs.field(factory=dict)
     #: How the progress display names this node (default: its node id).
@@ -198,6 +200,7 @@ class Node:
         created = context.workdir if automatic and not run.resume else None
         try:
             transport = build("transport", config.swarm.transport, config.extras("swarm"), "swarm")
+            check_lease_settings(config, transport, role)
             node = cls(config=config, plugins=plugins, context=context, tasks=tasks, rewards=rewards, transport=transport)
             if role != "coordinator":
                 node.inference = build("inference", config.inference.backend, config.extras("inference"), "inference")
@@ -206,6 +209,9 @@ class Node:
                 node.checkpointer = checkpointer or build(
                     "checkpointer", config.checkpoint.backend, config.extras("checkpoint"), "checkpoint"
                 )
+            if config.swarm.standby and process_rank() == 0:  # its own transport: one call at a time per backend
+                standby = build("transport", config.swarm.transport, config.extras("swarm"), "swarm")
+                node.standby = Coordinator(config, standby, run.node_id, standby=True)
             if role == "worker":
                 node.learner = build("learner", config.train.backend, config.extras("train"), "train")
         except BaseException:
@@ -250,7 +256,8 @@ class Node:
             if self.context.role == "coordinator":
                 self.coordinate()
             else:
-                self.work()
+                with standing_by(self.standby):
+                    self.work()
         finally:
             self.plugins.notify("run_finished", context=self.context, metrics=self.last_metrics)
             self.close()
@@ -667,33 +674,14 @@ class Node:
     # ------------------------------------------------------------------- coordinator
 
     def coordinate(self) -> None:
-        """Own the round state: advance on quorum of live nodes or at the deadline."""
-        swarm, rounds = self.config.swarm, self.config.run.rounds
-        state = self.transport.read_state()
-        if state is None:
-            state = self._advance_to(0)
-        while state.round < rounds:
-            self.beat(state.round)
-            live = {n.node for n in self.transport.live_nodes(swarm.live_seconds) if n.role != "coordinator"}
-            published = {p.node for p in self.transport.collect(state.round).payloads}
-            quorum = math.ceil(swarm.quorum * len(live)) if live else None
-            reached = quorum is not None and len(published & live) >= quorum
-            if reached or (state.deadline is not None and time.time() >= state.deadline):
-                why = "quorum" if reached else "deadline"
-                log.info("coordinator: round %d closed by %s (%d published)", state.round, why, len(published))
-                self.last_metrics = {"round": state.round, "closed_by": why, "published": len(published), "live": len(live)}
-                self.plugins.notify("round_finished", context=self.context, round=state.round, metrics=self.last_metrics)
-                state = self._advance_to(state.round + 1)
-                continue
-            self.sleep(swarm.poll_seconds)
+        """Own the round state: advance on quorum of live nodes or at the deadline (`sapo_core.coordinator`)."""
 
-    def _advance_to(self, round: int) -> SwarmState:
-        now = time.time()
-        state = SwarmState(
-            round=round, deadline=now + self.config.swarm.round_seconds, updated_at=now, coordinator=self.context.node
-        )
-        self.transport.write_state(state)
-        return state
+        def closed(round: int, metrics: dict[str, Any]) -> None:
+            self.last_metrics = metrics
+            self.plugins.notify("round_finished", context=self.context, round=round, metrics=metrics)
+
+        Coordinator(self.config, self.transport, self.context.node, sleep=self.sleep, beat=self.beat,
+                    on_closed=closed).run()
 
 
 def process_rank() -> int:

@@ -8,20 +8,37 @@ Fixtures:
 * ``sapo_cli``: runs ``sapo ...`` in-process and returns click's result.
 
 Contract checks, to call from a plugin's own tests: `check_inference`, `check_reward`,
-`check_transport`.
+`check_transport`, and `check_leases` for a transport that can hold the coordinator's lease.
+
+`install_plugin` writes a plugin the way pip installs one, for tests that run ``sapo`` (or
+``python -m sapo_core``) in other processes: put the folder on their ``PYTHONPATH``.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from sapo_core import plugins as plugins_module
-from sapo_core.interfaces import InferenceBackend, NodeInfo, RewardFunction, SamplingParams, SwarmState, Transport
+from sapo_core.interfaces import (
+    InferenceBackend,
+    Lease,
+    Leases,
+    NodeInfo,
+    RewardFunction,
+    SamplingParams,
+    SwarmState,
+    Transport,
+)
 from sapo_core.plugins import Plugins
 from sapo_core.records import Completion, Group, Message, Problem, RoundPayload
 
@@ -50,6 +67,17 @@ def sapo_cli(sapo_plugins: Plugins) -> Callable[..., Any]:
         return CliRunner().invoke(build_cli(), list(args), env=env, catch_exceptions=False)
 
     return invoke
+
+
+def install_plugin(site: Path, dist: str, module: str, code: str, *, version: str = "1.0") -> Path:
+    """Write ``<site>/<module>.py`` and the dist-info with its ``sapo`` entry point; return ``site``."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(code), encoding="utf-8")
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(f"[sapo]\n{module} = {module}\n", encoding="utf-8")
+    return site
 
 
 def sample_problems() -> list[Problem]:
@@ -116,3 +144,50 @@ def check_transport(transport: Transport, *, experiment: str = "contract") -> No
         assert [p.node for p in collected.payloads] == ["node-a"]
         assert collected.payloads[0].groups == payload.groups
     assert transport.collect(4).payloads == ()
+
+
+def check_leases(connect: Callable[[], Leases], *, contenders: int = 4, epochs: int = 5) -> None:
+    """Assert the `Leases` contract on one empty swarm; ``connect()`` returns a new transport
+    instance on it each time (one per contender, as separate machines would have).
+
+    Each epoch, ``contenders`` threads claim it at once: exactly one wins. Then renewals: the
+    holder's succeed, another token's and an older epoch's fail; stale epochs cannot be claimed.
+    """
+    transports = [connect() for _ in range(contenders)]
+    assert transports[0].read_lease() is None, "an empty swarm has no lease"
+    now = time.time()
+    previous: Lease | None = None
+    for epoch in range(epochs):
+        barrier = threading.Barrier(contenders)
+        claims = [Lease(epoch=epoch, holder=f"node-{i}", token=uuid.uuid4().hex, acquired_at=now, renewed_at=now,
+                        expires_at=now + 60) for i in range(contenders)]
+        won: list[Lease] = []
+
+        def claim(transport: Leases, lease: Lease) -> None:
+            barrier.wait(timeout=30)
+            if transport.claim_lease(lease):
+                won.append(lease)
+
+        threads = [threading.Thread(target=claim, args=pair) for pair in zip(transports, claims)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert len(won) == 1, f"epoch {epoch}: {len(won)} contenders won the claim (exactly one must)"
+        winner = won[0]
+        read = transports[0].read_lease()
+        assert read is not None and (read.epoch, read.holder, read.token) == (epoch, winner.holder, winner.token), (
+            "read_lease returns the newest epoch's lease as claimed"
+        )
+        assert read.expires_at >= winner.expires_at, "a lease never reads as expiring before its holder said"
+        assert not transports[1].claim_lease(attrs.evolve(winner, holder="late", token="late")), "an epoch is taken once"
+        renewed = attrs.evolve(winner, renewed_at=now + 1, expires_at=now + 61)
+        assert transports[2 % contenders].renew_lease(renewed), "the holder renews its lease"
+        assert transports[0].read_lease().expires_at >= renewed.expires_at
+        assert not transports[0].renew_lease(attrs.evolve(renewed, token="impostor")), "another token cannot renew"
+        if previous is not None:
+            assert not transports[1].renew_lease(attrs.evolve(previous, expires_at=now + 120)), (
+                "the holder of an older epoch cannot renew it once a newer one is taken"
+            )
+            assert not transports[1].claim_lease(attrs.evolve(previous, token="stale")), "no older epoch is taken again"
+        previous = renewed

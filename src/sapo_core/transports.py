@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from sapo_core import codec
-from sapo_core.interfaces import BackendContext, Collected, NodeInfo, SwarmState
+from sapo_core.interfaces import BackendContext, Collected, Lease, NodeInfo, SwarmState
 from sapo_core.records import RoundPayload
 
 
@@ -56,6 +56,7 @@ class _MemorySwarm:
     state: SwarmState | None = None
     nodes: dict[str, NodeInfo] = attrs.field(factory=dict)
     rounds: dict[int, dict[str, bytes]] = attrs.field(factory=dict)
+    leases: dict[int, Lease] = attrs.field(factory=dict)
 
 
 _SWARMS: dict[tuple[str, str], _MemorySwarm] = {}
@@ -100,6 +101,25 @@ class MemoryTransport:
     def write_state(self, state: SwarmState) -> None:
         with self._swarm.lock:
             self._swarm.state = state
+
+    def read_lease(self) -> Lease | None:
+        with self._swarm.lock:
+            return self._swarm.leases[max(self._swarm.leases)] if self._swarm.leases else None
+
+    def claim_lease(self, lease: Lease) -> bool:
+        with self._swarm.lock:
+            if any(epoch >= lease.epoch for epoch in self._swarm.leases):
+                return False
+            self._swarm.leases[lease.epoch] = lease
+            return True
+
+    def renew_lease(self, lease: Lease) -> bool:
+        with self._swarm.lock:
+            held = self._swarm.leases.get(lease.epoch)
+            if held is None or held.token != lease.token or max(self._swarm.leases) > lease.epoch:
+                return False
+            self._swarm.leases[lease.epoch] = lease
+            return True
 
     def publish(self, payload: RoundPayload) -> None:
         if self._secret:

@@ -393,7 +393,7 @@ def test_a_swarm_over_a_folder_trains_each_worker_on_its_peer(tmp_path, swarm_pl
     assert state is not None and state.round == 2
     # logs/ and metrics/ (the observers' shared files) are checked in test_status.py
     assert sorted(f for f in files_under(root / "default") if not f.startswith(("logs/", "metrics/"))) == [
-        "nodes/alice.json", "nodes/bob.json", "nodes/coord.json",
+        "lease/0.json", "nodes/alice.json", "nodes/bob.json", "nodes/coord.json",
         "rounds/0/alice.json.gz", "rounds/0/bob.json.gz", "rounds/1/alice.json.gz", "rounds/1/bob.json.gz",
         "state.json", "swarm.json",
     ]

@@ -6,6 +6,7 @@ Layout under ``<root>/<experiment>/``::
     state.json                       the `SwarmState` the coordinator wrote
     nodes/<node>.json                each node's `NodeInfo` (registration + heartbeat)
     rounds/<round>/<node>.json.gz    one payload per node per round (`codec.write_gz`)
+    lease/<epoch>.json               the coordinator's lease of each epoch (`sapo_core.lease`)
 
 Contracts
 ---------
@@ -36,6 +37,13 @@ Contracts
   ``now`` the *reader's* clock. ``last_seen`` is the writer's clock: the file's modification
   time (the storage's clock) rescues a peer whose clock lags; a peer whose clock runs ahead
   looks live a little longer than it is, which only delays a round until its deadline.
+* Leases: taking epoch N is the exclusive create of ``lease/N.json`` (as for ``swarm.json``), after
+  checking that no higher epoch exists, and the file read back must hold the claimant's token
+  (on storage where the create is only best effort, the last writer is the one that won). The
+  holder renews by rewriting its own file atomically, only while no higher epoch exists. Lease
+  files are never deleted, so no epoch is ever taken twice. A lease expires at the later of its
+  ``expires_at`` and its file's mtime plus its duration: the storage's clock rescues a holder
+  whose clock lags, as for heartbeats.
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from sapo_core import codec
 from sapo_core.errors import BackendError, ConfigError
-from sapo_core.interfaces import BackendContext, Collected, NodeInfo, SwarmState
+from sapo_core.interfaces import BackendContext, Collected, Lease, NodeInfo, SwarmState
 from sapo_core.records import RoundPayload
 
 log = logging.getLogger("sapo.transport.gdrive")
@@ -68,12 +76,15 @@ SETTINGS_FILE = "swarm.json"
 STATE_FILE = "state.json"
 NODES_DIR = "nodes"
 ROUNDS_DIR = "rounds"
+LEASE_DIR = "lease"
 
 # A sync client's copy marker: " (1)", "(2)", " (conflicted copy 2026-11-25)",
 # " (alice's conflicted copy ...)". Node ids never contain parentheses, so this is unambiguous.
 _COPY = r"(?:\s*\([^()/\\]*\))"
 _PAYLOAD_NAME = re.compile(rf"(?P<node>.*?)(?P<copy1>{_COPY})?\.json(?P<copy2>{_COPY})?\.gz", re.DOTALL)
 _NODE_NAME = re.compile(rf"(?P<node>.*?)(?P<copy1>{_COPY})?\.json(?P<copy2>{_COPY})?", re.DOTALL)
+# Only canonical lease files count: a sync client's copy of one is never a newer epoch.
+_LEASE_NAME = re.compile(r"(?P<epoch>[0-9]{1,18})\.json")
 #: A refused payload file is read again after this long even if the listing shows no change.
 REFUSED_RECHECK_SECONDS = 10.0
 # Listing keys that name a version of a file on some fsspec backend (inode, object etags, generations).
@@ -181,6 +192,22 @@ def node_from_data(data: object) -> NodeInfo:
         _malformed("round: expected an integer")
     return NodeInfo(node=node, role=role, model=model, started_at=float(numbers["started_at"]),
                     last_seen=float(numbers["last_seen"]), round=round_)
+
+
+def lease_from_data(data: object) -> Lease:
+    """A `Lease` from parsed JSON; ValueError (or PayloadError) when the document is not one."""
+    if not isinstance(data, dict):
+        _malformed("not a JSON object")
+    epoch, holder, token = data.get("epoch"), data.get("holder"), data.get("token", "")
+    if type(epoch) is not int or epoch < 0:
+        _malformed(f"epoch: expected a non-negative integer, got {epoch!r}")
+    if not isinstance(holder, str) or not isinstance(token, str):
+        _malformed("holder and token: expected strings")
+    codec.validate_node_id(holder)
+    numbers = {key: data.get(key, 0.0) for key in ("acquired_at", "renewed_at", "expires_at")}
+    if not all(_is_number(v) for v in numbers.values()):
+        _malformed("acquired_at, renewed_at and expires_at: expected finite numbers")
+    return Lease(epoch=epoch, holder=holder, token=token, **{key: float(v) for key, v in numbers.items()})
 
 
 def _json_bytes(data: Any) -> bytes:
@@ -398,6 +425,65 @@ class FolderTransport:
             if info.node not in best or seen > best[info.node].last_seen:
                 best[info.node] = info
         return [best[node] for node in sorted(best)]
+
+    # ----------------------------------------------------------------------------- leases
+
+    def lease_path(self, epoch: int) -> str:
+        return self.path(LEASE_DIR, f"{int(epoch)}.json")
+
+    def _lease_entries(self) -> dict[int, dict[str, Any]]:
+        """Epoch -> listing entry of each canonical ``lease/<epoch>.json``."""
+        entries = {}
+        for entry in self._listing(self.path(LEASE_DIR)):
+            match = _LEASE_NAME.fullmatch(posixpath.basename(entry["name"]))
+            if match is not None:
+                entries[int(match["epoch"])] = entry
+        return entries
+
+    def _newest_epoch(self) -> int:
+        return max(self._lease_entries(), default=-1)
+
+    def _stored_lease(self, path: str) -> Lease | None:
+        try:
+            return lease_from_data(self._read_json(path))
+        except (FileNotFoundError, ValueError, codec.PayloadError):
+            return None
+
+    def read_lease(self) -> Lease | None:
+        """The lease of the highest epoch (see `Leases`); an unreadable one has holder ""."""
+        entries = self._lease_entries()
+        if not entries:
+            return None
+        epoch = max(entries)
+        mtime = _mtime(entries[epoch]) or 0.0
+        try:
+            lease = lease_from_data(self._read_json(entries[epoch]["name"]))
+            if lease.epoch != epoch:
+                raise ValueError(f"describes epoch {lease.epoch}")
+        except (FileNotFoundError, ValueError, codec.PayloadError) as exc:
+            log.warning("unreadable coordinator lease %s: %s", self.lease_path(epoch), exc)
+            return Lease(epoch=epoch, holder="", renewed_at=mtime, expires_at=mtime)
+        duration = lease.expires_at - lease.renewed_at
+        return attrs.evolve(lease, expires_at=max(lease.expires_at, mtime + duration))
+
+    def claim_lease(self, lease: Lease) -> bool:
+        """Take epoch ``lease.epoch``: True for exactly one claimant, False if a higher epoch exists."""
+        if self._newest_epoch() >= lease.epoch:
+            return False
+        path = self.lease_path(lease.epoch)
+        if not self.create_exclusive(path, _json_bytes(attrs.asdict(lease))):
+            return False
+        stored = self._stored_lease(path)
+        return stored is not None and stored.token == lease.token and self._newest_epoch() == lease.epoch
+
+    def renew_lease(self, lease: Lease) -> bool:
+        """Rewrite the holder's own lease file; False (nothing written) once a higher epoch exists."""
+        path = self.lease_path(lease.epoch)
+        stored = self._stored_lease(path)
+        if stored is None or stored.token != lease.token or self._newest_epoch() > lease.epoch:
+            return False
+        self.write_atomic(path, _json_bytes(attrs.asdict(lease)))
+        return self._newest_epoch() == lease.epoch
 
     # --------------------------------------------------------------------------- payloads
 

@@ -1,0 +1,165 @@
+"""The coordinator: owns the swarm's round state, and a worker's stand-by for it.
+
+The coordinator advances the round when a quorum of the live nodes has published, or when the
+round's deadline passes, whichever comes first, and writes `SwarmState` (round, deadline, who
+coordinates). Where the transport supports leases (`sapo_core.lease`), it acts only while it
+holds the coordinator's lease, so it can be killed and restarted without losing the round
+(``state.json`` keeps it), and a worker with ``swarm.standby = true`` takes over when the
+coordinator stays away for longer than ``swarm.lease_seconds``. A restarted coordinator that
+finds the lease held by a stand-by waits, and takes over again only if that one goes away.
+
+A stand-by coordinates in a thread of its own, with a transport instance of its own (backends
+are called one call at a time), alongside the worker's rounds, until the run ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+
+from sapo_core.config import Config
+from sapo_core.errors import ConfigError
+from sapo_core.interfaces import SwarmState, Transport
+from sapo_core.lease import MIN_POLLS_PER_LEASE, LeaseKeeper, supports_leases
+
+log = logging.getLogger("sapo.coordinator")
+
+
+def check_lease_settings(config: Config, transport: Transport, role: str) -> None:
+    """Refuse a stand-by the swarm cannot have, and a lease too short for the polling interval."""
+    swarm = config.swarm
+    if swarm.standby:
+        if role == "coordinator":
+            raise ConfigError("swarm.standby is for workers and contributors; a coordinator takes the lease anyway. "
+                              "Remove swarm.standby, or run this node with --role worker")
+        if not transport.shared:
+            raise ConfigError("swarm.standby needs a swarm: set swarm.transport (e.g. --transport gdrive --root PATH)")
+        if not supports_leases(transport):
+            raise ConfigError(
+                f"transport {swarm.transport!r} cannot hold the coordinator's lease (no read_lease/claim_lease/"
+                "renew_lease), so it cannot have a stand-by coordinator. Use a transport that can (gdrive, fs, "
+                "memory) or remove swarm.standby"
+            )
+    uses_lease = swarm.standby or (role == "coordinator" and supports_leases(transport))
+    if uses_lease and swarm.lease_seconds < MIN_POLLS_PER_LEASE * swarm.poll_seconds:
+        raise ConfigError(
+            f"swarm.lease_seconds = {swarm.lease_seconds:g} is too short for swarm.poll_seconds = "
+            f"{swarm.poll_seconds:g}: the lease is renewed at polls; make it at least "
+            f"{MIN_POLLS_PER_LEASE} x poll_seconds ({MIN_POLLS_PER_LEASE * swarm.poll_seconds:g})"
+        )
+
+
+@attrs.define
+class Coordinator:
+    """The round loop of whoever coordinates: the coordinator node, or a worker's stand-by thread."""
+
+    config: Config
+    transport: Transport
+    node: str
+    #: A stand-by waits a whole lease before taking one that was never taken.
+    standby: bool = False
+    sleep: Callable[[float], None] = time.sleep
+    #: Told ``(round)`` at each poll (the coordinator node's heartbeat; a stand-by's worker beats itself).
+    beat: Callable[[int], None] | None = None
+    #: Told ``(round, metrics)`` when a round is closed (the coordinator node's observers).
+    on_closed: Callable[[int, dict[str, Any]], None] | None = None
+    #: Polled between steps: True ends the loop (the stand-by's worker has finished).
+    stopped: Callable[[], bool] = lambda: False
+
+    def run(self) -> None:
+        """Coordinate until the swarm has done ``run.rounds`` rounds (or `stopped`)."""
+        swarm = self.config.swarm
+        keeper = None
+        if supports_leases(self.transport):
+            keeper = LeaseKeeper(self.transport, self.node, swarm.lease_seconds, standby=self.standby)  # type: ignore[arg-type]
+        try:
+            self._loop(keeper)
+        finally:
+            if keeper is not None:
+                keeper.release()
+
+    def _loop(self, keeper: LeaseKeeper | None) -> None:
+        swarm, rounds = self.config.swarm, self.config.run.rounds
+        state: SwarmState | None = None  # while this node holds the lease, it is the only writer
+        while not self.stopped():
+            if keeper is not None and not keeper.keep():
+                state = None
+                if keeper.acquire() is None:
+                    current = self.transport.read_state()
+                    if current is not None and current.round >= rounds:
+                        return  # another coordinator finished the run
+                    self.sleep(swarm.poll_seconds)
+                    continue
+            if state is None:
+                state = self.transport.read_state()
+                if state is None:
+                    state = self._advance_to(0)
+                log.info("%s: coordinating from round %d", self.node, state.round)
+            if state.round >= rounds:
+                return
+            if self.beat is not None:
+                self.beat(state.round)
+            live = {n.node for n in self.transport.live_nodes(swarm.live_seconds) if n.role != "coordinator"}
+            published = {p.node for p in self.transport.collect(state.round).payloads}
+            quorum = math.ceil(swarm.quorum * len(live)) if live else None
+            reached = quorum is not None and len(published & live) >= quorum
+            if reached or (state.deadline is not None and time.time() >= state.deadline):
+                if keeper is not None and not keeper.holds():
+                    continue  # the lease lapsed while it looked: the loop's top decides who writes
+                why = "quorum" if reached else "deadline"
+                log.info("%s: round %d closed by %s (%d published)", self.node, state.round, why, len(published))
+                if self.on_closed is not None:
+                    self.on_closed(state.round, {"round": state.round, "closed_by": why, "published": len(published),
+                                                 "live": len(live)})
+                state = self._advance_to(state.round + 1)
+                continue
+            self.sleep(swarm.poll_seconds)
+
+    def _advance_to(self, round: int) -> SwarmState:
+        now = time.time()
+        state = SwarmState(round=round, deadline=now + self.config.swarm.round_seconds, updated_at=now,
+                           coordinator=self.node)
+        self.transport.write_state(state)
+        return state
+
+
+@contextmanager
+def standing_by(coordinator: Coordinator | None) -> Iterator[None]:
+    """Run ``coordinator`` (a stand-by) in a background thread while the body runs; stop it after."""
+    if coordinator is None:
+        yield
+        return
+    done = threading.Event()
+    coordinator.stopped = done.is_set
+    coordinator.sleep = done.wait  # a stop wakes it at once
+
+    def duty() -> None:
+        poll = coordinator.config.swarm.poll_seconds
+        while not done.is_set():
+            try:
+                coordinator.run()
+                return
+            except OSError as exc:  # a flaky shared folder: the stand-by keeps watching
+                log.warning("%s: stand-by coordinator: %s; retrying", coordinator.node, exc)
+                done.wait(poll)
+            except Exception:  # a bug must not end the worker's run; say it loudly and stop standing by
+                log.exception("%s: the stand-by coordinator failed; this node no longer stands by", coordinator.node)
+                return
+
+    thread = threading.Thread(target=duty, name=f"sapo-standby-{coordinator.node}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=max(10.0, 3 * coordinator.config.swarm.poll_seconds))
+        close = getattr(coordinator.transport, "close", None)
+        if callable(close):
+            close()
