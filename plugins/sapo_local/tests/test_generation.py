@@ -164,6 +164,20 @@ def test_completion_independent_of_batch_size_and_batch_mates(policy, temperatur
     assert len(prompt_ids(policy.tokenizer, P2)) > len(prompt_ids(policy.tokenizer, P1))
 
 
+def test_static_cache_gives_the_dynamic_caches_completions(policy):
+    """The static KV cache (compiled on a GPU) is a speed setting: the same draws, EOS stops and
+    stop strings included; its wider left padding changes nothing either."""
+    bias_eos(policy, 6.0)  # some rows end early, so a finished row keeps riding in the batch
+    params = SamplingParams(max_new_tokens=12, seed=5, stop=("7",))
+    dynamic = backend(policy, batch_size=4).generate([P1, P2, P3], 3, params)
+    static = LocalInference(policy, LocalInferenceSettings(batch_size=4, cache_implementation="static"))
+    out = static.generate([P1, P2, P3], 3, params)
+    assert ids(out) == ids(dynamic) and texts(out) == texts(dynamic)
+    assert {c.finish_reason for cs in out for c in cs} == {"stop", "length"}
+    with pytest.raises(ValueError):
+        LocalInferenceSettings(cache_implementation="paged")
+
+
 def test_temperature_zero_is_hf_greedy(policy, tokenizer):
     out = backend(policy, batch_size=4).generate([P1, P2, P3], 2, SamplingParams(temperature=0.0, max_new_tokens=9))
     for p, cs in zip([P1, P2, P3], out):

@@ -349,6 +349,9 @@ _UNNEUTRALISABLE = (
 )
 
 
+_STATIC_WIDTH_STEP = 64
+
+
 @contextmanager
 def _quiet_generate() -> Iterator[None]:
     """Silence transformers' advice about generation flags: our config is deliberate."""
@@ -452,8 +455,9 @@ class LocalInference:
                 log.warning("the model's generation_config sets %s; transformers applies them to local generation "
                             "too", ", ".join(foreign))
         with _quiet_generate():
+            static = {"cache_implementation": "static"} if self.settings.cache_implementation == "static" else {}
             return GenerationConfig(
-                **_NEUTRAL, max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id
+                **_NEUTRAL, max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id, **static
             )
 
     def _generate_batch(self, rows: Sequence[_Row], params: SamplingParams) -> list[Completion]:
@@ -464,6 +468,10 @@ class LocalInference:
         if pad_id is None:
             pad_id = eos_ids[0]
         width = max(len(r.prompt) for r in rows)
+        if self.settings.cache_implementation == "static":
+            # The compiled graphs are specialised on shapes: round the width up so that batches
+            # of nearby prompt lengths share them instead of compiling anew.
+            width = -(-width // _STATIC_WIDTH_STEP) * _STATIC_WIDTH_STEP
         input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):  # left padding

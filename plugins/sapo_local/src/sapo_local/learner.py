@@ -192,7 +192,9 @@ class GRPOLearner:
         if settings.beta > 0 and not settings.lora:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=settings.lr, betas=settings.adam_betas, weight_decay=settings.weight_decay)
+        # The fused CUDA kernel updates every parameter in one launch (TRL's default too); the CPU keeps foreach.
+        optimizer = torch.optim.AdamW(trainable, lr=settings.lr, betas=settings.adam_betas, weight_decay=settings.weight_decay,
+                                      fused=policy.device.type == "cuda")
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings, total_steps))
         module = CompletionLogprobs(model, chunk_size=settings.logprob_chunk_size, temperature=temperature)
         self.module, self.optimizer = self.accelerator.prepare(module, optimizer)

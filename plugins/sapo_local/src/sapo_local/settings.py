@@ -50,3 +50,7 @@ class LocalInferenceSettings:
     # On CUDA, fuse the sampler's noise into one torch.compile'd kernel (the same draws; compiling
     # takes a few seconds once per process; falls back to plain torch if it fails).
     compile_sampler: bool = True
+    # "static": a preallocated KV cache, which transformers compiles with CUDA graphs on a GPU:
+    # decoding a small model is bound by per-step launch overhead, which the graphs remove.
+    # Prompts are left-padded to a multiple of 64 tokens so later rounds reuse the graphs.
+    cache_implementation: str = attrs.field(default="dynamic", validator=attrs.validators.in_(("dynamic", "static")))
