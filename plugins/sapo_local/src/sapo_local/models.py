@@ -219,3 +219,12 @@ def tiny_llama(vocab_size: int, *, layers: int = 2, hidden: int = 64, heads: int
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).eval()
+
+
+def tiny_model_spec(folder: Path, *, tokenizer: str = "smollm2-135m") -> str:
+    """Write a `tiny_llama` config and ``tokenizer``'s files into ``folder``; return its model spec,
+    ``random:<folder>``, which any process builds in about a second (tests, throughput runs)."""
+    loaded = load_tokenizer(tokenizer)
+    tiny_llama(len(loaded)).config.save_pretrained(folder)
+    loaded.save_pretrained(folder)
+    return f"random:{folder}"
