@@ -166,7 +166,7 @@ class Recording(MemoryTransport):
 
 def swarm_config(*sets):
     return load_config(env={}, sets=["swarm.transport=memory", "swarm.poll_seconds=0.01", "swarm.round_seconds=0.05",
-                                     "swarm.lease_seconds=1.0", "run.rounds=6", *sets])
+                                     "swarm.lease_seconds=2.0", "run.rounds=6", *sets])
 
 
 def run_in_thread(coordinator):

@@ -115,10 +115,11 @@ class Coordinator:
                     continue  # the lease lapsed while it looked: the loop's top decides who writes
                 why = "quorum" if reached else "deadline"
                 log.info("%s: round %d closed by %s (%d published)", self.node, state.round, why, len(published))
+                closed, state = state.round, self._advance_to(state.round + 1)
+                # Told after the write: a round reported closed has advanced, even if this process dies now.
                 if self.on_closed is not None:
-                    self.on_closed(state.round, {"round": state.round, "closed_by": why, "published": len(published),
-                                                 "live": len(live)})
-                state = self._advance_to(state.round + 1)
+                    self.on_closed(closed, {"round": closed, "closed_by": why, "published": len(published),
+                                            "live": len(live)})
                 continue
             self.sleep(swarm.poll_seconds)
 

@@ -3,7 +3,8 @@
 A plugin registers a *factory* per backend name (see `sapo_core.hookspecs`); the core calls
 ``factory(settings, context)`` once per run and then only the methods below. Every method is
 called from the node's main thread, one call at a time: a backend may use threads or asyncio
-inside a call but must not keep work running between calls.
+inside a call but must not keep work running between calls. (A stand-by coordinator builds a
+transport of its own and calls it from its own thread, again one call at a time.)
 
 Optional methods, used when present: ``close()`` (release resources at the end of a run) and
 ``round_metrics() -> Mapping[str, float]`` (numbers since the last call, merged into the

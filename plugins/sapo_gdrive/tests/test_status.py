@@ -100,6 +100,8 @@ def test_a_swarm_writes_logs_and_metrics_and_status_and_report_read_them(tmp_pat
     data = json.loads(result.output)
     assert data["state"]["round"] == ROUNDS and data["state"]["coordinator"] == "coord"
     assert data["state"]["deadline_in"] > 0
+    # The coordinator let its lease go when the run ended: a stand-by would not wait for it.
+    assert data["lease"]["epoch"] == 0 and data["lease"]["holder"] == "coord" and data["lease"]["expires_in"] <= 0
     assert data["settings"]["schema_version"] >= 1
     assert data["live"] == ["alice", "bob", "coord"]
     nodes = {n["node"]: n for n in data["nodes"]}
@@ -113,6 +115,7 @@ def test_a_swarm_writes_logs_and_metrics_and_status_and_report_read_them(tmp_pat
     table = invoke("swarm", "status", "--root", root.as_posix(), env={"SAPO_SWARM_SECRET": SECRET})
     assert table.exit_code == 0, table.output
     assert "round 3" in table.output and "alice" in table.output and "valid" in table.output
+    assert "coordinator lease: epoch 0, held by coord, expired" in table.output
     wrong = json.loads(invoke("swarm", "status", "--root", root.as_posix(), "--json",
                               env={"SAPO_SWARM_SECRET": "other"}).output)
     assert "signature" in next(n for n in wrong["nodes"] if n["node"] == "alice")["last_payload"]["reason"]

@@ -119,6 +119,7 @@ def swarm_status(root: str, experiment: str, *, live_seconds: float = DEFAULT_LI
         )
     now = time.time() if now is None else now
     state = transport.read_state()
+    lease = transport.read_lease()
     settings: Any = None
     try:
         settings = transport._read_json(transport.path(SETTINGS_FILE))
@@ -153,6 +154,11 @@ def swarm_status(root: str, experiment: str, *, live_seconds: float = DEFAULT_LI
             "deadline_in": None if state.deadline is None else state.deadline - now,
             "updated_ago": now - state.updated_at,
             "coordinator": state.coordinator,
+        },
+        "lease": None if lease is None else {
+            "epoch": lease.epoch,
+            "holder": lease.holder or None,  # None: the lease file is unreadable
+            "expires_in": lease.expires_at - now,
         },
         "settings": settings,
         "nodes": [by_node[name] for name in sorted(by_node)],
@@ -193,6 +199,11 @@ def print_status(data: Mapping[str, Any]) -> None:
                                                f"passed {_seconds(-deadline)} ago")
         console.print(f"[bold]{data['experiment']}[/] at {data['folder']}: round {state['round']}, deadline {when}, "
                       f"coordinator {state['coordinator'] or '-'} (state updated {_seconds(state['updated_ago'])} ago)")
+    lease = data["lease"]
+    if lease is not None:
+        left = lease["expires_in"]
+        console.print(f"coordinator lease: epoch {lease['epoch']}, held by {lease['holder'] or '(unreadable file)'}, "
+                      + (f"expires in {_seconds(left)}" if left > 0 else f"expired {_seconds(-left)} ago"))
     settings = data["settings"]
     if isinstance(settings, dict):
         summary = ", ".join(f"{k}={v}" for k, v in sorted(settings.items()) if not isinstance(v, (dict, list)))
