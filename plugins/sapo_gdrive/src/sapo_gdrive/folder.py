@@ -25,11 +25,12 @@ Contracts
   ``alice.json (1).gz``) count as candidates for node ``alice``: one valid payload is kept per
   node, the canonical file first, else the newest ``created_at``.
 * `collect` reads each file once per version: a valid payload is kept by the transport (for the
-  round collected last and the one before) until the listing shows its file changed (size,
-  modification time, inode or etag), so a node polling for its peers pays for a listing, not
-  for reading, inflating, validating and verifying every peer's payload again. A refused file
-  is read again when it changes, and at least every `REFUSED_RECHECK_SECONDS`: a synced file
-  still downloading can look complete in a listing before its bytes are.
+  round collected last only, so memory holds one round's payloads at most) until the listing
+  shows its file changed (size, modification time, inode or etag), so a node polling for its
+  peers pays for a listing, not for reading, inflating, validating and verifying every peer's
+  payload again. A refused file is read again when it changes, and at least every
+  `REFUSED_RECHECK_SECONDS`: a synced file still downloading can look complete in a listing
+  before its bytes are.
 * Node ids and the experiment name are validated (`codec.validate_node_id`), and file names
   read from the folder are parsed, never joined as given, so nothing reads or writes outside
   ``<root>/<experiment>``.
@@ -242,7 +243,7 @@ class FolderTransport:
         self.fs, base = fsspec.core.url_to_fs(str(root), **dict(storage_options or {}))
         self._local = isinstance(self.fs, LocalFileSystem)
         self.folder = f"{base.rstrip('/')}/{self.experiment}"
-        # round -> file name -> what collect found in it (the two rounds collected last).
+        # round -> file name -> what collect found in it (the round collected last only).
         self._examined: dict[int, dict[str, _Examined]] = {}
 
     # ----------------------------------------------------------------------------- paths
@@ -515,10 +516,7 @@ class FolderTransport:
                 found = self._examine(entry, name, round, version, now)
             if found is not None:
                 examined[name] = found
-        self._examined.pop(round, None)
-        self._examined[round] = examined
-        for old in list(self._examined)[:-2]:
-            del self._examined[old]
+        self._examined = {round: examined}  # a node reads one round at a time: keep no older one
         candidates: dict[str, list[_Examined]] = {}
         for found in examined.values():
             if found.payload is not None:
