@@ -1,0 +1,541 @@
+"""`sapo swarm run --nodes N`: a whole swarm on this machine, one process per node.
+
+One coordinator and N workers, each ``python -m sapo_core run`` with its own node id, on a
+shared folder (transport ``gdrive``) under one launch folder (``--root``, default
+``runs/swarm/<UTC timestamp>``)::
+
+    <root>/<experiment>/          the swarm folder: swarm.json, state.json, nodes/, rounds/,
+                                  logs/<node>.log, metrics/<node>.jsonl
+    <root>/runs/<node>/           each node's run directory (config.json, metrics.jsonl, checkpoints/)
+    <root>/runs/<node>/output.log the node process's stdout and stderr
+    <root>/reward.png             every node's reward per round and the swarm mean (-o)
+
+The workers start first; the coordinator, which opens round 0, once every worker has loaded
+its model and registered, so no worker misses the first rounds. While it runs, a table shows each node's reward per round from ``metrics/<node>.jsonl`` and
+the swarm's round and deadline from ``state.json`` (on a terminal; elsewhere one line per node
+and round). A node that exits with an error stops the swarm: the launcher names it, shows the
+end of its output, stops the others and exits 1. SIGINT/SIGTERM stop every node too (exit
+128 + signal number); the nodes run in their own sessions, so a terminal's Ctrl-C reaches the
+launcher only and the launcher decides how they stop, and on Linux they are told SIGTERM if
+the launcher itself dies.
+
+The nodes share the CPU: each gets ``cores // workers`` torch threads (OMP_NUM_THREADS, unless
+set), else N copies of torch's default (all cores each) thrash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import click
+
+from sapo_core import rundir
+from sapo_core.errors import SapoError
+from sapo_gdrive.folder import FolderTransport
+from sapo_gdrive.observers import METRICS_DIR
+from sapo_gdrive.status import _seconds, swarm
+
+COORDINATOR = "coordinator"
+RUNS_DIR = "runs"
+OUTPUT_FILE = "output.log"
+#: Seconds a node has to exit after SIGINT (flushing its logs) before it is killed.
+STOP_GRACE_SECONDS = 10.0
+#: Seconds the coordinator may outlive the last worker (it has nothing left to coordinate).
+COORDINATOR_GRACE_SECONDS = 15.0
+#: Rounds shown as columns in the live table (the newest).
+SHOWN_ROUNDS = 8
+#: Keys the launcher sets on each node; a --set of one of them would break the swarm it builds.
+LAUNCHER_KEYS = ("swarm.transport", "swarm.root", "run.experiment", "run.role", "run.node_id", "run.dir")
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (a container's or taskset's limit, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@attrs.frozen
+class NodeSpec:
+    """One node process: its id, role, run directory and command line."""
+
+    node: str
+    role: str
+    run_dir: Path
+    command: tuple[str, ...]
+
+    @property
+    def output(self) -> Path:
+        return self.run_dir / OUTPUT_FILE
+
+
+@attrs.frozen
+class Plan:
+    """What `sapo swarm run` starts, resolved and checked before any process exists."""
+
+    root: Path
+    experiment: str
+    rounds: int
+    threads: int
+    nodes: tuple[NodeSpec, ...]
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.experiment
+
+    @property
+    def workers(self) -> tuple[NodeSpec, ...]:
+        return tuple(spec for spec in self.nodes if spec.role != COORDINATOR)
+
+
+def plan_swarm(*, workers: int, root: Path, config_file: str | None, sets: Sequence[str], experiment: str | None,
+               rounds: int | None, threads: int | None) -> Plan:
+    """Resolve the nodes' configuration once (bad settings fail here, before anything starts) and
+    build each node's command. SapoError for what the user must change."""
+    from sapo_core.cli import resolve
+
+    label = "sapo swarm run"
+    extra: dict[str, tuple[Any, str]] = {"swarm.transport": ("gdrive", label), "swarm.root": (str(root), label),
+                                         "run.role": ("worker", label), "run.node_id": ("worker-1", label),
+                                         "run.dir": (str(root / RUNS_DIR / "worker-1"), label)}
+    config = resolve(config_file, sets, extra=extra, experiment=experiment, rounds=rounds)
+    overridden = [key for key in LAUNCHER_KEYS if key != "run.experiment" and config.source(key) != label]
+    if overridden:
+        raise SapoError(f"sapo swarm run sets {', '.join(overridden)} itself (from {config.source(overridden[0])}); "
+                        "drop it, and use --root / --experiment for the folder and name")
+    name = config.run.experiment
+    if name == RUNS_DIR:
+        raise SapoError(f"--experiment {RUNS_DIR!r} is the name of the launcher's folder of run directories; choose another")
+    if (root / name).exists():
+        raise SapoError(f"{root / name} already exists (an earlier swarm): choose another --experiment or --root")
+    threads = threads or max(1, cpu_count() // workers)
+    base = [sys.executable, "-m", "sapo_core", "run", "--transport", "gdrive", "--root", str(root),
+            "--experiment", name]
+    if config_file:
+        base += ["--config", config_file]
+    if rounds is not None:
+        base += ["--rounds", str(rounds)]
+    nodes = []
+    for node, role in [(COORDINATOR, "coordinator"), *((f"worker-{i}", "worker") for i in range(1, workers + 1))]:
+        run_dir = root / RUNS_DIR / node
+        command = [*base, "--role", role, "--node-id", node, "--run-dir", str(run_dir)]
+        command += [part for item in sets for part in ("--set", item)]
+        nodes.append(NodeSpec(node, role, run_dir, tuple(command)))
+    return Plan(root=root, experiment=name, rounds=config.run.rounds, threads=threads, nodes=tuple(nodes))
+
+
+# ---------------------------------------------------------------------------------- reading
+
+
+class JsonlTail:
+    """The JSON-object lines appended to a file since the last read (a torn last line waits)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n")
+        if end < 0:
+            return []
+        self._offset += end + 1
+        lines = []
+        for text in data[: end + 1].decode("utf-8", "replace").splitlines():
+            try:
+                line = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(line, dict) and isinstance(line.get("round"), int):
+                lines.append(line)
+        return lines
+
+
+def tail_lines(path: Path, count: int) -> list[str]:
+    """The last ``count`` non-empty lines of a (possibly large) text file; [] when there is none."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            text = fh.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return []
+    return [line.rstrip() for line in text.splitlines() if line.strip()][-count:]
+
+
+# ---------------------------------------------------------------------------------- processes
+
+
+def _in_child() -> None:
+    """In the child, before exec: take signals again (the launcher blocks them while it starts
+    nodes, and the mask is inherited), and on Linux get SIGTERM when the launcher dies, even by SIGKILL."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    if sys.platform == "linux":
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@attrs.define
+class NodeProcess:
+    spec: NodeSpec
+    popen: subprocess.Popen[bytes]
+    started: float
+    metrics: JsonlTail
+    lines: dict[int, dict[str, Any]] = attrs.field(factory=dict)  # round -> metrics
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def signal(self, signum: int) -> None:
+        """Signal the node's whole session (it is its own process group)."""
+        if self.popen.poll() is not None:
+            return
+        try:
+            os.killpg(self.popen.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def node_env(plan: Plan, spec: NodeSpec) -> dict[str, str]:
+    env = dict(os.environ)
+    threads = "1" if spec.role == COORDINATOR else str(plan.threads)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, threads)
+    env["PYTHONUNBUFFERED"] = "1"  # output.log is read while the node runs
+    env["TOKENIZERS_PARALLELISM"] = "false"  # its own thread pool would fight the torch threads
+    env.setdefault("COLUMNS", "160")  # rich wraps a file's lines at 80 otherwise
+    env["TTY_COMPATIBLE"] = "0"  # its output is a file, whatever the launcher's terminal claims
+    return env
+
+
+def start(plan: Plan, spec: NodeSpec, metrics_dir: Path) -> NodeProcess:
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(spec.output, "ab") as output:
+        popen = subprocess.Popen(
+            spec.command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=node_env(plan, spec),
+            start_new_session=True, preexec_fn=_in_child,
+        )
+    return NodeProcess(spec, popen, time.time(), JsonlTail(metrics_dir / f"{spec.node}.jsonl"))
+
+
+def stop(processes: Sequence[NodeProcess], *, grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGINT (a node flushes its logs on the way out), then SIGKILL whoever is still there."""
+    for process in processes:
+        process.signal(signal.SIGINT)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.signal(signal.SIGKILL)
+            process.popen.wait()
+
+
+def start_all(plan: Plan, specs: Sequence[NodeSpec], into: list[NodeProcess], metrics_dir: Path) -> None:
+    # A signal between a Popen and its append would leave that node unknown, so never stopped.
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        for spec in specs:
+            into.append(start(plan, spec, metrics_dir))
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+
+
+def joined(transport: FolderTransport, plan: Plan) -> bool:
+    """Whether every worker has registered in the swarm folder (it does so once its model is loaded)."""
+    registered = {info.node for info in transport.live_nodes(math.inf)}
+    return {spec.node for spec in plan.workers} <= registered
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise `Interrupted` in the main loop (so `finally` stops the nodes)."""
+    def interrupt(signum: int, frame: Any) -> None:
+        # Once: a second signal while the nodes are being stopped must not cut that short.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------------------- display
+
+
+def _status(process: NodeProcess) -> str:
+    code = process.returncode
+    if code is None:
+        return "[cyan]running[/]" if process.lines else "[cyan]starting[/]"
+    return "[green]done[/]" if code == 0 else f"[red]{exit_reason(code, hint=False)}[/]"
+
+
+def _reward(line: Mapping[str, Any] | None) -> str:
+    value = None if line is None else line.get("reward/mean")
+    return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+
+
+def round_mean(processes: Sequence[NodeProcess], round: int) -> float | None:
+    values = [p.lines[round]["reward/mean"] for p in processes
+              if isinstance(p.lines.get(round, {}).get("reward/mean"), (int, float))]
+    return sum(values) / len(values) if values else None
+
+
+def table(plan: Plan, processes: Sequence[NodeProcess], state: Any, started: float) -> Any:
+    """Each node's status and reward per round (the newest `SHOWN_ROUNDS`), the swarm mean, the round."""
+    from rich.table import Table
+    from rich.text import Text
+
+    workers = [p for p in processes if p.spec.role != COORDINATOR]
+    done = sorted({r for p in workers for r in p.lines})
+    shown = done[-SHOWN_ROUNDS:]
+    if state is None:
+        where = "waiting for every worker to load its model and join"
+    elif state.round >= plan.rounds:
+        where = f"all {plan.rounds} rounds closed"
+    else:
+        deadline = "" if state.deadline is None else f", deadline in {_seconds(state.deadline - time.time())}"
+        where = f"round {state.round + 1}/{plan.rounds}{deadline}"
+    grid = Table(title=f"experiment {plan.experiment}: {where}, {_seconds(time.time() - started)} elapsed",
+                 title_justify="left", caption=f"reward/mean per round; folder {plan.folder}", caption_justify="left")
+    grid.add_column("node")
+    grid.add_column("status")
+    for round in shown:
+        grid.add_column(f"r{round + 1}", justify="right")
+    grid.add_column("pass@1", justify="right")
+    grid.add_column("last output", overflow="ellipsis", no_wrap=True, max_width=60)
+    for process in processes:
+        evaluated = [line["eval/pass@1"] for _, line in sorted(process.lines.items()) if "eval/pass@1" in line]
+        last = tail_lines(process.spec.output, 1)
+        grid.add_row(process.spec.node, _status(process), *(_reward(process.lines.get(r)) for r in shown),
+                     f"{evaluated[-1]:.3f}" if evaluated else "", Text.from_ansi(last[0]) if last else "")
+    means = [round_mean(workers, r) for r in shown]
+    grid.add_row("[bold]swarm mean[/]", "", *("" if m is None else f"[bold]{m:.3f}[/]" for m in means), "", "")
+    return grid
+
+
+def line_for(process: NodeProcess, round: int, total: int, metrics: Mapping[str, Any]) -> str:
+    """One finished round of one node, for a log or a pipe (no live table there)."""
+    from sapo_core.progress import summary_line
+
+    if process.spec.role == COORDINATOR:
+        return (f"{process.spec.node}: round {round + 1}/{total} closed by {metrics.get('closed_by', '?')} "
+                f"({metrics.get('published', '?')} published)")
+    return summary_line(process.spec.node, round, total, metrics)
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+@attrs.frozen
+class Outcome:
+    failed: tuple[NodeProcess, ...] = ()
+    signum: int | None = None
+
+
+def supervise(plan: Plan, console: Any, *, poll_seconds: float = 1.0) -> tuple[Outcome, list[NodeProcess]]:
+    """Start the nodes, show their progress until they all exit (or one fails, or a signal), stop
+    whoever is left. Returns what happened and the node processes."""
+    from rich.live import Live
+
+    transport = FolderTransport(str(plan.root), plan.experiment)
+    metrics_dir = plan.folder / METRICS_DIR
+    processes: list[NodeProcess] = []
+    started = time.time()
+    live = Live(console=console, auto_refresh=False, transient=False) if console.is_terminal else None
+    outcome = Outcome()
+    with signals_interrupt():
+        try:
+            start_all(plan, plan.workers, processes, metrics_dir)
+            coordinator = [spec for spec in plan.nodes if spec.role == COORDINATOR]
+            if live is not None:
+                live.start()
+            workers_done_at: float | None = None
+            while True:
+                for process in processes:
+                    for line in process.metrics.read():
+                        process.lines[line["round"]] = line
+                        if live is None:
+                            console.print(line_for(process, line["round"], plan.rounds, line), highlight=False,
+                                          markup=False, soft_wrap=True)
+                if coordinator and joined(transport, plan):
+                    # Only now: a round the coordinator opened before every worker had loaded its
+                    # model would close on the quorum of those already there, leaving the others behind.
+                    start_all(plan, coordinator, processes, metrics_dir)
+                    coordinator = []
+                if live is not None:
+                    live.update(table(plan, processes, transport.read_state(), started), refresh=True)
+                failed = tuple(p for p in processes if p.returncode not in (None, 0))
+                if failed:
+                    outcome = Outcome(failed=failed)
+                    break
+                running = [p for p in processes if p.returncode is None]
+                if not running:
+                    break
+                if all(p.spec.role == COORDINATOR for p in running):
+                    # Every worker is done; the coordinator would only wait out deadlines for nobody.
+                    workers_done_at = workers_done_at or time.monotonic()
+                    if time.monotonic() - workers_done_at > COORDINATOR_GRACE_SECONDS:
+                        break
+                time.sleep(poll_seconds)
+        except Interrupted as exc:
+            outcome = Outcome(signum=exc.signum)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):  # the nodes are stopped anyway: let nothing cut it short
+                signal.signal(sig, signal.SIG_IGN)
+            try:
+                stop(processes)
+            finally:
+                if live is not None:
+                    live.update(table(plan, processes, transport.read_state(), started), refresh=True)
+                    live.stop()
+    return outcome, processes
+
+
+def exit_reason(code: int, *, hint: bool = True) -> str:
+    if code >= 0:
+        return f"exit code {code}"
+    name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+    # Nobody here sends SIGKILL before the stop: the kernel's out-of-memory killer is the usual one.
+    why = "; out of memory? fewer --nodes or a smaller train.micro_batch_tokens" if hint and -code == signal.SIGKILL else ""
+    return f"killed by {name}{why}"
+
+
+def report_failure(console: Any, failed: Sequence[NodeProcess], lines: int = 25) -> None:
+    for process in failed:
+        console.print(f"[red bold]{process.spec.node} failed[/] ({exit_reason(process.returncode or 0)}); "
+                      f"the end of its output, {process.spec.output}:")
+        for text in tail_lines(process.spec.output, lines):
+            console.print(f"  {text}", markup=False, highlight=False)
+
+
+def draw_report(plan: Plan, output: Path) -> list[Any]:
+    """Each worker's curve and the swarm mean, drawn into ``output``.
+
+    From the run directories' ``metrics.jsonl`` rather than the swarm folder's metrics: those
+    also hold the held-out evaluation before training (round -1), the curve's starting point."""
+    from sapo_core import report
+    from sapo_core.rundir import METRICS_FILE
+
+    curves = [report.load_curve(spec.run_dir, spec.node) for spec in plan.workers
+              if (spec.run_dir / METRICS_FILE).is_file()]
+    curves = [curve for curve in curves if curve.rounds or curve.eval_rounds]
+    if not curves:
+        raise SapoError(f"no worker wrote metrics to {plan.root / RUNS_DIR}/<node>/{METRICS_FILE}")
+    curves.append(report.swarm_mean(curves))
+    report.plot(curves, output, title=f"sapo swarm, experiment {plan.experiment}: reward per round")
+    return curves
+
+
+def print_summary(console: Any, plan: Plan, curves: Sequence[Any], output: Path, seconds: float) -> None:
+    from rich.table import Table
+
+    def number(values: Sequence[float], index: int) -> str:
+        return f"{values[index]:.3f}" if values else "-"
+
+    summary = Table("node", "rounds", "first reward", "last reward", "pass@1 before", "pass@1 after", box=None,
+                    title=f"experiment {plan.experiment}: {len(plan.workers)} workers, {_seconds(seconds)}",
+                    title_justify="left")
+    for curve in curves:
+        before = curve.eval_rounds[:1] == (-1,)
+        after = curve.pass_at_1[1:] if before else curve.pass_at_1
+        summary.add_row(f"[bold]{curve.label}[/]" if curve.mean else curve.label, str(len(curve.rounds)),
+                        number(curve.reward, 0), number(curve.reward, -1),
+                        number(curve.pass_at_1, 0) if before else "-", number(after, -1))
+    console.print(summary)
+    for line in (f"reward curves: {output}",
+                 f"swarm folder:  {plan.folder}  (sapo swarm status --root {plan.root} --experiment {plan.experiment})",
+                 f"node runs:     {plan.root / RUNS_DIR}/<node>/  ({OUTPUT_FILE}: each process's output)"):
+        console.print(line, soft_wrap=True, markup=False)
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and value < 1:
+        hint = " (the number of worker processes; a coordinator is added)" if param.name == "nodes" else ""
+        raise click.BadParameter(f"{value}: give at least 1{hint}")
+    return value
+
+
+@swarm.command(name="run")
+@click.option("--nodes", type=int, default=3, show_default=True, callback=_positive,
+              help="Worker processes to start (plus one coordinator).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
+              help="TOML config for every node, e.g. configs/swarm.toml (tiny settings for a CPU).")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
+              help="The launch folder: swarm folder, node run directories, report (default: runs/swarm/<UTC timestamp>).")
+@click.option("--experiment", help="Experiment name (default: run.experiment of the config).")
+@click.option("--rounds", type=int, callback=_positive, help="Rounds to run (run.rounds).")
+@click.option("--threads", type=int, callback=_positive,
+              help="torch threads per worker (default: this machine's cores // --nodes, at least 1).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key for every node.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG of the reward curves (default: <root>/reward.png).")
+def run_swarm(nodes: int, config_file: str | None, root: Path | None, experiment: str | None, rounds: int | None,
+              threads: int | None, sets: tuple[str, ...], output: Path | None) -> None:
+    """Start a coordinator and --nodes workers as processes on a local folder; show each node's
+    reward per round; draw the reward curves at the end.
+
+    \b
+    sapo swarm run --nodes 3 --config configs/swarm.toml
+    sapo swarm run --nodes 4 --config configs/swarm.toml --rounds 20 --set inference.max_new_tokens=128
+    """
+    from rich.console import Console
+
+    if root is None:
+        root = Path("runs") / "swarm" / rundir.timestamp()
+    root = root.absolute()
+    try:
+        plan = plan_swarm(workers=nodes, root=root, config_file=config_file, sets=sets, experiment=experiment,
+                          rounds=rounds, threads=threads)
+    except SapoError as exc:
+        raise click.ClickException(str(exc)) from exc
+    output = (output or root / "reward.png").absolute()
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    console.print(f"sapo swarm: 1 coordinator + {nodes} workers, {plan.rounds} rounds, {plan.threads} torch "
+                  f"thread(s) per worker ({cpu_count()} cores), in {root}")
+    began = time.monotonic()
+    outcome, processes = supervise(plan, console)
+    if outcome.signum is not None:
+        console.print(f"[yellow]{signal.Signals(outcome.signum).name}[/]: stopped all {len(processes)} node processes; "
+                      f"what they wrote is in {root}")
+        sys.exit(128 + outcome.signum)
+    if outcome.failed:
+        report_failure(console, outcome.failed)
+        console.print(f"stopped the other nodes; everything is in {root}")
+        sys.exit(1)
+    try:
+        curves = draw_report(plan, output)
+    except SapoError as exc:
+        raise click.ClickException(f"the swarm finished, but its report could not be drawn: {exc}") from exc
+    print_summary(console, plan, curves, output, time.monotonic() - began)
