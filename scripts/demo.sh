@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The main job on its embedded default, set-up included: GRPO on the bundled SmolLM2-135M,
-# offline, on easy arithmetic, a few minutes on a 2-core CPU. It prints one line per round,
-# evaluates before and after on held-out problems, and draws the reward curve.
-# Extra arguments go to `sapo run`, e.g. `bash scripts/demo.sh --rounds 20`.
+# The main job, set-up included: a SAPO swarm on this machine. A coordinator and 3 workers run
+# as separate processes over a shared local folder, each with the bundled SmolLM2-135M, GRPO on
+# easy arithmetic, training on its own and its peers' rollouts. It shows each node's reward per
+# round and draws the reward curves into runs/swarm/<timestamp>/reward.png.
+# Extra arguments go to `sapo swarm run`, e.g. `bash scripts/demo.sh --nodes 2 --rounds 8`.
+# The offline single-process run is scripts/quickstart.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-run_dir="runs/quickstart/$(date -u +%Y%m%d-%H%M%S)"
-.venv/bin/sapo run --config configs/quickstart.toml --run-dir "$run_dir" "$@" > /dev/null
-.venv/bin/sapo report "$run_dir" -o "$run_dir/reward.png"
+.venv/bin/sapo swarm run --nodes 3 --config configs/swarm.toml "$@"
