@@ -18,7 +18,7 @@ from sapo_core import hookimpl
 from sapo_core.config import load_config
 from sapo_core.coordinator import Coordinator
 from sapo_core.errors import ConfigError
-from sapo_core.interfaces import Lease, SwarmState
+from sapo_core.interfaces import Lease, NodeInfo, SwarmState
 from sapo_core.lease import ACT_SHARE, LeaseKeeper
 from sapo_core.node import Node
 from sapo_core.testing import check_leases
@@ -169,6 +169,15 @@ def swarm_config(*sets):
                                      "swarm.lease_seconds=2.0", "run.rounds=6", *sets])
 
 
+@pytest.fixture
+def working_swarm(swarm):
+    """The swarm with a worker whose heartbeat stays fresh: a coordinator closes rounds at their deadlines
+    only while some worker is live (with none, it holds the round open)."""
+    now = time.time()
+    MemoryTransport(swarm, "default").heartbeat(NodeInfo(node="w", role="worker", started_at=now, last_seen=now + 3600))
+    return swarm
+
+
 def run_in_thread(coordinator):
     errors = []
 
@@ -183,7 +192,8 @@ def run_in_thread(coordinator):
     return thread, errors
 
 
-def test_a_standby_coordinator_takes_over_from_a_coordinator_that_went_away(swarm):
+def test_a_standby_coordinator_takes_over_from_a_coordinator_that_went_away(working_swarm):
+    swarm = working_swarm
     dead = MemoryTransport(swarm, "default")  # a coordinator killed in round 2: its lease runs out
     now = time.time()
     dead.write_state(SwarmState(round=2, deadline=now - 1, updated_at=now, coordinator="coord"))
@@ -199,7 +209,8 @@ def test_a_standby_coordinator_takes_over_from_a_coordinator_that_went_away(swar
     assert transport.read_lease().holder == "alice"
 
 
-def test_a_restarted_coordinator_stands_by_while_another_node_coordinates(swarm, caplog):
+def test_a_restarted_coordinator_stands_by_while_another_node_coordinates(working_swarm, caplog):
+    swarm = working_swarm
     rounds = 40
     alice = Recording(swarm, "alice")
     standby = Coordinator(swarm_config(f"run.rounds={rounds}"), alice, "alice", standby=True)
@@ -221,7 +232,8 @@ def test_a_restarted_coordinator_stands_by_while_another_node_coordinates(swarm,
     assert [round for _, round in alice.writes] == list(range(rounds + 1))
 
 
-def test_a_coordinator_that_finished_lets_the_lease_go(swarm):
+def test_a_coordinator_that_finished_lets_the_lease_go(working_swarm):
+    swarm = working_swarm
     transport = MemoryTransport(swarm, "default")
     thread, errors = run_in_thread(Coordinator(swarm_config("run.rounds=2"), transport, "coord"))
     thread.join(timeout=30)
@@ -270,9 +282,23 @@ def test_a_standby_the_swarm_cannot_have_is_a_clear_config_error(tmp_path, sapo_
         Node.from_config(config, sapo_plugins)
 
 
-def test_a_transport_without_leases_still_coordinates_without_a_standby(tmp_path, swarm):
+def test_a_transport_without_leases_still_coordinates_without_a_standby(tmp_path, working_swarm):
+    swarm = working_swarm
     transport = WithoutLeases(MemoryTransport(swarm, "default"))
     thread, errors = run_in_thread(Coordinator(swarm_config("run.rounds=2"), transport, "coord"))
     thread.join(timeout=30)
     assert not errors, errors
     assert transport.read_state().round == 2
+
+
+def test_with_no_live_worker_and_no_payload_a_round_is_held_open(swarm, caplog):
+    """Workers all away: the coordinator extends the deadline instead of burning the run's rounds."""
+    transport = Recording(swarm, "coord")
+    coordinator = Coordinator(swarm_config("run.rounds=3"), transport, "coord")
+    stop_at = time.monotonic() + 1.0
+    coordinator.stopped = lambda: time.monotonic() > stop_at
+    with caplog.at_level(logging.WARNING, logger="sapo"):
+        coordinator.run()
+    rounds = [round for _, round in transport.writes]
+    assert len(rounds) > 3 and set(rounds) == {0}, "deadlines extended, round 0 never closed"
+    assert "round 0: no live worker and no payload at its deadline; holding it open" in caplog.text

@@ -113,6 +113,13 @@ class Coordinator:
             if reached or (state.deadline is not None and time.time() >= state.deadline):
                 if keeper is not None and not keeper.holds():
                     continue  # the lease lapsed while it looked: the loop's top decides who writes
+                if not reached and not live and not published:
+                    # Nobody to wait for and nothing to close: closing would burn the run's rounds
+                    # while every worker is away. Hold the round open for those who come back.
+                    log.warning("%s: round %d: no live worker and no payload at its deadline; holding it open",
+                                self.node, state.round)
+                    state = self._advance_to(state.round)
+                    continue
                 why = "quorum" if reached else "deadline"
                 log.info("%s: round %d closed by %s (%d published)", self.node, state.round, why, len(published))
                 closed, state = state.round, self._advance_to(state.round + 1)
