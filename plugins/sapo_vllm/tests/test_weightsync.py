@@ -41,7 +41,7 @@ def shape_problems(template: Any, value: Any, where: str = "body") -> list[str]:
         problems = [f"{where}.{k}: missing" for k in template if k not in value]
         problems += [f"{where}.{k}: not in the recorded request" for k in value if k not in template]
         return problems + [p for k in template if k in value for p in shape_problems(template[k], value[k], f"{where}.{k}")]
-    kinds = {"string": str, "number": (int, float), "boolean": bool}
+    kinds = {"string": str, "number": (int, float), "boolean": bool, "array": list}
     return [] if isinstance(value, kinds[template]) else [f"{where}: expected a {template}"]
 
 
@@ -236,3 +236,21 @@ def test_requests_go_to_the_least_busy_server():
     for server in pool.servers:
         server.in_flight = 0
     assert [pool.pick().url for _ in range(6)] == ["http://a", "http://b", "http://c"] * 2, "idle: round-robin"
+
+
+def test_a_vllm_completion_keeps_its_token_ids_and_logprobs(tmp_path):
+    """The recorded vLLM answer parsed; and the request sapo sends has the recorded shape."""
+    from sapo_core.interfaces import BackendContext, SamplingParams
+    from sapo_vllm.backend import ServerInference
+    from sapo_vllm.settings import ServerSettings
+
+    recorded = RECORDED["vllm"]["completions"]
+    inference = ServerInference("vllm", ServerSettings(), BackendContext(workdir=tmp_path))
+    completion = inference.parse(recorded["response"]["body"])
+    assert completion.text == " Paris." and completion.finish_reason == "stop"
+    assert completion.token_ids == (7042, 30, 2) and completion.logprobs == (-0.105, -0.69, -0.02)
+    assert completion.num_tokens == 3
+    inference.pool.servers[0].model = "m"
+    body = inference.body([1, 2, 3], seed=2**40 + 5, params=SamplingParams(max_new_tokens=8))
+    assert shape_problems(recorded["request"], body) == []
+    assert body["prompt"] == [1, 2, 3] and body["seed"] == (2**40 + 5) % 2**31 and "top_k" not in body

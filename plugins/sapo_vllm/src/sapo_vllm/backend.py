@@ -59,6 +59,7 @@ class ServerInference:
         self._tokens = 0
         self._seconds = 0.0
         self._failed = 0
+        self._problem = "none"  # why the last failed request failed
 
     # ---------------------------------------------------------------------------- protocol
 
@@ -80,7 +81,8 @@ class ServerInference:
         failed = sum(c is None for c in results)
         if jobs and failed == len(jobs):
             raise BackendError(f"none of the {len(jobs)} completion requests succeeded "
-                               f"({', '.join(s.url for s in self.pool.servers)}): are the servers up?")
+                               f"({', '.join(s.url for s in self.pool.servers)}); the last answer: {self._problem}. "
+                               "Are the servers up, and do they take these request fields (inference.extra_body)?")
         self._failed += failed
         self._tokens += sum(c.num_tokens or 0 for c in results if c is not None)
         self._seconds += time.perf_counter() - started
@@ -125,16 +127,16 @@ class ServerInference:
         model = self.sync.adapter or self.settings.served_model or self.pool.servers[0].model
         body: dict[str, Any] = {
             "model": model,
-            "prompt": list(prompt),
+            "prompt": list(prompt) if self.settings.prompt_format == "token_ids" else self.tokenizer().decode(prompt),
             "max_tokens": params.max_new_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
-            "top_k": params.top_k if params.top_k > 0 else -1,  # -1: no top-k in vLLM, SGLang and llama.cpp
-            "min_p": 0.0,  # some servers default to a min-p filter: sample the plain distribution
             "seed": seed % (2**31),  # servers take a 32-bit seed
             "n": 1,
             "logprobs": 1,
         }
+        if params.top_k > 0:  # absent: no top-k, the default of vLLM and SGLang (their "off" values differ)
+            body["top_k"] = params.top_k
         if params.stop:
             body["stop"] = list(params.stop)
         if self.engine.name == "vllm":
@@ -180,6 +182,7 @@ class ServerInference:
                 except (ValueError, KeyError, IndexError, TypeError) as exc:
                     server.failures += 1
                     problem = f"{server.url}: not an OpenAI completion ({type(exc).__name__}: {exc})"
+        self._problem = problem
         log.warning("a completion failed after %d attempts: %s", self.settings.retries + 1, problem)
         return None
 

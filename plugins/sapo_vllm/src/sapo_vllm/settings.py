@@ -39,6 +39,9 @@ class ServerSettings:
     retries: int = attrs.field(default=2, validator=attrs.validators.ge(0))  # per request, on a connection error or 5xx
     # Engine-specific request fields, sent as they are (e.g. llama.cpp's {repeat_penalty = 1.0}).
     extra_body: dict[str, Any] = attrs.field(factory=dict, converter=dict)
+    # "token_ids": the prompt as the learner's token ids (vLLM, SGLang); "text": those ids decoded,
+    # for a server whose completions API takes text only (llama.cpp's Python server).
+    prompt_format: str = attrs.field(default="token_ids", validator=attrs.validators.in_(("token_ids", "text")))
     # Weight sync after learner steps: "lora" hot-loads the adapter, "full" reloads all weights from
     # sync_dir, "auto" picks by whether the learner trains LoRA, "none" never (a frozen server).
     weight_sync: str = attrs.field(default="auto", validator=attrs.validators.in_(WEIGHT_SYNC))
