@@ -232,7 +232,17 @@ def test_a_contributor_evaluates_too(tmp_path, sapo_plugins, scripted):
 
 def test_eval_at_start_records_the_baseline_before_any_training(tmp_path, sapo_plugins, scripted):
     cfg = config(tmp_path, "run.rounds=2", "eval.every=2", "eval.at_start=true")
+
+    class Observer:
+        seen: list[tuple[int, float | None]] = []
+
+        @hookimpl
+        def round_finished(self, context, round, metrics):
+            self.seen.append((round, metrics.get("eval/pass@1")))
+
+    sapo_plugins.register(Observer(), name="observer")
     Node.from_config(cfg, sapo_plugins).run()
+    assert Observer.seen == [(-1, 1.0), (0, None), (1, 1.0)], "observers see the baseline as round -1"
     folder = only_run_dir(tmp_path)
     lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines] == [-1, 0, 1]

@@ -62,7 +62,7 @@ def run_started(context: BackendContext) -> None:
 
 @hookspec
 def round_finished(context: BackendContext, round: int, metrics: Mapping[str, Any]) -> None:
-    """Observe a finished round with its metrics (a logger or tracker goes here)."""
+    """Observe a finished round with its metrics (round -1: the evaluation before training)."""
 
 
 @hookspec

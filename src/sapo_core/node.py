@@ -606,6 +606,8 @@ class Node:
                           {**metrics, "problems": [result.to_data() for result in results]})
         log.info("%s: before training: pass@1 %.3f, reward %.3f", self.context.node,
                  evaluated.get("eval/pass@1", 0.0), evaluated.get("eval/reward_mean", 0.0))
+        # Observers see it as round -1, so a swarm's shared metrics hold the starting point too.
+        self.plugins.notify("round_finished", context=self.context, round=-1, metrics=metrics)
         return metrics
 
     def finish_round(self, round: int, metrics: dict[str, Any]) -> None:
