@@ -30,8 +30,8 @@ class FolderCheckpointSettings:
     dir: str | None = None  # where checkpoints go; default: <workdir>/checkpoints
 
 
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; not every platform lets a folder be opened.
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename into ``path`` durable (best effort: not every platform lets a folder be opened)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -68,7 +68,7 @@ class FolderCheckpointer:
             if final.exists():  # saving the same round again (a resumed run) replaces it
                 shutil.rmtree(final)
             os.replace(partial, final)
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise

@@ -1,8 +1,4 @@
-"""test_folder.py's swarm helpers (oracle/recorder backends, thread runner), importable by the other tests.
-
-Tests run with ``--import-mode=importlib``, so test modules cannot import each other by name;
-this loads test_folder.py once, as ``sapo_gdrive_test_folder``, before any test module.
-"""
+"""The swarm test doubles (swarm_doubles.py) as an importable module, and the ``swarm_plugins`` fixture."""
 
 from __future__ import annotations
 
@@ -10,8 +6,27 @@ import importlib.util
 import sys
 from pathlib import Path
 
-if "sapo_gdrive_test_folder" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location("sapo_gdrive_test_folder", Path(__file__).with_name("test_folder.py"))
+import pytest
+
+
+# Tests run with --import-mode=importlib, so the helper module is loaded by path, once.
+if "sapo_gdrive_swarm_doubles" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location("sapo_gdrive_swarm_doubles", Path(__file__).with_name("swarm_doubles.py"))
     _module = importlib.util.module_from_spec(_spec)
     sys.modules[_spec.name] = _module
     _spec.loader.exec_module(_module)
+
+from sapo_gdrive_swarm_doubles import Backends  # noqa: E402
+
+
+@pytest.fixture
+def _torch_free(monkeypatch):
+    monkeypatch.setenv("SAPO_DISABLE_PLUGINS", "sapo-local")
+
+
+@pytest.fixture
+def swarm_plugins(_torch_free, sapo_plugins):
+    """The process's plugins without sapo-local (no torch), plus the oracle/recorder test backends."""
+    backends = Backends()
+    sapo_plugins.register(backends, name="test-backends")
+    return sapo_plugins, backends

@@ -12,15 +12,12 @@ import fsspec
 import pytest
 from sapo_gdrive.checkpoints import FolderCheckpointer, build_folder_checkpointer
 
-from sapo_core import codec, hookimpl
-from sapo_core import plugins as plugins_module
+from sapo_core import codec
 from sapo_core.config import load_config
 from sapo_core.errors import ConfigError
 from sapo_core.interfaces import BackendContext, Checkpointer
 from sapo_core.node import Node
 from sapo_core.plugins import Plugins
-from sapo_core.records import Completion
-from sapo_core.seeding import derive_seed
 
 
 def memory_root() -> str:
@@ -191,69 +188,6 @@ def test_registered_as_gdrive_and_fs_and_usable_through_the_registry(monkeypatch
 
 
 # ------------------------------------------------------------ resume on another machine
-
-
-class Oracle:
-    """Right or wrong answers in the expected format, by a coin flip seeded per replicate."""
-
-    def generate(self, problems, n, params):
-        out = []
-        for problem in problems:
-            completions = []
-            for i in range(n):
-                right = derive_seed(params.seed, problem.id, i) % 2 == 0
-                answer = problem.answer if right else int(problem.answer) + 1
-                completions.append(Completion(text=f"<think>adding up</think>\n<answer>{answer}</answer>", num_tokens=9))
-            out.append(completions)
-        return out
-
-
-class Recorder:
-    """A learner that remembers which groups it trained on, and checkpoints that memory."""
-
-    def __init__(self) -> None:
-        self.trained: list[dict] = []
-        self.loaded: list[dict] | None = None
-
-    def train(self, groups, round):
-        self.trained.append({"round": round, "groups": [[g.node, g.problem.id] for g in groups]})
-        return {"loss": 0.5}
-
-    def save(self, folder: Path) -> None:
-        (folder / "recorder.json").write_text(json.dumps(self.trained))
-
-    def load(self, folder: Path) -> None:
-        self.trained = json.loads((folder / "recorder.json").read_text())
-        self.loaded = list(self.trained)
-
-
-class Backends:
-    def __init__(self) -> None:
-        self.learners: dict[str, Recorder] = {}
-
-    @hookimpl
-    def register_inference(self, register):
-        register("oracle", lambda settings, context: Oracle())
-
-    @hookimpl
-    def register_learners(self, register):
-        register("recorder", lambda settings, context: self.learners.setdefault(context.node, Recorder()))
-
-
-@pytest.fixture
-def swarm_plugins(monkeypatch):
-    """A plugin manager without sapo-local (no torch) plus the oracle/recorder test backends."""
-    monkeypatch.setenv("SAPO_DISABLE_PLUGINS", "sapo-local")
-    previous = plugins_module._plugins
-    plugins = Plugins()
-    plugins.load()
-    backends = Backends()
-    plugins.register(backends, name="test-backends")
-    plugins_module._plugins = plugins
-    try:
-        yield plugins, backends
-    finally:
-        plugins_module._plugins = previous
 
 
 def test_a_node_resumes_on_another_machine_from_the_shared_folder(tmp_path, swarm_plugins):

@@ -14,16 +14,15 @@ import attrs
 import pytest
 from sapo_gdrive.folder import FolderTransport, build_folder_transport, parse_name
 
-from sapo_core import codec, hookimpl
-from sapo_core import plugins as plugins_module
+from sapo_core import codec
 from sapo_core.config import load_config
 from sapo_core.errors import ConfigError
 from sapo_core.interfaces import BackendContext, NodeInfo, SwarmState
 from sapo_core.node import Node
 from sapo_core.plugins import Plugins
 from sapo_core.records import Completion, Group, Message, Problem, RoundPayload
-from sapo_core.seeding import derive_seed
 from sapo_core.testing import check_transport
+from sapo_gdrive_swarm_doubles import files_under, run_threads  # loaded by conftest.py
 
 # ------------------------------------------------------------------------------- helpers
 
@@ -41,10 +40,6 @@ def payload(node: str, round: int = 0, *, created_at: float = 1.0, reward: float
 
 def gz_json(data: dict) -> bytes:
     return gzip.compress(json.dumps(data).encode())
-
-
-def files_under(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
 # ------------------------------------------------------------------------------ contract
@@ -285,87 +280,6 @@ def test_registered_as_gdrive_and_fs(monkeypatch):
 
 
 # ------------------------------------------------------------------- a swarm end to end
-
-
-class Oracle:
-    """Right or wrong answers in the expected format, by a coin flip seeded per replicate."""
-
-    def generate(self, problems, n, params):
-        out = []
-        for problem in problems:
-            completions = []
-            for i in range(n):
-                right = derive_seed(params.seed, problem.id, i) % 2 == 0
-                answer = problem.answer if right else int(problem.answer) + 1
-                completions.append(Completion(text=f"<think>adding up</think>\n<answer>{answer}</answer>", num_tokens=9))
-            out.append(completions)
-        return out
-
-
-class Recorder:
-    """A learner that remembers which groups it trained on."""
-
-    def __init__(self) -> None:
-        self.trained: list[dict] = []
-
-    def train(self, groups, round):
-        self.trained.append({"round": round, "groups": [[g.node, g.problem.id] for g in groups]})
-        return {"loss": 0.5}
-
-    def save(self, folder: Path) -> None:
-        (folder / "recorder.json").write_text(json.dumps(self.trained))
-
-    def load(self, folder: Path) -> None:
-        self.trained = json.loads((folder / "recorder.json").read_text())
-
-
-class Backends:
-    def __init__(self) -> None:
-        self.learners: dict[str, Recorder] = {}
-
-    @hookimpl
-    def register_inference(self, register):
-        register("oracle", lambda settings, context: Oracle())
-
-    @hookimpl
-    def register_learners(self, register):
-        register("recorder", lambda settings, context: self.learners.setdefault(context.node, Recorder()))
-
-
-@pytest.fixture
-def swarm_plugins(monkeypatch):
-    """A plugin manager without sapo-local (no torch) plus the oracle/recorder test backends."""
-    monkeypatch.setenv("SAPO_DISABLE_PLUGINS", "sapo-local")
-    previous = plugins_module._plugins
-    plugins = Plugins()
-    plugins.load()
-    backends = Backends()
-    plugins.register(backends, name="test-backends")
-    plugins_module._plugins = plugins
-    try:
-        yield plugins, backends
-    finally:
-        plugins_module._plugins = previous
-
-
-def run_threads(nodes):
-    for node in nodes:  # every node announced before any starts
-        node.join()
-    errors = []
-
-    def target(node):
-        try:
-            node.run()
-        except BaseException as exc:  # noqa: BLE001 - surfaced in the test thread below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=target, args=(node,)) for node in nodes]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads), "a node hung"
-    assert not errors, errors
 
 
 @pytest.mark.parametrize("transport", ["gdrive", "fs"])

@@ -28,7 +28,7 @@ from sapo_core.config import load_config
 from sapo_core.node import Node
 from sapo_core.records import Completion, Group, Message, Problem, RoundPayload
 
-from sapo_gdrive_test_folder import Oracle, run_threads, swarm_plugins  # loaded by conftest.py
+from sapo_gdrive_swarm_doubles import Oracle, run_threads  # loaded by conftest.py
 
 SECRET = "s3cret"
 ROUNDS = 3

@@ -13,32 +13,20 @@ from click.testing import CliRunner
 from sapo_gdrive import observers
 from sapo_gdrive.folder import FolderTransport
 
-from sapo_core import plugins as plugins_module
 from sapo_core.cli import build_cli
 from sapo_core.config import load_config
 from sapo_core.interfaces import BackendContext
 from sapo_core.node import Node
-from sapo_core.plugins import Plugins
 
-from sapo_gdrive_test_folder import Backends, files_under, run_threads  # loaded by conftest.py
+from sapo_gdrive_swarm_doubles import files_under, run_threads  # loaded by conftest.py
 
 SECRET = "s3cret-never-logged"
 ROUNDS = 3
 
 
 @pytest.fixture
-def plugins(monkeypatch):
-    """Plugins without sapo-local plus the test backends, installed as the process's manager."""
-    monkeypatch.setenv("SAPO_DISABLE_PLUGINS", "sapo-local")
-    previous = plugins_module._plugins
-    fresh = Plugins()
-    fresh.load()
-    fresh.register(Backends(), name="test-backends")
-    plugins_module._plugins = fresh
-    try:
-        yield fresh
-    finally:
-        plugins_module._plugins = previous
+def plugins(swarm_plugins):
+    return swarm_plugins[0]
 
 
 @pytest.fixture

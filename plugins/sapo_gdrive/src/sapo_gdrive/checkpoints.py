@@ -48,6 +48,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 import sapo_core
 from sapo_core import codec
+from sapo_core.checkpoints import fsync_dir
 from sapo_core.errors import ConfigError
 from sapo_core.interfaces import BackendContext, CheckpointInfo
 from sapo_core.registry import Register
@@ -68,19 +69,6 @@ class FolderCheckpointSettings:
 
 class IncompleteCheckpoint(Exception):
     """A checkpoint whose files are missing or short (not yet synced, or damaged)."""
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _local_files(folder: Path) -> dict[str, int]:
@@ -192,7 +180,7 @@ class FolderCheckpointer:
             if os.path.exists(final):  # the same round saved again (a resumed run) replaces it
                 self._remove(final)
             os.replace(partial, final)
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
