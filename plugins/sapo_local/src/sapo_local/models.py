@@ -21,6 +21,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -190,6 +191,11 @@ def load_model(spec: str, *, device: torch.device, dtype: torch.dtype) -> Any:
         torch.manual_seed(0)
         config = AutoConfig.from_pretrained(source.path)
         return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device).eval()
+    if not sys.stderr.isatty():
+        # "Loading weights" bars redrawn into a log file (a swarm node's output) are noise there.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **source.kwargs())
     except OSError as exc:
