@@ -13,7 +13,7 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${pip[@]}" install --upgrade pip
 "${pip[@]}" install -c constraints/cpu.txt \
   -e '.[test,plot]' \
-  -e 'plugins/sapo_local[lora]' \
+  -e 'plugins/sapo_local[lora,serve]' \
   -e 'plugins/sapo_openai[test]' \
   -e plugins/sapo_vllm \
   -e plugins/sapo_gdrive
