@@ -9,6 +9,7 @@ rollout lost or duplicated; and the llm-judge reward.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import time
 
@@ -149,3 +150,34 @@ def test_an_unparseable_verdict_scores_zero_with_a_counted_warning(llama_server,
     assert list(scorer.score(problems(1)[0], [Completion("0"), Completion("zero")])) == [0.0, 0.0]
     assert scorer.round_metrics()["unparseable"] == 2
     assert "llm-judge: reply 2 without a valid 'SCORE: 0..10' line; reward 0" in caplog.text
+
+
+# --------------------------------------------------------------------------- through the CLI
+
+
+def test_a_run_evaluates_through_another_endpoint_and_stops_cleanly_at_its_cap(llama_server, proxy, sapo_cli,
+                                                                               tmp_path, capfd):
+    """Generation goes straight to the server, the evaluation through the proxy (its own backend and
+    settings); the generation's request cap ends the run cleanly, with exit status 0."""
+    result = sapo_cli(
+        "run", "--inference", "openai", "--model", "smollm2", "--role", "contributor", "--transport", "none",
+        "--rounds", "10", "--run-dir", str(tmp_path / "run"),
+        "--set", f"inference.base_url={llama_server}", "--set", "inference.max_requests=10",
+        "--set", "tasks.problems_per_round=2", "--set", "inference.num_completions=2",
+        "--set", "inference.max_new_tokens=6",
+        "--set", "eval.every=1", "--set", "eval.problems=3", "--set", "eval.inference=openai",
+        "--set", f"eval.base_url={proxy.url}", "--set", "eval.model=smollm2", "--set", "eval.max_in_flight=2",
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # 2 problems x 2 completions: round 0 asks n=2 twice, gets one choice each, asks the other two;
+    # round 1 asks one by one; round 2 has 2 requests left: one problem complete, one dropped; then the end.
+    assert [line["round"] for line in lines] == [0, 1, 2]
+    assert [line["inference/requests"] for line in lines] == [4.0, 4.0, 2.0]
+    assert lines[2]["inference/capped_requests"] == 2 and lines[2]["inference/dropped_problems"] == 1
+    assert lines[2]["groups/local"] == 1
+    assert all(line["eval/problems"] == 3 and line["eval/inference/requests"] == 3 for line in lines)
+    assert len(proxy.seen) == 9 and all(s.body["temperature"] == 0.0 for s in proxy.seen)  # only the evaluations
+    # The CLI logs to stderr through rich, which wraps lines; click's runner holds what it wrote.
+    logged = " ".join((result.output + capfd.readouterr().err).split())
+    assert "reached its usage cap max_requests = 10 (10 requests sent); the run ends before round 3" in logged

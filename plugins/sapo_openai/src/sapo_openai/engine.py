@@ -113,7 +113,9 @@ class Engine:
     invalid_is_fatal: bool = True
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rng: random.Random = attrs.field(factory=random.Random)
-    _slots: asyncio.Semaphore | None = attrs.field(default=None, init=False)
+    # One semaphore per event loop: each `generate` call runs its own loop, and an asyncio
+    # semaphore that has ever made a task wait is bound to the loop it did it in.
+    _slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = attrs.field(default=None, init=False)
 
     def delay(self, attempt: int, failure: Failure) -> float:
         """Seconds before try ``attempt + 1``: the server's wish if it said one, else full-jitter backoff."""
@@ -142,15 +144,17 @@ class Engine:
 
     async def call(self, client: Any, body: dict[str, Any], *, about: str = "") -> Reply | None:
         """Send ``body`` until it succeeds, fails for good (None) or cannot succeed (`BackendError`)."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.max_in_flight)
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not loop:
+            self._slots = (loop, asyncio.Semaphore(self.max_in_flight))
+        slots = self._slots[1]
         attempt = 0
         while True:
             reached = self.usage.cap_reached()
             if reached is not None:
                 self.usage.count("capped")
                 return None
-            async with self._slots:
+            async with slots:
                 self.usage.started()
                 try:
                     reply = await self.api.send(client, body)
