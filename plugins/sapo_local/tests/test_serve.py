@@ -199,6 +199,24 @@ def test_the_rate_limit(tiny_model, tmp_path):
         served.stop()
 
 
+def test_a_restart_resumes_from_the_checkpoint_written_at_shutdown(tiny_model, tmp_path):
+    served = Served(tiny_model, tmp_path)
+    try:
+        with RemoteTrainer(served.url, api_key=KEY) as trainer:
+            groups = trainer.rollouts(["Sort: b a", "Sort: d c"])
+            trainer.post_rewards({r.rollout_id: varied(r.text, i) for g in groups for i, r in enumerate(g.rollouts)})
+            assert trainer.wait_for_steps(1, timeout=120)["learner_steps"] == 1
+    finally:
+        served.stop()  # SIGTERM: uvicorn shuts down, the service writes a last checkpoint
+    assert (tmp_path / "run" / "checkpoints" / "round-000001" / "checkpoint.json").exists()
+    again = Served(tiny_model, tmp_path, "--resume")
+    try:
+        with RemoteTrainer(again.url, api_key=KEY) as trainer:
+            assert trainer.status()["learner_steps"] == 1
+    finally:
+        again.stop()
+
+
 def test_no_key_no_server(sapo_cli, monkeypatch, tmp_path):
     monkeypatch.delenv("SAPO_SERVE_API_KEY", raising=False)
     monkeypatch.setenv("SAPO_KEYS_FILE", str(tmp_path / "none.json"))

@@ -23,13 +23,15 @@ The ledger's rules (idempotent rewards, expiry) are in `sapo_local.rollout_book`
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
 import attrs
@@ -97,14 +99,20 @@ class TrainerService:
 
     def start(self, resume: bool = False) -> None:
         self.node.join()  # the run folder and its config.json, as `sapo run` writes them
-        if resume:
-            self.steps = max(0, self.node.resume() + 1)
+        if resume:  # checkpoints are numbered by the learner steps taken before them
+            self.steps = max(0, self.node.resume())
         self._thread.start()
 
     def stop(self) -> None:
+        """Finish the learner step in progress, then write a last checkpoint (idempotent)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=600)
+        if self._thread.is_alive():
+            self._thread.join(timeout=600)
+        if self.steps and self.error is None:
+            self.checkpoint()
 
     # ------------------------------------------------------------------ requests
 
@@ -296,6 +304,9 @@ class RateLimiter:
         """0 when the request may go now (and it is counted), else the seconds until it may."""
         now = self.clock()
         with self._lock:
+            if len(self._buckets) > 10_000:  # forget clients whose bucket has refilled: memory stays bounded
+                full = self.burst / self.rate
+                self._buckets = {c: b for c, b in self._buckets.items() if now - b[1] < full}
             tokens, last = self._buckets.get(client, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
             if tokens >= 1.0:
@@ -308,7 +319,14 @@ class RateLimiter:
 def create_app(service: TrainerService, api_key: str) -> Any:
     """The ASGI app: routes, the key check, the rate limit and the body-size limit."""
     settings = service.settings
-    app = FastAPI(title="sapo serve", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # uvicorn's graceful shutdown (SIGINT, SIGTERM) runs this, then re-raises the signal:
+        # code after uvicorn.run would never run, so the last checkpoint is written here.
+        await asyncio.to_thread(service.stop)
+
+    app = FastAPI(title="sapo serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     limiter = RateLimiter(settings.rate, settings.burst)
     expected = api_key.encode()
 

@@ -84,9 +84,7 @@ def serve(config_file: str | None, sets: tuple[str, ...], host: str, port: int, 
         try:
             uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning", access_log=False)
         finally:
-            service.stop()
-            if service.steps and service.error is None:
-                service.checkpoint()
+            service.stop()  # already done by the app's shutdown, unless uvicorn failed to start
             node.close()
     except ImportError as exc:
         raise click.ClickException(f"sapo serve needs FastAPI and uvicorn: pip install 'sapo-local[serve]' ({exc})")
