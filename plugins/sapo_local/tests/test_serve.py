@@ -217,6 +217,21 @@ def test_a_restart_resumes_from_the_checkpoint_written_at_shutdown(tiny_model, t
         again.stop()
 
 
+def test_new_rollouts_wait_while_the_learner_is_behind(tiny_model, tmp_path):
+    served = Served(tiny_model, tmp_path, "--batch-groups", "8", "--max-queued-groups", "2")
+    try:
+        with RemoteTrainer(served.url, api_key=KEY, retries=0) as trainer:
+            groups = trainer.rollouts(["Sort: b a", "Sort: d c"])
+            trainer.post_rewards({r.rollout_id: varied(r.text, i) for g in groups for i, r in enumerate(g.rollouts)})
+            assert trainer.status()["queued_groups"] == 2
+            with pytest.raises(RemoteError) as busy:
+                trainer.rollouts(["Sort: f e"])
+            assert busy.value.status == 503 and "learner is 2 complete groups behind" in str(busy.value)
+            assert trainer.status()["groups_opened"] == 2, "the refused request opened nothing"
+    finally:
+        served.stop()
+
+
 def test_no_key_no_server(sapo_cli, monkeypatch, tmp_path):
     monkeypatch.delenv("SAPO_SERVE_API_KEY", raising=False)
     monkeypatch.setenv("SAPO_KEYS_FILE", str(tmp_path / "none.json"))
