@@ -191,6 +191,7 @@ def test_the_staleness_bound(replay, tokenizer, tmp_path):
         weights.before_generate(p)
         synced.append(weights.server_version)
         assert version - weights.server_version <= 2, "never more than max_staleness steps behind"
+        assert weights.metrics()["staleness"] == version - weights.server_version
     assert synced == [0, 0, 3, 3, 3, 6, 6], "a sync when the lag would exceed the bound, not before"
 
     frozen = sync(replay, tmp_path / "frozen", mode="none", max_staleness=1)

@@ -96,16 +96,16 @@ class WeightSync:
         if policy is None:  # no learner in this process: the servers' weights are the policy
             return
         lag = int(policy.version) - self.server_version
-        self.last_lag = lag
-        if lag <= self.max_staleness:
-            return
-        if self.mode == "none":
-            raise BackendError(
-                f"the inference servers are {lag} learner steps behind, more than inference.max_staleness = "
-                f"{self.max_staleness}, and inference.weight_sync = none. Set inference.weight_sync = auto (lora or "
-                "full) so they load the new weights, or raise inference.max_staleness to train off-policy on purpose."
-            )
-        self.sync(policy)
+        if lag > self.max_staleness:
+            if self.mode == "none":
+                raise BackendError(
+                    f"the inference servers are {lag} learner steps behind, more than inference.max_staleness = "
+                    f"{self.max_staleness}, and inference.weight_sync = none. Set inference.weight_sync = auto (lora "
+                    "or full) so they load the new weights, or raise inference.max_staleness to train off-policy on "
+                    "purpose."
+                )
+            self.sync(policy)
+        self.last_lag = int(policy.version) - self.server_version  # what this generation samples with
 
     def resolve_mode(self, policy: Any) -> str:
         lora = hasattr(policy.model, "peft_config")
