@@ -237,7 +237,7 @@ def test_errors_that_waiting_cannot_fix_stop_at_once_without_the_key(monkeypatch
         api.generate(PROBLEMS, 4, SamplingParams())
     assert len(handler.requests) <= 2  # no retries; the other problem's request may already be out
     assert hint in str(info.value) and f"({status}: Incorrect API key provided: <redacted>.)" in str(info.value)
-    assert KEY not in str(info.value) and KEY not in caplog.text
+    assert KEY not in str(info.value) and KEY not in caplog.text and KEY not in repr(api)
 
 
 def test_caps_stop_the_run_cleanly(monkeypatch):
@@ -282,3 +282,15 @@ def test_the_judge_scores_zero_for_a_completion_the_api_refuses_and_never_raises
     assert handler.bodies()[0]["temperature"] == 0.0 and handler.bodies()[0]["seed"] == 20250101
     metrics = judge.round_metrics()
     assert metrics["requests_failed"] == 1 and metrics["cached"] == 1  # the refused one is asked again next time
+
+
+def test_every_setting_is_a_key_the_config_accepts_in_inference_and_eval():
+    """No setting may read as a typo of a core key (inference.max_new_tokens, eval.every, ...)."""
+    import attrs
+
+    from sapo_core.config import load_config
+
+    names = [field.name for field in attrs.fields(APISettings)]
+    config = load_config(env={}, sets=["eval.inference=openai", *(f"{section}.{name}=1" for section in ("inference", "eval")
+                                                                   for name in names)])
+    assert sorted(config.extras("inference")) == sorted(names) == sorted(config.extras("eval"))

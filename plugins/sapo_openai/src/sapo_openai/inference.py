@@ -50,7 +50,7 @@ def connect(provider: Provider, settings: ConnectionSettings, model: str, *, lab
               timeout_s=settings.timeout_s, max_connections=settings.max_in_flight, transport=transport,
               http_backend=settings.http_backend, **api_options)
     usage = Usage.build(model, price_input=settings.price_input, price_output=settings.price_output,
-                        max_requests=settings.max_requests, max_tokens=settings.max_run_tokens,
+                        max_requests=settings.max_requests, max_tokens=settings.max_total_tokens,
                         max_dollars=settings.max_dollars, where=where)
     engine = Engine(api=api, usage=usage, max_in_flight=settings.max_in_flight, max_retries=settings.max_retries,
                     backoff_s=settings.backoff_s, backoff_max_s=settings.backoff_max_s,

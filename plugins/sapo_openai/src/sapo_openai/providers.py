@@ -81,7 +81,7 @@ class API:
     provider: Provider
     model: str
     base_url: str  # "" = the provider's
-    key: str | None
+    key: str | None = attrs.field(repr=False)  # never in a repr, a log line or a traceback's locals dump
     max_tokens_param: str = "max_tokens"
     use_n: bool = True
     send_seed: bool = True

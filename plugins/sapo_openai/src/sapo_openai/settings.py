@@ -38,7 +38,7 @@ class ConnectionSettings:
     backoff_max_s: float = attrs.field(default=30.0, validator=ge(0))  # the longest wait between tries
     retry_after_max_s: float = attrs.field(default=120.0, validator=ge(0))  # a server's Retry-After is honoured up to this
     max_requests: int = attrs.field(default=0, validator=ge(0))  # per run, tries included
-    max_run_tokens: int = attrs.field(default=0, validator=ge(0))  # prompt + completion tokens per run
+    max_total_tokens: int = attrs.field(default=0, validator=ge(0))  # prompt + completion tokens per run
     max_dollars: float = attrs.field(default=0.0, validator=ge(0))  # estimated cost per run (needs a known price)
     price_input: float | None = attrs.field(default=None, validator=_optional_price)  # $ per million prompt tokens
     price_output: float | None = attrs.field(default=None, validator=_optional_price)  # $ per million completion tokens

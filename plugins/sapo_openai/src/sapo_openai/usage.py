@@ -73,7 +73,7 @@ class Caps:
             return f"max_requests = {self.max_requests} ({total.requests} requests sent)"
         tokens = total.prompt_tokens + total.completion_tokens
         if self.max_tokens and tokens >= self.max_tokens:
-            return f"max_run_tokens = {self.max_tokens} ({tokens} tokens used)"
+            return f"max_total_tokens = {self.max_tokens} ({tokens} tokens used)"
         if self.max_dollars and total.cost_usd >= self.max_dollars:
             return f"max_dollars = {self.max_dollars:g} (about ${total.cost_usd:.4f} spent)"
         return None
