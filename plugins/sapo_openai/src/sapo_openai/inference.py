@@ -86,12 +86,13 @@ class APIInference:
         finally:
             await client.close()
         out = []
-        for problem, got in zip(problems, slots):
+        for got in slots:
+            # Every completion received is returned, in replicate order; a short list (the contract)
+            # tells the node this problem failed.
             done = [c for c in got if c is not None]
             if len(done) < n:
                 self.engine.usage.count("problems_failed")
-            # Every completion received is kept: the contract says a short list drops the problem.
-            out.append(done if len(done) == n else done[: next(i for i, c in enumerate(got) if c is None)])
+            out.append(done)
         return out
 
     async def _problem(self, client: Any, problem: Problem, n: int, params: SamplingParams,
