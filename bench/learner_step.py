@@ -38,6 +38,9 @@ import measure  # noqa: E402
 import shapes  # noqa: E402
 
 IMPLEMENTATIONS = ("sapo", "trl")
+# Run only when asked: sapo with its log-prob pass before the fused chunk kernels (`previous_logprobs`),
+# and sapo with those kernels torch.compile'd on any device (the default compiles them on CUDA only).
+VARIANTS = ("sapo-previous", "sapo-compiled")
 
 
 def rollouts(tokenizer: Any, args: argparse.Namespace) -> list[Any]:
@@ -93,6 +96,12 @@ def run_sapo(args: argparse.Namespace, folder: Path, dev: Any) -> tuple[list[flo
     from sapo_local.policy import Policy, prompt_ids
     from sapo_local.settings import GRPOSettings
 
+    if args.worker == "sapo-previous":
+        import previous_logprobs
+
+        import sapo_local.learner
+
+        sapo_local.learner.selected_logprobs = previous_logprobs.selected_logprobs
     spec = f"random:{folder}"
     tokenizer = load_tokenizer(spec)
     policy = Policy(spec=spec, model=load_model(spec, device=dev, dtype=torch.float32), tokenizer=tokenizer,
@@ -104,6 +113,8 @@ def run_sapo(args: argparse.Namespace, folder: Path, dev: Any) -> tuple[list[flo
                             logprob_chunk_size=args.logprob_chunk_size)
     learner = GRPOLearner(policy, settings, total_steps=args.warmup + args.steps, max_completion_length=args.tokens,
                           seed=0, node="bench")
+    if args.worker == "sapo-compiled":
+        learner.accelerator.unwrap_model(learner.module).compile = True
     times: list[float] = []
     metrics: dict = {}
     for step in range(args.warmup + args.steps):
@@ -217,7 +228,7 @@ def worker(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     dev = measure.device(args.device)
     folder = shapes.from_arguments(args)
-    run = {"sapo": run_sapo, "trl": run_trl}[args.worker]
+    run = run_trl if args.worker == "trl" else run_sapo
     if args.profile:
         args.profile = f"{args.profile}.{args.worker}.txt"
     times, peak, extra = run(args, folder, dev)
@@ -245,21 +256,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     shapes.add_arguments(parser, tokens_help="completion length (every completion)")
     measure.add_arguments(parser)
-    parser.add_argument("--impl", action="append", choices=IMPLEMENTATIONS, help="default: both")
+    parser.add_argument("--impl", action="append", choices=IMPLEMENTATIONS + VARIANTS, help="default: sapo and trl")
     parser.add_argument("--micro-rows", type=int, default=16, help="completions per micro-batch, both learners")
     parser.add_argument("--loss-type", default="grpo", choices=("grpo", "dr_grpo", "dapo"))
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--logprob-chunk-size", type=int, default=1024, help="sapo's train.logprob_chunk_size")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--profile", help="write a torch.profiler table of one more step to PROFILE.<learner>.txt")
-    parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=IMPLEMENTATIONS + VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     rows = args.problems * args.completions
     if args.micro_rows < 1 or rows % args.micro_rows:
         parser.error(f"--micro-rows must divide problems x completions ({rows}); got {args.micro_rows}")
     if args.worker:
         return worker(args)
-    forwarded = [a for a in sys.argv[1:] if a not in ("--impl",) and a not in IMPLEMENTATIONS]
+    forwarded = [a for a in sys.argv[1:] if a not in ("--impl",) and a not in IMPLEMENTATIONS + VARIANTS]
     results = {}
     for impl in args.impl or IMPLEMENTATIONS:
         results[impl] = measure.run_worker(__file__, [impl, *forwarded], timeout=args.timeout)
@@ -278,6 +289,11 @@ def main() -> None:
         s, t = ok["sapo"], ok["trl"]
         print(f"sapo / TRL: tokens/s x{s['completion_tok_s'] / t['completion_tok_s']:.2f} (target >= 1.5), "
               f"peak memory x{s['peak_mib'] / t['peak_mib']:.2f} (target <= 0.6)")
+    for variant in ("sapo", "sapo-compiled"):
+        if variant in ok and "sapo-previous" in ok:
+            s, p = ok[variant], ok["sapo-previous"]
+            print(f"{variant} / sapo-previous: tokens/s x{s['completion_tok_s'] / p['completion_tok_s']:.2f}, "
+                  f"peak memory x{s['peak_mib'] / p['peak_mib']:.2f}")
 
 
 if __name__ == "__main__":

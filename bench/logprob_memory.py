@@ -1,14 +1,18 @@
-"""Memory of the completion tokens' log-probs: sapo's chunked computation against a plain full log-softmax.
+"""Memory and time of the completion tokens' log-probs: sapo's chunked computation against a plain full log-softmax.
 
     python bench/logprob_memory.py --tokens 8192 --vocab 151936 --hidden 896           # a GPU, bf16
     python bench/logprob_memory.py --tokens 1024 --vocab 151936 --hidden 576           # the CPU variant, fp32
 
-Forward and backward of ``sum(log p(target))`` over N tokens, from hidden states [N, H] and an
-LM head [V, H] (both trainable, random): ``full`` is ``log_softmax(hidden @ W.T).gather(...)``
-with the logits in float32, as a plain implementation writes it; ``chunked`` is
-`sapo_local.logprobs.selected_logprobs` (``--chunk-size`` rows at a time, recomputed in
-backward). Each runs in its own process. "extra" is the peak above what the inputs already
-hold (hidden, weight, targets), which is what the computation costs; the ratio is taken on it.
+Forward and backward of ``sum(w * log p(target))`` (w random: a real upstream gradient) over N
+tokens, from hidden states [N, H] and an LM head [V, H] (both trainable, random). Variants:
+``full`` is ``log_softmax(hidden @ W.T).gather(...)`` with the logits in float32, as a plain
+implementation writes it; ``previous`` is sapo's chunked pass before the fused chunk kernels
+(`previous_logprobs`: checkpointed chunks, autograd through them); ``sapo`` and ``sapo-compiled``
+are `sapo_local.logprobs.selected_logprobs` with its chunk kernels eager and torch.compile'd
+(``--chunk-size`` rows at a time). Each runs in its own process; times are medians over
+``--repeats`` after ``--warmup`` untimed runs (which include compiling). "extra" is the peak
+above what the inputs already hold (hidden, weight, targets), which is what the computation
+costs; the ratios are taken on it.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from statistics import median
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import measure  # noqa: E402
 
-VARIANTS = ("full", "chunked")
+VARIANTS = ("full", "previous", "sapo", "sapo-compiled")
 
 
 def worker(args: argparse.Namespace) -> None:
     import torch
 
+    import previous_logprobs
     from sapo_local.logprobs import selected_logprobs
 
     if args.threads:
@@ -38,15 +43,18 @@ def worker(args: argparse.Namespace) -> None:
     hidden = torch.randn(args.tokens, args.hidden, generator=generator).to(dev, dtype).requires_grad_()
     weight = (torch.randn(args.vocab, args.hidden, generator=generator) * 0.02).to(dev, dtype).requires_grad_()
     targets = torch.randint(0, args.vocab, (args.tokens,), generator=generator).to(dev)
+    upstream = torch.rand(args.tokens, generator=generator).to(dev)
 
     def full() -> torch.Tensor:
         logits = (hidden @ weight.T).float()
         return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
 
-    def chunked() -> torch.Tensor:
-        return selected_logprobs(hidden, weight, targets, chunk_size=args.chunk_size)
+    def chunked(implementation, **kwargs):
+        return lambda: implementation(hidden, weight, targets, chunk_size=args.chunk_size, **kwargs)
 
-    compute = {"full": full, "chunked": chunked}[args.worker]
+    compute = {"full": full, "previous": chunked(previous_logprobs.selected_logprobs),
+               "sapo": chunked(selected_logprobs, compile=False),
+               "sapo-compiled": chunked(selected_logprobs, compile=True)}[args.worker]
     times: list[float] = []
     peaks: list[float] = []
     for repeat in range(args.warmup + args.repeats):
@@ -56,13 +64,14 @@ def worker(args: argparse.Namespace) -> None:
         measure.reset_peak(dev)
         baseline = baseline if dev.type == "cuda" else measure.peak_mib(dev)  # RSS right after the reset
         with measure.timed(dev, times if repeat >= args.warmup else []):
-            value = compute().sum()
+            value = (compute() * upstream).sum()
             value.backward()
         if repeat >= args.warmup:
             peaks.append(measure.peak_mib(dev) - baseline)
         checksum = float(value)
     measure.emit({"variant": args.worker, "device": measure.device_name(dev), "dtype": str(dtype).removeprefix("torch."),
-                  "extra_mib": max(peaks), "seconds": median(times), "sum": checksum})
+                  "extra_mib": max(peaks), "seconds": median(times), "times": times, "sum": checksum,
+                  "grad_norms": [float(hidden.grad.float().norm()), float(weight.grad.float().norm())]})
 
 
 def main() -> None:
@@ -74,23 +83,30 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=1024, help="sapo's train.logprob_chunk_size")
     parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help="auto: bf16 on a GPU, else fp32")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--variant", action="append", choices=VARIANTS, help="default: all")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    results = {v: measure.run_worker(__file__, [v, *sys.argv[1:]], timeout=args.timeout) for v in VARIANTS}
-    for variant, result in results.items():
-        print(f"{variant}: {result}", flush=True)
+    forwarded = [a for a in sys.argv[1:] if a != "--variant" and a not in VARIANTS]
+    results = {}
+    for variant in args.variant or VARIANTS:
+        results[variant] = measure.run_worker(__file__, [variant, *forwarded], timeout=args.timeout)
+        print(f"{variant}: {results[variant]}", flush=True)
     ok = {k: r for k, r in results.items() if "error" not in r}
     if not ok:
         raise SystemExit("no variant ran")
     any_result = next(iter(ok.values()))
     print(f"\n{args.tokens} tokens, vocabulary {args.vocab}, hidden {args.hidden}, {any_result['dtype']}, "
-          f"chunk {args.chunk_size}, {any_result['device']}")
-    print(measure.table(("log-probs", "extra peak MiB", "fwd+bwd s"), [(k, r["extra_mib"], r["seconds"]) for k, r in ok.items()]))
-    if len(ok) == 2:
-        print(f"chunked / full: memory x{ok['chunked']['extra_mib'] / ok['full']['extra_mib']:.3f} (target <= 0.25), "
-              f"time x{ok['chunked']['seconds'] / ok['full']['seconds']:.2f}; sums {ok['chunked']['sum']:.6g} / {ok['full']['sum']:.6g}")
+          f"chunk {args.chunk_size}, {any_result['device']}, median of {args.repeats}")
+
+    def ratio(r: dict, key: str, base: str) -> str:
+        return f"x{r[key] / ok[base][key]:.2f}" if base in ok else "n/a"
+
+    print(measure.table(("log-probs", "extra peak MiB", "fwd+bwd s", "memory / full", "time / full", "time / previous",
+                         "sum"), [(k, r["extra_mib"], r["seconds"], ratio(r, "extra_mib", "full"), ratio(r, "seconds", "full"),
+                                   ratio(r, "seconds", "previous"), f"{r['sum']:.6g}") for k, r in ok.items()]))
+    print("memory target: <= 0.25 x full")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,13 @@ def test_learner_step(tmp_path):
         assert "| trl |" in out and "sapo / TRL: tokens/s x" in out
 
 
+def test_learner_step_against_sapo_before_the_fused_log_prob_kernels(tmp_path):
+    out = run("learner_step.py", "--shape", "tiny", "--tokens", "8", "--problems", "2", "--completions", "2",
+              "--micro-rows", "2", "--steps", "1", "--shapes-root", str(tmp_path), "--impl", "sapo",
+              "--impl", "sapo-previous", tmp_path=tmp_path)
+    assert "| sapo-previous |" in out and "sapo / sapo-previous: tokens/s x" in out
+
+
 def test_learner_step_refuses_a_micro_batch_that_does_not_divide_the_batch(tmp_path):
     done = subprocess.run([sys.executable, str(BENCH / "learner_step.py"), "--micro-rows", "5"], capture_output=True,
                           text=True, timeout=120)
@@ -70,7 +77,10 @@ def test_generation(tmp_path):
 def test_logprob_memory(tmp_path):
     out = run("logprob_memory.py", "--tokens", "256", "--vocab", "4096", "--hidden", "32", "--chunk-size", "32",
               "--repeats", "1", tmp_path=tmp_path)
-    assert "| full |" in out and "| chunked |" in out
+    assert all(f"| {v} |" in out for v in ("full", "previous", "sapo", "sapo-compiled"))
     results = worker_results(out)
-    assert results["chunked"]["sum"] == pytest.approx(results["full"]["sum"], rel=1e-5)  # the same values
-    assert results["chunked"]["extra_mib"] >= 0 and results["full"]["extra_mib"] > 0
+    for variant in ("previous", "sapo", "sapo-compiled"):  # the same values and gradients as the full log-softmax
+        assert results[variant]["sum"] == pytest.approx(results["full"]["sum"], rel=1e-5)
+        assert results[variant]["grad_norms"] == pytest.approx(results["full"]["grad_norms"], rel=1e-4)
+        assert results[variant]["extra_mib"] >= 0
+    assert results["full"]["extra_mib"] > 0

@@ -57,13 +57,70 @@ def test_float64_is_tight_and_bias_gets_its_gradient():
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
-def test_bfloat16_model_gives_float32_logprobs():
-    hidden, weight, targets = inputs(20, dtype=torch.bfloat16)
-    got = selected_logprobs(hidden, weight, targets, chunk_size=7)
-    assert got.dtype == torch.float32
-    torch.testing.assert_close(got, naive(hidden, weight, targets))  # same bf16 matmul, float32 softmax
-    got.sum().backward()
-    assert hidden.grad.dtype == weight.grad.dtype == torch.bfloat16
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_bfloat16_model_gives_float32_logprobs_and_the_naive_gradients(softcap):
+    hidden, weight, targets = inputs(41, h=16, v=300, dtype=torch.bfloat16, scale=2.0)
+    want = values_and_grads(naive, hidden, weight, targets, temperature=0.8, softcap=softcap)
+    got = values_and_grads(selected_logprobs, hidden, weight, targets, chunk_size=7, temperature=0.8, softcap=softcap)
+    assert got[0].dtype == torch.float32 and got[1].dtype == got[2].dtype == torch.bfloat16
+    # Same bf16 matmul and float32 softmax: the values agree to float32 rounding; the gradients are
+    # rounded to bf16 on both sides, and the weight's is summed over chunks in bf16 here.
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], want[1], atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(got[2], want[2], atol=2e-2, rtol=2e-2)
+
+
+def test_under_autocast_float32_weights_get_float32_gradients_of_the_bf16_projection():
+    hidden, weight, targets = inputs(29, h=16, v=300, scale=2.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = values_and_grads(naive, hidden, weight, targets)
+        got = values_and_grads(selected_logprobs, hidden, weight, targets, chunk_size=8)
+    assert got[0].dtype == torch.float32 and got[1].dtype == got[2].dtype == torch.float32
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+    # The weight's gradient is a bf16 product over all 29 rows there, over chunks of 8 summed in
+    # float32 here: they agree to bf16 rounding of the largest entries.
+    assert (got[2] - want[2]).abs().max() <= 1e-2 * want[2].abs().max()
+    # And it was the bf16 projection: float32 logits would differ by more than that.
+    exact = values_and_grads(naive, hidden, weight, targets)
+    assert (exact[0] - got[0]).abs().max() > 1e-4
+
+
+def test_only_the_gradients_asked_for_are_computed():
+    hidden, weight, targets = inputs(13)
+    weight.requires_grad_(False)  # a frozen head (LoRA)
+    got = selected_logprobs(hidden, weight, targets, chunk_size=4)
+    (gh,) = torch.autograd.grad(got.sum(), (hidden,))
+    (wh,) = torch.autograd.grad(naive(hidden, weight, targets).sum(), (hidden,))
+    torch.testing.assert_close(gh, wh, atol=1e-5, rtol=1e-5)
+    assert weight.grad is None
+
+
+def test_ragged_padded_batch_through_the_learner_module_matches_the_full_logits():
+    """A real (tiny) model on right-padded rows of different lengths: the module's log-probs and
+    the gradients of every parameter equal those of the model's own full logits."""
+    from sapo_local.learner import CompletionLogprobs, Example, micro_batches
+    from sapo_local.models import tiny_llama
+
+    g = torch.Generator().manual_seed(3)
+    vocab, pad = 300, 0
+    examples = [Example(prompt=tuple(torch.randint(1, vocab, (p,), generator=g).tolist()),
+                        completion=tuple(torch.randint(1, vocab, (c,), generator=g).tolist()), advantage=0.0,
+                        external=False) for p, c in ((3, 9), (5, 2), (2, 14), (4, 1))]
+    (batch,) = micro_batches(examples, 10_000, pad, torch.device("cpu"))
+    assert batch.mask.shape == (4, 14) and batch.mask.sum() == 26  # padded: lengths 1, 2, 9, 14
+    model = tiny_llama(vocab, seed=0)
+    module = CompletionLogprobs(model, chunk_size=5, temperature=0.7)
+    upstream = torch.randn(26, generator=g)
+
+    got = module(batch.input_ids, batch.attention_mask, batch.rows, batch.positions, batch.targets)
+    got_grads = torch.autograd.grad((got * upstream).sum(), list(model.parameters()))
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    want = torch.log_softmax(logits / 0.7, -1)[batch.rows, batch.positions - 1].gather(-1, batch.targets[:, None])[:, 0]
+    want_grads = torch.autograd.grad((want * upstream).sum(), list(model.parameters()))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_no_grad_and_empty():
@@ -114,5 +171,47 @@ def test_saves_far_less_than_the_full_logits_for_backward():
     hidden, weight, targets = inputs(n, h=4, v=v)
     got = saved_bytes(lambda: selected_logprobs(hidden, weight, targets, chunk_size=1024))
     assert got < 0.25 * full
-    # In fact only the inputs (hidden, weight, targets) are kept: no logits at all.
-    assert got <= (hidden.numel() + weight.numel()) * 4 + targets.numel() * 8
+    # In fact only the inputs (hidden, weight, targets) and one logsumexp per row are kept: no logits at all.
+    assert got <= (hidden.numel() + weight.numel()) * 4 + targets.numel() * 8 + n * 4
+
+
+@pytest.mark.slow  # compiles two kernels with the C++ compiler: about 20 s on two cores
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_kernels_give_the_eager_values_and_gradients(dtype):
+    import sapo_local.logprobs as module
+
+    hidden, weight, targets = inputs(37, h=16, v=300, dtype=dtype, scale=2.0)
+    eager = values_and_grads(selected_logprobs, hidden, weight, targets, chunk_size=16, temperature=0.7, compile=False)
+    compiled = values_and_grads(selected_logprobs, hidden, weight, targets, chunk_size=16, temperature=0.7, compile=True)
+    assert module._compiled not in (None, False)  # it did compile (a fallback would have reset it to False)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # fused kernels round in another order
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, atol=tolerance * b.abs().max().item(), rtol=tolerance)
+
+
+FALLBACK = """
+import logging, torch
+from sapo_local.logprobs import selected_logprobs
+logging.basicConfig(level=logging.WARNING)
+g = torch.Generator().manual_seed(0)
+hidden, weight = torch.randn(9, 4, generator=g), torch.randn(50, 4, generator=g)
+targets = torch.randint(50, (9,), generator=g)
+got = selected_logprobs(hidden, weight, targets, chunk_size=4, compile=True)
+want = torch.log_softmax(hidden @ weight.T, -1).gather(-1, targets[:, None])[:, 0]
+torch.testing.assert_close(got, want)
+print("values ok")
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter that tries to compile
+def test_a_failing_compiler_falls_back_to_the_eager_kernels(tmp_path):
+    """No usable C++ compiler (as on a machine without one): a warning, then the same values."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", FALLBACK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "values ok" in done.stdout
+    assert "torch.compile of the log-prob kernels failed" in done.stderr

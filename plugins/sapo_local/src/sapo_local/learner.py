@@ -58,11 +58,12 @@ class CompletionLogprobs(torch.nn.Module):
     chunks, so the full [tokens, vocab] logits never exist at once.
     """
 
-    def __init__(self, model: Any, *, chunk_size: int, temperature: float) -> None:
+    def __init__(self, model: Any, *, chunk_size: int, temperature: float, compile: bool | None = None) -> None:
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
         self.temperature = temperature
+        self.compile = compile  # of the per-chunk log-prob kernels; None: on CUDA (see selected_logprobs)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.softcap = getattr(base.config, "final_logit_softcapping", None)
 
@@ -77,7 +78,7 @@ class CompletionLogprobs(torch.nn.Module):
         picked = hidden[rows, positions - 1]
         head = base.get_output_embeddings()
         return selected_logprobs(picked, head.weight, targets, chunk_size=self.chunk_size, temperature=self.temperature,
-                                 softcap=self.softcap, bias=getattr(head, "bias", None))
+                                 softcap=self.softcap, bias=getattr(head, "bias", None), compile=self.compile)
 
 
 @attrs.frozen
@@ -196,7 +197,8 @@ class GRPOLearner:
         optimizer = torch.optim.AdamW(trainable, lr=settings.lr, betas=settings.adam_betas, weight_decay=settings.weight_decay,
                                       fused=policy.device.type == "cuda")
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings, total_steps))
-        module = CompletionLogprobs(model, chunk_size=settings.logprob_chunk_size, temperature=temperature)
+        module = CompletionLogprobs(model, chunk_size=settings.logprob_chunk_size, temperature=temperature,
+                                    compile=None if settings.compile_logprobs else False)
         self.module, self.optimizer = self.accelerator.prepare(module, optimizer)
         self.scheduler = scheduler
         self._prompts: dict[str, tuple[int, ...]] = {}
@@ -341,7 +343,8 @@ class GRPOLearner:
         if self.reference is None:  # LoRA: the base model is the reference
             with unwrapped.model.disable_adapter():
                 return self._logprobs(batches)
-        reference = CompletionLogprobs(self.reference, chunk_size=unwrapped.chunk_size, temperature=unwrapped.temperature)
+        reference = CompletionLogprobs(self.reference, chunk_size=unwrapped.chunk_size, temperature=unwrapped.temperature,
+                                       compile=unwrapped.compile)
         return [batch.to_padded(reference(batch.input_ids, batch.attention_mask, batch.rows, batch.positions,
                                           batch.targets)) for batch in batches]
 

@@ -2,33 +2,150 @@
 
 The naive ``log_softmax(hidden @ weight.T, -1).gather(targets)`` keeps an N x V float32 tensor
 alive for backward: 4096 completion tokens x 150k vocabulary is 2.4 GB, usually more than the
-model itself. Here the N rows go through in chunks, and each chunk runs under activation
-checkpointing, so backward recomputes that chunk's logits instead of keeping them: the extra
-memory is about one chunk of logits (``chunk_size x V``), forward or backward. The price is
-one more ``hidden @ weight.T`` per chunk in backward; the values and gradients are the
-naive ones (same ops, same float32 reduction), not an approximation.
+model itself. Here the N rows go through in chunks of ``chunk_size``, in one autograd Function
+with its own backward. For one row, with logits l = h W^T + b, scale s = 1 / temperature and
+(Gemma's softcap c, else z = l) z = c tanh(l / c):
+
+    forward   lse = logsumexp(s z),  logp = s z_t - lse        (only lse, N numbers, is kept)
+    backward  p = exp(s z - lse) = softmax(s z)
+              dL/dl = -g s (p - onehot(t)) * dz/dl,  dz/dl = 1 - tanh(l / c)^2 (1 without a softcap)
+              dL/dh = dL/dl W,   dL/dW = sum over rows of dL/dl^T h,   dL/db = sum over rows of dL/dl
+
+where g is the upstream gradient of logp. Backward recomputes each chunk's logits (one more
+``hidden @ weight.T`` per chunk) and goes straight to dL/dl: no float32 copy of a chunk is saved,
+and nothing of the forward's normalisation is redone. The matmuls run in the model's dtype (or
+autocast's), the normalisation in float32 (float64 stays float64), where a sum over 150k terms
+is accurate; each [chunk, V] block is read and written a few times only (`_chunk_forward`,
+`_chunk_backward`). Those two can also run torch.compile'd (``compile``), which fuses each into
+one or two kernels; on by default on CUDA, and if compiling fails the eager code runs instead.
 """
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+
+log = logging.getLogger("sapo.local")
 
 
-def _chunk_logprobs(
-    hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, temperature: float, softcap: float | None
-) -> Tensor:
-    # The matmul runs in the model's dtype (a float32 copy of a bf16 `weight` would cost V x H x 4
-    # bytes per chunk); the normalisation runs in float32 (float64 stays float64), where a
-    # logsumexp over 150k terms is accurate.
-    logits = torch.nn.functional.linear(hidden, weight, bias)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    if softcap is not None:  # part of the model (Gemma): before the sampler's temperature
-        logits = softcap * torch.tanh(logits / softcap)
-    if temperature != 1.0:  # the sampler's: the completions were drawn from softmax(logits / T)
-        logits = logits / temperature
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+def _chunk_forward(logits: Tensor, targets: Tensor, scale: float, softcap: float | None) -> tuple[Tensor, Tensor]:
+    """(logp [C], lse [C]) of one chunk of logits [C, V] in the model's dtype, both in float32 (or float64)."""
+    wide = torch.promote_types(logits.dtype, torch.float32)
+    # The row maximum of the raw logits is exact in their own dtype and costs a read of them only;
+    # tanh is increasing, so the capped maximum follows from it.
+    top = logits.amax(-1, keepdim=True).to(wide)
+    if softcap is None:
+        # One pass: upcast, shift by the maximum and scale (a float32 second operand makes the op
+        # compute and write in float32: no separate float32 copy of the chunk).
+        shifted = torch.add(top * -scale, logits, alpha=scale)
+    else:
+        shifted = logits.to(wide, copy=True).div_(softcap).tanh_()
+        shifted = torch.add(torch.tanh(top / softcap) * -(softcap * scale), shifted, alpha=softcap * scale)
+    picked = shifted.gather(-1, targets[:, None]).squeeze(-1)
+    log_total = shifted.exp_().sum(-1).log()
+    shift = top.squeeze(-1) if softcap is None else softcap * torch.tanh(top.squeeze(-1) / softcap)
+    return picked - log_total, shift * scale + log_total
+
+
+def _chunk_backward(logits: Tensor, targets: Tensor, lse: Tensor, grad: Tensor, scale: float,
+                    softcap: float | None) -> Tensor:
+    """dL/dlogits [C, V] in the logits' dtype, from the upstream gradient ``grad`` [C] of the chunk's logp."""
+    wide = lse.dtype
+    coef = grad.to(wide) * -scale  # dL/dl_j = coef (p_j - onehot_j) dz/dl_j
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    at_target = logits[rows, targets].to(wide)
+    if softcap is None:
+        d = torch.add(-lse[:, None], logits, alpha=scale).exp_()  # p: upcast, shift and scale in one pass
+        d = d.mul_(coef[:, None]).to(logits.dtype)
+        target_d = (torch.exp(at_target * scale - lse) - 1.0) * coef
+    else:
+        capped = logits.to(wide, copy=True).div_(softcap).tanh_()
+        d = torch.add(-lse[:, None], capped, alpha=softcap * scale).exp_()
+        d = d.mul_(coef[:, None]).mul_(capped.square_().neg_().add_(1.0)).to(logits.dtype)
+        y = torch.tanh(at_target / softcap)
+        target_d = (torch.exp(y * (softcap * scale) - lse) - 1.0) * coef * (1.0 - y * y)
+    # The target's entry, coef (p_t - 1) dz/dl, is written apart, from float32: where p_t is near 1
+    # the difference is small, and subtracting 1 after rounding to bf16 would lose it. (Also keeps
+    # the big pass a plain elementwise one, which torch.compile fuses into a single kernel.)
+    d[rows, targets] = target_d.to(d.dtype)
+    return d
+
+
+_EAGER = {"forward": _chunk_forward, "backward": _chunk_backward}
+_compiled: Any = None  # {"forward": ..., "backward": ...} torch.compile'd on first use; False once compiling failed
+
+
+def _run(kernel: str, compile: bool, *args: Any) -> Any:
+    """The chunk kernel ``forward`` or ``backward``: compiled when asked and possible, else eager."""
+    global _compiled
+    if not compile or _compiled is False:
+        return _EAGER[kernel](*args)
+    try:
+        if _compiled is None:
+            # dynamic: the last chunk is shorter; one compiled kernel serves every chunk length.
+            _compiled = {name: torch.compile(fn, dynamic=True) for name, fn in _EAGER.items()}
+        return _compiled[kernel](*args)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (no C++ compiler or Triton, unsupported device...: eager gives the same values)
+        _compiled = False
+        log.warning("torch.compile of the log-prob kernels failed (%s); computing them without it",
+                    str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        return _EAGER[kernel](*args)
+
+
+class _SelectedLogprobs(torch.autograd.Function):
+    """The chunked forward and backward of the module docstring; arguments as `selected_logprobs`."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk_size: int,
+                scale: float, softcap: float | None, dtype: torch.dtype, compile: bool) -> Tensor:
+        wide = torch.promote_types(dtype, torch.float32)
+        out = torch.empty(hidden.shape[0], dtype=wide, device=hidden.device)
+        lse = torch.empty_like(out)
+        # The casts are explicit (autocast would make the same ones) so that backward, which runs
+        # outside autocast, does exactly the same arithmetic.
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(dtype)
+            b = bias.to(dtype) if bias is not None else None
+            for start in range(0, hidden.shape[0], chunk_size):
+                part = slice(start, start + chunk_size)
+                logits = torch.nn.functional.linear(hidden[part].to(dtype), w, b)
+                out[part], lse[part] = _run("forward", compile, logits, targets[part], scale, softcap)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.settings = (chunk_size, scale, softcap, dtype, compile)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        chunk_size, scale, softcap, dtype, compile = ctx.settings
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(dtype)
+            b = bias.to(dtype) if bias is not None else None
+            for start in range(0, hidden.shape[0], chunk_size):
+                part = slice(start, start + chunk_size)
+                h = hidden[part].to(dtype)
+                logits = torch.nn.functional.linear(h, w, b)
+                d = _run("backward", compile, logits, targets[part], lse[part], grad_out[part], scale, softcap)
+                del logits  # the chunk's logits are dead: let the allocator reuse them for the products
+                if grad_h is not None:
+                    grad_h[part] = d @ w
+                if grad_w is not None:
+                    if grad_w.dtype == dtype:
+                        grad_w.addmm_(d.T, h)  # accumulates inside the product: one rounding per chunk
+                    else:  # autocast: the model-dtype product, summed in the weight's (float32) dtype
+                        grad_w += d.T @ h
+                if grad_b is not None:
+                    grad_b += d.sum(0)
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None
 
 
 def selected_logprobs(
@@ -40,15 +157,21 @@ def selected_logprobs(
     temperature: float = 1.0,
     softcap: float | None = None,
     bias: Tensor | None = None,
+    compile: bool | None = None,
 ) -> Tensor:
     """``log p(targets[i] | context_i)`` for each of N positions: shape [N], float32 (float64 for float64 inputs).
 
     ``hidden`` [N, H] are the decoder's final (normed) hidden states at the positions that predict
     ``targets`` [N] (completion tokens only), ``weight`` [V, H] (and ``bias`` [V], if the model's
     head has one) the LM head. With p = softmax(z / temperature) and z = softcap * tanh(h W^T / softcap)
-    (or h W^T without a softcap), exactly what ``torch.log_softmax(z / temperature, -1).gather(...)``
-    gives, gradients to ``hidden``, ``weight`` and ``bias`` included, but never holding more than
-    ``chunk_size`` rows of logits.
+    (or h W^T without a softcap), what ``torch.log_softmax(z / temperature, -1).gather(...)``
+    gives, gradients to ``hidden``, ``weight`` and ``bias`` included (to float tolerance), but never
+    holding more than ``chunk_size`` rows of logits. Under autocast the projection runs in
+    autocast's dtype, as ``linear`` would.
+
+    ``compile``: run the per-chunk normalisation and its gradient torch.compile'd (fused kernels).
+    None (default): on CUDA only. The first call compiles (seconds); if that fails, a warning is
+    logged and the eager code, which gives the same values, is used from then on.
     """
     if hidden.dim() != 2 or weight.dim() != 2 or targets.dim() != 1:
         raise ValueError(
@@ -63,20 +186,10 @@ def selected_logprobs(
         raise ValueError(f"bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
     if chunk_size < 1 or not temperature > 0 or (softcap is not None and not softcap > 0):
         raise ValueError(f"need chunk_size >= 1, temperature > 0, softcap > 0: got {chunk_size}, {temperature}, {softcap}")
-    targets = targets.long()
-    # Checkpointing only pays when a graph is being built; under no_grad (old / reference
-    # log-probs) the chunks run plainly and their logits are freed as soon as each is reduced.
-    track = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
-    out = []
-    # `split` (not slicing in a loop): its backward concatenates the chunk gradients once, where
-    # N/chunk separate slices would each scatter into a fresh zero [N, H] tensor.
-    for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size), strict=True):
-        if track:
-            # Non-reentrant checkpoint: inside, nothing is saved for backward but the inputs
-            # (views of hidden/weight, kept anyway); backward reruns this chunk, then frees it.
-            # No randomness inside, so the RNG state need not be stashed and restored.
-            args = (h, weight, bias, t, temperature, softcap)
-            out.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False, preserve_rng_state=False))
-        else:
-            out.append(_chunk_logprobs(h, weight, bias, t, temperature, softcap))
-    return torch.cat(out)
+    kind = hidden.device.type
+    dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    if torch.is_autocast_enabled(kind) and dtype != torch.float64:  # autocast leaves float64 alone
+        dtype = torch.get_autocast_dtype(kind)
+    compile = kind == "cuda" if compile is None else compile
+    return _SelectedLogprobs.apply(hidden, weight, bias, targets.long(), chunk_size, 1.0 / temperature, softcap,
+                                   dtype, compile)
