@@ -19,31 +19,11 @@ from sapo_core.config import load_config
 from sapo_core.errors import ConfigError, PluginError, SapoError
 from sapo_core.node import Node
 from sapo_core.records import Completion
-from sapo_core.seeding import derive_seed
+from sapo_core.testing import CoinFlipInference
 from sapo_core.transports import MemoryTransport
 
 
-class Oracle:
-    """Right or wrong answers in the expected format, by a coin flip seeded per replicate."""
-
-    def __init__(self, drop: set[str] | None = None) -> None:
-        self.calls = 0
-        self.drop = drop or set()
-
-    def generate(self, problems, n, params):
-        self.calls += 1
-        out = []
-        for problem in problems:
-            if problem.id in self.drop:
-                out.append([])
-                continue
-            completions = []
-            for i in range(n):
-                right = derive_seed(params.seed, problem.id, i) % 2 == 0
-                answer = problem.answer if right else int(problem.answer) + 1
-                completions.append(Completion(text=f"<think>adding up</think>\n<answer>{answer}</answer>", num_tokens=9))
-            out.append(completions)
-        return out
+Oracle = CoinFlipInference
 
 
 class Recorder:

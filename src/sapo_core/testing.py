@@ -7,6 +7,9 @@ Fixtures:
   the test ends; the CLI and `Node` see it.
 * ``sapo_cli``: runs ``sapo ...`` in-process and returns click's result.
 
+`CoinFlipInference` is an inference backend without a model (seeded right-or-wrong answers), to
+drive nodes in tests of transports, rewards, observers or learners.
+
 Contract checks, to call from a plugin's own tests: `check_inference`, `check_reward`,
 `check_transport`, and `check_leases` for a transport that can hold the coordinator's lease.
 
@@ -41,6 +44,7 @@ from sapo_core.interfaces import (
 )
 from sapo_core.plugins import Plugins
 from sapo_core.records import Completion, Group, Message, Problem, RoundPayload
+from sapo_core.seeding import derive_seed
 
 
 @pytest.fixture
@@ -78,6 +82,32 @@ def install_plugin(site: Path, dist: str, module: str, code: str, *, version: st
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", encoding="utf-8")
     (info / "entry_points.txt").write_text(f"[sapo]\n{module} = {module}\n", encoding="utf-8")
     return site
+
+
+class CoinFlipInference:
+    """Answers right or wrong by a coin flip seeded per (seed, problem, replicate), in the
+    ``<think>/<answer>`` format: reproducible groups with a learning signal, and no model.
+
+    ``drop``: problem ids that get no completions (as after a failed request); ``calls`` counts
+    `generate` calls.
+    """
+
+    def __init__(self, drop: set[str] | None = None) -> None:
+        self.calls = 0
+        self.drop = drop or set()
+
+    def generate(self, problems: Sequence[Problem], n: int, params: SamplingParams) -> list[list[Completion]]:
+        self.calls += 1
+        out: list[list[Completion]] = []
+        for problem in problems:
+            completions = []
+            if problem.id not in self.drop:
+                for i in range(n):
+                    right = derive_seed(params.seed, problem.id, i) % 2 == 0
+                    answer = problem.answer if right else int(problem.answer) + 1
+                    completions.append(Completion(text=f"<think>adding up</think>\n<answer>{answer}</answer>", num_tokens=9))
+            out.append(completions)
+        return out
 
 
 def sample_problems() -> list[Problem]:

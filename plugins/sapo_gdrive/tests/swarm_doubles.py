@@ -1,6 +1,6 @@
 """Torch-free test doubles for swarms of nodes in one process, shared by this folder's tests.
 
-An oracle inference backend (right or wrong answers by a seeded coin flip), a learner that
+An oracle inference backend (sapo_core.testing.CoinFlipInference), a learner that
 records which groups it trained on (and checkpoints that record), and a thread runner.
 conftest.py loads this module as ``sapo_gdrive_swarm_doubles`` (tests run with
 ``--import-mode=importlib``, where test files cannot import their neighbours by name) and
@@ -14,23 +14,10 @@ import threading
 from pathlib import Path
 
 from sapo_core import hookimpl
-from sapo_core.records import Completion
-from sapo_core.seeding import derive_seed
+from sapo_core.testing import CoinFlipInference
 
 
-class Oracle:
-    """Right or wrong answers in the expected format, by a coin flip seeded per replicate."""
-
-    def generate(self, problems, n, params):
-        out = []
-        for problem in problems:
-            completions = []
-            for i in range(n):
-                right = derive_seed(params.seed, problem.id, i) % 2 == 0
-                answer = problem.answer if right else int(problem.answer) + 1
-                completions.append(Completion(text=f"<think>adding up</think>\n<answer>{answer}</answer>", num_tokens=9))
-            out.append(completions)
-        return out
+Oracle = CoinFlipInference
 
 
 class Recorder:

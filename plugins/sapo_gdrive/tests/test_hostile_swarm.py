@@ -123,6 +123,7 @@ class WaitingOracle(Oracle):
     """The test oracle, which first waits until the adversary has filled the current round's folder."""
 
     def __init__(self, adversary: Adversary) -> None:
+        super().__init__()
         self.adversary = adversary
 
     def generate(self, problems, n, params):

@@ -50,6 +50,7 @@ from transformers.generation.stopping_criteria import StopStringCriteria
 from sapo_core.interfaces import BackendContext, SamplingParams
 from sapo_core.records import Completion, Problem
 from sapo_core.seeding import derive_seed
+from sapo_core.throughput import TokenMeter
 from sapo_local.policy import Policy, get_policy, prompt_ids
 from sapo_local.settings import LocalInferenceSettings
 
@@ -381,8 +382,7 @@ class LocalInference:
         self.policy = policy
         self.settings = settings or LocalInferenceSettings()
         self._batch_size = self.settings.batch_size
-        self._tokens = 0
-        self._seconds = 0.0
+        self.meter = TokenMeter()
         self._warned_foreign = False
         self._warned_context = False
 
@@ -428,16 +428,12 @@ class LocalInference:
         for row, completion in zip(rows, results):
             assert completion is not None
             out[row.problem].append(completion)
-        self._tokens += sum(c.num_tokens or 0 for c in results if c is not None)
-        self._seconds += time.perf_counter() - started
+        self.meter.add(results, time.perf_counter() - started)
         return out
 
     def round_metrics(self) -> dict[str, float]:
         """Generated tokens, seconds spent in `generate` and their ratio since the last read; then reset."""
-        tokens, seconds = self._tokens, self._seconds
-        self._tokens, self._seconds = 0, 0.0
-        return {"tokens": float(tokens), "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
-                "seconds": seconds}
+        return self.meter.read()
 
     # ------------------------------------------------------------------------------ batches
 

@@ -31,6 +31,7 @@ from sapo_core.interfaces import BackendContext, SamplingParams
 from sapo_core.keys import find_key
 from sapo_core.records import Completion, Problem
 from sapo_core.seeding import derive_seed
+from sapo_core.throughput import TokenMeter
 from sapo_vllm.servers import Server, ServerPool
 from sapo_vllm.settings import ServerSettings
 from sapo_vllm.weightsync import ENGINES, POLICY_KEY, WeightSync
@@ -56,8 +57,7 @@ class ServerInference:
                                folder=folder, keep=settings.keep_synced, timeout=settings.request_timeout)
         self._ready = False
         self._tokenizer: Any = None
-        self._tokens = 0
-        self._seconds = 0.0
+        self.meter = TokenMeter()
         self._failed = 0
         self._problem = "none"  # why the last failed request failed
 
@@ -84,15 +84,11 @@ class ServerInference:
                                f"({', '.join(s.url for s in self.pool.servers)}); the last answer: {self._problem}. "
                                "Are the servers up, and do they take these request fields (inference.extra_body)?")
         self._failed += failed
-        self._tokens += sum(c.num_tokens or 0 for c in results if c is not None)
-        self._seconds += time.perf_counter() - started
+        self.meter.add(results, time.perf_counter() - started)
         return out
 
     def round_metrics(self) -> dict[str, float]:
-        tokens, seconds = self._tokens, self._seconds
-        self._tokens, self._seconds = 0, 0.0
-        out = {"tokens": float(tokens), "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
-               "seconds": seconds, "failed_requests": float(self._failed)}
+        out = {**self.meter.read(), "failed_requests": float(self._failed)}
         self._failed = 0
         out.update(self.sync.metrics())
         out.update(self.pool.metrics())
