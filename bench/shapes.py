@@ -31,8 +31,10 @@ QWEN2_05B = {
 # Small enough for the 2-core CPU: the CPU variants of the learner and generation benchmarks.
 TINY = {**SMOLLM2_135M, "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32}
+# The tiny trunk with Qwen2's 151,936-token vocabulary: on the CPU, the LM head's log-probs dominate.
+TINY_151K = {**TINY, "vocab_size": QWEN2_05B["vocab_size"]}
 
-SHAPES = {"smollm2-135m": SMOLLM2_135M, "qwen2-0.5b": QWEN2_05B, "tiny": TINY}
+SHAPES = {"smollm2-135m": SMOLLM2_135M, "qwen2-0.5b": QWEN2_05B, "tiny": TINY, "tiny-151k": TINY_151K}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
 

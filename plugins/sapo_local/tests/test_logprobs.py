@@ -77,10 +77,11 @@ def test_under_autocast_float32_weights_get_float32_gradients_of_the_bf16_projec
         got = values_and_grads(selected_logprobs, hidden, weight, targets, chunk_size=8)
     assert got[0].dtype == torch.float32 and got[1].dtype == got[2].dtype == torch.float32
     torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
-    # The weight's gradient is a bf16 product over all 29 rows there, over chunks of 8 summed in
-    # float32 here: they agree to bf16 rounding of the largest entries.
-    assert (got[2] - want[2]).abs().max() <= 1e-2 * want[2].abs().max()
+    # The gradients go through bf16 products on both sides, rounded at other places (here the row
+    # factor is applied after the product, and the weight's gradient is summed over chunks of 8 in
+    # float32): they agree to bf16 rounding, about 1% (each is about that far from float64).
+    for a, b in zip(got[1:], want[1:], strict=True):
+        assert (a - b).norm() <= 2e-2 * b.norm()
     # And it was the bf16 projection: float32 logits would differ by more than that.
     exact = values_and_grads(naive, hidden, weight, targets)
     assert (exact[0] - got[0]).abs().max() > 1e-4

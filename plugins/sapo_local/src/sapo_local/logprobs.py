@@ -8,16 +8,18 @@ with its own backward. For one row, with logits l = h W^T + b, scale s = 1 / tem
 
     forward   lse = logsumexp(s z),  logp = s z_t - lse        (only lse, N numbers, is kept)
     backward  p = exp(s z - lse) = softmax(s z)
-              dL/dl = -g s (p - onehot(t)) * dz/dl,  dz/dl = 1 - tanh(l / c)^2 (1 without a softcap)
-              dL/dh = dL/dl W,   dL/dW = sum over rows of dL/dl^T h,   dL/db = sum over rows of dL/dl
+              D = (p - onehot(t)) * dz/dl,  dz/dl = 1 - tanh(l / c)^2 (1 without a softcap)
+              dL/dl = a D  with the row's factor a = -g s  (g: the upstream gradient of logp)
+              dL/dh = a (D W),   dL/dW = D^T (a h),   dL/db = a^T D
 
-where g is the upstream gradient of logp. Backward recomputes each chunk's logits (one more
-``hidden @ weight.T`` per chunk) and goes straight to dL/dl: no float32 copy of a chunk is saved,
-and nothing of the forward's normalisation is redone. The matmuls run in the model's dtype (or
-autocast's), the normalisation in float32 (float64 stays float64), where a sum over 150k terms
-is accurate; each [chunk, V] block is read and written a few times only (`_chunk_forward`,
-`_chunk_backward`). Those two can also run torch.compile'd (``compile``), which fuses each into
-one or two kernels; on by default on CUDA, and if compiling fails the eager code runs instead.
+The row factor a goes on the small [chunk, H] side of each product, never over the [chunk, V]
+block. Backward recomputes each chunk's logits (one more ``hidden @ weight.T`` per chunk) and goes
+straight to D: no float32 copy of a chunk is saved, and nothing of the forward's normalisation is
+redone. The matmuls run in the model's dtype (or autocast's), the normalisation in float32
+(float64 stays float64), where a sum over 150k terms is accurate; each [chunk, V] block is read
+and written a few times only (`_chunk_forward`, `_chunk_backward`). Those two can also run
+torch.compile'd (``compile``), which fuses each into a single kernel; on by default on CUDA, and
+if compiling fails the eager code runs instead.
 """
 
 from __future__ import annotations
@@ -50,26 +52,23 @@ def _chunk_forward(logits: Tensor, targets: Tensor, scale: float, softcap: float
     return picked - log_total, shift * scale + log_total
 
 
-def _chunk_backward(logits: Tensor, targets: Tensor, lse: Tensor, grad: Tensor, scale: float,
-                    softcap: float | None) -> Tensor:
-    """dL/dlogits [C, V] in the logits' dtype, from the upstream gradient ``grad`` [C] of the chunk's logp."""
+def _chunk_backward(logits: Tensor, targets: Tensor, lse: Tensor, scale: float, softcap: float | None) -> Tensor:
+    """D = (p - onehot(targets)) dz/dl [C, V] of one chunk, in the logits' dtype (the module docstring's D)."""
     wide = lse.dtype
-    coef = grad.to(wide) * -scale  # dL/dl_j = coef (p_j - onehot_j) dz/dl_j
     rows = torch.arange(logits.shape[0], device=logits.device)
     at_target = logits[rows, targets].to(wide)
     if softcap is None:
-        d = torch.add(-lse[:, None], logits, alpha=scale).exp_()  # p: upcast, shift and scale in one pass
-        d = d.mul_(coef[:, None]).to(logits.dtype)
-        target_d = (torch.exp(at_target * scale - lse) - 1.0) * coef
+        d = torch.add(-lse[:, None], logits, alpha=scale).exp_().to(logits.dtype)  # p: upcast, shift, scale, exp
+        target_d = torch.exp(at_target * scale - lse) - 1.0
     else:
         capped = logits.to(wide, copy=True).div_(softcap).tanh_()
         d = torch.add(-lse[:, None], capped, alpha=softcap * scale).exp_()
-        d = d.mul_(coef[:, None]).mul_(capped.square_().neg_().add_(1.0)).to(logits.dtype)
+        d = d.mul_(capped.square_().neg_().add_(1.0)).to(logits.dtype)
         y = torch.tanh(at_target / softcap)
-        target_d = (torch.exp(y * (softcap * scale) - lse) - 1.0) * coef * (1.0 - y * y)
-    # The target's entry, coef (p_t - 1) dz/dl, is written apart, from float32: where p_t is near 1
-    # the difference is small, and subtracting 1 after rounding to bf16 would lose it. (Also keeps
-    # the big pass a plain elementwise one, which torch.compile fuses into a single kernel.)
+        target_d = (torch.exp(y * (softcap * scale) - lse) - 1.0) * (1.0 - y * y)
+    # The target's entry, p_t - 1, is written apart, from float32: where p_t is near 1 the
+    # difference is small, and subtracting 1 after rounding to bf16 would lose it. (It also keeps
+    # the big pass plainly elementwise, which torch.compile fuses into a single kernel.)
     d[rows, targets] = target_d.to(d.dtype)
     return d
 
@@ -134,17 +133,19 @@ class _SelectedLogprobs(torch.autograd.Function):
                 part = slice(start, start + chunk_size)
                 h = hidden[part].to(dtype)
                 logits = torch.nn.functional.linear(h, w, b)
-                d = _run("backward", compile, logits, targets[part], lse[part], grad_out[part], scale, softcap)
+                d = _run("backward", compile, logits, targets[part], lse[part], scale, softcap)
                 del logits  # the chunk's logits are dead: let the allocator reuse them for the products
+                a = grad_out[part].to(lse.dtype) * -scale
                 if grad_h is not None:
-                    grad_h[part] = d @ w
+                    grad_h[part] = (d @ w) * a[:, None]
                 if grad_w is not None:
+                    ah = h * a[:, None].to(dtype)
                     if grad_w.dtype == dtype:
-                        grad_w.addmm_(d.T, h)  # accumulates inside the product: one rounding per chunk
+                        grad_w.addmm_(d.T, ah)  # accumulates inside the product: one rounding per chunk
                     else:  # autocast: the model-dtype product, summed in the weight's (float32) dtype
-                        grad_w += d.T @ h
+                        grad_w += d.T @ ah
                 if grad_b is not None:
-                    grad_b += d.sum(0)
+                    grad_b += a.to(dtype) @ d
         return grad_h, grad_w, grad_b, None, None, None, None, None, None
 
 
