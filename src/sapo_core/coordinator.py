@@ -132,8 +132,9 @@ class Coordinator:
 
     def _advance_to(self, round: int) -> SwarmState:
         now = time.time()
-        state = SwarmState(round=round, deadline=now + self.config.swarm.round_seconds, updated_at=now,
-                           coordinator=self.node)
+        finished = round >= self.config.run.rounds  # the run is over: no round is open, so no deadline
+        state = SwarmState(round=round, deadline=None if finished else now + self.config.swarm.round_seconds,
+                           updated_at=now, coordinator=self.node)
         self.transport.write_state(state)
         return state
 

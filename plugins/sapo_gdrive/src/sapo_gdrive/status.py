@@ -195,7 +195,7 @@ def print_status(data: Mapping[str, Any]) -> None:
         console.print(f"[bold]{data['experiment']}[/] at {data['folder']}: no state.json yet (no coordinator has started)")
     else:
         deadline = state["deadline_in"]
-        when = "none" if deadline is None else (f"in {_seconds(deadline)}" if deadline >= 0 else
+        when = "none (the run is over)" if deadline is None else (f"in {_seconds(deadline)}" if deadline >= 0 else
                                                f"passed {_seconds(-deadline)} ago")
         console.print(f"[bold]{data['experiment']}[/] at {data['folder']}: round {state['round']}, deadline {when}, "
                       f"coordinator {state['coordinator'] or '-'} (state updated {_seconds(state['updated_ago'])} ago)")
