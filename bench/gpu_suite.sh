@@ -20,9 +20,12 @@ step() {
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   "$py" -c "import torch, transformers, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__)"
+  # sapo's learner compiles its log-prob chunk kernels on CUDA (train.compile_logprobs); the
+  # compilation falls in the untimed warm-up step. sapo-previous: the pass before those kernels.
   step 110 bench/learner_step.py --shape smollm2-135m --tokenizer "$tokenizer" --timeout 100
-  step 140 bench/learner_step.py --shape qwen2-0.5b --tokenizer "$tokenizer" --timeout 130 --profile "$out/profile-qwen2"
-  step 60 bench/logprob_memory.py --tokens 8192 --vocab 151936 --hidden 896 --timeout 55
+  step 200 bench/learner_step.py --shape qwen2-0.5b --tokenizer "$tokenizer" --timeout 130 --profile "$out/profile-qwen2" \
+    --impl sapo --impl trl --impl sapo-previous
+  step 150 bench/logprob_memory.py --tokens 8192 --vocab 151936 --hidden 896 --timeout 55 --repeats 5
   step 280 bench/generation.py --shape smollm2-135m --tokenizer "$tokenizer" --repeats 1 --timeout 150 \
     --variant plain --variant sapo --variant sapo-static
   step 120 bench/generation.py --shape qwen2-0.5b --tokenizer "$tokenizer" --repeats 1 --timeout 100 \
