@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -46,6 +47,7 @@ class Seen:
     body: dict[str, Any]
     fault: Fault
     delivered: bool = False  # the upstream's 200 went back to the client
+    at: float = attrs.field(factory=time.monotonic)  # when the request arrived
 
 
 class FaultProxy:
