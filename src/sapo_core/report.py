@@ -12,7 +12,6 @@ that round. The folder must be local (or mounted): the core reads no URLs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import attrs
 
 from sapo_core import codec
 from sapo_core.errors import SapoError
-from sapo_core.rundir import METRICS_FILE, read_metrics
+from sapo_core.rundir import METRICS_FILE, read_jsonl, read_metrics
 
 SWARM_METRICS_DIR = "metrics"
 SWARM_MEAN = "swarm mean"
@@ -75,19 +74,6 @@ def curve_from_lines(lines: Iterable[dict[str, Any]], label: str) -> Curve:
 
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON-object lines of a file; unreadable lines (a torn last line, sync debris) are skipped."""
-    lines = []
-    for text in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            data = json.loads(text)
-        except ValueError:
-            continue
-        if isinstance(data, dict):
-            lines.append(data)
-    return lines
-
-
 def swarm_curves(root: str | Path, experiment: str) -> list[Curve]:
     """One curve per node of ``<root>/<experiment>/metrics/*.jsonl`` (nodes without rewards, as a
     coordinator, are left out), then the swarm mean. SapoError when there is nothing to draw."""
@@ -105,7 +91,7 @@ def swarm_curves(root: str | Path, experiment: str) -> list[Curve]:
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         raise SapoError(f"no experiment {experiment!r} under {root} (experiments found there: {', '.join(found) or 'none'})")
     files = sorted(p for p in (folder / SWARM_METRICS_DIR).glob("*.jsonl") if p.is_file() and not p.name.startswith("."))
-    curves = [curve_from_lines(_read_jsonl(path), path.name[: -len(".jsonl")]) for path in files]
+    curves = [curve_from_lines(read_jsonl(path), path.name[: -len(".jsonl")]) for path in files]
     curves = [curve for curve in curves if curve.rounds or curve.eval_rounds]
     if not curves:
         raise SapoError(f"{folder / SWARM_METRICS_DIR}: no node's metrics with rewards yet (<node>.jsonl)")

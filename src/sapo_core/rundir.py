@@ -108,10 +108,13 @@ def iter_file(run_dir: Path, kind: str, round: int) -> Path:
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The lines of ``metrics.jsonl`` (a partial last line, from a crash, is skipped)."""
     path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return []
+    return read_jsonl(path) if path.is_file() else []
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON-object lines of a file; unreadable lines (a torn last line, sync debris) are skipped."""
     lines = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             data = json.loads(line)
         except ValueError:

@@ -44,7 +44,7 @@ from sapo_core import rundir
 from sapo_core.errors import SapoError
 from sapo_gdrive.folder import FolderTransport
 from sapo_gdrive.observers import METRICS_DIR
-from sapo_gdrive.status import _seconds, swarm
+from sapo_gdrive.status import duration, swarm
 
 COORDINATOR = "coordinator"
 RUNS_DIR = "runs"
@@ -325,9 +325,9 @@ def table(plan: Plan, processes: Sequence[NodeProcess], state: Any, started: flo
     elif state.round >= plan.rounds:
         where = f"all {plan.rounds} rounds closed"
     else:
-        deadline = "" if state.deadline is None else f", deadline in {_seconds(state.deadline - time.time())}"
+        deadline = "" if state.deadline is None else f", deadline in {duration(state.deadline - time.time())}"
         where = f"round {state.round + 1}/{plan.rounds}{deadline}"
-    grid = Table(title=f"experiment {plan.experiment}: {where}, {_seconds(time.time() - started)} elapsed",
+    grid = Table(title=f"experiment {plan.experiment}: {where}, {duration(time.time() - started)} elapsed",
                  title_justify="left", caption=f"reward/mean per round; folder {plan.folder}", caption_justify="left")
     grid.add_column("node")
     grid.add_column("status")
@@ -465,7 +465,7 @@ def print_summary(console: Any, plan: Plan, curves: Sequence[Any], output: Path,
         return f"{values[index]:.3f}" if values else "-"
 
     summary = Table("node", "rounds", "first reward", "last reward", "pass@1 before", "pass@1 after", box=None,
-                    title=f"experiment {plan.experiment}: {len(plan.workers)} workers, {_seconds(seconds)}",
+                    title=f"experiment {plan.experiment}: {len(plan.workers)} workers, {duration(seconds)}",
                     title_justify="left")
     for curve in curves:
         before = curve.eval_rounds[:1] == (-1,)

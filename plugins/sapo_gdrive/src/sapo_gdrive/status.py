@@ -20,7 +20,7 @@ import click
 
 import sapo_core
 from sapo_core import codec
-from sapo_gdrive.folder import NODES_DIR, ROUNDS_DIR, SETTINGS_FILE, FolderTransport, parse_name
+from sapo_gdrive.folder import ROUNDS_DIR, SETTINGS_FILE, FolderTransport, parse_name
 
 DEFAULT_LIVE_SECONDS = 120.0
 
@@ -167,7 +167,8 @@ def swarm_status(root: str, experiment: str, *, live_seconds: float = DEFAULT_LI
     }
 
 
-def _seconds(value: float | None) -> str:
+def duration(value: float | None) -> str:
+    """Seconds as a short human duration: 42s, 7m, 1.5h ('-' for None)."""
     if value is None:
         return "-"
     sign = "-" if value < 0 else ""
@@ -195,15 +196,15 @@ def print_status(data: Mapping[str, Any]) -> None:
         console.print(f"[bold]{data['experiment']}[/] at {data['folder']}: no state.json yet (no coordinator has started)")
     else:
         deadline = state["deadline_in"]
-        when = "none (the run is over)" if deadline is None else (f"in {_seconds(deadline)}" if deadline >= 0 else
-                                               f"passed {_seconds(-deadline)} ago")
+        when = "none (the run is over)" if deadline is None else (f"in {duration(deadline)}" if deadline >= 0 else
+                                               f"passed {duration(-deadline)} ago")
         console.print(f"[bold]{data['experiment']}[/] at {data['folder']}: round {state['round']}, deadline {when}, "
-                      f"coordinator {state['coordinator'] or '-'} (state updated {_seconds(state['updated_ago'])} ago)")
+                      f"coordinator {state['coordinator'] or '-'} (state updated {duration(state['updated_ago'])} ago)")
     lease = data["lease"]
     if lease is not None:
         left = lease["expires_in"]
         console.print(f"coordinator lease: epoch {lease['epoch']}, held by {lease['holder'] or '(unreadable file)'}, "
-                      + (f"expires in {_seconds(left)}" if left > 0 else f"expired {_seconds(-left)} ago"))
+                      + (f"expires in {duration(left)}" if left > 0 else f"expired {duration(-left)} ago"))
     settings = data["settings"]
     if isinstance(settings, dict):
         summary = ", ".join(f"{k}={v}" for k, v in sorted(settings.items()) if not isinstance(v, (dict, list)))
@@ -221,7 +222,7 @@ def print_status(data: Mapping[str, Any]) -> None:
             verdict = "[green]valid[/]" if payload["valid"] else f"[red]refused[/]: {payload['reason']}"
         ago = node["last_seen_ago"]
         table.add_row(node["node"], node["role"] or "-", "-" if node["round"] is None else str(node["round"]),
-                      "-" if ago is None else f"{_seconds(ago)} ago", "[green]yes[/]" if node["live"] else "[red]no[/]",
+                      "-" if ago is None else f"{duration(ago)} ago", "[green]yes[/]" if node["live"] else "[red]no[/]",
                       where, size, verdict)
     console.print(table)
     for stray in data["rejected_other"]:
