@@ -22,7 +22,6 @@ import argparse
 import sys
 from pathlib import Path
 from statistics import median
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import measure  # noqa: E402
@@ -105,19 +104,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    forwarded, skip = [], False
-    for a in sys.argv[1:]:  # the variants are the parent's to choose
-        if skip or a == "--variant":
-            skip = a == "--variant"
-            continue
-        forwarded.append(a)
-    results: dict[str, Any] = {}
-    for variant in args.variant or ("plain", "sapo"):
-        results[variant] = measure.run_worker(__file__, [variant, *forwarded], timeout=args.timeout)
-        print(f"{variant}: {results[variant]}", flush=True)
-    ok = {k: r for k, r in results.items() if "error" not in r}
-    if not ok:
-        raise SystemExit("no variant ran")
+    ok = measure.run_each(__file__, "--variant", args.variant or ("plain", "sapo"), timeout=args.timeout,
+                          what="variant")
     base = ok.get("plain")
     any_result = next(iter(ok.values()))
     print(f"\n{args.shape}, {args.problems}x{args.completions} rows x {args.tokens} new tokens, {any_result['dtype']}, "

@@ -270,14 +270,7 @@ def main() -> None:
         parser.error(f"--micro-rows must divide problems x completions ({rows}); got {args.micro_rows}")
     if args.worker:
         return worker(args)
-    forwarded = [a for a in sys.argv[1:] if a not in ("--impl",) and a not in IMPLEMENTATIONS + VARIANTS]
-    results = {}
-    for impl in args.impl or IMPLEMENTATIONS:
-        results[impl] = measure.run_worker(__file__, [impl, *forwarded], timeout=args.timeout)
-        print(f"{impl}: {results[impl]}", flush=True)
-    ok = {k: r for k, r in results.items() if "error" not in r}
-    if not ok:
-        raise SystemExit("no learner ran")
+    ok = measure.run_each(__file__, "--impl", args.impl or IMPLEMENTATIONS, timeout=args.timeout, what="learner")
     header = ("learner", "step s", "completion tok/s", "peak MiB", "TFLOP/s", "MFU", "micro-batches")
     body = [(k, r["step_s"], r["completion_tok_s"], r["peak_mib"], r["tflops"],
              f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a", r["micro_batches"]) for k, r in ok.items()]

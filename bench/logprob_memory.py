@@ -88,14 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    forwarded = [a for a in sys.argv[1:] if a != "--variant" and a not in VARIANTS]
-    results = {}
-    for variant in args.variant or VARIANTS:
-        results[variant] = measure.run_worker(__file__, [variant, *forwarded], timeout=args.timeout)
-        print(f"{variant}: {results[variant]}", flush=True)
-    ok = {k: r for k, r in results.items() if "error" not in r}
-    if not ok:
-        raise SystemExit("no variant ran")
+    ok = measure.run_each(__file__, "--variant", args.variant or VARIANTS, timeout=args.timeout, what="variant")
     any_result = next(iter(ok.values()))
     print(f"\n{args.tokens} tokens, vocabulary {args.vocab}, hidden {args.hidden}, {any_result['dtype']}, "
           f"chunk {args.chunk_size}, {any_result['device']}, median of {args.repeats}")

@@ -108,6 +108,29 @@ def run_worker(script: str, argv: Sequence[str], *, timeout: float | None = None
     return {"error": f"exit {done.returncode}: " + " | ".join(tail)}
 
 
+def run_each(script: str, option: str, chosen: Sequence[str], *, timeout: float | None, what: str) -> dict[str, Any]:
+    """Runs one worker per chosen variant with the parent's other arguments; the results that ran.
+
+    ``option`` (e.g. ``--variant``) is the parent's to choose, so its occurrences are not forwarded.
+    Exits with a message when none ran.
+    """
+    forwarded, skip = [], False
+    for argument in sys.argv[1:]:
+        if skip or argument == option:
+            skip = argument == option
+            continue
+        if not argument.startswith(option + "="):
+            forwarded.append(argument)
+    results = {}
+    for name in chosen:
+        results[name] = run_worker(script, [name, *forwarded], timeout=timeout)
+        print(f"{name}: {results[name]}", flush=True)
+    ok = {name: result for name, result in results.items() if "error" not in result}
+    if not ok:
+        raise SystemExit(f"no {what} ran")
+    return ok
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table, ready for docs/benchmarks.md."""
     def cell(value: Any) -> str:
