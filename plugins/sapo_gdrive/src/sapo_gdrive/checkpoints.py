@@ -119,7 +119,7 @@ class FolderCheckpointer:
         self.node = codec.validate_node_id(node)
         self.keep = keep
         self.fs, base = fsspec.core.url_to_fs(str(root), **dict(storage_options or {}))
-        self._local = isinstance(self.fs, LocalFileSystem)
+        self.local = isinstance(self.fs, LocalFileSystem)
         self.folder = posixpath.join(base.rstrip("/") or "/", self.experiment, CHECKPOINTS_DIR, self.node)
 
     # ------------------------------------------------------------------------------ paths
@@ -128,7 +128,7 @@ class FolderCheckpointer:
         return posixpath.join(self.folder, *parts)
 
     def _location(self, path: str) -> str:
-        return path if self._local else self.fs.unstrip_protocol(path)
+        return path if self.local else self.fs.unstrip_protocol(path)
 
     def _entries(self) -> list[tuple[str, str]]:
         """(basename, full path) of the folders in this node's checkpoint folder."""
@@ -158,7 +158,7 @@ class FolderCheckpointer:
         name = f"round-{round:06d}"
         final = self.path(name)
         partial = self.path(f"{_PARTIAL_PREFIX}{round:06d}-{uuid.uuid4().hex[:8]}")
-        if self._local:
+        if self.local:
             self._save_local(round, write, meta, partial, final)
         else:
             self._save_remote(round, write, meta, partial, final)
@@ -208,7 +208,7 @@ class FolderCheckpointer:
         """Delete a checkpoint folder, its marker first (best effort)."""
         with contextlib.suppress(OSError):
             self.fs.rm_file(posixpath.join(path, MARKER))
-        if self._local:
+        if self.local:
             shutil.rmtree(path, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):
@@ -299,7 +299,7 @@ class FolderCheckpointer:
             target = into.joinpath(*rel.split("/"))
             target.parent.mkdir(parents=True, exist_ok=True)
             source = posixpath.join(path, rel)
-            if self._local:
+            if self.local:
                 shutil.copyfile(source, target)
             else:
                 self.fs.get_file(source, str(target))

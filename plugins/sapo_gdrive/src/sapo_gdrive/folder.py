@@ -241,7 +241,7 @@ class FolderTransport:
         self._secret = secret
         self._limits = limits
         self.fs, base = fsspec.core.url_to_fs(str(root), **dict(storage_options or {}))
-        self._local = isinstance(self.fs, LocalFileSystem)
+        self.local = isinstance(self.fs, LocalFileSystem)  # a plain path: os-level renames, fsync, appends
         self.folder = f"{base.rstrip('/')}/{self.experiment}"
         # round -> file name -> what collect found in it (the round collected last only).
         self._examined: dict[int, dict[str, _Examined]] = {}
@@ -279,7 +279,7 @@ class FolderTransport:
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
         tmp = self._temp_for(path)
         try:
-            if self._local:
+            if self.local:
                 self._write_local_temp(tmp, data)
                 os.replace(tmp, path)
             else:
@@ -292,7 +292,7 @@ class FolderTransport:
     def create_exclusive(self, path: str, data: bytes) -> bool:
         """Create ``path`` with ``data`` unless it exists; True when this call created it."""
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        if not self._local:
+        if not self.local:
             try:
                 with self.fs.open(path, "xb") as f:
                     f.write(data)
@@ -329,7 +329,7 @@ class FolderTransport:
 
     # ---------------------------------------------------------------------------- reading
 
-    def _read_json(self, path: str) -> Any:
+    def read_json(self, path: str) -> Any:
         """Parsed JSON at ``path``; FileNotFoundError if absent, ValueError if unreadable."""
         blob = self.fs.cat_file(path)
         if len(blob) > self._limits.max_payload_bytes:
@@ -361,7 +361,7 @@ class FolderTransport:
         problem = "missing"
         for attempt in range(_SETTINGS_READ_TRIES):
             try:
-                stored = self._read_json(path)
+                stored = self.read_json(path)
                 if isinstance(stored, dict):
                     return stored
                 problem = "not a JSON object"
@@ -383,7 +383,7 @@ class FolderTransport:
         """The stored state, or None when there is none or it cannot be read (logged)."""
         path = self.path(STATE_FILE)
         try:
-            return state_from_data(self._read_json(path))
+            return state_from_data(self.read_json(path))
         except FileNotFoundError:
             return None
         except (ValueError, codec.PayloadError) as exc:
@@ -411,7 +411,7 @@ class FolderTransport:
             if parsed is None:
                 continue
             try:
-                info = node_from_data(self._read_json(entry["name"]))
+                info = node_from_data(self.read_json(entry["name"]))
                 if info.node != parsed.node:
                     raise ValueError(f"describes node {info.node!r}")
             except FileNotFoundError:
@@ -446,7 +446,7 @@ class FolderTransport:
 
     def _stored_lease(self, path: str) -> Lease | None:
         try:
-            return lease_from_data(self._read_json(path))
+            return lease_from_data(self.read_json(path))
         except (FileNotFoundError, ValueError, codec.PayloadError):
             return None
 
@@ -458,7 +458,7 @@ class FolderTransport:
         epoch = max(entries)
         mtime = _mtime(entries[epoch]) or 0.0
         try:
-            lease = lease_from_data(self._read_json(entries[epoch]["name"]))
+            lease = lease_from_data(self.read_json(entries[epoch]["name"]))
             if lease.epoch != epoch:
                 raise ValueError(f"describes epoch {lease.epoch}")
         except (FileNotFoundError, ValueError, codec.PayloadError) as exc:

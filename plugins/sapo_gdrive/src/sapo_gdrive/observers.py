@@ -49,7 +49,7 @@ class SharedFile:
     def __init__(self, transport: FolderTransport, path: str, *, flush_seconds: float) -> None:
         self.transport = transport
         self.path = path
-        self.flush_seconds = 0.0 if transport._local else flush_seconds
+        self.flush_seconds = 0.0 if transport.local else flush_seconds
         self._pending: list[str] = []
         self._lock = threading.Lock()
         self._last_flush = time.monotonic()
@@ -85,7 +85,7 @@ class SharedFile:
 
     def _append(self, data: bytes) -> None:
         fs = self.transport.fs
-        if self.transport._local:
+        if self.transport.local:
             fs.makedirs(posixpath.dirname(self.path), exist_ok=True)
             with open(self.path, "ab") as fh:
                 fh.write(data)

@@ -122,7 +122,7 @@ def swarm_status(root: str, experiment: str, *, live_seconds: float = DEFAULT_LI
     lease = transport.read_lease()
     settings: Any = None
     try:
-        settings = transport._read_json(transport.path(SETTINGS_FILE))
+        settings = transport.read_json(transport.path(SETTINGS_FILE))
     except FileNotFoundError:
         settings = None
     except ValueError as exc:
