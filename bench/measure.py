@@ -108,19 +108,25 @@ def run_worker(script: str, argv: Sequence[str], *, timeout: float | None = None
     return {"error": f"exit {done.returncode}: " + " | ".join(tail)}
 
 
+def arguments_without(*options: str) -> list[str]:
+    """The script's arguments less the given options and their values, to forward to its workers."""
+    forwarded, skip = [], False
+    for argument in sys.argv[1:]:
+        if skip or argument in options:
+            skip = argument in options
+            continue
+        if not argument.startswith(tuple(option + "=" for option in options)):
+            forwarded.append(argument)
+    return forwarded
+
+
 def run_each(script: str, option: str, chosen: Sequence[str], *, timeout: float | None, what: str) -> dict[str, Any]:
     """Runs one worker per chosen variant with the parent's other arguments; the results that ran.
 
     ``option`` (e.g. ``--variant``) is the parent's to choose, so its occurrences are not forwarded.
     Exits with a message when none ran.
     """
-    forwarded, skip = [], False
-    for argument in sys.argv[1:]:
-        if skip or argument == option:
-            skip = argument == option
-            continue
-        if not argument.startswith(option + "="):
-            forwarded.append(argument)
+    forwarded = arguments_without(option)
     results = {}
     for name in chosen:
         results[name] = run_worker(script, [name, *forwarded], timeout=timeout)

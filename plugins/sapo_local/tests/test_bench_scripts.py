@@ -65,6 +65,18 @@ def test_learner_step_refuses_a_micro_batch_that_does_not_divide_the_batch(tmp_p
     assert done.returncode == 2 and "--micro-rows must divide problems x completions (64)" in done.stderr
 
 
+def test_learner_ddp_two_gloo_processes_against_one(tmp_path):
+    out = run("learner_ddp.py", "--shape", "tiny", "--tokens", "8", "--problems", "2", "--completions", "4",
+              "--micro-rows", "2", "--steps", "1", "--shapes-root", str(tmp_path), tmp_path=tmp_path)
+    results = worker_results(out)
+    assert results["1"]["world"] == 1 and results["2"]["world"] == 2
+    assert results["2"]["ranks_identical"] is True
+    # the same update as one process, up to summation order (lr 1e-5, one step)
+    assert results["2"]["max_abs_diff_vs_one"] < 1e-6
+    assert results["2"]["grad_norm"] == pytest.approx(results["1"]["grad_norm"], rel=1e-4)
+    assert "| processes | step s | completion tok/s | vs 1 process |" in out and "| 2 |" in out
+
+
 def test_generation(tmp_path):
     out = run("generation.py", "--shape", "tiny", "--tokens", "4", "--problems", "2", "--completions", "2",
               "--repeats", "1", "--variant", "plain", "--variant", "sapo-static", "--shapes-root", str(tmp_path),
@@ -82,5 +94,7 @@ def test_logprob_memory(tmp_path):
     for variant in ("previous", "sapo", "sapo-compiled"):  # the same values and gradients as the full log-softmax
         assert results[variant]["sum"] == pytest.approx(results["full"]["sum"], rel=1e-5)
         assert results[variant]["grad_norms"] == pytest.approx(results["full"]["grad_norms"], rel=1e-4)
-        assert results[variant]["extra_mib"] >= 0
+        # The CPU's figure is resident-set growth, which Linux accounts in per-thread batches of up
+        # to 64 pages: a variant that allocates next to nothing can read 0.25 MiB below its baseline.
+        assert results[variant]["extra_mib"] >= -1
     assert results["full"]["extra_mib"] > 0
