@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The GPU half of the benchmark suite in one call (GPU time is scarce), as run for docs/benchmarks.md:
-#   bash bench/gpu_suite.sh OUT_DIR     (PYTHON=python3; trl and its missing dependencies installed)
-# Steps run in priority order, each under its own time limit; one that fails or runs out of time
-# is reported and the next one runs. Everything printed goes to OUT_DIR/suite.log.
+# The GPU half of the benchmark suite, one part per call (GPU time is scarce), as run for docs/benchmarks.md:
+#   bash bench/gpu_suite.sh OUT_DIR          one GPU: learner vs TRL, log-prob memory, generation
+#   bash bench/gpu_suite.sh OUT_DIR ddp      two GPUs: the learner under accelerate launch, and whole rounds
+# (PYTHON=python3; trl and its missing dependencies installed for the first, sapo-core and sapo-local
+# installed for the second.) Steps run in priority order, each under its own time limit; one that
+# fails or runs out of time is reported and the next one runs. Everything printed goes to
+# OUT_DIR/suite.log (OUT_DIR/ddp.log).
 set -uo pipefail
-out=${1:?usage: bench/gpu_suite.sh OUT_DIR}
+out=${1:?usage: bench/gpu_suite.sh OUT_DIR [ddp]}
+part=${2:-single}
 py=${PYTHON:-python3}
 tokenizer=${BENCH_TOKENIZER:-build/smollm2-shape}
 export PYTHONUNBUFFERED=1
@@ -16,6 +20,56 @@ step() {
   echo "=== $(date +%T) $*"
   timeout "$limit" "$py" "$@" || echo "=== exit $? (limit ${limit} s)"
 }
+
+# A reward that needs no skill (a hash of the text), so a randomly initialised model's round has
+# advantages to train on; installed the way pip leaves a plugin (module + dist-info).
+hash_reward_site() {
+  local site=$1
+  mkdir -p "$site/hash_reward-1.0.dist-info"
+  printf '%s\n' 'import hashlib' 'from sapo_core import hookimpl' '' '' 'class HashReward:' \
+    '    def score(self, problem, completions):' \
+    '        return [hashlib.sha256(c.text.encode()).digest()[0] / 255 for c in completions]' '' '' \
+    '@hookimpl' 'def register_rewards(register):' '    register("hash", lambda settings, context: HashReward())' \
+    > "$site/hash_reward.py"
+  printf 'Metadata-Version: 2.1\nName: hash-reward\nVersion: 1.0\n' > "$site/hash_reward-1.0.dist-info/METADATA"
+  printf '[sapo]\nhash_reward = hash_reward\n' > "$site/hash_reward-1.0.dist-info/entry_points.txt"
+}
+
+# Whole offline rounds (generate, score, train) through the CLI under accelerate launch: every rank
+# generates the round's rollouts, trains on its share; rank 0 alone writes the run directory.
+rounds() {
+  local processes=$1 mode=()
+  [ "$processes" -gt 1 ] && mode=(--multi_gpu)
+  echo "=== $(date +%T) sapo run under accelerate launch, $processes process(es)"
+  PYTHONPATH="$out/site${PYTHONPATH:+:$PYTHONPATH}" timeout 200 "$py" -m accelerate.commands.launch "${mode[@]}" \
+    --num_processes "$processes" --num_machines 1 --mixed_precision no --dynamo_backend no \
+    -m sapo_core run --model "random:$tokenizer" --transport none --rounds 3 --run-dir "$out/run-$processes" \
+    --set 'rewards.weights={hash=1.0}' --set tasks.problems_per_round=8 --set inference.num_completions=8 \
+    --set "inference.max_new_tokens=${ROUND_TOKENS:-256}" --set eval.every=0 --set checkpoint.every=3 \
+    || echo "=== exit $? (limit 200 s)"
+  "$py" - "$out/run-$processes" <<'PY'
+import json, sys
+from pathlib import Path
+for line in (Path(sys.argv[1]) / "metrics.jsonl").read_text().splitlines():
+    m = json.loads(line)
+    print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in m.items()
+           if k == "round" or k.startswith(("time/", "inference/tokens", "train/"))})
+PY
+}
+
+if [ "$part" = ddp ]; then
+  hash_reward_site "$out/site"
+  {
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+    "$py" -c "import torch, transformers, accelerate, sapo_local; print('torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'GPUs', torch.cuda.device_count())"
+    step 200 bench/learner_ddp.py --shape smollm2-135m --tokenizer "$tokenizer" --steps 5 --timeout 90
+    rounds 1
+    rounds 2
+    step 150 bench/learner_ddp.py --shape qwen2-0.5b --tokenizer "$tokenizer" --steps 3 --timeout 70
+    echo "=== $(date +%T) done"
+  } 2>&1 | tee "$out/ddp.log"
+  exit 0
+fi
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
