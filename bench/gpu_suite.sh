@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU half of the benchmark suite, one part per call (GPU time is scarce), as run for docs/benchmarks.md:
-#   bash bench/gpu_suite.sh OUT_DIR          one GPU: learner vs TRL, log-prob memory, generation
+#   bash bench/gpu_suite.sh OUT_DIR          learner vs TRL, log-prob memory, generation (two lanes
+#                                            side by side when the machine has two GPUs)
 #   bash bench/gpu_suite.sh OUT_DIR ddp      two GPUs: the learner under accelerate launch, and whole rounds
 # (PYTHON=python3; trl and its missing dependencies installed for the first, sapo-core and sapo-local
 # installed for the second.) Steps run in priority order, each under its own time limit; one that
@@ -71,19 +72,38 @@ if [ "$part" = ddp ]; then
   exit 0
 fi
 
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-  "$py" -c "import torch, transformers, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__)"
-  # sapo's learner compiles its log-prob chunk kernels on CUDA (train.compile_logprobs); the
-  # compilation falls in the untimed warm-up step. sapo-previous: the pass before those kernels.
+# sapo's learner compiles its log-prob chunk kernels on CUDA (train.compile_logprobs); the
+# compilation falls in the untimed warm-up step. sapo-previous: the pass before those kernels.
+learner_lane() {
   step 110 bench/learner_step.py --shape smollm2-135m --tokenizer "$tokenizer" --timeout 100
   step 200 bench/learner_step.py --shape qwen2-0.5b --tokenizer "$tokenizer" --timeout 130 --profile "$out/profile-qwen2" \
     --impl sapo --impl trl --impl sapo-previous
+  step 110 bench/learner_step.py --shape qwen2-0.5b --tokenizer "$tokenizer" --timeout 100 --gradient-checkpointing
+  step 60 bench/learner_step.py --shape qwen2-0.5b --tokenizer "$tokenizer" --timeout 55 --impl sapo --logprob-chunk-size 256
+}
+
+generation_lane() {
   step 150 bench/logprob_memory.py --tokens 8192 --vocab 151936 --hidden 896 --timeout 55 --repeats 5
   step 280 bench/generation.py --shape smollm2-135m --tokenizer "$tokenizer" --repeats 1 --timeout 150 \
     --variant plain --variant sapo --variant sapo-static
   step 120 bench/generation.py --shape qwen2-0.5b --tokenizer "$tokenizer" --repeats 1 --timeout 100 \
     --variant plain --variant sapo
-  step 110 bench/learner_step.py --shape qwen2-0.5b --tokenizer "$tokenizer" --timeout 100 --gradient-checkpointing
+}
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  "$py" -c "import torch, transformers, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__)"
+  if [ "$("$py" -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+    # Two GPUs: the lanes run side by side, one GPU each (own temporary folders: shape folders and
+    # compile caches are not shared), so the whole suite fits in one call.
+    mkdir -p /tmp/lane-learner /tmp/lane-generation
+    CUDA_VISIBLE_DEVICES=0 TMPDIR=/tmp/lane-learner learner_lane > "$out/learner.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 TMPDIR=/tmp/lane-generation generation_lane > "$out/generation.log" 2>&1 &
+    wait
+    cat "$out/learner.log" "$out/generation.log"
+  else
+    learner_lane
+    generation_lane
+  fi
   echo "=== $(date +%T) done"
 } 2>&1 | tee "$out/suite.log"
