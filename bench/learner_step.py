@@ -129,7 +129,30 @@ def run_sapo(args: argparse.Namespace, folder: Path, dev: Any) -> tuple[list[flo
         with profiled(dev) as report:
             learner.train(groups, round=args.warmup + args.steps)
         extra["profile"] = report()
+    if args.sync_report and dev.type == "cuda":
+        extra["syncs"] = synchronisations(lambda: learner.train(groups, round=args.warmup + args.steps + 1))
     return times, peak, extra
+
+
+def synchronisations(step: Callable[[], Any]) -> dict[str, int]:
+    """Where one step makes the CPU wait for the GPU: warning location -> count (torch's sync debug mode)."""
+    import warnings
+
+    import torch
+
+    counts: dict[str, int] = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    for warning in caught:
+        if "synchroniz" in str(warning.message):
+            where = f"{Path(warning.filename).name}:{warning.lineno}"
+            counts[where] = counts.get(where, 0) + 1
+    return counts
 
 
 def run_trl(args: argparse.Namespace, folder: Path, dev: Any) -> tuple[list[float], float, dict]:
@@ -263,6 +286,8 @@ def main() -> None:
     parser.add_argument("--logprob-chunk-size", type=int, default=1024, help="sapo's train.logprob_chunk_size")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--profile", help="write a torch.profiler table of one more step to PROFILE.<learner>.txt")
+    parser.add_argument("--sync-report", action="store_true",
+                        help="sapo on a GPU: count where one more step makes the CPU wait for the GPU")
     parser.add_argument("--worker", choices=IMPLEMENTATIONS + VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     rows = args.problems * args.completions

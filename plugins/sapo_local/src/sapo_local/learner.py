@@ -91,14 +91,15 @@ class MicroBatch:
     mask: torch.Tensor  # [B, T] 1 on real completion tokens
     advantages: torch.Tensor  # [B]
     tokens: int
+    slots: torch.Tensor  # [N] where each completion token lands in the flattened [B, T]
+    completion_tokens: int  # N
     sampler: torch.Tensor | None = None  # [B, T] the sampler's log-probs where known ...
     known: torch.Tensor | None = None  # [B, T] ... that is, where this is 1
 
     def to_padded(self, flat: torch.Tensor) -> torch.Tensor:
         """[N] per-token values -> [B, T] with zeros on padding."""
-        out = flat.new_zeros(self.mask.shape)
-        out[self.mask.bool()] = flat
-        return out
+        # Indices made at collate time: a boolean-mask assignment would wait for the GPU to count the mask.
+        return flat.new_zeros(self.mask.numel()).index_put((self.slots,), flat).view(self.mask.shape)
 
 
 def micro_batches(examples: Sequence[Example], budget: int, pad_id: int, device: torch.device) -> list[MicroBatch]:
@@ -146,6 +147,8 @@ def _collate(batch: Sequence[Example], pad_id: int, device: torch.device) -> Mic
         mask=mask.to(device),
         advantages=torch.tensor([e.advantage for e in batch], dtype=torch.float32, device=device),
         tokens=int(attention.sum()),
+        slots=mask.flatten().nonzero().squeeze(1).to(device),
+        completion_tokens=len(targets),
         sampler=None if sampler is None else sampler.to(device),
         known=None if known is None else known.to(device),
     )
@@ -246,11 +249,17 @@ class GRPOLearner:
         old = self._logprobs(batches) if settings.num_iterations > 1 else [None] * len(batches)
         ref = self._reference_logprobs(batches) if settings.beta > 0 else [None] * len(batches)
         self.module.train()
-        # Every process reports the same keys, whether its share had sampler log-probs or not.
-        totals: dict[str, float] = {"is_weight_sum": 0.0, "is_tokens": 0.0}
-        ratio_max = 0.0
+        # Metrics stay on the device until the step is done: reading one back mid-step would stall
+        # the CPU until the GPU caught up, between the forward and the backward of every micro-batch.
+        totals: dict[str, torch.Tensor] = {}
+        ratio_max = torch.zeros((), device=accelerator.device)
+
+        def add(key: str, value: torch.Tensor) -> None:
+            totals[key] = totals[key] + value if key in totals else value
+
         for _ in range(settings.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), device=accelerator.device)
             for index, (batch, old_lp, ref_lp) in enumerate(zip(batches, old, ref)):
                 last = index == len(batches) - 1
                 # Gradients are all-reduced once, on the last micro-batch.
@@ -262,28 +271,32 @@ class GRPOLearner:
                     if batch.sampler is not None and batch.known is not None:
                         is_weights = truncated_is_weights(logprobs if old_lp is None else old_lp, batch.sampler,
                                                           batch.known, cap=settings.importance_sampling_cap)
-                        totals["is_weight_sum"] += float((is_weights * batch.known).sum())
-                        totals["is_tokens"] += float(batch.known.sum())
+                        add("is_weight_sum", (is_weights * batch.known).sum())
+                        add("is_tokens", batch.known.sum())
                     loss, metrics = grpo_loss(
                         logprobs, old_lp, batch.advantages, batch.mask, normalizer=normalizer,
                         loss_type=settings.loss_type, epsilon_low=settings.epsilon_low,
                         epsilon_high=settings.epsilon_high, beta=settings.beta, ref_logprobs=ref_lp,
                         is_weights=is_weights,
                     )
-                    if not torch.isfinite(loss):
-                        self.optimizer.zero_grad(set_to_none=True)
-                        raise TrainingError(
-                            f"round {round}: the loss is {loss.item()} (not finite); no update was applied. "
-                            "Lower train.lr, check the rewards, or resume from the last checkpoint."
-                        )
                     # DDP averages gradients over processes; the normaliser already covers the whole batch.
                     accelerator.backward(loss * accelerator.num_processes)
                 for key, value in metrics.items():
                     if key == "ratio_max":
-                        ratio_max = max(ratio_max, float(value))
+                        ratio_max = torch.maximum(ratio_max, value.float())
                     else:  # means over real tokens: weight by them
-                        totals[key] = totals.get(key, 0.0) + float(value) * batch.mask.sum().item()
-                totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+                        add(key, value.float() * batch.completion_tokens)
+                loss_sum = loss_sum + loss.detach().float()
+            # A non-finite loss gives non-finite gradients on every rank (the all-reduce spreads them):
+            # checked here, once, before anything is applied.
+            loss_value = float(loss_sum)
+            if not math.isfinite(loss_value):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise TrainingError(
+                    f"round {round}: the loss is {loss_value} (not finite); no update was applied. "
+                    "Lower train.lr, check the rewards, or resume from the last checkpoint."
+                )
+            add("loss", loss_sum)
             grad_norm = self._clip()
             if not math.isfinite(grad_norm):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -291,9 +304,11 @@ class GRPOLearner:
             self.optimizer.step()
             self.scheduler.step()
         self.policy.version += 1
-        tokens = sum(b.mask.sum().item() for b in batches) * settings.num_iterations
-        totals["tokens"] = tokens
-        totals = self._sum_over_processes(totals)
+        summed = {key: float(value) for key, value in zip(totals, torch.stack(list(totals.values())).tolist())}
+        summed.setdefault("is_weight_sum", 0.0)  # every process reports the same keys, whatever its share held
+        summed.setdefault("is_tokens", 0.0)
+        summed["tokens"] = float(sum(b.completion_tokens for b in batches) * settings.num_iterations)
+        totals = self._sum_over_processes(summed)
         seconds = time.perf_counter() - started
         iterations = settings.num_iterations
         is_sum, is_tokens = totals.pop("is_weight_sum", 0.0), totals.pop("is_tokens", 0.0)
@@ -303,7 +318,7 @@ class GRPOLearner:
         out.update({
             "loss": totals["loss"] / iterations,
             "grad_norm": grad_norm,
-            "ratio_max": ratio_max,
+            "ratio_max": float(ratio_max),
             "lr": self.scheduler.get_last_lr()[0],
             "completions": float(len(examples)),
             "external_completions": float(sum(e.external for e in examples)),
