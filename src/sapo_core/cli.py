@@ -121,7 +121,8 @@ def run(config_file: str | None, sets: tuple[str, ...], **flags: Any) -> None:
         metrics = node.run()
     except SapoError as exc:
         fail(exc)
-    click.echo(json.dumps(metrics, sort_keys=True, default=str))
+    if node.main:  # under accelerate launch the other processes would print the same line again
+        click.echo(json.dumps(metrics, sort_keys=True, default=str))
 
 
 @click.command(name="config")

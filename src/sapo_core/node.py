@@ -301,7 +301,8 @@ class Node:
 
     def work(self) -> None:
         """The worker/contributor loop."""
-        log.info("%s: run directory %s", self.context.node, self.context.workdir)
+        if self.main:
+            log.info("%s: run directory %s", self.context.node, self.context.workdir)
         done = self.resume() if self.config.run.resume else -1
         if done == -1 and self.config.eval.at_start and self.inference is not None and self.main:
             try:
@@ -312,7 +313,7 @@ class Node:
         from sapo_core.progress import run_progress  # rich is imported only when running
 
         label = self.label or self.context.node
-        with run_progress(self.config.run.rounds, done + 1, label=label) as progress:
+        with run_progress(self.config.run.rounds, done + 1, label=label, quiet=not self.main) as progress:
             self.on_phase = progress.phase
             try:
                 while True:

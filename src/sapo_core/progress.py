@@ -120,9 +120,13 @@ class RunProgress:
 
 
 @contextmanager
-def run_progress(total: int, start: int, *, label: str, console: Console | None = None) -> Iterator[RunProgress]:
-    """Show a run's progress while the block runs; the bar only when ``console`` is a terminal."""
-    console = console or stderr_console()
+def run_progress(total: int, start: int, *, label: str, console: Console | None = None,
+                 quiet: bool = False) -> Iterator[RunProgress]:
+    """Show a run's progress while the block runs; the bar only when ``console`` is a terminal.
+
+    ``quiet``: nothing is shown (the other processes of a distributed learner repeat rank 0's rounds).
+    """
+    console = Console(quiet=True) if quiet else console or stderr_console()
     columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), _PhaseColumn())
     progress = Progress(*columns, console=console, transient=True, disable=not console.is_terminal)

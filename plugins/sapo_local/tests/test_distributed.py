@@ -110,3 +110,7 @@ def test_sapo_run_under_accelerate_launch_writes_once_and_trains_on_both_ranks(t
     assert all(line["train/completions"] == 16 for line in lines), "the step covers both ranks' shares"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["round-000000", "round-000001"]
     assert not (tmp_path / "runs").exists(), "rank 1 made no run directory of its own"
+    # the console shows each round once: rank 1 repeats rank 0's rounds silently
+    assert result.stderr.count("round 1/2") == 1 and result.stderr.count("round 2/2") == 1, result.stderr[-2000:]
+    assert result.stderr.count("run directory") == 1
+    assert len(result.stdout.strip().splitlines()) == 1 and json.loads(result.stdout)["round"] == 1
