@@ -304,7 +304,8 @@ class GRPOLearner:
             self.optimizer.step()
             self.scheduler.step()
         self.policy.version += 1
-        summed = {key: float(value) for key, value in zip(totals, torch.stack(list(totals.values())).tolist())}
+        values = torch.stack(list(totals.values())).tolist() if totals else []  # one read for all of them
+        summed = dict(zip(totals, map(float, values)))
         summed.setdefault("is_weight_sum", 0.0)  # every process reports the same keys, whatever its share held
         summed.setdefault("is_tokens", 0.0)
         summed["tokens"] = float(sum(b.completion_tokens for b in batches) * settings.num_iterations)
