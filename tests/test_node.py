@@ -457,3 +457,24 @@ def test_an_explicit_run_dir_that_holds_a_run_needs_resume(tmp_path, sapo_plugin
     Node.from_config(config(tmp_path, "run.rounds=1", f"run.dir={folder.as_posix()}"), sapo_plugins).run()
     with pytest.raises(ConfigError, match=r"already holds a run \(metrics.jsonl\): continue it with --resume"):
         Node.from_config(config(tmp_path, "run.rounds=2", f"run.dir={folder.as_posix()}"), sapo_plugins)
+
+
+@pytest.mark.parametrize("collective", [False, True])
+def test_another_process_evaluates_only_with_a_collective_backend(tmp_path, sapo_plugins, backends, monkeypatch,
+                                                                  collective):
+    """Rank 1 of a distributed launch joins the evaluations of a backend whose ``generate`` needs every
+    process (``collective``), and writes nothing; an API-like backend is left to the main process."""
+    monkeypatch.setenv("RANK", "1")
+    folder = tmp_path / "rank1"
+    cfg = config(tmp_path, "run.rounds=2", "eval.every=1", "eval.at_start=true", "eval.problems=2",
+                 f"run.dir={folder.as_posix()}")
+    node = Node.from_config(cfg, sapo_plugins)
+    oracle = node.inference
+    if collective:
+        oracle.collective = True
+    assert node.eval_collective is collective
+    last = node.run()
+    # two rounds; with a collective backend also the baseline and one evaluation per round
+    assert oracle.calls == (5 if collective else 2)
+    assert ("eval/pass@1" in last) is collective
+    assert [p for p in folder.rglob("*") if p.is_file()] == [], "only the main process writes"

@@ -154,6 +154,14 @@ class InferenceBackend(Protocol):
     Reproducibility: derive one seed per (problem, replicate) with
     ``sapo_core.seeding.derive_seed(params.seed, problem.id, i)`` and pass it to the engine
     where it takes one, so the same config gives the same rollouts.
+
+    Optional attribute ``collective: bool`` (absent: False). Under a distributed launch
+    (``accelerate launch``) every process runs the node's loop. True means that every process
+    must call ``generate`` together, with the same arguments (a backend that shares a call's
+    work between the processes and gathers the result, like the local one); the node then has
+    all processes evaluate, not only the main one, which would otherwise wait alone in the
+    backend's collectives. False (an API backend) keeps the evaluation on the main process, so
+    that its requests are not repeated by every process.
     """
 
     def generate(self, problems: Sequence[Problem], n: int, params: SamplingParams) -> list[list[Completion]]: ...

@@ -267,11 +267,19 @@ class Node:
     def main(self) -> bool:
         """False in the other processes of a distributed learner (``accelerate launch``).
 
-        Every process runs the same loop on the same rollouts (the seeds make them identical)
-        and the learner shares the work out; only the main process writes: the run directory,
-        metrics, checkpoints, payloads and heartbeats, and only it evaluates.
+        Every process runs the same loop on the same rollouts (the seeds make them identical;
+        a collective inference backend shares the generation out) and the learner shares the
+        training out; only the main process writes: the run directory, metrics, checkpoints,
+        payloads and heartbeats. Only it evaluates, unless `eval_collective`.
         """
         return process_rank() == 0
+
+    @property
+    def eval_collective(self) -> bool:
+        """Whether every process evaluates: the evaluation's backend says that all processes must call
+        its ``generate`` together (``collective``, e.g. the local backend sharding its rows).
+        Otherwise the main process evaluates alone, so that a paid API is not asked N times."""
+        return bool(getattr(self.eval_inference or self.inference, "collective", False))
 
     def join(self) -> None:
         """Check this node's settings against the swarm's and announce it (idempotent)."""
@@ -304,7 +312,8 @@ class Node:
         if self.main:
             log.info("%s: run directory %s", self.context.node, self.context.workdir)
         done = self.resume() if self.config.run.resume else -1
-        if done == -1 and self.config.eval.at_start and self.inference is not None and self.main:
+        evaluates = self.main or self.eval_collective
+        if done == -1 and self.config.eval.at_start and self.inference is not None and evaluates:
             try:
                 self.evaluate_baseline()
             except StopRun as exc:
@@ -559,7 +568,7 @@ class Node:
     def eval_due(self, round: int) -> bool:
         """Whether ``round`` ends with an evaluation: every ``eval.every`` rounds and after the last."""
         every = self.config.eval.every
-        if every == 0 or self.inference is None or not self.main:
+        if every == 0 or self.inference is None or not (self.main or self.eval_collective):
             return False
         return (round + 1) % every == 0 or round == self.config.run.rounds - 1
 
@@ -600,6 +609,8 @@ class Node:
             evaluated.update({f"eval/inference/{key}": value for key, value in drain().items()})
         metrics = {"round": -1, "node": self.context.node, "time": time.time(), **evaluated,
                    "time/eval": time.perf_counter() - started}
+        if not self.main:  # it took part in a collective evaluation; the main process writes
+            return metrics
         workdir = self.context.workdir
         with open(workdir / rundir.METRICS_FILE, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(metrics, sort_keys=True, default=str) + "\n")

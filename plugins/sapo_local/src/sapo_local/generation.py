@@ -23,6 +23,14 @@ the noise for all tokens is one torch.compile'd kernel. Either way the draw cost
 ``generate(do_sample=True)``'s softmax + multinomial does.
 
 ``temperature == 0`` is plain greedy decoding, without noise.
+
+Under a distributed launch (``accelerate launch``: a process group of several processes) a call
+is sharded: each process generates every n-th row of the call, then all exchange their
+completions (`sapo_local.distributed`), so every process returns the whole, identical result.
+Since a row's draw depends only on its own seed, the completions are those one process makes
+(up to the rare ties of last-bit logit differences described above).
+The backend's ``collective`` attribute says so to the node, which then has every process call
+``generate`` together, evaluation included.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from sapo_core.interfaces import BackendContext, SamplingParams
 from sapo_core.records import Completion, Problem
 from sapo_core.seeding import derive_seed
 from sapo_core.throughput import TokenMeter
+from sapo_local import distributed
 from sapo_local.policy import Policy, get_policy, prompt_ids
 from sapo_local.settings import LocalInferenceSettings
 
@@ -388,6 +397,13 @@ class LocalInference:
 
     # ---------------------------------------------------------------------------- protocol
 
+    @property
+    def collective(self) -> bool:
+        """True under a distributed launch (an initialised process group of several processes):
+        each process generates its share of a call's rows, so every process must call `generate`
+        with the same arguments at the same time (see `sapo_local.distributed`)."""
+        return distributed.world()[1] > 1
+
     def generate(self, problems: Sequence[Problem], n: int, params: SamplingParams) -> list[list[Completion]]:
         started = time.perf_counter()
         tokenizer = self.policy.tokenizer
@@ -400,15 +416,62 @@ class LocalInference:
         # Longest prompts first: batches of similar lengths pad little, and the biggest batch
         # (the one that may not fit) comes first. The order changes no result.
         order = sorted(range(len(rows)), key=lambda r: -len(rows[r].prompt))
-        results: list[Completion | None] = [None] * len(rows)
+        rank, size = distributed.world()
+        if size == 1 or not rows:  # every process has the same (empty) call: nothing to share
+            generated = self._generate_rows(rows, order, params)
+            results = [generated[r] for r in range(len(rows))]
+        else:
+            results = self._generate_shared(problems, n, params, rows, order, rank, size)
+        out: list[list[Completion]] = [[] for _ in problems]
+        for row, completion in zip(rows, results):
+            out[row.problem].append(completion)
+        # Every process holds the whole call's completions: the meter counts all of them over
+        # the call's wall time, the throughput of all processes together.
+        self.meter.add(results, time.perf_counter() - started)
+        return out
+
+    def _generate_shared(
+        self, problems: Sequence[Problem], n: int, params: SamplingParams, rows: Sequence[_Row], order: Sequence[int],
+        rank: int, size: int,
+    ) -> list[Completion]:
+        """This process's share of the rows, then everyone's completions from the others.
+
+        A row's completion depends only on its prompt and seed (see the module's docstring), so
+        which process makes it changes nothing beyond the last bits of the logits.
+        """
+        fingerprint = distributed.call_fingerprint(
+            {"problems": [[p.task, p.id] for p in problems], "n": n, "params": attrs.asdict(params)}
+        )
+        generated: dict[int, Completion] = {}
+        failure: Exception | None = None
+        try:
+            generated = self._generate_rows(rows, distributed.shard(order, rank, size), params)
+        except Exception as exc:  # noqa: BLE001 (told to the other processes, then raised here)
+            failure = exc
+        error = None if failure is None else f"{type(failure).__name__}: {failure}".splitlines()[0][:500]
+        try:
+            results = distributed.exchange_completions(
+                generated, len(rows), fingerprint=fingerprint, error=error, device=self.policy.device
+            )
+        except distributed.ShardError:
+            if failure is not None:
+                raise failure from None
+            raise
+        return results
+
+    def _generate_rows(
+        self, rows: Sequence[_Row], indices: Sequence[int], params: SamplingParams
+    ) -> dict[int, Completion]:
+        """The completions of ``rows[i]`` for each of ``indices``, batched in that order."""
+        results: dict[int, Completion] = {}
         model = self.policy.model
         was_training = model.training
         model.eval()
         try:
             with torch.inference_mode():
                 start = 0
-                while start < len(order):
-                    chunk = order[start : start + self._batch_size]
+                while start < len(indices):
+                    chunk = indices[start : start + self._batch_size]
                     try:
                         completions = self._generate_batch([rows[r] for r in chunk], params)
                     except _oom_errors() as exc:
@@ -424,12 +487,7 @@ class LocalInference:
                     start += len(chunk)
         finally:
             model.train(was_training)
-        out: list[list[Completion]] = [[] for _ in problems]
-        for row, completion in zip(rows, results):
-            assert completion is not None
-            out[row.problem].append(completion)
-        self.meter.add(results, time.perf_counter() - started)
-        return out
+        return results
 
     def round_metrics(self) -> dict[str, float]:
         """Generated tokens, seconds spent in `generate` and their ratio since the last read; then reset."""
