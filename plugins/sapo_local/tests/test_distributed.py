@@ -28,7 +28,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(out: Path, processes: int, loss_type: str) -> dict:
+def launch(out: Path, processes: int, loss_type: str, *extra: str) -> dict:
     out.mkdir()
     port = free_port()
     accelerate = Path(sys.executable).with_name("accelerate")
@@ -37,7 +37,7 @@ def launch(out: Path, processes: int, loss_type: str) -> dict:
     mode = ["--multi_gpu"] if processes > 1 else ["--cpu"]
     command = [str(accelerate), "launch", *mode, "--num_processes", str(processes), "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-               str(SCRIPT), str(out), loss_type]
+               str(SCRIPT), str(out), loss_type, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -57,6 +57,21 @@ def test_two_processes_take_the_same_step_as_one(tmp_path, loss_type):
     assert two["world"] == 2 and one["world"] == 1
     # each rank trained on its own half; the reported figures are the whole batch's
     assert two["tokens"] == one["tokens"]
+    assert two["loss"] == pytest.approx(one["loss"], abs=1e-6)
+    assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
+
+
+def test_a_rank_without_a_share_joins_the_step_without_changing_it(tmp_path):
+    """One completion on two processes: rank 1 has none, yet must join DDP's all-reduce (else rank 0 hangs)."""
+    two = launch(tmp_path / "two", 2, "grpo", "1")
+    one = launch(tmp_path / "one", 1, "grpo", "1")
+    rank0, rank1 = (load_file(str(tmp_path / "two" / f"rank{r}.safetensors")) for r in (0, 1))
+    single = load_file(str(tmp_path / "one" / "rank0.safetensors"))
+    for key in single:
+        assert torch.equal(rank0[key], rank1[key]), f"ranks differ on {key}"
+        torch.testing.assert_close(rank0[key], single[key], atol=1e-6, rtol=1e-5, msg=key)
+    assert one["grad_norm"] > 0, "the step had a gradient, so matching it means something"
+    assert two["tokens"] == one["tokens"] > 0
     assert two["loss"] == pytest.approx(one["loss"], abs=1e-6)
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
 

@@ -245,6 +245,11 @@ class GRPOLearner:
         normalizer = loss_normalizer([len(e.completion) for e in examples], settings.loss_type, self.max_completion_length)
         # Every process holds the same rollouts; each trains on its own share of them.
         shard = examples[accelerator.process_index :: accelerator.num_processes]
+        # Fewer completions than processes: a rank without a share still has to take part in
+        # DDP's gradient all-reduce, or the others wait for it forever. It runs one completion
+        # with weight 0: no gradient, no metrics, no tokens of its own.
+        weight = 1.0 if shard else 0.0
+        shard = shard or examples[:1]
         batches = micro_batches(shard, settings.micro_batch_tokens, self.policy.tokenizer.pad_token_id, accelerator.device)
         old = self._logprobs(batches) if settings.num_iterations > 1 else [None] * len(batches)
         ref = self._reference_logprobs(batches) if settings.beta > 0 else [None] * len(batches)
@@ -271,8 +276,8 @@ class GRPOLearner:
                     if batch.sampler is not None and batch.known is not None:
                         is_weights = truncated_is_weights(logprobs if old_lp is None else old_lp, batch.sampler,
                                                           batch.known, cap=settings.importance_sampling_cap)
-                        add("is_weight_sum", (is_weights * batch.known).sum())
-                        add("is_tokens", batch.known.sum())
+                        add("is_weight_sum", (is_weights * batch.known).sum() * weight)
+                        add("is_tokens", batch.known.sum() * weight)
                     loss, metrics = grpo_loss(
                         logprobs, old_lp, batch.advantages, batch.mask, normalizer=normalizer,
                         loss_type=settings.loss_type, epsilon_low=settings.epsilon_low,
@@ -280,13 +285,13 @@ class GRPOLearner:
                         is_weights=is_weights,
                     )
                     # DDP averages gradients over processes; the normaliser already covers the whole batch.
-                    accelerator.backward(loss * accelerator.num_processes)
+                    accelerator.backward(loss * (accelerator.num_processes * weight))
                 for key, value in metrics.items():
                     if key == "ratio_max":
-                        ratio_max = torch.maximum(ratio_max, value.float())
+                        ratio_max = torch.maximum(ratio_max, value.float() * weight)
                     else:  # means over real tokens: weight by them
-                        add(key, value.float() * batch.completion_tokens)
-                loss_sum = loss_sum + loss.detach().float()
+                        add(key, value.float() * (batch.completion_tokens * weight))
+                loss_sum = loss_sum + loss.detach().float() * weight
             # A non-finite loss gives non-finite gradients on every rank (the all-reduce spreads them):
             # checked here, once, before anything is applied.
             loss_value = float(loss_sum)
@@ -308,7 +313,7 @@ class GRPOLearner:
         summed = dict(zip(totals, map(float, values)))
         summed.setdefault("is_weight_sum", 0.0)  # every process reports the same keys, whatever its share held
         summed.setdefault("is_tokens", 0.0)
-        summed["tokens"] = float(sum(b.completion_tokens for b in batches) * settings.num_iterations)
+        summed["tokens"] = float(sum(b.completion_tokens for b in batches) * settings.num_iterations * weight)
         totals = self._sum_over_processes(summed)
         seconds = time.perf_counter() - started
         iterations = settings.num_iterations

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import attrs
 import torch
 from safetensors.torch import save_file
 
@@ -32,13 +33,18 @@ def groups() -> list[Group]:
     return out
 
 
-def main(out: Path, loss_type: str) -> None:
+def main(out: Path, loss_type: str, completions: int | None = None) -> None:
     tokenizer = load_tokenizer("smollm2-135m")
     policy = Policy(spec="tiny", model=tiny_llama(len(tokenizer), seed=0), tokenizer=tokenizer,
                     device=torch.device("cpu"), dtype=torch.float32)
     learner = GRPOLearner(policy, GRPOSettings(lr=1e-3, loss_type=loss_type, micro_batch_tokens=256),
                           total_steps=1, max_completion_length=16, node="me")
-    metrics = learner.train(groups(), 0)
+    batch = groups()
+    if completions is not None:  # fewer completions than processes: some rank has no share
+        first = batch[0]
+        batch = [attrs.evolve(first, completions=first.completions[:completions], rewards=first.rewards[:completions],
+                              advantages=first.advantages[:completions])]
+    metrics = learner.train(batch, 0)
     rank = learner.accelerator.process_index
     state = {k: v.detach().contiguous() for k, v in policy.model.state_dict().items() if not k.endswith("lm_head.weight")}
     save_file(state, str(out / f"rank{rank}.safetensors"))
@@ -46,4 +52,4 @@ def main(out: Path, loss_type: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2])
+    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)
