@@ -23,17 +23,9 @@ step() {
 }
 
 # A reward that needs no skill (a hash of the text), so a randomly initialised model's round has
-# advantages to train on; installed the way pip leaves a plugin (module + dist-info).
+# advantages to train on; installed the way pip leaves a plugin (sapo_core.testing, needs pytest).
 hash_reward_site() {
-  local site=$1
-  mkdir -p "$site/hash_reward-1.0.dist-info"
-  printf '%s\n' 'import hashlib' 'from sapo_core import hookimpl' '' '' 'class HashReward:' \
-    '    def score(self, problem, completions):' \
-    '        return [hashlib.sha256(c.text.encode()).digest()[0] / 255 for c in completions]' '' '' \
-    '@hookimpl' 'def register_rewards(register):' '    register("hash", lambda settings, context: HashReward())' \
-    > "$site/hash_reward.py"
-  printf 'Metadata-Version: 2.1\nName: hash-reward\nVersion: 1.0\n' > "$site/hash_reward-1.0.dist-info/METADATA"
-  printf '[sapo]\nhash_reward = hash_reward\n' > "$site/hash_reward-1.0.dist-info/entry_points.txt"
+  "$py" -c 'import sys; from pathlib import Path; from sapo_core.testing import HASH_REWARD, install_plugin; install_plugin(Path(sys.argv[1]), "hash-reward", "hash_reward", HASH_REWARD)' "$1"
 }
 
 # Whole offline rounds (generate, score, train) through the CLI under accelerate launch: every rank
