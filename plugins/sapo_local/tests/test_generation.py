@@ -437,6 +437,53 @@ def test_fused_draw_twin_and_compile_fallback(monkeypatch, caplog):
     assert generation._compiled_draw is False
 
 
+# --------------------------------------------------------------------------- progress
+
+
+def progress_lines(monkeypatch, policy, batch_size, *, bias=None, rank=None):
+    """Generate 3 problems x 2 completions x 6 tokens inside a run's display that prints a line at
+    every update (as in a log); the completions and the ``(done, total)`` of each line."""
+    import io
+
+    from rich.console import Console
+
+    from sapo_core import progress
+
+    monkeypatch.setattr(progress, "LINE_SECONDS", 0.0)
+    if rank is not None:
+        monkeypatch.setenv("RANK", str(rank))
+    if bias is not None:
+        bias_eos(policy, bias)
+    buffer = io.StringIO()
+    with progress.run_progress(1, 0, label="node-0", console=Console(file=buffer, width=200)):
+        out = backend(policy, batch_size=batch_size).generate([P1, P2, P3], 2, SamplingParams(max_new_tokens=6, seed=5))
+    line = re.compile(r"generate: (\d+)/(\d+) tokens, [\d,]+ tok/s, ~.* left$")
+    counts = [line.match(text) for text in buffer.getvalue().splitlines()]
+    assert all(counts), buffer.getvalue()
+    return out, [(int(m.group(1)), int(m.group(2))) for m in counts]
+
+
+def test_progress_counts_every_row_at_every_step(monkeypatch, policy):
+    plain = backend(policy, batch_size=4).generate([P1, P2, P3], 2, SamplingParams(max_new_tokens=6, seed=5))
+    out, lines = progress_lines(monkeypatch, policy, batch_size=4)
+    assert ids(out) == ids(plain), "counting changes no completion"
+    # 6 rows in batches of 4 and 2: each decode step adds its batch's rows, then the batch is done
+    first = [(4 * step, 36) for step in range(1, 7)] + [(24, 36)]
+    second = [(24 + 2 * step, 36) for step in range(1, 7)] + [(36, 36)]
+    assert lines == first + second
+
+
+def test_a_batch_that_stops_early_counts_its_remaining_steps(monkeypatch, policy):
+    out, lines = progress_lines(monkeypatch, policy, batch_size=64, bias=40.0)  # EOS almost always first
+    assert all(c.num_tokens == 1 for cs in out for c in cs)
+    assert lines == [(6, 36), (36, 36)]
+
+
+def test_only_rank_0_shows_progress(monkeypatch, policy):
+    _, lines = progress_lines(monkeypatch, policy, batch_size=64, rank=1)
+    assert lines == []
+
+
 # --------------------------------------------------------------------------- real model
 
 

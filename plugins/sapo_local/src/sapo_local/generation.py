@@ -31,6 +31,13 @@ Since a row's draw depends only on its own seed, the completions are those one p
 (up to the rare ties of last-bit logit differences described above).
 The backend's ``collective`` attribute says so to the node, which then has every process call
 ``generate`` together, evaluation included.
+
+Progress: a call shows its tokens done / total (`sapo_core.progress.token_progress`: a bar under
+the run's on a terminal, a line every 30 s in a log), counted by `_TokenCounter`, a logits
+processor that adds the batch's rows at each decode step and touches no tensor (no device
+sync). The total is rows x ``max_new_tokens``: a row that stops early keeps its slot until its
+batch ends, and a batch that ends early counts its remaining steps as done. Under a
+distributed launch only rank 0 shows its share.
 """
 
 from __future__ import annotations
@@ -56,6 +63,8 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 from transformers.generation.stopping_criteria import StopStringCriteria
 
 from sapo_core.interfaces import BackendContext, SamplingParams
+from sapo_core.node import process_rank
+from sapo_core.progress import TokenProgress, token_progress
 from sapo_core.records import Completion, Problem
 from sapo_core.seeding import derive_seed
 from sapo_core.throughput import TokenMeter
@@ -315,6 +324,21 @@ class GumbelSampler(LogitsProcessor):
         return cast(torch.FloatTensor, out)
 
 
+class _TokenCounter(LogitsProcessor):
+    """Counts a batch's decode steps for the progress display: ``rows`` tokens a step.
+
+    Reads only the host-side shape and leaves the scores as they are, so it adds no device
+    sync and no kernel; `TokenProgress` redraws at most every 0.1 s.
+    """
+
+    def __init__(self, progress: TokenProgress, rows: int) -> None:
+        self.progress, self.rows = progress, rows
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.progress.advance(self.rows)
+        return scores
+
+
 class _StopStringRecorder(StoppingCriteria):
     """Hugging Face's stop-string criterion, remembering how many tokens each row had when it fired."""
 
@@ -467,14 +491,21 @@ class LocalInference:
         model = self.policy.model
         was_training = model.training
         model.eval()
+        # Only rank 0 shows progress; RANK says it too where no process group is open (a
+        # contributor under accelerate launch generates every row itself, in every process).
+        quiet = distributed.world()[0] != 0 or process_rank() != 0
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), token_progress(
+                "generate", len(indices) * params.max_new_tokens, quiet=quiet
+            ) as progress:
                 start = 0
                 while start < len(indices):
                     chunk = indices[start : start + self._batch_size]
+                    before = progress.done
                     try:
-                        completions = self._generate_batch([rows[r] for r in chunk], params)
+                        completions = self._generate_batch([rows[r] for r in chunk], params, progress)
                     except _oom_errors() as exc:
+                        progress.update(before)  # the batch is made again, smaller
                         if len(chunk) == 1:
                             raise
                         self._batch_size = (len(chunk) + 1) // 2  # kept for later calls
@@ -484,6 +515,7 @@ class LocalInference:
                         continue
                     for r, completion in zip(chunk, completions):
                         results[r] = completion
+                    progress.update(before + len(chunk) * params.max_new_tokens)  # with the steps it stopped before
                     start += len(chunk)
         finally:
             model.train(was_training)
@@ -514,7 +546,8 @@ class LocalInference:
                 **_NEUTRAL, max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id, **static
             )
 
-    def _generate_batch(self, rows: Sequence[_Row], params: SamplingParams) -> list[Completion]:
+    def _generate_batch(self, rows: Sequence[_Row], params: SamplingParams,
+                        progress: TokenProgress | None = None) -> list[Completion]:
         policy = self.policy
         device = policy.device
         pad_id = policy.tokenizer.pad_token_id
@@ -538,6 +571,8 @@ class LocalInference:
             log.warning("prompt (%d tokens) + max_new_tokens (%d) exceed the model's context (%d)",
                         width, params.max_new_tokens, context)
         processors = LogitsProcessorList()
+        if progress is not None and progress.shown:
+            processors.append(_TokenCounter(progress, len(rows)))
         if params.temperature > 0:
             processors.append(
                 GumbelSampler(

@@ -91,9 +91,9 @@ def main() -> None:
     made: list[int] = []
     generate_batch = backend._generate_batch
 
-    def counted(rows, params):
+    def counted(rows, params, *rest):
         made.append(len(rows))
-        return generate_batch(rows, params)
+        return generate_batch(rows, params, *rest)
 
     backend._generate_batch = counted  # type: ignore[method-assign]
     generated = backend.generate(PROBLEMS, 3, PARAMS)
