@@ -31,8 +31,15 @@ def is_zero_variance(rewards: Sequence[float]) -> bool:
     return all(math.isclose(r, rewards[0], abs_tol=ZERO_VARIANCE_TOLERANCE) for r in rewards)
 
 
-def group_advantages(rewards: Sequence[float], *, scale_by_std: bool = True, eps: float = 1e-6) -> tuple[float, ...]:
+def group_advantages(
+    rewards: Sequence[float], *, scale_by_std: bool = True, eps: float = 1e-6, gate: Sequence[float] | None = None
+) -> tuple[float, ...]:
     """The advantage of each completion of one group, in order (see the module docstring).
+
+    ``gate``: the verifier's scores of the same completions. When they are all equal the group
+    gets no advantage, whatever the other (shaping) rewards say: otherwise the std scaling would
+    blow a 0.1-weight format reward up to full-size advantages in every group the verifier
+    cannot tell apart, and the format would become the whole signal.
 
     Raises ValueError for a non-finite reward or a negative or non-finite ``eps``: reward
     functions return finite floats, so either is a bug upstream that must not reach training.
@@ -42,7 +49,9 @@ def group_advantages(rewards: Sequence[float], *, scale_by_std: bool = True, eps
     values = [float(r) for r in rewards]
     if not all(math.isfinite(r) for r in values):
         raise ValueError(f"rewards must be finite numbers, got {values}")
-    if is_zero_variance(values):
+    if gate is not None and len(gate) != len(values):
+        raise ValueError(f"gate has {len(gate)} scores for {len(values)} rewards")
+    if is_zero_variance(values) or (gate is not None and is_zero_variance([float(g) for g in gate])):
         return (0.0,) * len(values)
     mean = math.fsum(values) / len(values)
     centred = [r - mean for r in values]

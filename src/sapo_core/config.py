@@ -132,6 +132,13 @@ def _task_weights(instance: Any, attribute: Any, value: tuple[float, ...]) -> No
         )
 
 
+def _band(instance: Any, attribute: Any, value: tuple[float, ...]) -> None:
+    if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value):
+        raise ValueError("must be two numbers [low, high]", attribute)
+    if not 0 <= value[0] < value[1] <= 1:
+        raise ValueError("must satisfy 0 <= low < high <= 1", attribute)
+
+
 def _reward_weights(instance: Any, attribute: Any, value: Mapping[str, float]) -> None:
     if not value:
         raise ValueError("must name at least one reward function", attribute)
@@ -189,6 +196,12 @@ class TasksSettings:
     names: tuple[str, ...] = attrs.field(default=("arithmetic",), converter=tuple, validator=_task_names)
     weights: tuple[float, ...] = attrs.field(default=(), converter=tuple, validator=_task_weights)  # empty: uniform
     problems_per_round: int = attrs.field(default=8, validator=_at_least(1))  # B: problems per round
+    # Per-node difficulty that follows the model (sapo_core.curriculum): a task whose groups'
+    # success rate leaves curriculum_band moves a level down or up; evaluation stays at the
+    # configured level. Tasks without levels are left as configured.
+    curriculum: bool = True
+    curriculum_band: tuple[float, float] = attrs.field(default=(0.2, 0.8), converter=tuple, validator=_band)
+    curriculum_window: int = attrs.field(default=8, validator=_at_least(1))  # groups seen at a level before it moves
 
 
 @attrs.frozen
@@ -198,6 +211,10 @@ class RewardsSettings:
     weights: dict[str, float] = attrs.field(
         factory=lambda: {"correctness": 1.0, "format": 0.1}, converter=dict, validator=_reward_weights
     )  # reward name -> weight of its score in the total reward
+    # The verifier: a group whose scores from this reward are all equal gets no advantage, so
+    # shaping rewards (format) only order completions the verifier already tells apart and
+    # never become the whole signal. "" = no gate.
+    gate: str = "correctness"
 
 
 @attrs.frozen

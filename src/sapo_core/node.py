@@ -35,6 +35,7 @@ from sapo_core import __version__, codec, rundir
 from sapo_core.advantages import group_advantages
 from sapo_core.config import Config, structure
 from sapo_core.coordinator import Coordinator, check_lease_settings, standing_by
+from sapo_core.curriculum import Curriculum, group_success, task_variants
 from sapo_core.errors import ConfigError, SapoError, StopRun
 from sapo_core.evaluation import Evaluator, ProblemResult
 from sapo_core.interfaces import (
@@ -55,6 +56,9 @@ from sapo_core.sampling import sample_problems, training_set
 from sapo_core.seeding import derive_seed
 
 log = logging.getLogger("sapo.node")
+
+#: The curriculum's state in a checkpoint folder, beside the learner's files.
+CURRICULUM_FILE = "curriculum.json"
 
 #: Settings every node of one experiment must agree on; stored by the first node to start.
 SHARED_SETTINGS = (
@@ -134,6 +138,8 @@ class Node:
     checkpointer: Checkpointer | None = None
     #: A worker's stand-by coordinator (``swarm.standby``), run alongside its rounds.
     standby: Coordinator | None = None
+    #: The training difficulty of each task (``tasks.curriculum``); None: always as configured.
+    curriculum: Curriculum | None = None
     sleep: Callable[[float], None] = time.sleep
     last_metrics: dict[str, Any] = attrs.field(factory=dict)
     #: How the progress display names this node (default: its node id).
@@ -141,6 +147,7 @@ class Node:
     #: Told when a phase of a round starts (set by `work` to the progress display's).
     on_phase: Callable[[str], None] | None = None
     _evaluator: Evaluator | None = attrs.field(default=None, init=False, repr=False)
+    _levels: dict[str, list[Task]] = attrs.field(factory=dict, init=False, repr=False)  # each task at every level
     # Set when a backend asked to stop during an evaluation: the round is finished, then the run ends.
     _stop: StopRun | None = attrs.field(default=None, init=False, repr=False)
 
@@ -184,6 +191,7 @@ class Node:
         build = _Builder(config, plugins, context)
         tasks = {name: build("task", name, config.extras("tasks", name), f"tasks.{name}") for name in config.tasks.names}
         context.tasks = tasks
+        check_gate(config)
         rewards = {
             name: build("reward", name, config.extras("rewards", name), f"rewards.{name}")
             for name, weight in config.rewards.weights.items()
@@ -203,6 +211,7 @@ class Node:
             check_lease_settings(config, transport, role)
             node = cls(config=config, plugins=plugins, context=context, tasks=tasks, rewards=rewards, transport=transport)
             if role != "coordinator":
+                node.curriculum = build_curriculum(config, tasks)
                 node.inference = build("inference", config.inference.backend, config.extras("inference"), "inference")
                 if config.eval.inference:
                     node.eval_inference = build("inference", config.eval.inference, config.extras("eval"), "eval")
@@ -385,7 +394,7 @@ class Node:
         metrics: dict[str, Any] = {"round": round, "node": self.context.node, "time": time.time()}
         with timer.phase("generate"):
             problems = sample_problems(
-                self.tasks,
+                self.curriculum.tasks() if self.curriculum is not None else self.tasks,
                 config.tasks.weights,
                 config.tasks.problems_per_round,
                 seed=config.run.seed,
@@ -419,6 +428,9 @@ class Node:
             metrics["inference/tokens_per_second"] = sum(tokens) / timer.seconds["generate"]
         metrics.update(self.reward_metrics(local))
         metrics.update(self.function_metrics(scored))
+        metrics.update(completion_metrics(local))
+        if self.curriculum is not None:
+            metrics.update(self.follow_curriculum(local, scored))
 
         external: list[Group] = []
         if self.transport.shared:
@@ -456,6 +468,21 @@ class Node:
         metrics["time/round"] = time.perf_counter() - start
         return metrics
 
+    def follow_curriculum(self, local: Sequence[Group], scored: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, float]:
+        """Tell the curriculum how this round's own groups did; ``curriculum/<task>/level`` (this
+        round's) and ``curriculum/<task>/success`` (this round's mean group success)."""
+        assert self.curriculum is not None
+        successes: dict[str, list[float]] = {}
+        for group, parts in zip(local, scored):
+            successes.setdefault(group.problem.task, []).append(
+                group_success(parts, group.rewards, self.config.rewards.gate))
+        metrics = {f"curriculum/{name}/level": float(level) for name, level in self.curriculum.levels.items()}
+        for name, rates in successes.items():
+            if name in self.curriculum.levels:
+                metrics[f"curriculum/{name}/success"] = _mean(rates)
+        self.curriculum.observe(successes)
+        return metrics
+
     def score(self, problem: Problem, completions: Sequence[Completion], *, node: str) -> Group:
         """Score one problem's completions with this node's rewards: a `Group` with advantages."""
         return self.group(problem, completions, self.score_functions(problem, completions), node=node)
@@ -469,7 +496,8 @@ class Node:
         """A `Group` from the reward functions' scores: their weighted sum, and group advantages."""
         weights = {name: w for name, w in self.config.rewards.weights.items() if name in per_function}
         rewards = combine_rewards(per_function, weights)
-        advantages = group_advantages(rewards, scale_by_std=self.config.advantages.scale_by_std)
+        gate = per_function.get(self.config.rewards.gate) if self.config.rewards.gate else None
+        advantages = group_advantages(rewards, scale_by_std=self.config.advantages.scale_by_std, gate=gate)
         return Group(problem=problem, completions=completions, rewards=rewards, advantages=advantages, node=node)
 
     @staticmethod
@@ -492,6 +520,7 @@ class Node:
             "reward/mean": _mean(rewards),
             "reward/max_group_mean": max((g.mean_reward for g in groups), default=0.0),
             "groups/zero_variance": sum(group.zero_variance for group in groups),
+            "groups/no_signal": sum(group.no_signal for group in groups),
         }
         for task in self.tasks:
             of_task = [r for group in groups if group.problem.task == task for r in group.rewards]
@@ -541,11 +570,22 @@ class Node:
         _, _, seed = problem.id.rpartition("-")
         if not seed.isdigit():
             return None
-        try:
-            ours = self.tasks[problem.task].generate(int(seed))
-            return ours if codec.to_data(ours) == codec.to_data(problem) else None
-        except Exception:  # a task that cannot regenerate this id did not make it
-            return None
+        task = self.tasks[problem.task]
+        sent = codec.to_data(problem)
+        # A peer's curriculum may have it at another level of the task than ours.
+        for candidate in (task, *self._variants(problem.task)):
+            try:
+                ours = candidate.generate(int(seed))
+            except Exception:  # a task that cannot regenerate this id did not make it
+                continue
+            if codec.to_data(ours) == sent:
+                return ours
+        return None
+
+    def _variants(self, name: str) -> list[Task]:
+        if name not in self._levels:
+            self._levels[name] = list(task_variants(self.tasks[name]).values())
+        return self._levels[name]
 
     def wait_for_peers(self, round: int) -> None:
         """Until every live peer has published, the round advances, or its deadline passes."""
@@ -670,6 +710,8 @@ class Node:
     def _write_checkpoint(self, folder: Path) -> None:
         if self.learner is not None:
             self.learner.save(folder)
+        if self.curriculum is not None:
+            rundir.write_json(folder / CURRICULUM_FILE, self.curriculum.state())
 
     def resume(self) -> int:
         """Load the newest complete checkpoint; return its round (-1 when there is none)."""
@@ -682,6 +724,9 @@ class Node:
                 return -1
             if self.learner is not None:
                 self.learner.load(Path(tmp))
+            saved = Path(tmp) / CURRICULUM_FILE
+            if self.curriculum is not None and saved.is_file():
+                self.curriculum.restore(json.loads(saved.read_text(encoding="utf-8")))
         log.info("%s: resumed from the checkpoint of round %d (%s)", self.context.node, info.round, info.location)
         return info.round
 
@@ -696,6 +741,33 @@ class Node:
 
         Coordinator(self.config, self.transport, self.context.node, sleep=self.sleep, beat=self.beat,
                     on_closed=closed).run()
+
+
+def build_curriculum(config: Config, tasks: Mapping[str, Task]) -> Curriculum | None:
+    """The node's curriculum (``tasks.curriculum``), or None when it is off."""
+    if not config.tasks.curriculum:
+        return None
+    return Curriculum(tasks, band=config.tasks.curriculum_band, window=config.tasks.curriculum_window)
+
+
+def check_gate(config: Config) -> None:
+    """``rewards.gate`` must name a weighted reward, unless it is the default and the rewards have no correctness."""
+    gate, weighted = config.rewards.gate, [name for name, w in config.rewards.weights.items() if w != 0]
+    if gate and gate not in weighted and config.source("rewards.gate") != "default":
+        raise ConfigError(
+            f"rewards.gate = {gate!r} is not one of the weighted rewards ({', '.join(weighted)}). "
+            'Name the verifier among them, or set rewards.gate = "" for no gate.'
+        )
+
+
+def completion_metrics(groups: Sequence[Group]) -> dict[str, float]:
+    """``completions/mean_tokens`` and ``completions/truncated`` (the fraction that hit max_new_tokens)."""
+    completions = [c for group in groups for c in group.completions]
+    tokens = [c.num_tokens for c in completions if c.num_tokens is not None]
+    metrics = {"completions/truncated": _mean([float(c.finish_reason == "length") for c in completions])}
+    if tokens:
+        metrics["completions/mean_tokens"] = _mean(tokens)
+    return metrics
 
 
 def process_rank() -> int:

@@ -106,6 +106,11 @@ class Group:
         return all(math.isclose(r, self.rewards[0], abs_tol=1e-12) for r in self.rewards)
 
     @property
+    def no_signal(self) -> bool:
+        """True when every advantage is 0 (equal rewards, or a gated group): nothing to learn from it."""
+        return not any(self.advantages)
+
+    @property
     def mean_reward(self) -> float:
         return sum(self.rewards) / len(self.rewards) if self.rewards else 0.0
 

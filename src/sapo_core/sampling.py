@@ -33,10 +33,11 @@ def sample_problems(
 def select_groups(groups: Sequence[Group], count: int, rng: random.Random) -> list[Group]:
     """Up to ``count`` groups, uniformly, after dropping those with no learning signal.
 
-    A group whose rewards are all equal has all-zero advantages and contributes no policy
-    gradient, so it would only dilute the batch (the SAPO paper filters them the same way).
+    A group with all-zero advantages (equal rewards, or a verifier that cannot tell its
+    completions apart) contributes no policy gradient, so it would only dilute the batch (the
+    SAPO paper filters zero-variance groups the same way).
     """
-    useful = [group for group in groups if not group.zero_variance]
+    useful = [group for group in groups if not group.no_signal]
     if count >= len(useful):
         return useful
     return rng.sample(useful, count)

@@ -13,6 +13,7 @@ import attrs
 
 from sapo_core.answers import build_messages, last_integer, normalize_answer
 from sapo_core.records import Problem
+from sapo_core.tasks.levels import OnLadder
 
 
 @attrs.frozen
@@ -75,11 +76,14 @@ def parse_integer(answer: str) -> int | None:
     return int(text.replace(",", ""))
 
 
-class ArithmeticTask:
+class ArithmeticTask(OnLadder):
     """Integer expressions to evaluate; 1.0 for the exact value, else 0.0."""
 
     name = "arithmetic"
     description = "Evaluate an integer expression with + - * and parentheses (difficulty 1-5)."
+
+    #: The curriculum's levels: the difficulties, in order.
+    ladder = tuple({"difficulty": difficulty} for difficulty in sorted(LEVELS))
 
     def __init__(self, settings: ArithmeticSettings | None = None) -> None:
         self.settings = settings or ArithmeticSettings()

@@ -21,6 +21,7 @@ import attrs
 
 from sapo_core.answers import build_messages, normalize_answer
 from sapo_core.records import Problem
+from sapo_core.tasks.levels import OnLadder
 
 #: Longer answers are refused unread: a solution with six numbers is a few dozen characters.
 MAX_ANSWER_CHARS = 256
@@ -113,11 +114,20 @@ def _value(node: ast.AST) -> Fraction:
     return left / right
 
 
-class CountdownTask:
+class CountdownTask(OnLadder):
     """Countdown numbers game; see the module docstring for the rules and scoring."""
 
     name = "countdown"
     description = "Reach a target from given numbers with + - * / and parentheses, each number at most once."
+
+    #: The curriculum's levels: more and larger numbers; the default settings are level 3.
+    ladder = (
+        {"num_numbers": 3, "max_number": 10, "max_target": 30},
+        {"num_numbers": 3, "max_number": 25, "max_target": 100},
+        {"num_numbers": 4, "max_number": 100, "max_target": 1000},
+        {"num_numbers": 5, "max_number": 100, "max_target": 1000},
+        {"num_numbers": 6, "max_number": 100, "max_target": 1000},
+    )
 
     def __init__(self, settings: CountdownSettings | None = None) -> None:
         self.settings = settings or CountdownSettings()

@@ -18,6 +18,7 @@ import attrs
 
 from sapo_core.answers import build_messages, normalize_answer
 from sapo_core.records import Problem
+from sapo_core.tasks.levels import OnLadder
 
 #: Longer answers are refused unread.
 MAX_ANSWER_CHARS = 8192
@@ -87,11 +88,20 @@ def format_assignment(values: Sequence[bool]) -> str:
     return ", ".join(f"x{i}={int(v)}" for i, v in enumerate(values, start=1))
 
 
-class SatTask:
+class SatTask(OnLadder):
     """Planted random k-SAT; see the module docstring for the scoring rule."""
 
     name = "sat"
     description = "Find a satisfying assignment of a random k-SAT formula (partial credit per clause)."
+
+    #: The curriculum's levels: more variables and clauses; the default settings are level 3.
+    ladder = (
+        {"num_vars": 3, "num_clauses": 3, "k": 2},
+        {"num_vars": 4, "num_clauses": 6, "k": 3},
+        {"num_vars": 5, "num_clauses": 10, "k": 3},
+        {"num_vars": 8, "num_clauses": 20, "k": 3},
+        {"num_vars": 12, "num_clauses": 40, "k": 3},
+    )
 
     def __init__(self, settings: SatSettings | None = None) -> None:
         self.settings = settings or SatSettings()

@@ -19,6 +19,7 @@ import attrs
 
 from sapo_core.answers import build_messages, normalize_answer
 from sapo_core.records import Problem
+from sapo_core.tasks.levels import OnLadder
 
 # A few hundred common lowercase English words, all distinct.
 WORDS: tuple[str, ...] = tuple(
@@ -111,11 +112,20 @@ def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
     return previous[-1]
 
 
-class SortTask:
+class SortTask(OnLadder):
     """Alphabetise a list of words; see the module docstring for the partial-credit rule."""
 
     name = "sort"
     description = "Sort a list of common English words alphabetically (partial credit by LCS)."
+
+    #: The curriculum's levels: longer lists; the default settings are level 3.
+    ladder = (
+        {"min_words": 2, "max_words": 3},
+        {"min_words": 3, "max_words": 5},
+        {"min_words": 4, "max_words": 8},
+        {"min_words": 6, "max_words": 12},
+        {"min_words": 8, "max_words": 16},
+    )
 
     def __init__(self, settings: SortSettings | None = None) -> None:
         self.settings = settings or SortSettings()

@@ -102,6 +102,9 @@ def grpo_loss(
             "clip_ratio_high": (((ratio > 1.0 + epsilon_high) & (A > 0)).to(mf.dtype) * mf).sum() / n,
             "ratio_mean": (ratio * mf).sum() / n,
             "ratio_max": torch.where(m, ratio, zero).max() if m.numel() else zero,
+            # -log p of the sampled tokens: for the policy's own temperature-1 samples, the Monte
+            # Carlo estimate of its per-token entropy, the first sign of a collapsing policy.
+            "entropy": -(logp * mf).sum() / n,
         }
         if ref_logprobs is not None:
             metrics["kl"] = (kl * mf).sum() / n
