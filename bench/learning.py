@@ -23,6 +23,7 @@ completions x 128 tokens with the static cache.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import statistics
@@ -101,6 +102,13 @@ class Outcome:
 def finished(folder: Path, rounds: int) -> bool:
     try:
         return any(line.get("round") == rounds - 1 and "eval/pass@1" in line for line in rundir.read_metrics(folder))
+    except OSError:
+        return False
+
+
+def has_evaluations(folder: Path) -> bool:
+    try:
+        return any("eval/pass@1" in line for line in rundir.read_metrics(folder))
     except OSError:
         return False
 
@@ -231,18 +239,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default runs/learning/<time>)")
+    parser.add_argument("--only", action="append", default=[], metavar="VARIANT/TASK",
+                        help="run only these variant/task pairs (shell patterns, e.g. 'recipe/*'); repeatable")
     parser.add_argument("--report-only", action="store_true", help="summarise the runs in --out, run nothing")
+    parser.add_argument("--partial", action="store_true", help="summarise unfinished runs too (their evaluations so far)")
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / "learning" / rundir.timestamp()
     variants = parse_variants(args.variant)
     common = (*PRESETS[args.preset], *args.sets)
     jobs = [Job(variant, task, int(seed), (*common, *sets), out / variant / task / f"seed{seed}")
-            for variant, sets in variants.items() for task in args.tasks.split(",") for seed in args.seeds.split(",")]
+            for variant, sets in variants.items() for task in args.tasks.split(",") for seed in args.seeds.split(",")
+            if not args.only or any(fnmatch.fnmatchcase(f"{variant}/{task}", pattern) for pattern in args.only)]
     command = " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
     failures = [] if args.report_only else run_jobs(jobs, args.rounds, args.jobs, args.threads)
     outcomes: dict[tuple[str, str], list[Outcome]] = {}
     for job in jobs:
-        if finished(job.folder, args.rounds):
+        if finished(job.folder, args.rounds) or (args.partial and has_evaluations(job.folder)):
             outcomes.setdefault((job.variant, job.task), []).append(Outcome.read(job.folder))
     rows = summarise(outcomes)
     text = markdown(rows, f"python {command}")
