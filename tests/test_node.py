@@ -433,6 +433,15 @@ def test_summary_shows_whichever_headline_metrics_are_present():
     assert summary_line("node-0", 2, 10, {"reward/mean": 1.0}) == "node-0 round 3/10: reward 1.000"
 
 
+def test_every_display_counts_rounds_from_1_and_names_the_evaluation_before_training():
+    from sapo_core.progress import round_name, summary_line
+
+    assert [round_name(r, 4) for r in (-1, 0, 3)] == ["before training", "round 1/4", "round 4/4"]
+    assert round_name(2) == "round 3"
+    # metrics.jsonl's round -1: the held-out evaluation before round 1, not a "round 0/4".
+    assert summary_line("w-1", -1, 4, {"eval/pass@1": 0.1667}) == "w-1 before training: pass@1 0.167"
+
+
 def test_each_round_prints_one_summary_line_when_stderr_is_not_a_terminal(tmp_path, sapo_plugins, backends, capsys):
     Node.from_config(config(tmp_path, "run.rounds=3", "eval.every=2", "eval.problems=2"), sapo_plugins).run()
     err = capsys.readouterr().err

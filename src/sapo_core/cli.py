@@ -411,7 +411,7 @@ def report(paths: tuple[str, ...], output: Path, experiment: str | None, as_json
     for label, lines in rows.items():
         table = Table("round", "reward", "held-out pass@1", title=label, box=None)
         for row in lines:
-            table.add_row(str(row["round"]), _fmt(row["reward"]), _fmt(row["pass@1"]))
+            table.add_row(reporting.round_label(row["round"]), _fmt(row["reward"]), _fmt(row["pass@1"]))
         _stdout().print(table)
     click.echo(f"reward curve: {output}")
 

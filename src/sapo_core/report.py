@@ -2,7 +2,11 @@
 
 A path is a run directory (it holds ``metrics.jsonl``) or a folder of them (an experiment,
 a sweep), searched two levels down. Each run is one curve of ``reward/mean`` per round, with
-its held-out ``eval/pass@1`` as markers (round -1 is the evaluation before training).
+its held-out ``eval/pass@1`` as markers at the rounds that evaluated.
+
+Rounds are shown as every display shows them (`sapo_core.progress.round_name`): counted from
+1, the evaluation before training (metrics.jsonl's round -1) at 0, "before training". The
+``--json`` rows keep metrics.jsonl's numbers.
 
 A swarm (``sapo report ROOT --experiment NAME``) is read from its shared folder instead:
 ``<root>/<experiment>/metrics/<node>.jsonl`` (written by the folder transport's observers), one
@@ -20,6 +24,7 @@ import attrs
 
 from sapo_core import codec
 from sapo_core.errors import SapoError
+from sapo_core.progress import BEFORE_TRAINING
 from sapo_core.rundir import METRICS_FILE, read_jsonl, read_metrics
 
 SWARM_METRICS_DIR = "metrics"
@@ -121,8 +126,26 @@ def labels_for(runs: Sequence[Path]) -> list[str]:
     return [str(run) for run in runs]
 
 
+#: One marker shape per curve: curves with equal values at a round differ by shape, not only colour.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+#: One line style per curve, for the same reason where reward lines run on top of each other.
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def x_of(round: int) -> int:
+    """Where a round sits on the picture's axis: rounds counted from 1, the evaluation before training at 0."""
+    return round + 1
+
+
+def dodge(index: int, count: int, span: int) -> float:
+    """Curve ``index``'s sideways shift, in rounds: the ``count`` curves' points at one round sit
+    side by side instead of on top of each other (a small share of the axis, under half a round)."""
+    step = min(0.5 / count, 0.02 * max(span, 1))
+    return (index - (count - 1) / 2) * step
+
+
 def plot(curves: Sequence[Curve], output: Path, *, title: str = "sapo: reward per round") -> Path:
-    """Draw the curves into a PNG: training reward (lines), held-out pass@1 (markers)."""
+    """Draw the curves into a PNG (see `figure_of`)."""
     try:
         import matplotlib
 
@@ -130,33 +153,94 @@ def plot(curves: Sequence[Curve], output: Path, *, title: str = "sapo: reward pe
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise SapoError("sapo report draws with matplotlib: pip install 'sapo-core[plot]'") from exc
-    figure, axis = plt.subplots(figsize=(8, 4.5), dpi=120)
-    index = 0
-    for curve in curves:
-        if curve.mean:
-            color, width, z = "black", 3.0, 3
-        else:
-            color, width, z = f"C{index % 10}", 1.5, 2
-            index += 1
-        if curve.rounds:
-            axis.plot(curve.rounds, curve.reward, color=color, marker=".", linewidth=width, zorder=z,
-                      label=f"{curve.label} reward")
-        if curve.eval_rounds:
-            axis.plot(curve.eval_rounds, curve.pass_at_1, color=color, linestyle="--", marker="o", linewidth=width,
-                      zorder=z, label=f"{curve.label} held-out pass@1")
-    from matplotlib.ticker import MaxNLocator
-
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
-    axis.set_xlabel("round (-1: before training)")
-    axis.set_ylabel("reward / pass@1")
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize="small", loc="best")
-    figure.tight_layout()
+    figure = figure_of(curves, title)
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output)
     plt.close(figure)
     return output
+
+
+def figure_of(curves: Sequence[Curve], title: str) -> Any:
+    """A matplotlib figure of the curves: training reward per round as lines above, held-out
+    pass@1 below as markers only where it was measured (nothing drawn between evaluations).
+
+    Each curve has its own colour, marker and line style, and its points are shifted slightly
+    sideways, so no curve hides another; the swarm mean is a wide grey band under the nodes'
+    reward lines and a black bar across each evaluation's markers."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    evaluated = any(curve.eval_rounds for curve in curves)
+    if evaluated:
+        figure, (rewards, passes) = plt.subplots(2, 1, sharex=True, figsize=(10, 6.5), dpi=120,
+                                                 gridspec_kw={"height_ratios": (3, 2)})
+        axes = (rewards, passes)
+    else:
+        figure, rewards = plt.subplots(figsize=(10, 4.5), dpi=120)
+        passes, axes = None, (rewards,)
+    nodes = [curve for curve in curves if not curve.mean]
+    xs = [x_of(r) for c in curves for r in (*c.rounds, *c.eval_rounds)] or [1]
+    first, span = min(xs), max(xs)
+    handles = []
+    for index, curve in enumerate(nodes):
+        color, marker = f"C{index % 10}", MARKERS[index % len(MARKERS)]
+        style, shift = LINESTYLES[index % len(LINESTYLES)], dodge(index, len(nodes), span)
+        if curve.rounds:
+            rewards.plot([x_of(r) + shift for r in curve.rounds], curve.reward, color=color, marker=marker,
+                         markersize=4, linewidth=1.5, linestyle=style, alpha=0.85, zorder=3)
+        if curve.eval_rounds:
+            passes.scatter([x_of(r) + shift for r in curve.eval_rounds], curve.pass_at_1, marker=marker, s=60,
+                           facecolors="none", edgecolors=color, linewidths=1.8, zorder=4)
+        handles.append(Line2D([], [], color=color, marker=marker, linestyle=style, label=curve.label))
+    for curve in curves:
+        if not curve.mean:
+            continue
+        if curve.rounds:  # under the nodes' lines, so it hides none of them
+            rewards.plot([x_of(r) for r in curve.rounds], curve.reward, color="black", linewidth=6, alpha=0.25,
+                         solid_capstyle="round", zorder=2)
+        if curve.eval_rounds:
+            passes.scatter([x_of(r) for r in curve.eval_rounds], curve.pass_at_1, marker="_", s=900, color="black",
+                           linewidths=2.5, zorder=5)
+        handles.append(Line2D([], [], color="black", linewidth=6, alpha=0.25, marker="_", markersize=14,
+                              markeredgecolor="black", markeredgewidth=2.5, label=f"{curve.label} (band, bar)"))
+    rewards.set_title(title)
+    rewards.set_ylabel("reward\n(each round's rollouts)")
+    if evaluated:
+        passes.set_ylabel("held-out pass@1\n(evaluations only)")
+    _from_zero(rewards, [v for c in curves for v in c.reward])
+    if passes is not None:
+        _from_zero(passes, [v for c in curves for v in c.pass_at_1])
+    for axis in axes:
+        axis.grid(alpha=0.3)
+    _round_axis(figure, axes[-1], first, span)
+    rewards.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    figure.tight_layout()
+    return figure
+
+
+def _from_zero(axis: Any, values: Sequence[float]) -> None:
+    """Values that are none below 0 (pass@1, most rewards) on an axis from just under 0: matplotlib
+    would centre all-zero values on an empty negative half."""
+    if values and min(values) >= 0:
+        top = max(0.1, *values)
+        axis.set_ylim(-0.06 * top, 1.1 * top)
+
+
+def _round_axis(figure: Any, axis: Any, first: int, span: int) -> None:
+    """Whole rounds from ``first`` to ``span`` on ``axis``, 0 named "before training"."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlim(first - 0.5, span + 0.5)
+    figure.canvas.draw()  # the ticks exist only once drawn
+    ticks = [t for t in axis.get_xticks() if first <= t <= span]
+    axis.set_xticks(ticks, [BEFORE_TRAINING.replace(" ", "\n") if t == 0 else f"{t:g}" for t in ticks])
+    axis.set_xlabel("round")
+
+
+def round_label(round: int) -> str:
+    """A round in `sapo report`'s table: counted from 1, round -1 as "before training"."""
+    return BEFORE_TRAINING if round < 0 else str(x_of(round))
 
 
 def table_rows(curve: Curve) -> list[dict[str, Any]]:
