@@ -4,6 +4,7 @@ the launcher stopped by a signal (no process left behind), and arguments it refu
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,51 @@ def test_bad_arguments_are_refused_before_anything_starts(tmp_path):
     result = invoke("--root", str(root), "--experiment", "taken")
     assert result.exit_code == 1 and "already exists" in result.output
     assert sorted(p.name for p in root.iterdir()) == ["taken"], "nothing was started"
+
+
+class RunningPopen:
+    def poll(self):
+        return None
+
+
+def node_process(tmp_path: Path, node: str, lines: list[dict], output: str):
+    from sapo_gdrive.launcher import JsonlTail, NodeProcess, NodeSpec
+
+    spec = NodeSpec(node, "coordinator" if node == "coordinator" else "worker", tmp_path / node, ("true",))
+    spec.run_dir.mkdir(parents=True)
+    spec.output.write_text(output)
+    return NodeProcess(spec, RunningPopen(), 0.0, JsonlTail(tmp_path / f"{node}.jsonl"),
+                       lines={line["round"]: line for line in lines})
+
+
+def shown(renderable) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=250, file=io.StringIO())
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_the_live_table_counts_rounds_like_the_lines_and_shows_what_a_person_reads(tmp_path):
+    from sapo_gdrive.launcher import Plan, line_for, table
+
+    before = {"round": -1, "eval/pass@1": 0.167}
+    worker = node_process(tmp_path, "worker-1", [before, {"round": 0, "reward/mean": 0.25},
+                                                 {"round": 1, "reward/mean": 0.5, "eval/pass@1": 0.083}],
+                          "loading the model\nworker-1 round 2/2: reward 0.500\n" + json.dumps(before) + "\n")
+    fresh = node_process(tmp_path, "worker-2", [before], "worker-2 before training: pass@1 0.167\n")
+    plan = Plan(root=tmp_path, experiment="e", rounds=2, threads=1, nodes=(worker.spec, fresh.spec))
+    text = shown(table(plan, [worker, fresh], types.SimpleNamespace(round=1, deadline=None), time.time()))
+    header = next(line for line in text.splitlines() if "node" in line and "status" in line).split()
+    # Rounds 1 and 2, as the lines and the picture count them; the evaluation before training is no column.
+    assert [name for name in header if re.fullmatch(r"r\d+", name)] == ["r1", "r2"]
+    assert "experiment e: round 2/2" in text
+    rows = {line.split()[1]: line for line in text.splitlines() if line.split()[1:2] in (["worker-1"], ["worker-2"])}
+    assert "0.250" in rows["worker-1"] and "0.167 -> 0.083" in rows["worker-1"]
+    assert "worker-1 round 2/2: reward 0.500" in rows["worker-1"] and "{" not in rows["worker-1"], \
+        "the last line a person reads, not the metrics JSON printed after it"
+    # What test_stopping_the_launcher_stops_every_node relies on: quoted inside a row, never at a line's start.
+    assert not re.search(r"^worker-\d round", text, re.MULTILINE)
+    assert "0.167" in rows["worker-2"] and "->" not in rows["worker-2"] and "running" in rows["worker-2"]
+    assert line_for(fresh, -1, 2, before) == "worker-2 before training: pass@1 0.167"
+    assert line_for(worker, 1, 2, {"round": 1, "reward/mean": 0.5}) == "worker-1 round 2/2: reward 0.500"

@@ -180,6 +180,22 @@ def tail_lines(path: Path, count: int) -> list[str]:
     return [line.rstrip() for line in text.splitlines() if line.strip()][-count:]
 
 
+def is_metrics_line(text: str) -> bool:
+    """Whether a line of a node's output is a metrics JSON object (``sapo run`` prints the last
+    round's), for a program to read rather than a person."""
+    if not (text.startswith("{") and text.endswith("}")):
+        return False
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
+def last_words(path: Path, lines: int = 20) -> str:
+    """The newest line of a node's output that is for a person (metrics JSON skipped); '' for none."""
+    return next((text for text in reversed(tail_lines(path, lines)) if not is_metrics_line(text.strip())), "")
+
+
 # ---------------------------------------------------------------------------------- processes
 
 
@@ -301,9 +317,13 @@ def _status(process: NodeProcess) -> str:
     return "[green]done[/]" if code == 0 else f"[red]{exit_reason(code, hint=False)}[/]"
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _reward(line: Mapping[str, Any] | None) -> str:
     value = None if line is None else line.get("reward/mean")
-    return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+    return f"{value:.3f}" if _is_number(value) else ""
 
 
 def round_mean(processes: Sequence[NodeProcess], round: int) -> float | None:
@@ -312,13 +332,26 @@ def round_mean(processes: Sequence[NodeProcess], round: int) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def pass_at_1(process: NodeProcess) -> str:
+    """``0.167 -> 0.083``: held-out pass@1 before training, then at the newest evaluation."""
+    evaluated = [(r, line["eval/pass@1"]) for r, line in sorted(process.lines.items())
+                 if _is_number(line.get("eval/pass@1"))]
+    before = [f"{value:.3f}" for r, value in evaluated if r < 0]
+    since = [f"{value:.3f}" for r, value in evaluated if r >= 0]
+    return " -> ".join(before + since[-1:])
+
+
 def table(plan: Plan, processes: Sequence[NodeProcess], state: Any, started: float) -> Any:
     """Each node's status and reward per round (the newest `SHOWN_ROUNDS`), the swarm mean, the round."""
     from rich.table import Table
     from rich.text import Text
 
+    from sapo_core.progress import BEFORE_TRAINING, round_name
+
     workers = [p for p in processes if p.spec.role != COORDINATOR]
-    done = sorted({r for p in workers for r in p.lines})
+    # Training rounds only: the evaluation before training (round -1) has no reward to show;
+    # its pass@1 is in the pass@1 column.
+    done = sorted({r for p in workers for r in p.lines if r >= 0})
     shown = done[-SHOWN_ROUNDS:]
     if state is None:
         where = "waiting for every worker to load its model and join"
@@ -326,20 +359,19 @@ def table(plan: Plan, processes: Sequence[NodeProcess], state: Any, started: flo
         where = f"all {plan.rounds} rounds closed"
     else:
         deadline = "" if state.deadline is None else f", deadline in {duration(state.deadline - time.time())}"
-        where = f"round {state.round + 1}/{plan.rounds}{deadline}"
+        where = f"{round_name(state.round, plan.rounds)}{deadline}"
     grid = Table(title=f"experiment {plan.experiment}: {where}, {duration(time.time() - started)} elapsed",
-                 title_justify="left", caption=f"reward/mean per round; folder {plan.folder}", caption_justify="left")
+                 title_justify="left", caption_justify="left",
+                 caption=f"reward/mean per round; held-out pass@1 {BEFORE_TRAINING} -> newest; folder {plan.folder}")
     grid.add_column("node")
     grid.add_column("status")
     for round in shown:
-        grid.add_column(f"r{round + 1}", justify="right")
+        grid.add_column(f"r{round + 1}", justify="right")  # counted from 1, as `round_name` does
     grid.add_column("pass@1", justify="right")
     grid.add_column("last output", overflow="ellipsis", no_wrap=True, max_width=60)
     for process in processes:
-        evaluated = [line["eval/pass@1"] for _, line in sorted(process.lines.items()) if "eval/pass@1" in line]
-        last = tail_lines(process.spec.output, 1)
         grid.add_row(process.spec.node, _status(process), *(_reward(process.lines.get(r)) for r in shown),
-                     f"{evaluated[-1]:.3f}" if evaluated else "", Text.from_ansi(last[0]) if last else "")
+                     pass_at_1(process), Text.from_ansi(last_words(process.spec.output)))
     means = [round_mean(workers, r) for r in shown]
     grid.add_row("[bold]swarm mean[/]", "", *("" if m is None else f"[bold]{m:.3f}[/]" for m in means), "", "")
     return grid
@@ -347,10 +379,10 @@ def table(plan: Plan, processes: Sequence[NodeProcess], state: Any, started: flo
 
 def line_for(process: NodeProcess, round: int, total: int, metrics: Mapping[str, Any]) -> str:
     """One finished round of one node, for a log or a pipe (no live table there)."""
-    from sapo_core.progress import summary_line
+    from sapo_core.progress import round_name, summary_line
 
     if process.spec.role == COORDINATOR:
-        return (f"{process.spec.node}: round {round + 1}/{total} closed by {metrics.get('closed_by', '?')} "
+        return (f"{process.spec.node}: {round_name(round, total)} closed by {metrics.get('closed_by', '?')} "
                 f"({metrics.get('published', '?')} published)")
     return summary_line(process.spec.node, round, total, metrics)
 
