@@ -92,6 +92,18 @@ def resolve(
     return load_config(file=config_file, flags=given, sets=sets)
 
 
+def fit_device(config: Config, config_file: str | None, sets: Sequence[str],
+               extra: Mapping[str, tuple[Any, str]] | None = None, **flags: Any) -> Config:
+    """``config``, which `resolve` made of these arguments, with round sizes that fit the device
+    where the user left the GPU-sized defaults (`sapo_core.sizing`: smaller on a CPU offline, a
+    warning in a swarm): resolved again with them, so that their source says so."""
+    from sapo_core.node import process_rank
+    from sapo_core.sizing import device_sizes
+
+    sized = device_sizes(config, get_plugins(), show=process_rank() == 0)
+    return resolve(config_file, sets, {**(extra or {}), **sized}, **flags) if sized else config
+
+
 class SapoGroup(click.Group):
     """The `sapo` group: plugins may add commands but not replace one that already exists."""
 
@@ -117,6 +129,7 @@ def run(config_file: str | None, sets: tuple[str, ...], **flags: Any) -> None:
     try:
         config = resolve(config_file, sets, **flags)
         setup_logging(config.run.log_level)
+        config = fit_device(config, config_file, sets, **flags)
         node = Node.from_config(config, get_plugins())
         metrics = node.run()
     except SapoError as exc:
@@ -281,7 +294,9 @@ def sweep(ctx: click.Context, config_file: str | None, sets: tuple[str, ...], dr
     def run_one(combination: Any, run_dir: Path) -> None:
         from sapo_core.node import Node
 
-        config = resolve(config_file, combination.sets, extra={"run.dir": (str(run_dir), "sapo sweep")}, **flags)
+        extra = {"run.dir": (str(run_dir), "sapo sweep")}
+        config = fit_device(resolve(config_file, combination.sets, extra, **flags), config_file, combination.sets,
+                            extra, **flags)
         node = Node.from_config(config, get_plugins())
         node.label = combination.name
         try:

@@ -14,6 +14,7 @@ from typing import Any
 import click
 import pluggy
 
+from sapo_core.config import Config
 from sapo_core.interfaces import BackendContext
 from sapo_core.registry import Register
 
@@ -48,6 +49,11 @@ def register_checkpointers(register: Register) -> None:
 @hookspec
 def register_learners(register: Register) -> None:
     """Register learners that update the weights (factory returns a `Learner`)."""
+
+
+@hookspec
+def inference_device(config: Config) -> str | None:
+    """Where the configured inference backend will generate ("cpu", "cuda"), if it is this plugin's; else None."""
 
 
 @hookspec

@@ -219,6 +219,22 @@ class Plugins:
 
     # ----------------------------------------------------------------------- observers
 
+    def ask(self, hook_name: str, **kwargs: Any) -> Any:
+        """The first answer other than None from the plugins implementing a hook (None if none
+        answers); one that raises is reported and skipped, as in `notify`."""
+        self.load()
+        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):  # pluggy's calling order
+            try:
+                answer = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            except Exception as exc:
+                if _strict():
+                    raise PluginError(f"plugin {impl.plugin_name!r} failed in {hook_name}: {exc}") from exc
+                log.warning("plugin %r failed in %s (%s: %s)", impl.plugin_name, hook_name, type(exc).__name__, exc)
+                continue
+            if answer is not None:
+                return answer
+        return None
+
     def notify(self, hook_name: str, **kwargs: Any) -> None:
         """Call a hook on every plugin, one at a time; one that raises is reported, not fatal."""
         self.load()

@@ -124,6 +124,19 @@ def test_registered_plugin_factory_builds_it(policy):
     assert [len(cs) for cs in out] == [1, 1, 1]
 
 
+def test_the_plugin_says_where_the_local_backend_will_generate(monkeypatch):
+    """Before the run is built (sapo_core.sizing sizes a default run by it), as the backend will choose."""
+    from sapo_core.config import load_config
+    from sapo_local import plugin
+
+    assert plugin.inference_device(load_config(env={})) == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert plugin.inference_device(load_config(env={}, sets=["inference.device=meta"])) == "meta"
+    assert plugin.inference_device(load_config(env={}, sets=["inference.device=warp-drive"])) is None
+    assert plugin.inference_device(load_config(env={}, sets=["inference.backend=openai"])) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert plugin.inference_device(load_config(env={})) == "cuda"
+
+
 def test_shapes_records_and_length(policy, tokenizer):
     params = SamplingParams(max_new_tokens=7, seed=3)
     out = backend(policy).generate([P1, P2, P3], 3, params)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from sapo_core import hookimpl
+from sapo_core.config import Config
 from sapo_core.interfaces import BackendContext
 from sapo_core.registry import Register
 from sapo_local.settings import GRPOSettings, LocalInferenceSettings
@@ -36,6 +37,20 @@ def register_inference(register: Register) -> None:
 def register_learners(register: Register) -> None:
     register("grpo", build_grpo, settings=GRPOSettings,
              description="GRPO / Dr. GRPO / DAPO policy-gradient steps, optional LoRA and KL, accelerate DDP")
+
+
+@hookimpl
+def inference_device(config: Config) -> str | None:
+    """The device type the ``local`` backend will generate on, found as it will find it (the core
+    sizes a run whose round sizes are left at their GPU-sized defaults by it: sapo_core.sizing)."""
+    if config.inference.backend != "local":
+        return None
+    from sapo_local.models import choose_device
+
+    try:
+        return choose_device(str(config.extras("inference").get("device", "auto"))).type
+    except (RuntimeError, ValueError):  # a device torch does not know: building the backend says so
+        return None
 
 
 @hookimpl
