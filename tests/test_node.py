@@ -487,3 +487,45 @@ def test_another_process_evaluates_only_with_a_collective_backend(tmp_path, sapo
     assert oracle.calls == (5 if collective else 2)
     assert ("eval/pass@1" in last) is collective
     assert [p for p in folder.rglob("*") if p.is_file()] == [], "only the main process writes"
+
+
+# --------------------------------------------------------------------- curriculum, gate
+
+
+def test_a_peers_problem_at_another_curriculum_level_is_trained_on_not_refused(tmp_path, sapo_plugins, backends):
+    from sapo_core.records import Group, RoundPayload
+    from sapo_core.tasks.arithmetic import ArithmeticTask
+
+    root = f"swarm-{tmp_path.name}"
+    easier = ArithmeticTask().at_level(1).generate(11)  # the peer's curriculum moved arithmetic down a level
+    completions = [Completion("<answer>7</answer>"), Completion("<answer>8</answer>")]
+    group = Group(problem=easier, completions=completions, rewards=[1.0, 0.0], advantages=[1.0, -1.0], node="bob")
+    MemoryTransport(root, "default").publish(RoundPayload(experiment="default", round=0, node="bob", groups=[group]))
+    cfg = swarm_config(tmp_path, root, "alice", "worker", "run.rounds=1", "swarm.round_seconds=0.2")
+    metrics = Node.from_config(cfg, sapo_plugins).run()
+    assert metrics["groups/external_refused"] == 0 and metrics["groups/external_available"] == 1
+
+
+def test_the_curriculum_moves_with_the_rewards_is_in_the_metrics_and_survives_resume(tmp_path, sapo_plugins, backends):
+    # The oracle answers right with probability 1/2 whatever the level: with a band above that, every
+    # window of 6 groups is "too hard" and arithmetic steps down from level 3 to the bottom, 1.
+    sets = ["run.rounds=2", "checkpoint.every=1", "tasks.arithmetic.difficulty=3", "tasks.curriculum_band=[0.9,1.0]",
+            "tasks.curriculum_window=6"]
+    Node.from_config(config(tmp_path, *sets), sapo_plugins).run()
+    lines = metrics_lines(tmp_path)
+    assert [line["curriculum/arithmetic/level"] for line in lines] == [3.0, 2.0]
+    assert all(0 <= line["curriculum/arithmetic/success"] <= 1 for line in lines)
+    Node.from_config(config(tmp_path, *sets[1:], "run.rounds=3", "run.resume=true"), sapo_plugins).run()
+    assert [line["curriculum/arithmetic/level"] for line in metrics_lines(tmp_path)] == [3.0, 2.0, 1.0]
+    # Training drew level-1 problems in the last round; the held-out evaluation stays at the configured level.
+    assert {entry["groups"][0][1].split("-")[1] for entry in backends.learners["node-0"].trained[-1:]} == {"1"}
+
+
+def test_with_the_curriculum_off_the_configured_difficulty_is_trained_on(tmp_path, sapo_plugins, backends):
+    Node.from_config(config(tmp_path, "run.rounds=1", "tasks.curriculum=false"), sapo_plugins).run()
+    assert not any(key.startswith("curriculum/") for key in metrics_lines(tmp_path)[0])
+
+
+def test_a_gate_that_names_no_weighted_reward_is_an_error(tmp_path, sapo_plugins, backends):
+    with pytest.raises(ConfigError, match="rewards.gate = 'corectness' is not one of the weighted rewards"):
+        Node.from_config(config(tmp_path, "rewards.gate=corectness"), sapo_plugins)
