@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sapo_core.checkpoints import FolderCheckpointer
+from sapo_core.checkpoints import OPTIMIZER_DIR, FolderCheckpointer, keeps_optimizer_state, write_learner_state
 
 
 def writer(text: str):
@@ -63,3 +63,49 @@ def test_saving_a_round_again_replaces_it(tmp_path):
     store.save(0, writer("second"), {})
     assert len(store.list()) == 1
     assert json.loads((Path(store.list()[0].location) / "weights.json").read_text()) == {"text": "second"}
+
+
+def with_optimizer(text: str):
+    def write(folder: Path) -> None:
+        writer(text)(folder)
+        (folder / OPTIMIZER_DIR).mkdir()
+        (folder / OPTIMIZER_DIR / "state.json").write_text(json.dumps({"moments": text}))
+
+    return write
+
+
+@pytest.mark.parametrize(("policy", "kept"), [("newest", [3]), ("all", [1, 2, 3])])
+def test_only_the_newest_checkpoint_keeps_the_optimizer_state(tmp_path, policy, kept):
+    store = FolderCheckpointer(tmp_path / "ckpt", keep=3, optimizer_state=policy)
+    for round in range(4):
+        store.save(round, with_optimizer(f"r{round}"), {})
+    saved = store.list()
+    assert [info.round for info in saved] == [1, 2, 3]
+    assert [info.round for info in saved if (Path(info.location) / OPTIMIZER_DIR).exists()] == kept
+    assert all((Path(info.location) / "weights.json").exists() for info in saved), "the weights stay in every one"
+    into = tmp_path / "restored"
+    assert store.restore(into).round == 3
+    assert json.loads((into / OPTIMIZER_DIR / "state.json").read_text()) == {"moments": "r3"}
+
+
+def test_which_checkpoints_hold_the_optimizer_state():
+    assert keeps_optimizer_state("newest", last_round=False) and not keeps_optimizer_state("newest", last_round=True)
+    assert keeps_optimizer_state("all", last_round=True) and keeps_optimizer_state("all", last_round=False)
+    assert not keeps_optimizer_state("none", last_round=False)
+
+
+def test_a_learner_without_the_optimizer_keyword_loses_its_optimizer_folder(tmp_path):
+    class Told:
+        def save(self, folder: Path, *, optimizer: bool = True) -> None:
+            with_optimizer("x")(folder) if optimizer else writer("x")(folder)
+
+    class Untold:
+        def save(self, folder: Path) -> None:
+            with_optimizer("x")(folder)
+
+    for learner in (Told(), Untold()):
+        for optimizer in (True, False):
+            folder = tmp_path / f"{type(learner).__name__}-{optimizer}"
+            folder.mkdir()
+            write_learner_state(learner, folder, optimizer=optimizer)
+            assert (folder / "weights.json").exists() and (folder / OPTIMIZER_DIR).exists() == optimizer

@@ -10,6 +10,7 @@ Layout under the store's folder (``<workdir>/checkpoints`` unless ``checkpoint.d
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -23,6 +24,37 @@ import attrs
 from sapo_core.interfaces import BackendContext, CheckpointInfo
 
 MARKER = "checkpoint.json"
+#: The subfolder of a checkpoint holding what only an exact continuation needs: the optimizer's state.
+OPTIMIZER_DIR = "optimizer"
+
+
+def keeps_optimizer_state(policy: str, *, last_round: bool) -> bool:
+    """Whether a checkpoint saved under ``checkpoint.optimizer_state = policy`` holds the optimizer state.
+
+    ``newest``: not after the run's last round (the run is done; a ``--resume`` with more rounds
+    continues the weights, the schedule and the RNG with a fresh optimizer); ``all``: always; ``none``: never.
+    """
+    return policy == "all" or (policy == "newest" and not last_round)
+
+
+def write_learner_state(learner: Any, folder: Path, *, optimizer: bool) -> None:
+    """``learner.save(folder)``, without the optimizer state when ``optimizer`` is False.
+
+    A learner whose ``save`` takes an ``optimizer`` keyword is told; one whose ``save`` does not
+    writes what it writes, and an `OPTIMIZER_DIR` it made is removed.
+    """
+    if optimizer:
+        learner.save(folder)
+        return
+    try:
+        parameters = inspect.signature(learner.save).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    if "optimizer" in parameters:
+        learner.save(folder, optimizer=False)
+    else:
+        learner.save(folder)
+        shutil.rmtree(folder / OPTIMIZER_DIR, ignore_errors=True)
 
 
 @attrs.frozen
@@ -45,13 +77,15 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 
 class FolderCheckpointer:
-    """Checkpoints in a local folder; keeps the newest ``keep``."""
+    """Checkpoints in a local folder; keeps the newest ``keep``, the optimizer state in the newest only
+    (in every one with ``optimizer_state="all"``)."""
 
-    def __init__(self, folder: Path | str, *, keep: int = 3) -> None:
+    def __init__(self, folder: Path | str, *, keep: int = 3, optimizer_state: str = "newest") -> None:
         if keep < 1:
             raise ValueError("keep must be at least 1")
         self.folder = Path(folder)
         self.keep = keep
+        self.optimizer_state = optimizer_state
 
     def save(self, round: int, write: Callable[[Path], None], meta: Mapping[str, Any]) -> CheckpointInfo:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -97,13 +131,18 @@ class FolderCheckpointer:
         return newest
 
     def _prune(self) -> None:
-        for info in self.list()[: -self.keep]:
+        complete = self.list()
+        for info in complete[: -self.keep]:
             shutil.rmtree(info.location, ignore_errors=True)
+        if self.optimizer_state != "all":
+            for info in complete[-self.keep : -1]:
+                shutil.rmtree(Path(info.location) / OPTIMIZER_DIR, ignore_errors=True)
         for leftover in self.folder.glob(".partial-round-*"):
             shutil.rmtree(leftover, ignore_errors=True)
 
 
 def build_folder(settings: FolderCheckpointSettings | None, context: BackendContext) -> FolderCheckpointer:
     folder = Path(settings.dir) if settings and settings.dir else context.workdir / "checkpoints"
-    keep = int(context.config.get("checkpoint", {}).get("keep", 3))
-    return FolderCheckpointer(folder, keep=keep)
+    checkpoint = context.config.get("checkpoint", {})
+    return FolderCheckpointer(folder, keep=int(checkpoint.get("keep", 3)),
+                              optimizer_state=str(checkpoint.get("optimizer_state", "newest")))

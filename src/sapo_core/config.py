@@ -63,6 +63,7 @@ __all__ = [
 ]
 
 ROLES = ("coordinator", "worker", "contributor")
+OPTIMIZER_STATES = ("newest", "all", "none")  # checkpoint.optimizer_state
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 #: Field metadata key marking a value that must never be shown: ``attrs.field(metadata={SECRET: True})``.
@@ -259,6 +260,10 @@ class CheckpointSettings:
     backend: str = attrs.field(default="local", validator=_not_empty)  # registered checkpoint backend name
     every: int = attrs.field(default=5, validator=_at_least(1))  # save after every this many rounds
     keep: int = attrs.field(default=3, validator=_at_least(1))  # newest checkpoints kept
+    # Which checkpoints hold the optimizer's state (AdamW: twice the weights), which only --resume
+    # needs: "newest": the newest one, but not the one after a run's last round (a --resume with more
+    # rounds restarts the optimizer); "all": every one kept; "none": none (a --resume restarts it).
+    optimizer_state: str = attrs.field(default="newest", converter=_lower, validator=_one_of(OPTIMIZER_STATES))
 
 
 @attrs.frozen

@@ -239,7 +239,9 @@ class Checkpointer(Protocol):
 
     ``save`` gives ``write`` an empty local folder to fill (the learner's files) and makes the
     checkpoint visible only once complete. ``restore`` copies the newest complete checkpoint
-    into ``into`` and returns its info, or None when there is none.
+    into ``into`` and returns its info, or None when there is none. The built-in ones delete the
+    subfolder ``optimizer/`` (``sapo_core.checkpoints.OPTIMIZER_DIR``) from every checkpoint but the
+    newest, unless ``checkpoint.optimizer_state`` is ``"all"``.
     """
 
     def save(self, round: int, write: Callable[[Path], None], meta: Mapping[str, Any]) -> CheckpointInfo: ...
@@ -257,7 +259,10 @@ class Learner(Protocol):
     ``node``) and returns metrics. It raises `sapo_core.errors.TrainingError` on a
     non-finite loss, leaving the last saved checkpoint as the state to resume from.
     ``save``/``load`` write and read the learner's full state in a local folder, in safe
-    formats (safetensors, JSON): never pickle.
+    formats (safetensors, JSON): never pickle. State that only an exact continuation needs (the
+    optimizer's) goes into the subfolder ``sapo_core.checkpoints.OPTIMIZER_DIR``, which checkpointers
+    keep in their newest checkpoint only; a ``save`` that takes a keyword ``optimizer`` is called
+    with ``optimizer=False`` where none is wanted (``load`` then finds none: it starts a fresh one).
     """
 
     def train(self, groups: Sequence[Group], round: int) -> Mapping[str, float]: ...

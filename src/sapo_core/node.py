@@ -33,6 +33,7 @@ import attrs
 
 from sapo_core import __version__, codec, rundir
 from sapo_core.advantages import group_advantages
+from sapo_core.checkpoints import keeps_optimizer_state, write_learner_state
 from sapo_core.config import Config, structure
 from sapo_core.coordinator import Coordinator, check_lease_settings, standing_by
 from sapo_core.curriculum import Curriculum, group_success, task_variants
@@ -684,7 +685,12 @@ class Node:
         due = (round + 1) % every == 0 or last
         if self.checkpointer is not None and self.learner is not None and due and self.main:
             with timer.phase("checkpoint"):
-                self.checkpointer.save(round, self._write_checkpoint, {"round": round, "sapo_core": __version__})
+                optimizer = keeps_optimizer_state(self.config.checkpoint.optimizer_state, last_round=last)
+                if not optimizer and self.config.checkpoint.optimizer_state == "newest":
+                    log.info("%s: the checkpoint after the last round holds no optimizer state: a --resume with more "
+                             "rounds restarts the optimizer (checkpoint.optimizer_state=all keeps it)", self.context.node)
+                self.checkpointer.save(round, lambda folder: self._write_checkpoint(folder, optimizer=optimizer),
+                                       {"round": round, "sapo_core": __version__})
         metrics.update({f"time/{name}": value for name, value in timer.seconds.items()})
         if "time/round" in metrics:
             metrics["time/round"] += sum(timer.seconds.values())
@@ -707,9 +713,9 @@ class Node:
             problems = [result.to_data() for result in results]
             rundir.write_json(rundir.iter_file(workdir, "eval", round), {**common, **evaluated, "problems": problems})
 
-    def _write_checkpoint(self, folder: Path) -> None:
+    def _write_checkpoint(self, folder: Path, *, optimizer: bool = True) -> None:
         if self.learner is not None:
-            self.learner.save(folder)
+            write_learner_state(self.learner, folder, optimizer=optimizer)
         if self.curriculum is not None:
             rundir.write_json(folder / CURRICULUM_FILE, self.curriculum.state())
 

@@ -13,6 +13,7 @@ import pytest
 from sapo_gdrive.checkpoints import FolderCheckpointer, build_folder_checkpointer
 
 from sapo_core import codec
+from sapo_core.checkpoints import OPTIMIZER_DIR
 from sapo_core.config import load_config
 from sapo_core.errors import ConfigError
 from sapo_core.interfaces import BackendContext, Checkpointer
@@ -70,6 +71,32 @@ def test_save_list_restore_and_keep(root, tmp_path):
     cp.restore(tmp_path / "again")
     assert (tmp_path / "again" / "weights.bin").read_bytes() == b"again" * 10
     assert not (tmp_path / "again" / "tok").exists()
+
+
+def with_optimizer(text: str):
+    def write(folder: Path) -> None:
+        writer(text)(folder)
+        (folder / OPTIMIZER_DIR).mkdir()
+        (folder / OPTIMIZER_DIR / "state.bin").write_bytes(text.encode() * 100)
+
+    return write
+
+
+@pytest.mark.parametrize(("policy", "kept"), [("newest", [3]), ("all", [1, 2, 3])])
+def test_only_the_newest_checkpoint_keeps_the_optimizer_state(root, tmp_path, policy, kept):
+    cp = FolderCheckpointer(root, "exp", "alice", keep=3, optimizer_state=policy)
+    for r in range(4):
+        cp.save(r, with_optimizer(f"r{r}"), {"round": r})
+    assert [i.round for i in cp.list()] == [1, 2, 3], "every kept checkpoint stays complete"
+    for r in (1, 2, 3):
+        into = tmp_path / f"restored-{r}"
+        marker = json.loads(cp.fs.cat_file(cp.path(f"round-{r:06d}", "checkpoint.json")))
+        listed = "optimizer/state.bin" in marker["files"]
+        assert listed == (r in kept) == cp.fs.exists(cp.path(f"round-{r:06d}", OPTIMIZER_DIR, "state.bin"))
+        assert marker["meta"] == {"round": r} and "weights.bin" in marker["files"]
+        cp._download(cp.path(f"round-{r:06d}"), into)  # what restore does: the marker's files, checked
+        assert (into / "weights.bin").read_bytes() == f"r{r}".encode() * 10
+        assert (into / OPTIMIZER_DIR / "state.bin").exists() == (r in kept)
 
 
 def test_local_layout_is_under_the_experiment_and_node(tmp_path):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
+import shutil
 
 import pytest
 import torch
@@ -113,7 +116,7 @@ def test_save_and_load_continue_exactly(tokenizer, tmp_path):
     straight = make_learner(tokenizer, warmup_steps=2, schedule="cosine")
     straight.train(groups(), 0)
     straight.save(tmp_path)
-    assert (tmp_path / "model" / "model.safetensors").exists() and (tmp_path / "optimizer.safetensors").exists()
+    assert (tmp_path / "model" / "model.safetensors").exists() and (tmp_path / "optimizer" / "optimizer.safetensors").exists()
     assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt")), "no pickle anywhere"
     straight.train(groups(count=2), 1)
 
@@ -123,6 +126,43 @@ def test_save_and_load_continue_exactly(tokenizer, tmp_path):
     resumed.train(groups(count=2), 1)
     assert_same(weights(straight), weights(resumed), atol=0)
     assert resumed.scheduler.get_last_lr() == straight.scheduler.get_last_lr()
+
+
+def test_a_checkpoint_of_the_layout_before_the_optimizer_folder_still_loads_exactly(tokenizer, tmp_path):
+    straight = make_learner(tokenizer, warmup_steps=2, schedule="cosine")
+    straight.train(groups(), 0)
+    straight.save(tmp_path)
+    (tmp_path / "optimizer" / "optimizer.safetensors").rename(tmp_path / "optimizer.safetensors")
+    state = json.loads((tmp_path / "learner.json").read_text())
+    state["optimizer"] = json.loads((tmp_path / "optimizer" / "optimizer.json").read_text())
+    (tmp_path / "learner.json").write_text(json.dumps(state))
+    shutil.rmtree(tmp_path / "optimizer")
+    straight.train(groups(count=2), 1)
+    resumed = make_learner(tokenizer, seed=123, warmup_steps=2, schedule="cosine")
+    resumed.load(tmp_path)
+    resumed.train(groups(count=2), 1)
+    assert_same(weights(straight), weights(resumed), atol=0)
+
+
+def test_without_the_optimizer_state_a_load_continues_with_a_fresh_optimizer(tokenizer, tmp_path, caplog):
+    straight = make_learner(tokenizer, warmup_steps=2, schedule="cosine")
+    straight.train(groups(), 0)
+    straight.save(tmp_path, optimizer=False)
+    assert not (tmp_path / "optimizer").exists() and not list(tmp_path.rglob("optimizer*"))
+    saved = weights(straight)
+    straight.train(groups(count=2), 1)
+
+    resumed = make_learner(tokenizer, seed=123, warmup_steps=2, schedule="cosine")
+    with caplog.at_level(logging.WARNING, logger="sapo.local"):
+        resumed.load(tmp_path)
+    assert "no optimizer state" in caplog.text and "fresh optimizer" in caplog.text
+    assert_same(saved, weights(resumed), atol=0)
+    assert resumed.policy.version == 1 and not resumed.optimizer.state, "AdamW starts afresh"
+    lrs = [group["lr"] for group in resumed.optimizer.param_groups]
+    assert resumed.scheduler.get_last_lr() == lrs, "the optimizer's learning rate is where the schedule is"
+    resumed.train(groups(count=2), 1)
+    assert resumed.scheduler.get_last_lr() == straight.scheduler.get_last_lr()
+    assert any(not torch.equal(saved[k], v) for k, v in weights(resumed).items()), "it trains on"
 
 
 def test_a_non_finite_loss_stops_with_a_clear_error_and_no_update(tokenizer):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 
 import pytest
 import torch
@@ -83,6 +84,29 @@ def test_four_rounds_equal_two_then_a_resume_to_four(tiny_model, tmp_path):
     assert any(not torch.equal(first[k], straight[k]) for k in straight), "the runs trained"
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def optimizer_states(run_dir):
+    return {p.name: (p / "optimizer").is_dir() for p in sorted((run_dir / "checkpoints").iterdir())}
+
+
+def test_only_the_checkpoint_a_resume_starts_from_holds_the_optimizer_state(tiny_model, tmp_path, caplog):
+    with pytest.raises(KeyboardInterrupt):
+        node(tiny_model, tmp_path / "stopped", "run.rounds=4", extra_plugins=[Interrupt(after_round=1)]).run()
+    assert optimizer_states(tmp_path / "stopped") == {"round-000000": False, "round-000001": True}
+
+    with caplog.at_level(logging.INFO):
+        node(tiny_model, tmp_path / "done", "run.rounds=2").run()
+    assert optimizer_states(tmp_path / "done") == {"round-000000": False, "round-000001": False}, "the run is complete"
+    assert "a --resume with more rounds restarts the optimizer" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        node(tiny_model, tmp_path / "done", "run.rounds=3", "run.resume=true").run()
+    assert "no optimizer state" in caplog.text and "fresh optimizer" in caplog.text
+    assert optimizer_states(tmp_path / "done")["round-000002"] is False
+
+    node(tiny_model, tmp_path / "all", "run.rounds=2", "checkpoint.optimizer_state=all").run()
+    assert optimizer_states(tmp_path / "all") == {"round-000000": True, "round-000001": True}
 
 
 def test_a_checkpoint_loads_as_is_with_transformers(tiny_model, tmp_path):

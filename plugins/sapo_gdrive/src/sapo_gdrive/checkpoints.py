@@ -21,6 +21,9 @@ Contracts
 * The newest ``checkpoint.keep`` complete checkpoints are kept (a pruned one loses its marker
   first, so it never looks complete while being deleted); partial folders and marker-less
   leftovers of this node are swept after each successful save.
+* The optimizer state (the learner's ``optimizer/`` subfolder, `sapo_core.checkpoints.OPTIMIZER_DIR`)
+  stays in the newest checkpoint only, unless ``checkpoint.optimizer_state = "all"``: after a save,
+  each older checkpoint that lists it gets a marker without it, then loses the files.
 * `restore` checks the files the marker lists (a sync client may deliver the marker before the
   weights); when the newest checkpoint is incomplete it falls back to the next older one.
 * The node id and the experiment name are validated (`codec.validate_node_id`), and names read
@@ -48,7 +51,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 import sapo_core
 from sapo_core import codec
-from sapo_core.checkpoints import fsync_dir
+from sapo_core.checkpoints import OPTIMIZER_DIR, fsync_dir
 from sapo_core.errors import ConfigError
 from sapo_core.interfaces import BackendContext, CheckpointInfo
 from sapo_core.registry import Register
@@ -109,6 +112,7 @@ class FolderCheckpointer:
         node: str,
         *,
         keep: int = 3,
+        optimizer_state: str = "newest",
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         if not str(root).strip():
@@ -118,6 +122,7 @@ class FolderCheckpointer:
         self.experiment = codec.validate_experiment_name(experiment)
         self.node = codec.validate_node_id(node)
         self.keep = keep
+        self.optimizer_state = optimizer_state  # "all": the optimizer state stays in every checkpoint kept
         self.fs, base = fsspec.core.url_to_fs(str(root), **dict(storage_options or {}))
         self.local = isinstance(self.fs, LocalFileSystem)
         self.folder = posixpath.join(base.rstrip("/") or "/", self.experiment, CHECKPOINTS_DIR, self.node)
@@ -218,6 +223,9 @@ class FolderCheckpointer:
         complete = self.list()
         for info in complete[: -self.keep]:
             self._remove(self.path(f"round-{info.round:06d}"))
+        if self.optimizer_state != "all":
+            for info in complete[-self.keep : -1]:
+                self._drop_optimizer_state(self.path(f"round-{info.round:06d}"))
         rounds = {info.round for info in complete}
         for name, path in self._entries():
             match = _ROUND_NAME.fullmatch(name)
@@ -225,6 +233,34 @@ class FolderCheckpointer:
                 self._remove(path)
             elif match and int(match[1]) not in rounds and int(match[1]) < saved:
                 self._remove(path)  # a marker-less leftover of a crashed save
+
+    def _drop_optimizer_state(self, path: str) -> None:
+        """Remove the optimizer state from the checkpoint ``path`` (best effort): first from its marker,
+        so the checkpoint stays complete at every moment, then the files."""
+        try:
+            data = self._read_marker(path)
+        except (OSError, ValueError):
+            return
+        prefix = OPTIMIZER_DIR + "/"
+        files = data.get("files", {}) if data is not None else {}
+        if data is None or not any(name.startswith(prefix) for name in files):
+            return
+        kept = {name: size for name, size in files.items() if not name.startswith(prefix)}
+        marker = _marker_bytes(int(data["round"]), data.get("meta", {}), kept)
+        try:
+            if self.local:
+                temporary = posixpath.join(path, f".{MARKER}-{uuid.uuid4().hex[:8]}")
+                with open(temporary, "wb") as fh:
+                    fh.write(marker)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(temporary, posixpath.join(path, MARKER))
+                shutil.rmtree(posixpath.join(path, OPTIMIZER_DIR), ignore_errors=True)
+            else:
+                self.fs.pipe_file(posixpath.join(path, MARKER), marker)
+                self.fs.rm(posixpath.join(path, OPTIMIZER_DIR), recursive=True)
+        except OSError as exc:
+            log.warning("could not remove the optimizer state of %s: %s", self._location(path), exc)
 
     # ---------------------------------------------------------------------------- reading
 
@@ -316,9 +352,10 @@ def build_folder_checkpointer(settings: FolderCheckpointSettings | None, context
             "checkpoint backend 'gdrive' needs the swarm's shared folder: pass --root PATH (a mounted Google "
             "Drive folder, any shared path, or an fsspec URL such as s3://bucket/swarms) or set GDRIVE_PATH"
         )
-    keep = int((context.config.get("checkpoint", {}) or {}).get("keep", 3))
+    checkpoint = context.config.get("checkpoint", {}) or {}
+    keep, optimizer_state = int(checkpoint.get("keep", 3)), str(checkpoint.get("optimizer_state", "newest"))
     try:
-        return FolderCheckpointer(root, context.experiment, context.node, keep=keep)
+        return FolderCheckpointer(root, context.experiment, context.node, keep=keep, optimizer_state=optimizer_state)
     except codec.PayloadError as exc:
         raise ConfigError(f"run.experiment / run.node_id: {exc}") from exc
 

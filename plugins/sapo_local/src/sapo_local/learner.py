@@ -27,6 +27,7 @@ import attrs
 import torch
 from safetensors.torch import load_file, save_file
 
+from sapo_core.checkpoints import OPTIMIZER_DIR
 from sapo_core.errors import TrainingError
 from sapo_core.interfaces import BackendContext
 from sapo_core.records import Group
@@ -390,21 +391,25 @@ class GRPOLearner:
 
     # ------------------------------------------------------------------------ state
 
-    def save(self, folder: Path) -> None:
-        """Model (or adapter) by save_pretrained in safetensors; optimizer, schedule, RNG in safe formats."""
+    def save(self, folder: Path, *, optimizer: bool = True) -> None:
+        """Model (or adapter) by save_pretrained in safetensors; schedule and RNG in safe formats; and
+        with ``optimizer`` the optimizer's state, in ``folder/optimizer/`` (`OPTIMIZER_DIR`: the
+        checkpointer keeps it in its newest checkpoint only)."""
         if not self.accelerator.is_main_process:
             return
         model = self.accelerator.unwrap_model(self.module).model
         model.save_pretrained(folder / "model", safe_serialization=True)
         self.policy.tokenizer.save_pretrained(folder / "model")
-        tensors, structure = _flatten_optimizer(self.optimizer.state_dict())
-        save_file(tensors, str(folder / "optimizer.safetensors"))
+        if optimizer:
+            tensors, structure = _flatten_optimizer(self.optimizer.state_dict())
+            (folder / OPTIMIZER_DIR).mkdir(exist_ok=True)
+            save_file(tensors, str(folder / OPTIMIZER_DIR / "optimizer.safetensors"))
+            (folder / OPTIMIZER_DIR / "optimizer.json").write_text(json.dumps(structure, indent=1, sort_keys=True))
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng.update({f"cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
         save_file(rng, str(folder / "rng.safetensors"))
         state = {
-            "optimizer": structure,
             "scheduler": self.scheduler.state_dict(),  # its lr_lambdas are plain functions: stored as null
             "policy_version": self.policy.version,
             "python_random": _jsonable_random_state(random.getstate()),
@@ -419,9 +424,24 @@ class GRPOLearner:
                                 f"train.lora={self.settings.lora}")
         model = self.accelerator.unwrap_model(self.module).model
         _load_weights(model, folder / "model", lora=self.settings.lora)
-        tensors = load_file(str(folder / "optimizer.safetensors"), device="cpu")
-        self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+        fresh = False
+        if (folder / OPTIMIZER_DIR / "optimizer.safetensors").is_file():
+            tensors = load_file(str(folder / OPTIMIZER_DIR / "optimizer.safetensors"), device="cpu")
+            structure = json.loads((folder / OPTIMIZER_DIR / "optimizer.json").read_text())
+            self.optimizer.load_state_dict(_unflatten_optimizer(tensors, structure))
+        elif (folder / "optimizer.safetensors").is_file():  # the layout before OPTIMIZER_DIR
+            tensors = load_file(str(folder / "optimizer.safetensors"), device="cpu")
+            self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+        else:
+            # The checkpoint after a run's last round, or checkpoint.optimizer_state = "none".
+            log.warning("the checkpoint holds no optimizer state: training continues from its weights, learning-rate "
+                        "schedule and RNG with a fresh optimizer (AdamW's moments start at zero; "
+                        "checkpoint.optimizer_state = \"all\" keeps them in every checkpoint)")
+            fresh = True
         self.scheduler.load_state_dict(state["scheduler"])
+        if fresh:  # the learning rate where the schedule is, as a loaded optimizer state would have it
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                group["lr"] = lr
         self.policy.version = int(state["policy_version"])
         random.setstate(_random_state_from_json(state["python_random"]))
         rng = load_file(str(folder / "rng.safetensors"))

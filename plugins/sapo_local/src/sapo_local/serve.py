@@ -39,6 +39,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from sapo_core.checkpoints import write_learner_state
 from sapo_core.errors import TrainingError
 from sapo_core.interfaces import SamplingParams
 from sapo_core.node import Node
@@ -166,8 +167,12 @@ class TrainerService:
     def checkpoint(self) -> dict[str, Any]:
         checkpointer, learner = self.node.checkpointer, self.node.learner
         assert checkpointer is not None and learner is not None
+        # A service has no last round: its newest checkpoint, the one a restart resumes from, keeps the
+        # optimizer state (the checkpointer drops it from older ones), unless optimizer_state is "none".
+        optimizer = self.node.config.checkpoint.optimizer_state != "none"
         with self.model_lock:
-            info = checkpointer.save(self.steps, learner.save, {"learner_steps": self.steps, "source": "sapo serve"})
+            info = checkpointer.save(self.steps, lambda folder: write_learner_state(learner, folder, optimizer=optimizer),
+                                     {"learner_steps": self.steps, "source": "sapo serve"})
         return {"round": info.round, "location": info.location}
 
     def checkpoints(self) -> dict[str, Any]:
