@@ -4,7 +4,9 @@ SmolLM2-135M-Instruct on difficulty-1 arithmetic (two one-digit operands): about
 its sampled answers are right before training. Eight GRPO rounds of 4 problems x 8
 completions (about 3 minutes on 2 cores) take its greedy pass@1 on 16 held-out problems from
 0.19 to 0.75 (seen on the development machine). The training reward, over only 4 problems a
-round, is noisy: it must trend up, the held-out figures must rise clearly.
+round, is noisy: it must trend up, the held-out figures must rise clearly and stay up (evaluated
+after rounds 4 and 8: the last within 0.1 of the best). The reward gate and the curriculum are off
+here, as when these figures were measured.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ def test_grpo_raises_the_reward_of_the_bundled_model(tmp_path, monkeypatch):
         'tasks.names=["arithmetic"]', "tasks.arithmetic.difficulty=1", "tasks.problems_per_round=4",
         "inference.backend=local", "inference.num_completions=8", "inference.max_new_tokens=40",
         "train.backend=grpo", "train.lr=2e-5",
-        "eval.at_start=true", "eval.every=8", "eval.problems=16",
+        # The recipe these figures were measured with (before the gate and the curriculum were on
+        # by default); the defaults' own CPU figures are in docs/benchmarks.md.
+        "rewards.gate=", "tasks.curriculum=false",
+        "eval.at_start=true", "eval.every=4", "eval.problems=16",
         "checkpoint.every=8",
     ])
     Node.from_config(config, plugins).run()
@@ -44,7 +49,10 @@ def test_grpo_raises_the_reward_of_the_bundled_model(tmp_path, monkeypatch):
     print(f"training reward per round: {[round(r, 3) for r in rewards]}; first 3 {first:.3f}, last 3 {last:.3f}; "
           f"held-out pass@1 {baseline['eval/pass@1']:.3f} -> {rounds[-1]['eval/pass@1']:.3f}")
     final = rounds[-1]
+    evaluated = [line["eval/pass@1"] for line in lines if "eval/pass@1" in line]
+    print(f"held-out pass@1 at each evaluation: {evaluated}")
     assert final["eval/pass@1"] >= baseline["eval/pass@1"] + 0.3
+    assert final["eval/pass@1"] >= max(evaluated) - 0.1, "learning must hold: the last evaluation within 0.1 of the best"
     assert final["eval/reward_mean"] >= baseline["eval/reward_mean"] + 0.3
     assert last > first, rewards
     assert all(line["train/tokens"] > 0 for line in rounds if "train/tokens" in line)
