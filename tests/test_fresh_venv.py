@@ -111,6 +111,9 @@ def test_a_torch_free_contributor_feeds_a_worker_that_trains(tmp_path: Path, lla
               # A 135M model rarely solves these, so correctness alone would leave every group without a
               # learning signal; the llm-judge (the same server, a grammar that forces a verdict) grades too.
               "--set", "rewards.weights={correctness=1.0,llm-judge=0.5}",
+              # The judge is then this experiment's verifier: gated on correctness (rewards.gate's default),
+              # a group whose 4 answers are all wrong gets zero advantages however the judge ranks them.
+              "--set", "rewards.gate=llm-judge",
               "--set", f"rewards.llm-judge.base_url={llama_server}", "--set", "rewards.llm-judge.model=smollm2",
               "--set", "rewards.llm-judge.max_chars=1500",
               "--set", """rewards.llm-judge.extra_body={grammar='root ::= "SCORE: " [0-9]'}"""]
@@ -118,7 +121,7 @@ def test_a_torch_free_contributor_feeds_a_worker_that_trains(tmp_path: Path, lla
                           "--node-id", "api-node", "--model", "smollm2", "--set", f"inference.base_url={llama_server}",
                           "--set", f"run.workdir={tmp_path / 'runs'}"], env, tmp_path))
     published = json.loads(contributor.stdout)
-    assert published["inference/requests"] > 0 and published["inference/dropped_problems"] == 0
+    assert published["inference/requests"] > 0 and published["inference/dropped_problems"] == 0, contributor.stderr[-3000:]
     payload = codec.read_gz((root / "mixed" / "rounds" / "0" / "api-node.json.gz").read_bytes())
     assert payload.node == "api-node" and len(payload.groups) == 6
     assert all(len(group.completions) == 4 and group.completions[0].text for group in payload.groups)

@@ -9,6 +9,7 @@ llama-cpp-python or the GGUF is not installed (``bash scripts/test.sh`` installs
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -52,6 +53,27 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path, timeout
     raise RuntimeError(f"the server did not answer {url} within {timeout:.0f} s:\n{log.read_text(errors='replace')[-4000:]}")
 
 
+def check_generates(base: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
+    """Ask for one token: a server that lists its model can still die on its first matrix product
+    (a llama.cpp build whose CPU kernels this machine cannot run); fail here, with its exit status
+    and log, rather than as connection errors in whatever test asks next."""
+    body = json.dumps({"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}).encode()
+    request = urllib.request.Request(f"{base}/chat/completions", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+            return
+    except (urllib.error.URLError, OSError) as exc:
+        error = exc
+    try:
+        process.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        pass
+    status = "is still running" if process.poll() is None else f"exited with {process.returncode}"
+    raise RuntimeError(f"the server listed its model but a one-token completion failed ({error}); it {status}:\n"
+                       f"{log.read_text(errors='replace')[-2000:]}")
+
+
 def start_llama_server(folder: Path, *, threads: int = 2) -> tuple[subprocess.Popen[bytes], str]:
     """Start llama.cpp's OpenAI-compatible server on the bundled GGUF; return it and its base URL."""
     gguf = bundled_gguf()
@@ -66,6 +88,7 @@ def start_llama_server(folder: Path, *, threads: int = 2) -> tuple[subprocess.Po
     base = f"http://127.0.0.1:{port}/v1"
     try:
         wait_until_up(f"{base}/models", process, log)
+        check_generates(base, process, log)
     except BaseException:
         process.terminate()
         process.wait(timeout=30)
