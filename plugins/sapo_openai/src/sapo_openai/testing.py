@@ -57,8 +57,8 @@ def check_generates(base: str, process: subprocess.Popen[bytes], log: Path, time
     """Ask for one token: a server that lists its model can still die on its first matrix product
     (a llama.cpp build whose CPU kernels this machine cannot run); fail here, with its exit status
     and log, rather than as connection errors in whatever test asks next."""
-    body = json.dumps({"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}).encode()
-    request = urllib.request.Request(f"{base}/chat/completions", data=body, headers={"Content-Type": "application/json"})
+    body = json.dumps({"model": "smollm2", "prompt": "0", "max_tokens": 1}).encode()
+    request = urllib.request.Request(f"{base}/completions", data=body, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read()
@@ -82,7 +82,11 @@ def start_llama_server(folder: Path, *, threads: int = 2) -> tuple[subprocess.Po
     port = free_port()
     log = folder / "llama_server.log"
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-               "--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads), "--model_alias", "smollm2"]
+               "--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads), "--model_alias", "smollm2",
+               # One token per evaluation: llama.cpp reuses the KV cache of the prefix a request
+               # shares with the one before, and a prefix evaluated in a different batch shape gives
+               # slightly different logits; token by token, the same request always samples the same.
+               "--n_batch", "1", "--n_ubatch", "1"]
     with open(log, "wb") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
     base = f"http://127.0.0.1:{port}/v1"
