@@ -11,12 +11,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sapo_core.answers import SYSTEM_PROMPT
-from sapo_core.interfaces import Task
-from sapo_core.records import Problem
+from sapo_core.interfaces import BackendContext, Task
+from sapo_core.records import Completion, Problem
+from sapo_core.rewards import CorrectnessReward, CorrectnessSettings
 from sapo_core.tasks.arithmetic import LEVELS, ArithmeticSettings, ArithmeticTask, parse_integer
-from sapo_core.tasks.countdown import CountdownSettings, CountdownTask, ExpressionError, evaluate_expression
-from sapo_core.tasks.sat import SatSettings, SatTask, parse_assignment
-from sapo_core.tasks.sort import WORDS, SortSettings, SortTask, lcs_length, parse_words
+from sapo_core.tasks.countdown import (
+    CountdownSettings,
+    CountdownTask,
+    ExpressionError,
+    evaluate_expression,
+    read_expression,
+)
+from sapo_core.tasks.sat import SatSettings, SatTask, parse_assignment, read_assignment
+from sapo_core.tasks.sort import WORDS, SortSettings, SortTask, lcs_length, parse_words, read_word_list
 
 SEEDS = range(300)
 
@@ -523,3 +530,173 @@ def test_countdown_settings_are_validated() -> None:
     for kwargs in ({"num_numbers": 2}, {"num_numbers": 7}, {"min_number": 0}, {"min_number": 9, "max_number": 8}):
         with pytest.raises(ValueError):
             CountdownSettings(**kwargs)
+
+
+# ---------------------------------------------------------------------- untagged answers
+
+UNTAGGED_TASKS = [SortTask(), SatTask(), CountdownTask()]
+
+
+def _correctness(task: Task, problem: Problem, *texts: str, answer_tags: str = "prefer") -> list[float]:
+    reward = CorrectnessReward(BackendContext(tasks={task.name: task}), CorrectnessSettings(answer_tags=answer_tags))
+    return reward.score(problem, [Completion(text=text) for text in texts])
+
+
+def _untagged_reference(task: Task, problem: Problem) -> str:
+    """The reference answer written in prose the way a small model does, without tags."""
+    if isinstance(task, SortTask):
+        items = "\n".join(f"{i}. {word.capitalize()}" for i, word in enumerate(problem.answer, start=1))
+        return f"Sure! Here are the words in alphabetical order:\n\n{items}\n\n"
+    if isinstance(task, SatTask):
+        return "Let me check the clauses.\nSo " + problem.metadata["planted"].replace("=", " = ") + " works."
+    assert isinstance(task, CountdownTask)
+    return f"Try {problem.metadata['solution']} = {problem.metadata['target']}. That works!"
+
+
+@pytest.mark.parametrize("task", UNTAGGED_TASKS, ids=_task_id)
+def test_untagged_reference_scores_like_a_tagged_one_unless_tags_are_required(task: Task) -> None:
+    for seed in range(50):
+        problem = task.generate(seed)
+        text = _untagged_reference(task, problem)
+        assert _correctness(task, problem, text) == [1.0], text
+        assert _correctness(task, problem, text, answer_tags="require") == [0.0]
+        # Tags, when present, win over the untagged reading.
+        assert _correctness(task, problem, f"{text}\n<answer>nothing</answer>") == [0.0]
+
+
+@pytest.mark.parametrize("task", UNTAGGED_TASKS, ids=_task_id)
+@pytest.mark.parametrize(
+    "text",
+    [
+        *ADVERSARIAL,
+        ",\n" * 500_000,
+        "," * 1_000_000,
+        "- a\n" * 250_000,
+        "x1=1 " * 200_000,
+        "1+" * 500_000,
+        "(" * 500_000 + "1+1" + ")" * 500_000,
+        "x1" + " " * 1_000_000 + "=1",
+        "\ufdfa" * 1_000_000,
+    ],
+    ids=lambda t: repr(t[:12]),
+)
+def test_untagged_reading_of_adversarial_text_is_fast_and_never_passes(task: Task, text: str) -> None:
+    problem = task.generate(11)
+    start = time.perf_counter()
+    answer = task.untagged_answer(text)  # type: ignore[attr-defined]
+    assert time.perf_counter() - start < 0.5
+    assert answer is None or isinstance(answer, str)
+    assert _correctness(task, problem, text)[0] < 1.0
+
+
+@pytest.mark.parametrize("task", UNTAGGED_TASKS, ids=_task_id)
+def test_untagged_reading_of_other_types_is_none(task: Task) -> None:
+    assert task.untagged_answer(None) is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("Here are the words in alphabetical order:\n\n1. apple\n2. cat\n3. dog", "apple, cat, dog"),
+        ("- apple\n- cat\n\n  \n", "apple, cat"),
+        ("* Apple.\n* Cat!", "Apple, Cat"),
+        ("• apple\n• cat", "apple, cat"),
+        ("1) apple\n2) cat;", "apple, cat"),
+        ("The sorted list is: apple, cat, dog.", "apple, cat, dog"),
+        ("apple, cat and dog", "apple, cat, dog"),
+        ("Sorted, alphabetically: Apple, Cat, And Dog", "apple, cat, dog"),
+        # The final block wins over an earlier comma line; the last comma line over earlier ones.
+        ("Words: dog, cat\n1. cat\n2. dog", "cat, dog"),
+        ("Given: dog, cat, apple\nSorted: apple, cat, dog\nHope that helps.", "apple, cat, dog"),
+        # One one-word line is no list: the comma line above it is read.
+        ("Sorted: apple, cat\ndone", "apple, cat"),
+        ("dog", None),
+        ("Sorted:\napple", None),
+        ("I cannot sort these words", None),
+        (", ,", None),
+        ("", None),
+    ],
+)
+def test_read_word_list(text: str, answer: str | None) -> None:
+    assert read_word_list(text) == answer
+
+
+def test_sort_untagged_reading_stays_strict() -> None:
+    assert "and" not in WORDS  # so dropping a standalone "and" never drops a word of a list
+    task = SortTask()
+    problem = task.generate(7)  # dark rail bed bone water burn -> bed bone burn dark rail water
+    texts = [
+        "The sorted list is: bed, bone, burn, dark, rail and water.",
+        "The sorted list is: dark, rail, bed, bone, water, burn.",  # the given order: no credit
+        "1. bed\n2. bone\n3. burn\n4. dark\n5. rail",  # a word missing
+        "- bed\n- bone\n- burn\n- dark\n- rail\n- water\n- zebra",  # a word added
+        "bed, bone, burn, dark, rail, water\nI am not sure, though.",  # the last comma line is read
+        "bed bone burn dark rail water",  # no comma, no list: no reading
+    ]
+    assert _correctness(task, problem, *texts) == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("So x1 = 1, x2 = 0, x3 = 1.", "x1=1, x2=0, x3=1"),
+        ("x1 = True, x2 = False and X3: true", "x1=1, x2=0, x3=1"),
+        ("x1=1, x2=0\nChecking: x3 = 0 fails, so no.", "x3=0"),  # the last line with any
+        ("x1=0\nAll clauses hold.\n", "x1=0"),
+        ("If x1 = 1 then x1 = 0 is not needed", "x1=1, x1=0"),  # kept, so parse_assignment refuses it
+        ("ｘ１ ＝ １", "x1=1"),
+        ("max1=1, x2 = 10, x3 = 0.5, x4 = then", None),
+        ("(x1 OR NOT x3)", None),
+        ("", None),
+    ],
+)
+def test_read_assignment(text: str, answer: str | None) -> None:
+    assert read_assignment(text) == answer
+
+
+def test_sat_untagged_reading_stays_strict() -> None:
+    task = SatTask()
+    problem = _sat_problem(((1, 2), (-1, 3), (-2, -3), (1, -3)))  # solved by x1=1, x2=0, x3=1
+    texts = [
+        "The answer: x1 = true, x2 = false, x3 = true",
+        "Setting x1 = 0, x2 = 0, x3 = 0 satisfies three of the four clauses",  # partial credit only
+        "x1 = 1, x2 = 0, x3 = 1, x3 = 0",  # a hedge
+        "x1 = 1, x2 = 0, x3 = 1\nOr maybe x3 = 0",  # the last line: x3=0 alone satisfies (-2, -3), (1, -3)
+        "x1 is true, x2 is false and x3 is true",  # no assignment written as one
+    ]
+    assert _correctness(task, problem, *texts) == [1.0, 0.75, 0.0, 0.5, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("(5 + 3) * 2 = 16", "(5 + 3) * 2"),
+        ("So the answer is 84 + 42 + 51 - 20.", "84 + 42 + 51 - 20"),
+        ("**Answer:** 84 + 42 + 51 - 20**", "84 + 42 + 51 - 20"),
+        ("8 × 3 ÷ 2 = 12", "8 × 3 ÷ 2"),
+        ("８４ − ２０", "84 - 20"),
+        ("(which is 5 + 3) is it", "5 + 3"),
+        ("1. 84 + 42 = 126\n2. 126 + 51 = 177\nSo 157 it is.", "126 + 51"),
+        ("2 + 2 = 4, and 2.5 * 4 = 10", "2 + 2"),  # a decimal is no run of its own
+        ("x2+3, 3+4th", None),
+        ("The numbers are 84, 42, 51 and 20.", None),
+        ("The answer is 157", None),
+        ("", None),
+    ],
+)
+def test_read_expression(text: str, answer: str | None) -> None:
+    assert read_expression(text) == answer
+
+
+def test_countdown_untagged_reading_stays_strict() -> None:
+    task = CountdownTask()
+    problem = task.generate(7)  # 42, 20, 51, 84 -> 157
+    texts = [
+        "84 + 42 + 51 - 20 = 157",
+        "84 + 42 + 51 = 157",  # reads 84 + 42 + 51, which is 177
+        "84 + 42 + 51 - 21 = 157",  # 21 is not given
+        "84 + 42 + 51 - 20 = 157\nBut 84 + 84 = 168 too",  # the last expression is read
+        "(84 + 42 + 51 - 20 = 157",  # the unmatched parenthesis is dropped
+        "84 + 42 + 51 - 20.5",  # glued to a decimal: the run before it, 84 + 42 + 51 - 20, is not read
+    ]
+    assert _correctness(task, problem, *texts) == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]

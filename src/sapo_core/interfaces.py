@@ -130,8 +130,10 @@ class Task(Protocol):
       [0, 1] (partial credit allowed). It never raises, whatever the text: empty, huge,
       adversarial input scores 0.
     * Optional: ``untagged_answer(text) -> str | None`` reads an answer from a completion that
-      has no answer tags (arithmetic: its last integer); the ``correctness`` reward uses it
-      unless ``rewards.correctness.answer_tags = "require"``.
+      has no answer tags (arithmetic: its last integer; sort: its final word list; sat: the
+      assignments on its last line with any; countdown: its last expression); the
+      ``correctness`` reward hands it to ``verify`` unless
+      ``rewards.correctness.answer_tags = "require"``.
     """
 
     name: str

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import ast
 import random
+import re
 from collections import Counter
 from collections.abc import Sequence
 from fractions import Fraction
 
 import attrs
 
-from sapo_core.answers import build_messages, normalize_answer
+from sapo_core.answers import MAX_SCAN_CHARS, build_messages, normalize_answer
 from sapo_core.records import Problem
 from sapo_core.tasks.levels import OnLadder
 
@@ -30,6 +31,11 @@ MAX_ANSWER_CHARS = 256
 _ATTEMPTS = 100
 
 _OPERATOR_SIGNS = str.maketrans({"×": "*", "÷": "/", "·": "*"})
+
+# A stretch of free text that may be an expression, and what it must hold to count as one.
+_EXPRESSION_RUN = re.compile(r"[0-9 \t()+\-*/×÷]+")
+_TWO_NUMBERS = re.compile(r"[0-9][^0-9]+[0-9]")
+_OPERATOR = re.compile(r"[+\-*/×÷]")
 
 
 @attrs.frozen
@@ -114,6 +120,51 @@ def _value(node: ast.AST) -> Fraction:
     return left / right
 
 
+def read_expression(text: str) -> str | None:
+    """The last arithmetic expression written in a text, or None.
+
+    Small models write their solution in prose ("(5 + 3) * 2 = 16"): this is the last run of
+    digits, spaces, + - * / × ÷ and parentheses with two numbers and an operator, less markdown
+    asterisks at its start and unmatched parentheses at its ends. Only the last `MAX_SCAN_CHARS`
+    characters are read; `CountdownTask.verify` still decides whether it is right.
+    """
+    if not isinstance(text, str):
+        return None
+    tail = normalize_answer(text[-MAX_SCAN_CHARS:])[-MAX_SCAN_CHARS:]
+    for run in reversed(list(_EXPRESSION_RUN.finditer(tail))):
+        start, end = run.span()
+        if _glued(tail, start - 1, start) or _glued(tail, end, end - 1):
+            continue
+        candidate = _balance(run[0].strip().lstrip("*/×÷ ").rstrip("* "))
+        if _TWO_NUMBERS.search(candidate) and _OPERATOR.search(candidate):
+            return candidate
+    return None
+
+
+def _glued(text: str, outside: int, inside: int) -> bool:
+    """Whether a run's edge digit at ``inside`` is part of a word or a decimal ("x2+3", "2.5*4", "3+4th")."""
+    if not (0 <= outside < len(text)) or not text[inside].isdigit():
+        return False
+    if text[outside] == ".":
+        # A decimal point is followed (or preceded) by a digit; a sentence's final period is not.
+        beyond = outside + (outside - inside)
+        return 0 <= beyond < len(text) and text[beyond].isdigit()
+    return text[outside].isalnum() or text[outside] == "_"
+
+
+def _balance(expression: str) -> str:
+    """The expression without unmatched parentheses at its ends ("(it is 5 + 3)" gives "5 + 3")."""
+    opened, closed = expression.count("("), expression.count(")")
+    start, end = 0, len(expression)
+    while closed > opened and end > start and expression[end - 1] in ") ":
+        closed -= expression[end - 1] == ")"
+        end -= 1
+    while opened > closed and start < end and expression[start] in "( ":
+        opened -= expression[start] == "("
+        start += 1
+    return expression[start:end].strip()
+
+
 class CountdownTask(OnLadder):
     """Countdown numbers game; see the module docstring for the rules and scoring."""
 
@@ -156,6 +207,13 @@ class CountdownTask(OnLadder):
             answer=(target, tuple(numbers)),
             metadata={"target": target, "numbers": tuple(numbers), "solution": solution},
         )
+
+    def untagged_answer(self, text: str) -> str | None:
+        """The expression of a completion without answer tags (see `read_expression`).
+
+        Small models rarely write the tags; verify stays the judge of the expression picked.
+        """
+        return read_expression(text)
 
     def verify(self, problem: Problem, answer: str) -> float:
         reference = _reference(problem.answer)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from sapo_core.answers import build_messages, normalize_answer
+from sapo_core.answers import MAX_SCAN_CHARS, build_messages, normalize_answer
 from sapo_core.records import Problem
 from sapo_core.tasks.levels import OnLadder
 
@@ -31,6 +31,11 @@ _TOKENS = re.compile(
     re.IGNORECASE | re.ASCII | re.DOTALL,
 )
 _TRUE = {"1", "true", "t"}
+
+# An assignment inside free text: "x3 = 1", "X3: true"; not "max3=1", "x3 = 10", "x3 = 0.5", "x3 = then".
+_ASSIGNMENT_IN_TEXT = re.compile(
+    r"(?<!\w)x([0-9]{1,6})[ \t]*[=:][ \t]*(1|0|true|false|t|f)(?!\w|\.[0-9])", re.IGNORECASE | re.ASCII
+)
 
 
 @attrs.frozen
@@ -76,6 +81,22 @@ def parse_assignment(answer: str) -> dict[int, bool] | None:
             if values.setdefault(var, value) != value:
                 return None
     return values or None
+
+
+def read_assignment(text: str) -> str | None:
+    """The assignments on the last line of a text that has any, as ``x1=1, x2=0``, or None.
+
+    Small models state their assignment in prose ("so x1 = True, x2 = 0"); every assignment on
+    that line is kept, so a hedge there still scores 0 in `parse_assignment`. Only the last
+    `MAX_SCAN_CHARS` characters are read.
+    """
+    if not isinstance(text, str):
+        return None
+    for line in reversed(normalize_answer(text[-MAX_SCAN_CHARS:])[-MAX_SCAN_CHARS:].splitlines()):
+        found = _ASSIGNMENT_IN_TEXT.findall(line)
+        if found:
+            return ", ".join(f"x{var}={int(value.lower() in _TRUE)}" for var, value in found)
+    return None
 
 
 def format_clause(clause: Sequence[int]) -> str:
@@ -135,6 +156,13 @@ class SatTask(OnLadder):
             answer=tuple(clauses),
             metadata={"num_vars": s.num_vars, "k": s.k, "planted": format_assignment(planted)},
         )
+
+    def untagged_answer(self, text: str) -> str | None:
+        """The assignment of a completion without answer tags (see `read_assignment`).
+
+        Small models rarely write the tags; verify stays the judge of the assignment picked.
+        """
+        return read_assignment(text)
 
     def verify(self, problem: Problem, answer: str) -> float:
         clauses = _clauses(problem.answer)

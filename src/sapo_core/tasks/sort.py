@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from sapo_core.answers import build_messages, normalize_answer
+from sapo_core.answers import MAX_SCAN_CHARS, build_messages, normalize_answer
 from sapo_core.records import Problem
 from sapo_core.tasks.levels import OnLadder
 
@@ -72,6 +72,11 @@ MAX_ANSWER_CHARS = 4096
 _SEPARATORS = re.compile(r"[,;\s]+")
 _DECORATION = "\"'`[](){}."
 
+# One list item on a stripped line: an optional marker ("1.", "2)", "-", "*", "•"), one word,
+# optional punctuation. Lines longer than `_MAX_ITEM_CHARS` are no item and are not matched.
+_LIST_ITEM = re.compile(r"(?:(?:[0-9]{1,3}[.)]|[-*•])\s*)?([^\W\d_]+)[.,;!]?")
+_MAX_ITEM_CHARS = 64
+
 
 @attrs.frozen
 class SortSettings:
@@ -99,6 +104,36 @@ def parse_words(answer: str) -> list[str] | None:
         return None
     words = (part.strip(_DECORATION) for part in _SEPARATORS.split(normalize_answer(answer).lower()))
     return [word for word in words if word]
+
+
+def read_word_list(text: str) -> str | None:
+    """The word list a text ends with, as ``a, b, c``, or None.
+
+    Either a final block of two or more one-word lines (list markers allowed), or else the
+    last line with a comma, after its last colon, without a standalone "and": the shapes small
+    models answer in. Only the last `MAX_SCAN_CHARS` characters are read.
+    """
+    if not isinstance(text, str):
+        return None
+    lines = normalize_answer(text[-MAX_SCAN_CHARS:])[-MAX_SCAN_CHARS:].splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    items: list[str] = []
+    for line in reversed(lines):
+        stripped = line.strip()
+        item = _LIST_ITEM.fullmatch(stripped) if len(stripped) <= _MAX_ITEM_CHARS else None
+        if item is None:
+            break
+        items.append(item[1])
+    if len(items) >= 2:
+        return ", ".join(reversed(items))
+    for line in reversed(lines):
+        if "," in line:
+            words = parse_words(line.rpartition(":")[2])
+            if words is None:
+                return None
+            return ", ".join(word for word in words if word != "and") or None
+    return None
 
 
 def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
@@ -150,6 +185,13 @@ class SortTask(OnLadder):
             answer=tuple(sorted(words)),
             metadata={"words": tuple(words), "num_words": count},
         )
+
+    def untagged_answer(self, text: str) -> str | None:
+        """The words of a completion without answer tags (see `read_word_list`).
+
+        Small models rarely write the tags; verify stays the judge of the words picked.
+        """
+        return read_word_list(text)
 
     def verify(self, problem: Problem, answer: str) -> float:
         expected = _str_list(problem.answer)
