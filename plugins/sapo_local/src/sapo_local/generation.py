@@ -68,7 +68,7 @@ from sapo_core.progress import TokenProgress, token_progress
 from sapo_core.records import Completion, Problem
 from sapo_core.seeding import derive_seed
 from sapo_core.throughput import TokenMeter
-from sapo_local import distributed
+from sapo_local import distributed, memory
 from sapo_local.policy import Policy, get_policy, prompt_ids
 from sapo_local.settings import LocalInferenceSettings
 
@@ -452,6 +452,8 @@ class LocalInference:
         # Every process holds the whole call's completions: the meter counts all of them over
         # the call's wall time, the throughput of all processes together.
         self.meter.add(results, time.perf_counter() - started)
+        if self.policy.device.type == "cpu":
+            memory.release()  # the KV caches' freed memory, back to the system before the learner step
         return out
 
     def _generate_shared(

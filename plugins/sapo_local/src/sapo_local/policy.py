@@ -45,6 +45,10 @@ def get_policy(context: BackendContext, *, device: str = "auto", dtype: str = "a
 
     torch_device = choose_device(device)
     torch_dtype = choose_dtype(dtype, torch_device, trains=context.role == "worker")
+    if torch_device.type == "cpu":
+        from sapo_local import memory
+
+        memory.tune()  # freed tensors back to the system, not held by malloc (see sapo_local.memory)
     tokenizer = load_tokenizer(context.model)
     if model is None:
         model = load_model(context.model, device=torch_device, dtype=torch_dtype)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
@@ -33,7 +35,9 @@ class GRPOSettings:
     # On CUDA, the per-chunk log-softmax and its gradient run as torch.compile'd kernels (compiling
     # takes seconds once per process; falls back to plain torch if it fails).
     compile_logprobs: bool = True
-    gradient_checkpointing: bool = False
+    # Recompute each layer's activations in backward instead of keeping them: "auto" on the CPU,
+    # where they dominate a learner step's memory, for one more forward pass; the same gradients.
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
