@@ -5,8 +5,8 @@
 #   bash bench/gpu_learning.sh collect RESULTS OUT [SECONDS]  wait up to SECONDS for it, then put the table,
 #                                                         the plot and every run's metrics (tar.gz) in OUT
 # The runs: the recipe (defaults) on each built-in task at its default difficulty, 3 seeds, 60 rounds of
-# 8 problems x 8 completions x 128 tokens (bench/learning.py --preset gpu), and the previous recipe
-# (no gate, no curriculum) on arithmetic, 3 seeds: 15 processes, one torch thread each, on one GPU.
+# 8 problems x 8 completions x 128 tokens (bench/learning.py --preset gpu), and the same at temperature
+# 1.0 (the default before 2026-12-02) on arithmetic, 3 seeds: 15 processes, one torch thread each, on one GPU.
 # sapo-core and sapo-local must be importable (wheels in PYTHONPATH: see RECIPES.md).
 set -uo pipefail
 py=${PYTHON:-python3}
@@ -18,8 +18,8 @@ start)
   "$py" -c 'import sys, torch; from sapo_local.models import load_model; load_model(sys.argv[1], device=torch.device("cpu"), dtype=torch.float32)' "$model" || exit 1
   setsid nohup "$py" bench/learning.py --preset gpu --rounds "${ROUNDS:-60}" --seeds 0,1,2 --jobs 15 --threads 1 \
     --tasks "${TASKS:-arithmetic,countdown,sat,sort}" --set "model.name=$model" --set checkpoint.every=1000 \
-    --variant recipe: --variant 'previous:rewards.gate=;tasks.curriculum=false' \
-    --only 'recipe/*' --only 'previous/arithmetic' \
+    --variant recipe: --variant 't1:inference.temperature=1.0' \
+    --only 'recipe/*' --only 't1/arithmetic' \
     --out "$results" > "$results/bench.log" 2>&1 < /dev/null &
   sleep 5
   nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
@@ -29,8 +29,8 @@ collect)
   end=$((SECONDS + wait))
   while [ $SECONDS -lt $end ] && ! grep -q "^results:" "$results/bench.log" 2>/dev/null; do sleep 10; done
   "$py" bench/learning.py --report-only --preset gpu --rounds "${ROUNDS:-60}" --seeds 0,1,2 \
-    --tasks "${TASKS:-arithmetic,countdown,sat,sort}" --variant recipe: --variant 'previous:rewards.gate=;tasks.curriculum=false' \
-    --only 'recipe/*' --only 'previous/arithmetic' --out "$results" --partial > /dev/null 2>&1
+    --tasks "${TASKS:-arithmetic,countdown,sat,sort}" --variant recipe: --variant 't1:inference.temperature=1.0' \
+    --only 'recipe/*' --only 't1/arithmetic' --out "$results" --partial > /dev/null 2>&1
   cp "$results"/learning.md "$results"/learning.json "$results"/learning.png "$out"/ 2>/dev/null
   tail -c 4000 "$results/bench.log" > "$out/bench.log"
   (cd "$results" && tar czf "$out/runs.tgz" --exclude='checkpoints' --exclude='eval_iter_*' --exclude='eval_start.json' .)

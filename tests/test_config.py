@@ -30,7 +30,7 @@ def error(**kwargs) -> str:
 def test_defaults():
     config = load_config(env={})
     assert config == Config()
-    assert config.inference.temperature == 1.0 and config.tasks.names == ("arithmetic",)
+    assert config.inference.temperature == 0.7 and config.tasks.names == ("arithmetic",)
     assert config.rewards.weights == {"correctness": 1.0, "format": 0.1}
     assert config.source("run.rounds") == "default"
     assert config.node_dir == Path("runs") / "default" / "node-0"

@@ -184,7 +184,9 @@ class InferenceSettings:
 
     backend: str = attrs.field(default="local", validator=_not_empty)  # registered inference backend name
     num_completions: int = attrs.field(default=8, validator=_at_least(1))  # G: completions per problem
-    temperature: float = attrs.field(default=1.0, validator=_check(lambda v: v >= 0, "must be >= 0"))
+    # Below 1.0: a small model at temperature 1 writes fewer answers it can be credited for, so
+    # fewer groups differ in reward and fewer give GRPO a signal (docs/benchmarks.md, "Learning signal").
+    temperature: float = attrs.field(default=0.7, validator=_check(lambda v: v >= 0, "must be >= 0"))
     top_p: float = attrs.field(default=1.0, validator=_fraction)  # nucleus sampling mass
     top_k: int = attrs.field(default=0, validator=_at_least(0))  # 0: no top-k filtering
     max_new_tokens: int = attrs.field(default=256, validator=_at_least(1))  # per completion

@@ -8,6 +8,7 @@ sapo alone unless trl is importable.
 from __future__ import annotations
 
 import ast
+import json
 import importlib.util
 import os
 import subprocess
@@ -98,3 +99,17 @@ def test_logprob_memory(tmp_path):
         # to 64 pages: a variant that allocates next to nothing can read 0.25 MiB below its baseline.
         assert results[variant]["extra_mib"] >= -1
     assert results["full"]["extra_mib"] > 0
+
+
+def test_learning_signal(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    import shapes
+
+    folder = shapes.shape_folder("tiny", tmp_path)
+    out = run("learning_signal.py", "--model", f"random:{folder}", "--tasks", "sort,arithmetic", "--levels", "1,default",
+              "--temperatures", "1.0", "--problems", "2", "--completions", "2", "--tokens", "4",
+              "--out", str(tmp_path / "signal.json"), tmp_path=tmp_path)
+    assert "| task | level | temperature | correctness |" in out
+    rows = json.loads((tmp_path / "signal.json").read_text())["rows"]
+    assert [(row["task"], row["level"]) for row in rows] == [("sort", 1), ("sort", 3), ("arithmetic", 1), ("arithmetic", 2)]
+    assert all(0 <= row[key] <= 1 for row in rows for key in ("correctness", "tagged", "truncated", "groups_with_signal"))

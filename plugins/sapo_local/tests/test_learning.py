@@ -1,12 +1,12 @@
 """GRPO makes the real bundled model better at a built-in task, on the CPU, with fixed seeds.
 
-SmolLM2-135M-Instruct on difficulty-1 arithmetic (two one-digit operands): about a quarter of
-its sampled answers are right before training. Eight GRPO rounds of 4 problems x 8
-completions (about 3 minutes on 2 cores) take its greedy pass@1 on 16 held-out problems from
-0.19 to 0.75 (seen on the development machine). The training reward, over only 4 problems a
-round, is noisy: it must trend up, the held-out figures must rise clearly and stay up (evaluated
-after rounds 4 and 8: the last within 0.1 of the best). The reward gate and the curriculum are off
-here, as when these figures were measured.
+SmolLM2-135M-Instruct on difficulty-1 arithmetic (two one-digit operands), with the default
+recipe (reward gate, temperature 0.7): eight GRPO rounds of 4 problems x 8 completions (about
+6 minutes on 2 cores) take its greedy pass@1 on 16 held-out problems from 0.19 to 0.56 after 4
+rounds and 0.69 after 8, and the training reward from 0.19 to 0.94 (the development machine,
+2026-12-02). The training reward, over only 4 problems a round, is noisy: it must trend up, the
+held-out figures must rise clearly and stay up (evaluated after rounds 4 and 8: the last within
+0.1 of the best). The curriculum is off: the level stays that of the held-out problems.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ def test_grpo_raises_the_reward_of_the_bundled_model(tmp_path, monkeypatch):
     config = load_config(env={}, sets=[
         "run.rounds=8", "run.seed=0", f"run.dir={(tmp_path / 'run').as_posix()}",
         'tasks.names=["arithmetic"]', "tasks.arithmetic.difficulty=1", "tasks.problems_per_round=4",
-        "inference.backend=local", "inference.num_completions=8", "inference.max_new_tokens=40",
+        "inference.backend=local", "inference.num_completions=8", "inference.max_new_tokens=48",
         "train.backend=grpo", "train.lr=2e-5",
-        # The recipe these figures were measured with (before the gate and the curriculum were on
-        # by default); the defaults' own CPU figures are in docs/benchmarks.md.
-        "rewards.gate=", "tasks.curriculum=false",
+        # The defaults (the reward gate, temperature 0.7) but a fixed level: the curriculum has
+        # tests of its own, and here the held-out and the training problems stay alike.
+        "tasks.curriculum=false",
         "eval.at_start=true", "eval.every=4", "eval.problems=16",
         "checkpoint.every=8",
     ])
