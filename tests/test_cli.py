@@ -11,21 +11,7 @@ import sys
 from pathlib import Path
 
 from sapo_core import hookimpl
-
-ORACLE_PLUGIN = """
-from sapo_core import hookimpl
-from sapo_core.records import Completion
-
-
-class Oracle:
-    def generate(self, problems, n, params):
-        return [[Completion(text=f"<answer>{p.answer}</answer>") for _ in range(n)] for p in problems]
-
-
-@hookimpl
-def register_inference(register):
-    register("oracle", lambda settings, context: Oracle(), description="always right")
-"""
+from sapo_core.testing import ORACLE_INFERENCE
 
 
 def test_plugins_json_lists_distributions_hooks_and_names(sapo_cli):
@@ -91,7 +77,7 @@ def test_config_errors_name_the_key_and_suggest(sapo_cli):
 
 
 def test_run_drives_a_third_party_backend_through_a_round(sapo_cli, install_dist, tmp_path):
-    install_dist("sapo-oracle", "oracle_plugin", ORACLE_PLUGIN)
+    install_dist("sapo-oracle", "oracle_plugin", ORACLE_INFERENCE)
     install_dist("sapo-broken", "broken_plugin", "raise ImportError('missing dependency: frobnicate')")
     from sapo_core.plugins import reset_plugins
 
@@ -107,7 +93,7 @@ def test_run_drives_a_third_party_backend_through_a_round(sapo_cli, install_dist
 
 
 def test_run_dir_flag_and_the_run_directory_layout(sapo_cli, install_dist, tmp_path):
-    install_dist("sapo-oracle", "oracle_plugin", ORACLE_PLUGIN)
+    install_dist("sapo-oracle", "oracle_plugin", ORACLE_INFERENCE)
     from sapo_core.plugins import reset_plugins
 
     reset_plugins()

@@ -10,6 +10,7 @@ import logging
 import pytest
 
 from sapo_core import hookimpl
+from sapo_core.testing import ORACLE_INFERENCE
 from sapo_core.config import load_config
 from sapo_core.sizing import CPU_SIZES, CPU_TOKENS_PER_SECOND, SOURCE, device_sizes, estimate, round_tokens
 
@@ -118,20 +119,7 @@ def test_a_plugin_that_fails_to_answer_is_skipped(sapo_plugins, caplog):
     assert "failed in inference_device" in caplog.text
 
 
-ORACLE_ON_CPU = """
-from sapo_core import hookimpl
-from sapo_core.records import Completion
-
-
-class Oracle:
-    def generate(self, problems, n, params):
-        return [[Completion(text=f"<answer>{p.answer}</answer>") for _ in range(n)] for p in problems]
-
-
-@hookimpl
-def register_inference(register):
-    register("oracle", lambda settings, context: Oracle(), description="always right")
-
+ORACLE_ON_CPU = ORACLE_INFERENCE + """
 
 @hookimpl
 def inference_device(config):

@@ -88,6 +88,23 @@ def install_plugin(site: Path, dist: str, module: str, code: str, *, version: st
     return site
 
 
+#: A plugin's source: inference backend ``oracle``, always right (the reference answer in tags).
+ORACLE_INFERENCE = '''
+from sapo_core import hookimpl
+from sapo_core.records import Completion
+
+
+class Oracle:
+    def generate(self, problems, n, params):
+        return [[Completion(text=f"<answer>{p.answer}</answer>") for _ in range(n)] for p in problems]
+
+
+@hookimpl
+def register_inference(register):
+    register("oracle", lambda settings, context: Oracle(), description="always right")
+'''
+
+
 HASH_REWARD = '''
 import hashlib
 from sapo_core import hookimpl

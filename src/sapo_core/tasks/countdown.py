@@ -209,10 +209,7 @@ class CountdownTask(OnLadder):
         )
 
     def untagged_answer(self, text: str) -> str | None:
-        """The expression of a completion without answer tags (see `read_expression`).
-
-        Small models rarely write the tags; verify stays the judge of the expression picked.
-        """
+        """The last expression in a completion without answer tags (`read_expression`)."""
         return read_expression(text)
 
     def verify(self, problem: Problem, answer: str) -> float:

@@ -158,10 +158,7 @@ class SatTask(OnLadder):
         )
 
     def untagged_answer(self, text: str) -> str | None:
-        """The assignment of a completion without answer tags (see `read_assignment`).
-
-        Small models rarely write the tags; verify stays the judge of the assignment picked.
-        """
+        """The last line's assignments in a completion without answer tags (`read_assignment`)."""
         return read_assignment(text)
 
     def verify(self, problem: Problem, answer: str) -> float:

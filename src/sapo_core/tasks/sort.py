@@ -187,10 +187,7 @@ class SortTask(OnLadder):
         )
 
     def untagged_answer(self, text: str) -> str | None:
-        """The words of a completion without answer tags (see `read_word_list`).
-
-        Small models rarely write the tags; verify stays the judge of the words picked.
-        """
+        """The final word list of a completion without answer tags (`read_word_list`), for verify to judge."""
         return read_word_list(text)
 
     def verify(self, problem: Problem, answer: str) -> float:
