@@ -37,7 +37,7 @@ class CorrectnessSettings:
     """``rewards.correctness.*`` keys."""
 
     # "prefer": the answer tags' content, else the task's own reading of untagged text where it
-    # has one (arithmetic: the last integer), which gives models too small to follow the tag
+    # has one (every built-in task: see Task.untagged_answer), which gives models too small to follow the tag
     # format yet a learning signal while the format reward teaches the tags.
     # "require": no tags, no reward.
     answer_tags: str = attrs.field(default="prefer", validator=attrs.validators.in_(("prefer", "require")))
