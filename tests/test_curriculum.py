@@ -52,9 +52,19 @@ def test_gated_groups_are_not_trained_on() -> None:
     assert select_groups([gated, useful], 2, random.Random(0)) == [useful]
 
 
-def test_group_success_is_the_verifiers_mean() -> None:
+def test_group_success_is_the_share_the_verifier_scores_solved() -> None:
     assert group_success({"correctness": [1.0, 0.0, 0.0, 1.0], "format": [1.0] * 4}, [1.1, 0.1, 0.1, 1.1], "correctness") == 0.5
+    # sat's partial credit (7/8 of the clauses) is not a solve: 1 of 4 solved, though the mean is 0.84
+    assert group_success({"correctness": [1.0, 0.875, 0.875, 0.625]}, [1.0, 0.875, 0.875, 0.625], "correctness") == 0.25
     assert group_success({"judge": [0.2, 0.4]}, [0.2, 0.4], "") == pytest.approx(0.3)  # no verifier: the reward
+
+
+def test_partial_credit_alone_does_not_move_a_task_up() -> None:
+    task = SatTask()
+    curriculum = Curriculum({"sat": task}, band=(0.2, 0.8), window=4)
+    partial = {"correctness": [0.9, 0.9, 0.8, 0.9]}  # every clause but one or two: a mean of 0.875, never solved
+    rates = [group_success(partial, partial["correctness"], "correctness")] * 4
+    assert curriculum.observe({"sat": rates}) == {"sat": (3, 2)}
 
 
 # ------------------------------------------------------------------------------ ladders

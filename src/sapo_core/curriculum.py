@@ -4,7 +4,7 @@ GRPO learns only from groups whose completions score differently. On a task far 
 model every group scores 0, on one it has mastered every group scores 1: either way the
 learner gets nothing. So each node keeps, per task, a level on the task's difficulty ladder
 (`sapo_core.tasks.levels`) and the success rates of its own groups at that level (a group's
-success is the mean of its verifier's scores). Once ``window`` groups have been seen at a
+success is the share of its completions the verifier scores 1.0, partial credit aside). Once ``window`` groups have been seen at a
 level, their mean decides: below ``band[0]`` the task moves one level down, above ``band[1]``
 one level up, and the count starts again at the new level. Nothing else goes in, so the
 levels are a pure function of the node's rollouts, which the seeds make reproducible.
@@ -108,6 +108,11 @@ class Curriculum:
 
 
 def group_success(per_function: Mapping[str, Sequence[float]], rewards: Sequence[float], verifier: str) -> float:
-    """How well one group did: the mean of the verifier's scores (the total reward's without one)."""
-    scores = per_function.get(verifier) or per_function.get("correctness") or rewards
-    return sum(scores) / len(scores) if scores else 0.0
+    """How well one group did: the share of completions its verifier scores 1.0, as pass@1 counts
+    them (without a verifier, the mean total reward)."""
+    scores = per_function.get(verifier) or per_function.get("correctness")
+    if scores:
+        # Partial credit is not success: a random 3-SAT assignment satisfies 7/8 of the clauses, and
+        # counting that took sat to its top level, where nothing was ever solved (docs/benchmarks.md).
+        return sum(score >= 1.0 for score in scores) / len(scores)
+    return sum(rewards) / len(rewards) if rewards else 0.0
