@@ -18,7 +18,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -122,7 +122,7 @@ class Coordinator:
                     continue
                 why = "quorum" if reached else "deadline"
                 log.info("%s: round %d closed by %s (%d published)", self.node, state.round, why, len(published))
-                closed, state = state.round, self._advance_to(state.round + 1)
+                closed, state = state.round, self._advance_to(state.round + 1, closed_with=sorted(published))
                 # Told after the write: a round reported closed has advanced, even if this process dies now.
                 if self.on_closed is not None:
                     self.on_closed(closed, {"round": closed, "closed_by": why, "published": len(published),
@@ -130,11 +130,11 @@ class Coordinator:
                 continue
             self.sleep(swarm.poll_seconds)
 
-    def _advance_to(self, round: int) -> SwarmState:
+    def _advance_to(self, round: int, closed_with: Sequence[str] = ()) -> SwarmState:
         now = time.time()
         finished = round >= self.config.run.rounds  # the run is over: no round is open, so no deadline
         state = SwarmState(round=round, deadline=None if finished else now + self.config.swarm.round_seconds,
-                           updated_at=now, coordinator=self.node)
+                           updated_at=now, coordinator=self.node, closed_with=tuple(closed_with))
         self.transport.write_state(state)
         return state
 

@@ -45,6 +45,10 @@ class SwarmState:
     deadline: float | None = None
     updated_at: float = 0.0
     coordinator: str = ""
+    #: The nodes whose payloads the coordinator held when it closed the round before ``round``. On
+    #: a synced folder, files arrive late and out of order: a node that sees the round advance
+    #: waits a bounded while for these payloads to reach its copy of the folder.
+    closed_with: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
 
 @attrs.frozen

@@ -589,21 +589,28 @@ class Node:
         return self._levels[name]
 
     def wait_for_peers(self, round: int) -> None:
-        """Until every live peer has published, the round advances, or its deadline passes."""
+        """Until every live peer has published, or the round has closed and the payloads it closed
+        with are here, or a deadline passes (the round's, or ``round_seconds`` after it closed)."""
         swarm = self.config.swarm
         state = self.transport.read_state()
         deadline = state.deadline if state is not None and state.round == round and state.deadline else None
         if deadline is None:
             deadline = time.time() + swarm.round_seconds
+        closed_seen: float | None = None
         while True:
             self.beat(round)
             state = self.transport.read_state()
-            if state is not None and state.round > round:
-                return
-            peers = {n.node for n in self.transport.live_nodes(swarm.live_seconds) if n.role != "coordinator"}
             published = {p.node for p in self.transport.collect(round).payloads}
-            if peers <= published or time.time() >= deadline:
-                return
+            if state is not None and state.round > round:
+                # On a synced folder the new state can arrive before the payloads that closed the round.
+                closed_seen = time.time() if closed_seen is None else closed_seen
+                late = set(state.closed_with) - published if state.round == round + 1 else set()
+                if not late or time.time() >= closed_seen + swarm.round_seconds:
+                    return
+            else:
+                peers = {n.node for n in self.transport.live_nodes(swarm.live_seconds) if n.role != "coordinator"}
+                if peers <= published or time.time() >= deadline:
+                    return
             self.sleep(swarm.poll_seconds)
 
     def eval_due(self, round: int) -> bool:

@@ -206,8 +206,9 @@ def check_transport(transport: Transport, *, experiment: str = "contract") -> No
     transport.heartbeat(NodeInfo(node="node-a", role="worker", started_at=now, last_seen=now))
     if transport.shared:
         assert "node-a" in {n.node for n in transport.live_nodes(60.0)}
-    transport.write_state(SwarmState(round=3, deadline=now + 60, updated_at=now, coordinator="c"))
-    assert transport.read_state() == SwarmState(round=3, deadline=now + 60, updated_at=now, coordinator="c")
+    state = SwarmState(round=3, deadline=now + 60, updated_at=now, coordinator="c", closed_with=("node-a", "node-b"))
+    transport.write_state(state)
+    assert transport.read_state() == state
     problem = sample_problems()[0]
     group = Group(problem=problem, completions=[Completion("2"), Completion("3")], rewards=[1.0, 0.0],
                   advantages=[1.0, -1.0], node="node-a")

@@ -16,7 +16,7 @@ from sapo_gdrive.folder import FolderTransport, build_folder_transport, parse_na
 
 from sapo_core import codec
 from sapo_core.config import load_config
-from sapo_core.errors import ConfigError
+from sapo_core.errors import BackendError, ConfigError
 from sapo_core.interfaces import BackendContext, NodeInfo, SwarmState
 from sapo_core.node import Node
 from sapo_core.plugins import Plugins
@@ -216,6 +216,67 @@ def test_liveness_takes_the_later_of_the_claimed_time_and_the_file_mtime(tmp_pat
     live = t.live_nodes(60)
     assert [n.node for n in live] == ["lagging"]
     assert live[0].last_seen >= now - 5
+
+
+def test_a_half_synced_heartbeat_does_not_make_its_node_gone(tmp_path, caplog):
+    t = FolderTransport(str(tmp_path), "exp")
+    t.heartbeat(NodeInfo(node="alice", role="worker"))
+    t.heartbeat(NodeInfo(node="bob", role="worker"))
+    assert [n.node for n in t.live_nodes(60)] == ["alice", "bob"]
+    beat = tmp_path / "exp/nodes/bob.json"
+    whole = beat.read_bytes()
+    beat.write_bytes(whole[: len(whole) // 2])  # a sync client copying it in place, halfway
+    assert [n.node for n in t.live_nodes(60)] == ["alice", "bob"], "unreadable is 'not yet', not 'gone'"
+    assert "bob.json" in caplog.text
+    beat.unlink()  # a sync client replacing the file: gone from this listing
+    assert [n.node for n in t.live_nodes(60)] == ["alice", "bob"]
+    time.sleep(0.3)
+    t.heartbeat(NodeInfo(node="alice", role="worker"))
+    assert [n.node for n in t.live_nodes(0.2)] == ["alice"], "bob's last good heartbeat expired"
+    assert [n.node for n in FolderTransport(str(tmp_path), "exp").live_nodes(60)] == ["alice"], "a new reader knows only what it read"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this OS")
+def test_fifos_in_place_of_control_files_never_block_a_reader(tmp_path, monkeypatch):
+    monkeypatch.setattr("sapo_gdrive.folder._SETTINGS_READ_PAUSE", 0.001)
+    t = FolderTransport(str(tmp_path), "exp")
+    t.heartbeat(NodeInfo(node="alice", role="worker"))
+    t.publish(payload("alice"))
+    exp = tmp_path / "exp"
+    (exp / "lease").mkdir()
+    for fifo in ("nodes/evil.json", "state.json", "lease/7.json", "swarm.json"):
+        os.mkfifo(exp / fifo)
+    pipe = exp / "rounds/0/alice (1).json.gz"
+    os.mkfifo(pipe)
+    results: dict[str, object] = {}
+
+    def read_everything() -> None:
+        results["live"] = [n.node for n in t.live_nodes(60)]
+        results["state"] = t.read_state()
+        results["lease"] = t.read_lease()
+        # The listing said "file"; a FIFO took its place before the read (the swap race).
+        results["swapped"] = t._examine({"name": str(pipe), "type": "file", "size": 0}, pipe.name, 0, None, 0.0)
+        results["collected"] = t.collect(0)
+
+    reader = threading.Thread(target=read_everything, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert not reader.is_alive(), "a FIFO blocked the reader"
+    assert results["live"] == ["alice"] and results["state"] is None
+    assert results["lease"].epoch == 7 and results["lease"].holder == ""
+    assert "not a regular file" in results["swapped"].refused
+    assert [p.node for p in results["collected"].payloads] == ["alice"]
+    with pytest.raises(BackendError, match="swarm.json"):
+        t.ensure_settings({"x": 1})
+
+
+def test_a_symlinked_heartbeat_is_not_followed(tmp_path):
+    t = FolderTransport(str(tmp_path), "exp")
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"node": "mallory", "role": "worker", "last_seen": time.time()}))
+    (tmp_path / "exp/nodes").mkdir(parents=True)
+    (tmp_path / "exp/nodes/mallory.json").symlink_to(outside)
+    assert t.live_nodes(60) == []
 
 
 # ------------------------------------------------------------------------- two machines

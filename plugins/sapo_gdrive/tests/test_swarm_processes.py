@@ -89,10 +89,11 @@ class Swarm:
 
     # ----------------------------------------------------------------------- processes
 
-    def start(self, node: str, role: str, *extra: str) -> None:
+    def start(self, node: str, role: str, *extra: str, root: Path | None = None) -> None:
+        """Start a node on the shared folder (or on ``root``, another copy of it)."""
         output = self.folder / f"{node}-{len(self.outputs)}.out"
         self.outputs.append(output)
-        command = [sys.executable, "-m", "sapo_core", "run", "--transport", "gdrive", "--root", str(self.root),
+        command = [sys.executable, "-m", "sapo_core", "run", "--transport", "gdrive", "--root", str(root or self.root),
                    "--node-id", node, "--role", role, "--model", self.model, "--rounds", str(self.rounds),
                    *(arg for item in self.sets for arg in ("--set", item)), *extra]
         with open(output, "wb") as sink:
@@ -154,8 +155,8 @@ class Swarm:
     def joined(self, *nodes: str) -> Callable[[], bool]:
         return lambda: set(nodes) <= {n.node for n in self.transport.live_nodes(3600)}
 
-    def metrics(self, node: str) -> list[dict[str, Any]]:
-        path = self.root / "default" / "metrics" / f"{node}.jsonl"
+    def metrics(self, node: str, root: Path | None = None) -> list[dict[str, Any]]:
+        path = (root or self.root) / "default" / "metrics" / f"{node}.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def log(self, node: str) -> str:
@@ -279,3 +280,36 @@ def test_a_restarted_coordinator_keeps_the_round_and_a_standby_takes_over_when_i
     for node in ("w1", "w2"):
         assert [line["round"] for line in s.metrics(node)] == list(range(rounds)), f"{node} ran every round"
         assert all(line["groups/trained_external"] >= 1 for line in s.metrics(node) if line["round"] >= stopped)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_two_copies_of_the_folder_under_a_lagging_non_atomic_sync_still_share_every_round(swarm, seed):
+    """The coordinator and w1 on one copy of the folder, w2 on another, a Drive-like sync between
+    them (drive_sync.py: 0.5-5 s lag, files rewritten in place in pieces, conflict copies, out of
+    order): each worker trains on the other's groups in every round."""
+    rounds = 3
+    s = swarm(rounds, "swarm.live_seconds=60", "swarm.round_seconds=45")
+    other = s.folder / "drive-b"
+    sync_log = s.folder / "drive_sync.out"
+    s.outputs.append(sync_log)
+    with open(sync_log, "wb") as sink:
+        sync = subprocess.Popen([sys.executable, str(Path(__file__).with_name("drive_sync.py")), str(s.root), str(other),
+                                 "--seed", str(seed)], stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        s.start("w1", "worker")
+        s.start("w2", "worker", root=other)
+        s.wait_for("both workers' heartbeats on the coordinator's copy", s.joined("w1", "w2"))
+        s.start("coord", "coordinator")
+        s.finish("w1", "w2", "coord")
+    finally:
+        sync.kill()
+        sync.wait(timeout=30)
+    assert " -> " in sync_log.read_text(), "the sync carried files"
+    for node, root in (("w1", s.root), ("w2", other)):
+        lines = s.metrics(node, root)
+        assert [line["round"] for line in lines] == list(range(rounds)), f"{node} ran every round once"
+        for line in lines:
+            assert line["payloads/peers"] == 1, f"{node} round {line['round']}: the peer's payload did not arrive"
+            assert line["groups/trained_external"] >= 1, f"{node} round {line['round']}: no external rollouts"
+    closed = [line for line in s.metrics("coord") if "closed_by" in line]
+    assert [line["closed_by"] for line in closed] == ["quorum"] * rounds, "both payloads closed every round"

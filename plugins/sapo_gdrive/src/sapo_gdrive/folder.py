@@ -23,7 +23,9 @@ Contracts
   ``nodes/*.json`` is skipped (both logged). Sync clients' conflict copies
   (``alice (1).json.gz``, ``alice (conflicted copy 2026-11-25).json.gz``,
   ``alice.json (1).gz``) count as candidates for node ``alice``: one valid payload is kept per
-  node, the canonical file first, else the newest ``created_at``.
+  node, the canonical file first, else the newest ``created_at``. Every file is opened before it
+  is checked, and the opened file is what is checked (`FolderTransport.read_bytes`): a FIFO,
+  device or symlink put in place of any file is refused, never waited on.
 * `collect` reads each file once per version: a valid payload is kept by the transport (for the
   round collected last only, so memory holds one round's payloads at most) until the listing
   shows its file changed (size, modification time, inode or etag), so a node polling for its
@@ -37,7 +39,9 @@ Contracts
 * Liveness: a node is live when ``now - max(last_seen, file mtime) <= within_seconds``, with
   ``now`` the *reader's* clock. ``last_seen`` is the writer's clock: the file's modification
   time (the storage's clock) rescues a peer whose clock lags; a peer whose clock runs ahead
-  looks live a little longer than it is, which only delays a round until its deadline.
+  looks live a little longer than it is, which only delays a round until its deadline. A
+  heartbeat that cannot be read (a sync client copies files in place, in pieces) leaves its node
+  live until the last heartbeat this transport read from it expires.
 * Leases: taking epoch N is the exclusive create of ``lease/N.json`` (as for ``swarm.json``), after
   checking that no higher epoch exists, and the file read back must hold the claimant's token
   (on storage where the create is only best effort, the last writer is the one that won). The
@@ -56,6 +60,7 @@ import math
 import os
 import posixpath
 import re
+import stat
 import time
 import uuid
 from collections.abc import Mapping
@@ -171,8 +176,12 @@ def state_from_data(data: object) -> SwarmState:
         _malformed("updated_at: expected a finite number")
     if not isinstance(coordinator, str):
         _malformed("coordinator: expected a string")
+    closed_with = data.get("closed_with", [])
+    if not isinstance(closed_with, list) or not all(isinstance(node, str) for node in closed_with):
+        _malformed("closed_with: expected a list of node ids")
     return SwarmState(round=round_, deadline=None if deadline is None else float(deadline),
-                      updated_at=float(updated_at), coordinator=coordinator)
+                      updated_at=float(updated_at), coordinator=coordinator,
+                      closed_with=tuple(codec.validate_node_id(node) for node in closed_with))
 
 
 def node_from_data(data: object) -> NodeInfo:
@@ -245,6 +254,8 @@ class FolderTransport:
         self.folder = f"{base.rstrip('/')}/{self.experiment}"
         # round -> file name -> what collect found in it (the round collected last only).
         self._examined: dict[int, dict[str, _Examined]] = {}
+        # node -> the newest heartbeat read from it (what keeps it live while its file is unreadable).
+        self._heartbeats: dict[str, NodeInfo] = {}
 
     # ----------------------------------------------------------------------------- paths
 
@@ -329,11 +340,42 @@ class FolderTransport:
 
     # ---------------------------------------------------------------------------- reading
 
+    def read_bytes(self, path: str) -> bytes:
+        """The bytes of the regular file at ``path``, at most the payload limit.
+
+        FileNotFoundError if absent; ValueError for anything else that is not a readable regular
+        file within the limit. A local file is opened first and the opened file is checked (never
+        the path again): a FIFO swapped in after the listing would otherwise block forever.
+        """
+        limit = self._limits.max_payload_bytes
+        if not self.local:
+            blob = self.fs.cat_file(path)  # object stores hold no FIFOs or devices
+        else:
+            # No symlinks (a peer's link could point anywhere); O_NONBLOCK so a FIFO's open returns.
+            flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+            try:
+                fd = os.open(path, flags)
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                raise ValueError(f"unreadable: {exc}") from exc
+            with os.fdopen(fd, "rb", buffering=0) as f:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise ValueError("not a regular file (a FIFO, device or folder)")
+                if info.st_size > limit:
+                    raise ValueError(f"file of {info.st_size} bytes exceeds {limit}")
+                try:
+                    blob = f.read(limit + 1)
+                except OSError as exc:
+                    raise ValueError(f"unreadable: {exc}") from exc
+        if len(blob) > limit:
+            raise ValueError(f"file of more than {limit} bytes")
+        return bytes(blob)
+
     def read_json(self, path: str) -> Any:
         """Parsed JSON at ``path``; FileNotFoundError if absent, ValueError if unreadable."""
-        blob = self.fs.cat_file(path)
-        if len(blob) > self._limits.max_payload_bytes:
-            raise ValueError(f"{len(blob)} bytes, over the limit")
+        blob = self.read_bytes(path)
         try:
             return json.loads(blob.decode("utf-8"), parse_constant=_no_constant)
         except (UnicodeDecodeError, RecursionError) as exc:
@@ -401,7 +443,10 @@ class FolderTransport:
     def live_nodes(self, within_seconds: float) -> list[NodeInfo]:
         """Nodes seen within ``within_seconds`` of now, sorted by id (see the module docstring on clocks).
 
-        ``last_seen`` of each returned node is the later of its own claim and its file's mtime.
+        ``last_seen`` of each returned node is the later of its own claim and its file's mtime. A
+        heartbeat that cannot be read now (half synced, replaced as it was read, or gone from a
+        listing mid-sync) is "not yet", never "gone": its node stays live until the last heartbeat
+        this transport read from it expires.
         """
         cutoff = time.time() - within_seconds
         best: dict[str, NodeInfo] = {}
@@ -417,15 +462,16 @@ class FolderTransport:
             except FileNotFoundError:
                 continue  # replaced or removed since the listing
             except (ValueError, codec.PayloadError) as exc:
-                log.warning("ignoring unreadable heartbeat %s: %s", name, exc)
+                log.warning("unreadable heartbeat %s (the last good one still counts): %s", _quoted(name), exc)
                 continue
-            seen = max(info.last_seen, _mtime(entry) or 0.0)
-            if seen < cutoff:
-                continue
-            info = attrs.evolve(info, last_seen=seen)
-            if info.node not in best or seen > best[info.node].last_seen:
+            info = attrs.evolve(info, last_seen=max(info.last_seen, _mtime(entry) or 0.0))
+            if info.node not in best or info.last_seen > best[info.node].last_seen:
                 best[info.node] = info
-        return [best[node] for node in sorted(best)]
+        for node, info in best.items():
+            known = self._heartbeats.get(node)
+            if known is None or info.last_seen >= known.last_seen:
+                self._heartbeats[node] = info
+        return [info for node, info in sorted(self._heartbeats.items()) if info.last_seen >= cutoff]
 
     # ----------------------------------------------------------------------------- leases
 
@@ -541,11 +587,11 @@ class FolderTransport:
             if isinstance(size, int) and size > self._limits.max_payload_bytes:
                 raise codec.PayloadError(f"file of {size} bytes exceeds {self._limits.max_payload_bytes}")
             try:
-                blob = self.fs.cat_file(entry["name"])
+                blob = self.read_bytes(entry["name"])
             except FileNotFoundError:
                 return None  # replaced or removed since the listing: nothing to refuse
-            except OSError as exc:
-                raise codec.PayloadError(f"unreadable: {exc}") from exc
+            except (OSError, ValueError) as exc:
+                raise codec.PayloadError(str(exc)) from exc
             payload = codec.read_gz(blob, self._limits)
             codec.verify_signature(payload, self._secret or None)
             if payload.node != node:
@@ -555,6 +601,11 @@ class FolderTransport:
         except codec.PayloadError as exc:
             return _Examined(version=version, at=now, refused=str(exc))
         return _Examined(version=version, at=now, canonical=parsed.canonical, payload=payload)
+
+
+def _quoted(name: str) -> str:
+    """A file name from the folder as a log line may show it: quoted, control characters escaped."""
+    return json.dumps(name, ensure_ascii=False)
 
 
 def _no_constant(name: str) -> float:
