@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from sapo_core import __version__, codec
+from sapo_core import __version__, codec, redaction
 from sapo_core.config import Config, load_config
 from sapo_core.errors import PluginError, SapoError
 from sapo_core.interfaces import BackendContext
@@ -50,7 +50,7 @@ def setup_logging(level: str = "info") -> None:
 
 
 def fail(exc: BaseException) -> None:
-    raise click.ClickException(str(exc)) from exc
+    raise click.ClickException(redaction.redact(str(exc))) from exc
 
 
 def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -453,10 +453,11 @@ def build_cli() -> click.Group:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    redaction.install()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         group = build_cli()
     except SapoError as exc:  # e.g. SAPO_STRICT_PLUGINS=1 and a broken plugin
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {redaction.redact(str(exc))}", err=True)
         sys.exit(1)
     group.main(args=argv, prog_name="sapo")

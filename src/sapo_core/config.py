@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import attrs
 
+from sapo_core import redaction
 from sapo_core.errors import ConfigError
 
 __all__ = [
@@ -1089,8 +1090,10 @@ def _parse_set(item: str) -> tuple[tuple[str, ...], Any, str]:
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        looks_like_key = re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", item.strip() or "-") is not None
-        got = f", got {item.strip()!r}" if looks_like_key else ", got an argument without '='"
+        # Echoed only when it names a section: a value pasted without its key may be an API key.
+        names_a_key = re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", item.strip() or "-") is not None and (
+            item.strip().partition(".")[0] in SECTIONS)
+        got = f", got {item.strip()!r}" if names_a_key else ", got an argument without '='"
         raise ConfigError(f"--set expects KEY=VALUE (e.g. --set inference.temperature=0.7){got}")
     text = raw.strip()
     try:
@@ -1145,4 +1148,6 @@ def load_config(
     for item in sets:
         parts, value, text = _parse_set(item)
         resolver.set(parts, value, "--set", text)
-    return resolver.build()
+    config = resolver.build()
+    redaction.register(*redaction.secret_strings(config.to_dict(redact=True), config.to_dict(redact=False)))
+    return config

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from sapo_core import redaction
 from sapo_core.errors import BackendError, ConfigError
 
 #: Overrides the keys file's path (tests, several profiles on one machine).
@@ -105,9 +106,11 @@ def find_key(name: str, env: Mapping[str, str] | None = None) -> tuple[str, str]
     env = os.environ if env is None else env
     value = env.get(name, "").strip()
     if value:
+        redaction.register(value)
         return value, f"env {name}"
     path = keys_path(env)
     value = read_keys(path).get(name, "").strip()
+    redaction.register(value)
     return (value, f"keys file {path}") if value else None
 
 
