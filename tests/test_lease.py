@@ -19,7 +19,7 @@ from sapo_core.config import load_config
 from sapo_core.coordinator import Coordinator
 from sapo_core.errors import ConfigError
 from sapo_core.interfaces import Lease, NodeInfo, SwarmState
-from sapo_core.lease import ACT_SHARE, LeaseKeeper
+from sapo_core.lease import ACT_SHARE, TWIN_SHARE, LeaseKeeper
 from sapo_core.node import Node
 from sapo_core.testing import check_leases
 from sapo_core.transports import MemoryTransport
@@ -103,16 +103,30 @@ def test_a_holder_whose_lease_another_node_took_stops_at_its_next_renewal(swarm)
     assert not coordinator.keep() and not coordinator.holds()
 
 
-def test_a_restarted_node_takes_back_its_own_lease_at_once(swarm):
+def test_a_restarted_node_takes_back_its_own_lease_once_the_earlier_run_missed_a_renewal(swarm):
     clock = Clock()
     first = keeper(swarm, "coord", clock)
     first.acquire()
     clock.now += 1
-    again = keeper(swarm, "coord", clock)  # the same node, restarted: its old lease has not expired
+    again = keeper(swarm, "coord", clock)  # the same node, restarted (or a second process with its id)
+    assert again.acquire() is None, "renewed a second ago: a live process holds it"
+    clock.now += LEASE * TWIN_SHARE  # the earlier run would have renewed by now: it is gone
     lease = again.acquire()
     assert lease is not None and lease.epoch == 1 and lease.token != first.lease.token
-    clock.now += LEASE / 2
     assert not first.keep(), "the earlier run, were it still alive, gives way"
+
+
+def test_two_live_processes_with_one_node_id_do_not_take_the_lease_back_and_forth(swarm):
+    clock = Clock()
+    one, two = keeper(swarm, "coord", clock), keeper(swarm, "coord", clock)
+    one.acquire()
+    epochs = set()
+    for _ in range(40):  # 20 leases of polls a quarter-lease apart
+        clock.now += LEASE / 4
+        assert one.keep(), "the first holder keeps its lease while it renews"
+        assert two.acquire() is None
+        epochs.add(one.lease.epoch)
+    assert epochs == {0}
 
 
 def test_release_lets_a_standby_take_over_at_once(swarm):

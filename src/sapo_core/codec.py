@@ -67,10 +67,12 @@ __all__ = [
     "payload_from_data",
     "problem_from_data",
     "read_gz",
+    "sign_document",
     "sign_payload",
     "to_data",
     "validate_experiment_name",
     "validate_node_id",
+    "verify_document",
     "verify_signature",
     "write_gz",
 ]
@@ -896,3 +898,38 @@ def verify_signature(payload: RoundPayload, secret: str | bytes | None) -> None:
     expected = _signature(payload, key)
     if not hmac.compare_digest(expected.encode("ascii"), str(payload.signature).encode("utf-8", "replace")):
         raise PayloadError("signature does not match: the payload was altered or signed with another secret")
+
+
+def _document_signature(data: Mapping[str, Any], key: bytes, kind: str, experiment: str) -> str:
+    body = {name: value for name, value in data.items() if name != "signature"}
+    # The kind and the experiment are signed too: a valid heartbeat is no lease, and a file signed
+    # for another experiment under the same secret is refused.
+    canonical = json.dumps({"kind": kind, "experiment": experiment, "document": body}, sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hmac.new(key, canonical.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def sign_document(data: Mapping[str, Any], secret: str | bytes | None, *, kind: str, experiment: str) -> dict[str, Any]:
+    """A copy of the JSON object ``data`` (a swarm's state, heartbeat or lease) with its ``signature``:
+    the hex HMAC-SHA256 of ``kind``, ``experiment`` and ``data``. Without a secret, ``data`` unsigned."""
+    key = _secret_bytes(secret)
+    body = {name: value for name, value in data.items() if name != "signature"}
+    if key:
+        body["signature"] = _document_signature(body, key, kind, experiment)
+    return body
+
+
+def verify_document(data: object, secret: str | bytes | None, *, kind: str, experiment: str) -> None:
+    """Raise PayloadError unless ``data`` carries the signature `sign_document` gives it (any, without a secret)."""
+    key = _secret_bytes(secret)
+    if not key:
+        return
+    if not isinstance(data, Mapping) or not isinstance(data.get("signature"), str):
+        raise PayloadError("not signed, but this swarm requires signatures (set the swarm secret on its node)")
+    try:
+        expected = _document_signature(data, key, kind, experiment)
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(f"cannot be signed: {exc}") from exc
+    if not hmac.compare_digest(expected.encode("ascii"), data["signature"].encode("utf-8", "replace")):
+        raise PayloadError(f"signature does not match: altered, signed with another secret, or not a {kind} "
+                           f"of experiment {experiment!r}")

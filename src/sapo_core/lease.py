@@ -17,7 +17,9 @@ Policy, in `LeaseKeeper.acquire`:
 * no lease was ever taken: a coordinator takes epoch 0 at once; a stand-by first waits a whole
   lease from its start (the coordinator may just be starting);
 * the newest lease is this node's own (an earlier run of it, killed or restarted): taken back
-  at once with the next epoch;
+  with the next epoch as soon as it has missed a renewal (`TWIN_SHARE` of a lease since the last
+  one). Until then another live process with the same node id holds it (each acquisition has its
+  own token): stand by rather than take it back and forth;
 * it is another node's and has not expired: wait, and say so in the log once;
 * it has expired, or has been unreadable for a whole lease: take the next epoch.
 """
@@ -39,6 +41,9 @@ log = logging.getLogger("sapo.lease")
 ACT_SHARE = 0.75
 #: A holder renews once this share of a lease has passed since its last renewal.
 RENEW_SHARE = 1 / 3
+#: A lease of this node renewed within this share of a lease is another live process's: a holder
+#: renews every `RENEW_SHARE` of a lease, at its polls (at most a quarter of a lease apart).
+TWIN_SHARE = 2 * RENEW_SHARE
 #: The smallest ``lease_seconds / poll_seconds``: a coordinator renews at its polls, and must
 #: get a few chances to do so before its lease lapses.
 MIN_POLLS_PER_LEASE = 4
@@ -79,6 +84,10 @@ class LeaseKeeper:
             return now >= lease.renewed_at + self.seconds
         return now >= lease.expires_at
 
+    def _renewed_by_another_process(self, lease: Lease) -> bool:
+        now = self.clock()
+        return not self.expired(lease, now) and now - lease.renewed_at < self.seconds * TWIN_SHARE
+
     def acquire(self) -> Lease | None:
         """The lease, taken if the policy allows and no other node took it first; None: wait."""
         if self.holds():
@@ -91,6 +100,11 @@ class LeaseKeeper:
                 self._say(("none",), "%s: stand-by: no coordinator lease yet; taking over if none appears within %.0f s",
                           self.node, self.seconds - waited)
                 return None
+        elif current.holder == self.node and self._renewed_by_another_process(current):
+            self._say(("twin", current.epoch),
+                      "%s: another live process with this node id holds the coordinator lease (epoch %d); "
+                      "standing by while it renews", self.node, current.epoch)
+            return None
         elif current.holder == self.node:
             log.info("%s: taking back its own coordinator lease (epoch %d, from an earlier run of this node)",
                      self.node, current.epoch)

@@ -279,6 +279,57 @@ def test_a_symlinked_heartbeat_is_not_followed(tmp_path):
     assert t.live_nodes(60) == []
 
 
+def test_in_a_signed_swarm_forged_control_files_are_refused(tmp_path):
+    t = FolderTransport(str(tmp_path), "exp", secret="s3cret")
+    t.heartbeat(NodeInfo(node="alice", role="worker"))
+    t.write_state(SwarmState(round=2, deadline=None, updated_at=1.0, coordinator="coord", closed_with=("alice",)))
+    assert t.read_state().round == 2 and [n.node for n in t.live_nodes(60)] == ["alice"]
+    exp = tmp_path / "exp"
+    now = time.time()
+    (exp / "state.json").write_text(json.dumps({"round": 6, "deadline": None, "updated_at": now, "coordinator": "x"}))
+    assert t.read_state() is None, "an unsigned state (round 6) would end every worker's run"
+    other = FolderTransport(str(tmp_path / "elsewhere"), "exp2", secret="s3cret")
+    other.write_state(SwarmState(round=6, deadline=None, updated_at=now, coordinator="x"))
+    (exp / "state.json").write_bytes((tmp_path / "elsewhere/exp2/state.json").read_bytes())
+    assert t.read_state() is None, "a state signed for another experiment under the same secret"
+    (exp / "nodes/mallory.json").write_text(json.dumps({"node": "mallory", "role": "worker", "last_seen": now}))
+    assert [n.node for n in t.live_nodes(60)] == ["alice"]
+    # A payload signed for another experiment under the same secret.
+    foreign = codec.sign_payload(attrs.evolve(payload("bob", 2), experiment="exp2"), "s3cret")
+    (exp / "rounds/2").mkdir(parents=True)
+    (exp / "rounds/2/bob.json.gz").write_bytes(codec.write_gz(foreign))
+    (rejected,) = t.collect(2).rejected
+    assert "experiment 'exp2'" in rejected
+
+
+def test_in_a_signed_swarm_a_forged_lease_of_a_higher_epoch_deposes_no_one(tmp_path):
+    from sapo_core.interfaces import Lease
+
+    t = FolderTransport(str(tmp_path), "exp", secret="s3cret")
+    now = time.time()
+    mine = Lease(epoch=0, holder="coord", token="t", acquired_at=now, renewed_at=now, expires_at=now + 30)
+    assert t.claim_lease(mine)
+    (tmp_path / "exp/lease/1000.json").write_text(json.dumps(
+        {"epoch": 1000, "holder": "mallory", "token": "m", "acquired_at": now, "renewed_at": now, "expires_at": now + 1e6}))
+    assert t.renew_lease(attrs.evolve(mine, renewed_at=now + 1, expires_at=now + 31)), "the holder renews on"
+    assert t.read_lease().epoch == 1000 and t.read_lease().holder == "", "read as unreadable: the next claim goes above it"
+    unsigned = FolderTransport(str(tmp_path), "exp")
+    assert not unsigned.renew_lease(attrs.evolve(mine, renewed_at=now + 2)), "without a secret a higher epoch wins"
+
+
+def test_a_heartbeat_from_the_future_is_no_evidence_of_life(tmp_path, caplog):
+    t = FolderTransport(str(tmp_path), "exp")
+    nodes = tmp_path / "exp/nodes"
+    nodes.mkdir(parents=True)
+    far = time.time() + 10 * 365 * 86400
+    (nodes / "eternal.json").write_text(json.dumps({"node": "eternal", "role": "worker", "last_seen": far}))
+    os.utime(nodes / "eternal.json", (far, far))
+    (nodes / "ahead.json").write_text(json.dumps({"node": "ahead", "role": "worker", "last_seen": far}))
+    live = {n.node: n.last_seen for n in t.live_nodes(60)}
+    assert set(live) == {"ahead"} and live["ahead"] <= time.time() + 1, "its file's fresh mtime counts, its claim not"
+    assert "eternal.json" in caplog.text and "future" in caplog.text
+
+
 # ------------------------------------------------------------------------- two machines
 
 

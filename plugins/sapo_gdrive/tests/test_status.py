@@ -171,7 +171,7 @@ def test_non_local_storage_rewrites_the_whole_file_and_buffers_info(info_logs):
         observers.run_finished(context, {})
     transport = FolderTransport(root, "default")
     text = transport.fs.cat_file(transport.path("logs", "n1.log")).decode()
-    assert "hello world" in text and "buffered until the end" in text and SECRET not in text and "***" in text
+    assert "hello world" in text and "buffered until the end" in text and SECRET not in text and "<redacted>" in text
     lines = transport.fs.cat_file(transport.path("metrics", "n1.jsonl")).decode().splitlines()
     assert [json.loads(line)["round"] for line in lines] == [0, 1]
 

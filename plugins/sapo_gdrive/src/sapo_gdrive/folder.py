@@ -91,6 +91,8 @@ _PAYLOAD_NAME = re.compile(rf"(?P<node>.*?)(?P<copy1>{_COPY})?\.json(?P<copy2>{_
 _NODE_NAME = re.compile(rf"(?P<node>.*?)(?P<copy1>{_COPY})?\.json(?P<copy2>{_COPY})?", re.DOTALL)
 # Only canonical lease files count: a sync client's copy of one is never a newer epoch.
 _LEASE_NAME = re.compile(r"(?P<epoch>[0-9]{1,18})\.json")
+#: A heartbeat time further ahead of the reader's clock than this is ignored.
+MAX_CLOCK_SKEW_SECONDS = 120.0
 #: A refused payload file is read again after this long even if the listing shows no change.
 REFUSED_RECHECK_SECONDS = 10.0
 # Listing keys that name a version of a file on some fsspec backend (inode, object etags, generations).
@@ -418,14 +420,24 @@ class FolderTransport:
 
     # ------------------------------------------------------------------------------ state
 
+    def _signed(self, kind: str, data: Mapping[str, Any]) -> bytes:
+        """A control file's bytes: ``data`` signed for ``kind`` and this experiment when the swarm has a secret."""
+        return _json_bytes(codec.sign_document(data, self._secret, kind=kind, experiment=self.experiment))
+
+    def _read_signed(self, path: str, kind: str) -> Any:
+        """Parsed JSON of a control file whose signature holds (any, without a secret); PayloadError if not."""
+        data = self.read_json(path)
+        codec.verify_document(data, self._secret, kind=kind, experiment=self.experiment)
+        return data
+
     def write_state(self, state: SwarmState) -> None:
-        self.write_atomic(self.path(STATE_FILE), _json_bytes(attrs.asdict(state)))
+        self.write_atomic(self.path(STATE_FILE), self._signed("state", attrs.asdict(state)))
 
     def read_state(self) -> SwarmState | None:
         """The stored state, or None when there is none or it cannot be read (logged)."""
         path = self.path(STATE_FILE)
         try:
-            return state_from_data(self.read_json(path))
+            return state_from_data(self._read_signed(path, "state"))
         except FileNotFoundError:
             return None
         except (ValueError, codec.PayloadError) as exc:
@@ -438,7 +450,7 @@ class FolderTransport:
         """Write ``nodes/<node>.json`` with ``last_seen`` set to now (this machine's clock)."""
         name = codec.validate_node_id(node.node)
         info = attrs.evolve(node, last_seen=time.time())
-        self.write_atomic(self.path(NODES_DIR, f"{name}.json"), _json_bytes(attrs.asdict(info)))
+        self.write_atomic(self.path(NODES_DIR, f"{name}.json"), self._signed("node", attrs.asdict(info)))
 
     def live_nodes(self, within_seconds: float) -> list[NodeInfo]:
         """Nodes seen within ``within_seconds`` of now, sorted by id (see the module docstring on clocks).
@@ -448,7 +460,8 @@ class FolderTransport:
         listing mid-sync) is "not yet", never "gone": its node stays live until the last heartbeat
         this transport read from it expires.
         """
-        cutoff = time.time() - within_seconds
+        now = time.time()
+        cutoff, future = now - within_seconds, now + MAX_CLOCK_SKEW_SECONDS
         best: dict[str, NodeInfo] = {}
         for entry in self._listing(self.path(NODES_DIR)):
             name = posixpath.basename(entry["name"])
@@ -456,7 +469,7 @@ class FolderTransport:
             if parsed is None:
                 continue
             try:
-                info = node_from_data(self.read_json(entry["name"]))
+                info = node_from_data(self._read_signed(entry["name"], "node"))
                 if info.node != parsed.node:
                     raise ValueError(f"describes node {info.node!r}")
             except FileNotFoundError:
@@ -464,7 +477,13 @@ class FolderTransport:
             except (ValueError, codec.PayloadError) as exc:
                 log.warning("unreadable heartbeat %s (the last good one still counts): %s", _quoted(name), exc)
                 continue
-            info = attrs.evolve(info, last_seen=max(info.last_seen, _mtime(entry) or 0.0))
+            # A time beyond the clock-skew bound is no evidence of life: it would keep a node live for ever.
+            seen = max((t for t in (info.last_seen, _mtime(entry) or 0.0) if t <= future), default=None)
+            if seen is None:
+                log.warning("ignoring heartbeat %s: seen in the future (clocks more than %.0f s apart?)",
+                            _quoted(name), MAX_CLOCK_SKEW_SECONDS)
+                continue
+            info = attrs.evolve(info, last_seen=seen)
             if info.node not in best or info.last_seen > best[info.node].last_seen:
                 best[info.node] = info
         for node, info in best.items():
@@ -488,23 +507,31 @@ class FolderTransport:
         return entries
 
     def _newest_epoch(self) -> int:
-        return max(self._lease_entries(), default=-1)
+        """The highest epoch taken; with a secret, the highest whose lease file is signed (a forged
+        ``lease/1000.json`` must not depose the coordinator)."""
+        epochs = sorted(self._lease_entries(), reverse=True)
+        if not self._secret:
+            return epochs[0] if epochs else -1
+        return next((epoch for epoch in epochs if self._stored_lease(self.lease_path(epoch)) is not None), -1)
 
     def _stored_lease(self, path: str) -> Lease | None:
         try:
-            return lease_from_data(self.read_json(path))
+            return lease_from_data(self._read_signed(path, "lease"))
         except (FileNotFoundError, ValueError, codec.PayloadError):
             return None
 
     def read_lease(self) -> Lease | None:
         """The lease of the highest epoch (see `Leases`); an unreadable one has holder ""."""
+        # The highest epoch by name, signed or not: an unreadable (or forged) one reads as a lease
+        # with no holder, so the next claim goes above it; it cannot depose a signed holder, whose
+        # renewals look only at signed epochs (`_newest_epoch`).
         entries = self._lease_entries()
         if not entries:
             return None
         epoch = max(entries)
         mtime = _mtime(entries[epoch]) or 0.0
         try:
-            lease = lease_from_data(self.read_json(entries[epoch]["name"]))
+            lease = lease_from_data(self._read_signed(entries[epoch]["name"], "lease"))
             if lease.epoch != epoch:
                 raise ValueError(f"describes epoch {lease.epoch}")
         except (FileNotFoundError, ValueError, codec.PayloadError) as exc:
@@ -518,7 +545,7 @@ class FolderTransport:
         if self._newest_epoch() >= lease.epoch:
             return False
         path = self.lease_path(lease.epoch)
-        if not self.create_exclusive(path, _json_bytes(attrs.asdict(lease))):
+        if not self.create_exclusive(path, self._signed("lease", attrs.asdict(lease))):
             return False
         stored = self._stored_lease(path)
         return stored is not None and stored.token == lease.token and self._newest_epoch() == lease.epoch
@@ -529,7 +556,7 @@ class FolderTransport:
         stored = self._stored_lease(path)
         if stored is None or stored.token != lease.token or self._newest_epoch() > lease.epoch:
             return False
-        self.write_atomic(path, _json_bytes(attrs.asdict(lease)))
+        self.write_atomic(path, self._signed("lease", attrs.asdict(lease)))
         return self._newest_epoch() == lease.epoch
 
     # --------------------------------------------------------------------------- payloads
@@ -594,6 +621,8 @@ class FolderTransport:
                 raise codec.PayloadError(str(exc)) from exc
             payload = codec.read_gz(blob, self._limits)
             codec.verify_signature(payload, self._secret or None)
+            if payload.experiment != self.experiment:
+                raise codec.PayloadError(f"payload of experiment {payload.experiment!r}, not {self.experiment!r}")
             if payload.node != node:
                 raise codec.PayloadError(f"payload of node {payload.node!r} in the file of node {node!r}")
             if payload.round != round:

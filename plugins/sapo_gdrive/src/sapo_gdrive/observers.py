@@ -12,7 +12,8 @@ On a local path (a mounted drive) a line is appended with open/append/close. On 
 storage (no append there) the whole file is rewritten atomically (read, append, write to a temp,
 rename); records are buffered and flushed every few seconds, on each WARNING or above, and at the
 end. A failed write (disk full, permissions, a network error) is a warning, never the node's
-crash; the lines stay buffered for the next try. The swarm secret, if set, is masked in log lines.
+crash; the lines stay buffered for the next try. No secret reaches a line (`sapo_core.redaction`:
+the swarm secret, API keys, the configuration's secrets read as ``<redacted>``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import sapo_core
-from sapo_core import codec
+from sapo_core import codec, redaction
 from sapo_core.interfaces import BackendContext
 from sapo_gdrive.folder import FolderTransport
 
@@ -115,7 +116,7 @@ class FolderLogHandler(logging.Handler):
     def __init__(self, sink: SharedFile, *, secret: str = "") -> None:
         super().__init__(level=logging.DEBUG)
         self.sink = sink
-        self.secret = secret
+        redaction.register(secret)  # every record of the process, not only this handler's lines
         self.thread = threading.get_ident()
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
@@ -126,9 +127,7 @@ class FolderLogHandler(logging.Handler):
         if record.thread != self.thread and record.thread in owners:
             return  # another node of this process: its own handler has it
         try:
-            line = self.format(record)
-            if self.secret:
-                line = line.replace(self.secret, "***")
+            line = redaction.redact(self.format(record))
             _guard.active = True
             try:
                 self.sink.add(line, urgent=record.levelno >= logging.WARNING)
