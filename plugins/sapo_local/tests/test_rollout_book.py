@@ -118,6 +118,7 @@ def test_reward_json_shapes():
         ([{"rollout_id": "x" * 65, "reward": 1}], "string of 1-64"),
         ([{"rollout_id": "r", "reward": "1"}], "finite number"),
         ([{"rollout_id": "r", "reward": True}], "finite number"),
+        ([{"rollout_id": "r", "reward": 10**400}], "finite number"),  # OverflowError in float(): was a 500
         ([{"rollout_id": "r", "reward": 1}] * 11, "at most 10"),
     ]:
         with pytest.raises(BookError, match=reason):

@@ -90,6 +90,22 @@ def post(server, path, body=None, *, key=KEY, raw=None):
     return httpx.post(f"{server.url}{path}", json=body, headers=headers)
 
 
+def chunked(server, path, body: bytes, *, key=KEY):
+    """A POST whose body comes in chunks, with no content-length."""
+    def pieces():
+        for start in range(0, len(body), 4096):
+            yield body[start : start + 4096]
+
+    headers = {"content-type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    return httpx.post(f"{server.url}{path}", content=pieces(), headers=headers)
+
+
+def test_the_key_and_the_rate_limit_come_before_the_body_is_read(server):
+    junk = b"\xff" * 15000
+    assert post(server, "/v1/rollouts", raw=junk, key=None).status_code == 401, "not 422: no key, no parsing"
+    assert chunked(server, "/v1/rewards", junk, key="wrong").status_code == 401
+
+
 def test_the_api_key_is_required(server):
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
     for headers in ({}, {"Authorization": "Bearer wrong-key-wrong-key-wrong"}, {"Authorization": KEY}):
@@ -138,6 +154,10 @@ def test_bad_requests_get_4xx_with_reasons(server, trainer):
         (post(server, "/v1/rewards", raw=b'{"rewards": [{"rollout_id": "r", "reward": NaN}]}'), 422, "finite"),
         (post(server, "/v1/rewards", {"rewards": [{"rollout_id": "r"}]}), 422, "exactly rollout_id and reward"),
         (post(server, "/v1/rewards", {"rewards": [{"rollout_id": "r", "reward": 1}] * 2000}), 413, "over 20000 bytes"),
+        (post(server, "/v1/rewards", raw=b'{"rewards": [{"rollout_id": "r", "reward": 1' + b"0" * 400 + b'}]}'), 422,
+         "finite"),
+        (chunked(server, "/v1/rewards", b'{"rewards": [' + b'{"rollout_id": "r", "reward": 1},' * 1000 + b"]}"), 413,
+         "over 20000 bytes"),
     ]
     for answer, status, reason in cases:
         assert answer.status_code == status, answer.text

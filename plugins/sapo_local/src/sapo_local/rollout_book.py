@@ -129,7 +129,7 @@ class RolloutBook:
         unknown, expired, conflicts, invalid = [], [], [], []
         seen: dict[str, float] = {}
         for rollout_id, reward in rewards:
-            if not isinstance(reward, (int, float)) or isinstance(reward, bool) or not math.isfinite(reward):
+            if not _finite_number(reward):
                 invalid.append(rollout_id)
                 continue
             if rollout_id in seen and seen[rollout_id] != reward:
@@ -197,7 +197,17 @@ def rewards_from_json(items: Any, *, limit: int) -> list[tuple[str, float]]:
         rollout_id, reward = item["rollout_id"], item["reward"]
         if not isinstance(rollout_id, str) or not 0 < len(rollout_id) <= 64:
             raise BookError("invalid", f"rewards[{position}].rollout_id must be a string of 1-64 characters")
-        if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
+        if not _finite_number(reward):
             raise BookError("invalid", f"rewards[{position}].reward must be a finite number")
         out.append((rollout_id, float(reward)))
     return out
+
+
+def _finite_number(value: object) -> bool:
+    """A JSON number a float can hold: not a bool, not NaN or infinite, not a 400-digit integer."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float's range
+        return False

@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
 import attrs
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -247,53 +247,69 @@ class RewardsIn(BaseModel):
     rewards: list[Any] = Field(min_length=1)
 
 
-class TooLarge(Exception):
-    pass
+class Guard:
+    """ASGI middleware, in this order, before the app reads a byte of the body: the rate limit
+    (429), the key (401), then the body, read whole up to ``limit`` bytes (413 beyond, chunked or
+    not) and handed to the app. So unauthenticated junk costs a header check, and is rate-limited."""
 
-
-class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes gets 413 before the app parses any of it."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, *, limit: int, limiter: RateLimiter, api_key: str, open_paths: frozenset[str]) -> None:
+        self.app, self.limit, self.limiter, self.open_paths = app, limit, limiter, open_paths
+        self.expected = api_key.encode()
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        if scope.get("path") not in self.open_paths:
+            client = (scope.get("client") or ("?", 0))[0]
+            wait = self.limiter.wait_time(client)
+            if wait > 0:
+                rate, burst = self.limiter.rate, self.limiter.burst
+                await _send_json(send, 429, {"error": f"rate limit: {rate:g} requests/s per client (burst {burst}); "
+                                                      f"retry in {wait:.2f} s"},
+                                 extra=[(b"retry-after", str(max(1, math.ceil(wait))).encode())])
+                return
+            header = headers.get(b"authorization", b"")
+            given = header[7:].strip() if header[:7].lower() == b"bearer " else b""
+            if not hmac.compare_digest(given, self.expected):
+                await _send_json(send, 401, {"error": "missing or wrong API key: send Authorization: Bearer <key>"},
+                                 extra=[(b"www-authenticate", b"Bearer")])
+                return
+        declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await _send_json(send, 413, {"error": f"request body over {self.limit} bytes"})
             return
-        received = 0
-        started = False
-
-        async def limited_receive() -> Any:
-            nonlocal received
+        body = bytearray()
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise TooLarge
-            return message
-
-        async def tracking_send(message: Any) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except TooLarge:
-            if not started:
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            if len(body) > self.limit:
                 await _send_json(send, 413, {"error": f"request body over {self.limit} bytes"})
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: wait for the disconnect, as the server would
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
-async def _send_json(send: Callable[[Any], Awaitable[None]], status: int, body: dict[str, Any]) -> None:
+async def _send_json(send: Callable[[Any], Awaitable[None]], status: int, body: dict[str, Any],
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *(extra or [])]})
     await send({"type": "http.response.body", "body": data})
 
 
@@ -332,25 +348,6 @@ def create_app(service: TrainerService, api_key: str) -> Any:
         await asyncio.to_thread(service.stop)
 
     app = FastAPI(title="sapo serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    limiter = RateLimiter(settings.rate, settings.burst)
-    expected = api_key.encode()
-
-    def authorised(request: Request) -> None:
-        # The rate limit comes first, so it also slows down anyone guessing keys.
-        client = request.client.host if request.client else "?"
-        wait = limiter.wait_time(client)
-        if wait > 0:
-            raise _Refusal(429, f"rate limit: {settings.rate:g} requests/s per client (burst {settings.burst}); "
-                           f"retry in {wait:.2f} s", headers={"Retry-After": str(max(1, math.ceil(wait)))})
-        header = request.headers.get("authorization", "")
-        given = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        if not hmac.compare_digest(given.encode(), expected):
-            raise _Refusal(401, "missing or wrong API key: send Authorization: Bearer <key>",
-                           headers={"WWW-Authenticate": "Bearer"})
-
-    @app.exception_handler(_Refusal)
-    async def refusal(request: Request, exc: _Refusal) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(BookError)
     async def book_error(request: Request, exc: BookError) -> JSONResponse:
@@ -364,7 +361,7 @@ def create_app(service: TrainerService, api_key: str) -> Any:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/v1/rollouts", dependencies=[Depends(authorised)])
+    @app.post("/v1/rollouts")
     def rollouts(body: RolloutsIn) -> dict[str, Any]:
         n = body.num_completions or service.group_size
         if n > settings.max_completions:
@@ -384,30 +381,26 @@ def create_app(service: TrainerService, api_key: str) -> Any:
             chats.append(messages)
         return service.rollouts(chats, n)
 
-    @app.post("/v1/rewards", dependencies=[Depends(authorised)])
+    @app.post("/v1/rewards")
     def rewards(body: RewardsIn) -> dict[str, Any]:
         return service.rewards(body.rewards)
 
-    @app.get("/v1/status", dependencies=[Depends(authorised)])
+    @app.get("/v1/status")
     def status() -> dict[str, Any]:
         return service.status()
 
-    @app.get("/v1/metrics", dependencies=[Depends(authorised)])
+    @app.get("/v1/metrics")
     def metrics() -> dict[str, Any]:
         return service.metrics()
 
-    @app.post("/v1/checkpoints", dependencies=[Depends(authorised)])
+    @app.post("/v1/checkpoints")
     def save_checkpoint() -> dict[str, Any]:
         return service.checkpoint()
 
-    @app.get("/v1/checkpoints", dependencies=[Depends(authorised)])
+    @app.get("/v1/checkpoints")
     def list_checkpoints() -> dict[str, Any]:
         return service.checkpoints()
 
-    return BodyLimit(app, settings.max_body_bytes)
-
-
-class _Refusal(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers
+    # The rate limit comes before the key check, so it also slows down anyone guessing keys.
+    return Guard(app, limit=settings.max_body_bytes, limiter=RateLimiter(settings.rate, settings.burst),
+                 api_key=api_key, open_paths=frozenset({"/health"}))
