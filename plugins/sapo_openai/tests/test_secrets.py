@@ -93,3 +93,24 @@ def test_the_key_an_error_page_echoes_never_reaches_a_log_or_an_error(server, st
                         "error": error}.items():
         assert CANARY not in text, f"the key leaked into the {where}"
     assert "<redacted>" in caplog.text + error
+
+
+def test_a_run_whose_every_request_fails_stops_with_one_message_and_a_non_zero_exit(server, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    server.status = 503
+    endpoint = f"http://127.0.0.1:{server.server_port}/v1"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SAPO_")}
+    env["OPENAI_API_KEY"] = CANARY
+    done = subprocess.run(
+        [sys.executable, "-m", "sapo_core", "run", "--inference", "openai", "--model", "gpt-4o-mini", "--role",
+         "contributor", "--transport", "none", "--rounds", "2", "--run-dir", str(tmp_path / "run"),
+         "--set", f"inference.base_url={endpoint}", "--set", "inference.max_retries=1", "--set", "inference.backoff_s=0"],
+        capture_output=True, text=True, env=env, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "every request for the 8 problems failed (503: Incorrect API key provided: Bearer <redacted>)" in output
+    assert f"endpoint {endpoint}, model 'gpt-4o-mini'" in output
+    assert CANARY not in output

@@ -116,6 +116,8 @@ class Engine:
     # One semaphore per event loop: each `generate` call runs its own loop, and an asyncio
     # semaphore that has ever made a task wait is bound to the loop it did it in.
     _slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = attrs.field(default=None, init=False)
+    #: Why the last request that failed for good failed ("" while none has).
+    last_failure: str = attrs.field(default="", init=False)
 
     def delay(self, attempt: int, failure: Failure) -> float:
         """Seconds before try ``attempt + 1``: the server's wish if it said one, else full-jitter backoff."""
@@ -123,6 +125,14 @@ class Engine:
             # A small jitter keeps many clients told "2 s" from coming back in the same millisecond.
             return min(failure.retry_after, self.retry_after_max_s) + self.rng.uniform(0, 0.1 * self.backoff_s)
         return self.rng.uniform(0, min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)))
+
+    def nothing_came_back(self, problems: int) -> BackendError:
+        """The error for a call in which every request failed for good: nothing to train on."""
+        where = self.api.base_url or self.api.provider.base_url
+        message = (f"{self.label or self.api.provider.name}: every request for the {problems} problems failed "
+                   f"({self.last_failure or 'no reply'}); endpoint {where}, model {self.api.model!r}. Check that "
+                   f"the server is up and reachable (inference.base_url) and the model name (--model)")
+        return BackendError(message.replace(self.api.key, "<redacted>") if self.api.key else message)
 
     def fatal(self, failure: Failure) -> BackendError:
         provider, model = self.api.provider.name, self.api.model
@@ -170,11 +180,13 @@ class Engine:
                 raise self.fatal(failure)
             if not failure.retry:
                 self.usage.count("failed")
+                self.last_failure = failure.what
                 log.warning("%s: a request%s was refused (%s)", self.label, f" for {about}" if about else "", failure.what)
                 return None
             attempt += 1
             if attempt > self.max_retries:
                 self.usage.count("failed")
+                self.last_failure = failure.what
                 log.warning("%s: a request%s failed after %d tries (%s); its problem is dropped",
                             self.label, f" for {about}" if about else "", attempt, failure.what)
                 return None

@@ -85,6 +85,9 @@ class APIInference:
                            for index, problem in enumerate(problems)])
         finally:
             await client.close()
+        if problems and all(c is None for got in slots for c in got):
+            # Nothing at all came back: a run on would train on nothing and still exit 0.
+            raise self.engine.nothing_came_back(len(problems))
         out = []
         for got in slots:
             # Every completion received is returned, in replicate order; a short list (the contract)
