@@ -123,7 +123,8 @@ class Limits:
     """Caps on what a decoder accepts; pass your own to tighten or relax them.
 
     Every bound is inclusive. The defaults fit a round of a few thousand groups of a small model
-    with room to spare, while keeping a hostile file from costing more than a few hundred MiB.
+    with room to spare. A file at every limit at once still costs its reader about a GB of memory
+    while it is decoded (4096 groups x 256 completions took a worker from 35 MB to 850 MB).
     """
 
     #: Size of the UTF-8 JSON document, after gunzip (and of the gzip blob itself).

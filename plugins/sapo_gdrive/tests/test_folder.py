@@ -474,6 +474,25 @@ def test_a_refused_file_is_checked_again_when_it_changes_or_after_a_while(tmp_pa
     assert [p.node for p in t.collect(0).payloads] == ["carol", "dave"]
 
 
+def test_an_unchanged_refused_file_is_read_again_less_and_less_often(tmp_path, monkeypatch):
+    t = FolderTransport(str(tmp_path), "exp")
+    t.publish(payload("alice"))
+    bad = tmp_path / "exp/rounds/0/mallory.json.gz"
+    bad.write_bytes(gzip.compress(b"[" * 10))
+    reads = []
+    examine = t._examine
+    monkeypatch.setattr(t, "_examine", lambda entry, name, *rest: (reads.append(name), examine(entry, name, *rest))[1])
+    clock = [1000.0]
+    monkeypatch.setattr("sapo_gdrive.folder.time.monotonic", lambda: clock[0])
+    for _ in range(400):  # 400 s of polls a second apart
+        assert [p.node for p in t.collect(0).payloads] == ["alice"]
+        clock[0] += 1.0
+    count = reads.count("mallory.json.gz")
+    # read at 0, 10, 30, 70, 150, 230, 310, 390 s: 8 reads, not the 40 of a fixed 10 s recheck
+    assert count == 8, count
+    assert reads.count("alice.json.gz") == 1, "a valid payload is read once"
+
+
 def test_collect_keeps_only_the_round_read_last(tmp_path):
     t = FolderTransport(str(tmp_path), "exp")
     for round in range(3):

@@ -30,9 +30,10 @@ Contracts
   round collected last only, so memory holds one round's payloads at most) until the listing
   shows its file changed (size, modification time, inode or etag), so a node polling for its
   peers pays for a listing, not for reading, inflating, validating and verifying every peer's
-  payload again. A refused file is read again when it changes, and at least every
-  `REFUSED_RECHECK_SECONDS`: a synced file still downloading can look complete in a listing
-  before its bytes are.
+  payload again. A refused file is read again when it changes, and, unchanged, after
+  `REFUSED_RECHECK_SECONDS`, then twice as long each time up to `REFUSED_RECHECK_MAX_SECONDS`: a
+  synced file still downloading can look complete in a listing before its bytes are, but a
+  hostile file that stays as it is costs a few reads, not one every 10 s for ever.
 * Node ids and the experiment name are validated (`codec.validate_node_id`), and file names
   read from the folder are parsed, never joined as given, so nothing reads or writes outside
   ``<root>/<experiment>``.
@@ -95,6 +96,8 @@ _LEASE_NAME = re.compile(r"(?P<epoch>[0-9]{1,18})\.json")
 MAX_CLOCK_SKEW_SECONDS = 120.0
 #: A refused payload file is read again after this long even if the listing shows no change.
 REFUSED_RECHECK_SECONDS = 10.0
+#: The longest wait between two reads of an unchanged refused file.
+REFUSED_RECHECK_MAX_SECONDS = 80.0
 # Listing keys that name a version of a file on some fsspec backend (inode, object etags, generations).
 _VERSION_KEYS = ("ino", "ETag", "etag", "md5Hash", "generation", "version_id")
 # How long ensure_settings waits for a peer's swarm.json to become readable (a non-atomic
@@ -153,6 +156,12 @@ class _Examined:
     canonical: bool = False
     payload: RoundPayload | None = None
     refused: str = ""
+    reads: int = 1  # reads of this version so far
+
+    def due(self, now: float) -> bool:
+        """Whether a refused, unchanged file is to be read again."""
+        wait = min(REFUSED_RECHECK_SECONDS * 2 ** (self.reads - 1), REFUSED_RECHECK_MAX_SECONDS)
+        return now - self.at >= wait
 
 
 def _is_number(value: object) -> bool:
@@ -585,8 +594,11 @@ class FolderTransport:
             version, now = _version(entry), time.monotonic()
             found = known.get(name)
             fresh = found is not None and version is not None and found.version == version
-            if not (fresh and (found.payload is not None or now - found.at < REFUSED_RECHECK_SECONDS)):
+            if not fresh:
                 found = self._examine(entry, name, round, version, now)
+            elif found is not None and found.payload is None and found.due(now):
+                again = self._examine(entry, name, round, version, now)
+                found = attrs.evolve(again, reads=found.reads + 1) if again is not None else None
             if found is not None:
                 examined[name] = found
         self._examined = {round: examined}  # a node reads one round at a time: keep no older one
