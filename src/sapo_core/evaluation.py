@@ -25,10 +25,10 @@ from typing import Any
 import attrs
 
 from sapo_core.config import EvalSettings
-from sapo_core.errors import SapoError
 from sapo_core.interfaces import InferenceBackend, SamplingParams, Task
 from sapo_core.records import Completion, Problem
 from sapo_core.rewards import combine_rewards
+from sapo_core.contracts import checked_generation
 from sapo_core.seeding import derive_seed
 
 log = logging.getLogger("sapo.eval")
@@ -174,9 +174,8 @@ class Evaluator:
     def evaluate(self) -> tuple[dict[str, float], list[ProblemResult]]:
         """Generate, score, summarise: the ``eval/*`` metrics and each problem's result."""
         k = self.settings.num_completions
-        outputs = self.inference.generate(self.problems, k, self.params)
-        if len(outputs) != len(self.problems):
-            raise SapoError(f"the inference backend returned {len(outputs)} results for {len(self.problems)} problems")
+        outputs = checked_generation("the inference backend (evaluation)", self.problems, k,
+                                     self.inference.generate(self.problems, k, self.params))
         results, dropped = [], 0
         for problem, generated in zip(self.problems, outputs):
             completions = tuple(generated[:k])

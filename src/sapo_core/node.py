@@ -36,6 +36,7 @@ from sapo_core.advantages import group_advantages
 from sapo_core.checkpoints import keeps_optimizer_state, write_learner_state
 from sapo_core.config import Config, structure
 from sapo_core.coordinator import Coordinator, check_lease_settings, standing_by
+from sapo_core.contracts import checked_generation
 from sapo_core.curriculum import Curriculum, group_success, task_variants
 from sapo_core.errors import ConfigError, SapoError, StopRun
 from sapo_core.evaluation import Evaluator, ProblemResult
@@ -409,11 +410,8 @@ class Node:
                 max_new_tokens=config.inference.max_new_tokens,
                 seed=derive_seed(config.run.seed, self.context.node, round, "sampling"),
             )
-            outputs = self.inference.generate(problems, config.inference.num_completions, params)
-        if len(outputs) != len(problems):
-            raise SapoError(
-                f"inference backend {config.inference.backend!r} returned {len(outputs)} results for {len(problems)} problems"
-            )
+            outputs = checked_generation(self.inference_label(), problems, config.inference.num_completions,
+                                         self.inference.generate(problems, config.inference.num_completions, params))
         with timer.phase("score"):
             complete = [(p, c) for p, c in zip(problems, outputs) if len(c) >= config.inference.num_completions]
             scored = [self.score_functions(p, c[: config.inference.num_completions]) for p, c in complete]
@@ -587,6 +585,15 @@ class Node:
         if name not in self._levels:
             self._levels[name] = list(task_variants(self.tasks[name]).values())
         return self._levels[name]
+
+    def inference_label(self) -> str:
+        """How errors name this node's inference backend: its name and the distribution it came from."""
+        name = self.config.inference.backend
+        try:
+            distribution = self.plugins.registry.get("inference", name).distribution
+        except SapoError:
+            distribution = ""
+        return f"inference backend {name!r}" + (f" from {distribution}" if distribution else "")
 
     def wait_for_peers(self, round: int) -> None:
         """Until every live peer has published, or the round has closed and the payloads it closed
