@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sapo_core import hookimpl
 from sapo_core.testing import ORACLE_INFERENCE
 
@@ -65,7 +67,7 @@ def test_config_shows_sources_and_redacts_secrets(sapo_cli, tmp_path):
     assert "NODE_ID" in lines["run.node_id"]
     assert "--inference" in lines["inference.backend"]
     assert "--set" in lines["inference.top_p"]
-    data = json.loads(sapo_cli("config", "--json", env=env).output)
+    data = json.loads(sapo_cli("config", "--json", "--inference", "openai", env=env).output)
     assert data["run"]["node_id"] == "colab-1"
     assert data["swarm"]["secret"] == "***"
 
@@ -74,6 +76,46 @@ def test_config_errors_name_the_key_and_suggest(sapo_cli):
     result = sapo_cli("config", "--set", "inference.temprature=0.3")
     assert result.exit_code == 1
     assert "inference.temprature" in result.output and "inference.temperature" in result.output
+
+
+SETTINGS_PLUGIN = """
+import attrs
+from sapo_core import hookimpl
+
+
+@attrs.frozen
+class Settings:
+    lr: float = 1e-5
+
+
+@hookimpl
+def register_learners(register):
+    register("strict", lambda settings, context: None, settings=Settings)
+
+
+@hookimpl
+def register_inference(register):
+    register("plain", lambda settings, context: None)
+"""
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--inference", "nonexistent"), "Unknown inference backend 'nonexistent'"),
+    (("--set", "tasks.arithmetic.difficulty=9"), "tasks.arithmetic.difficulty"),
+    (("--inference", "plain", "--role", "worker", "--set", "train.backend=strict", "--set", "train.lr=abc"),
+     "train.lr = 'abc'"),
+    (("--inference", "plain", "--role", "worker", "--set", "train.backend=strict", "--set", "train.lrr=1e-5"),
+     "Unknown key 'train.lrr'"),
+])
+def test_config_refuses_what_run_would_refuse_before_loading_anything(sapo_cli, install_dist, args, message):
+    install_dist("sapo-strict", "strict_plugin", SETTINGS_PLUGIN)
+    from sapo_core.plugins import reset_plugins
+
+    reset_plugins()
+    for command in ("config", "run"):
+        result = sapo_cli(command, *args, "--set", "run.experiment=preflight")
+        assert result.exit_code == 1, (command, result.output)
+        assert message in result.output, (command, result.output)
 
 
 def test_run_drives_a_third_party_backend_through_a_round(sapo_cli, install_dist, tmp_path):
@@ -110,7 +152,7 @@ def test_run_dir_flag_and_the_run_directory_layout(sapo_cli, install_dist, tmp_p
     assert "psst" not in result.output
     assert [line.split(":")[0] for line in result.stderr.splitlines() if " round " in line] == [
         "node-0 round 1/2", "node-0 round 2/2"]
-    shown = sapo_cli("config", "--run-dir", "elsewhere")
+    shown = sapo_cli("config", "--run-dir", "elsewhere", "--inference", "oracle")
     assert any(line.split()[:3] == ["run.dir", '"elsewhere"', "--run-dir"] for line in shown.output.splitlines())
 
 

@@ -278,6 +278,10 @@ class NoLeasePlugin:
     def register_transports(self, register):
         register("plain", lambda settings, context: WithoutLeases(MemoryTransport("plain", context.experiment)))
 
+    @hookimpl
+    def register_inference(self, register):
+        register("idle", lambda settings, context: None)
+
 
 @pytest.mark.parametrize(
     ("sets", "message"),
@@ -291,7 +295,8 @@ class NoLeasePlugin:
 )
 def test_a_standby_the_swarm_cannot_have_is_a_clear_config_error(tmp_path, sapo_plugins, sets, message):
     sapo_plugins.register(NoLeasePlugin(), name="no-lease")
-    config = swarm_config(f"run.workdir={tmp_path.as_posix()}", f"swarm.root=cfg-{tmp_path.name}", *sets)
+    config = swarm_config(f"run.workdir={tmp_path.as_posix()}", f"swarm.root=cfg-{tmp_path.name}",
+                          "inference.backend=idle", *sets)
     with pytest.raises(ConfigError, match=message):
         Node.from_config(config, sapo_plugins)
 

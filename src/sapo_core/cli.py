@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from sapo_core import __version__, codec, redaction
+from sapo_core import __version__, codec, preflight, redaction
 from sapo_core.config import Config, load_config
 from sapo_core.errors import PluginError, SapoError
 from sapo_core.interfaces import BackendContext
@@ -145,6 +145,7 @@ def config_command(config_file: str | None, sets: tuple[str, ...], as_json: bool
     """Show the resolved configuration with the source of each key (secrets redacted)."""
     try:
         config = resolve(config_file, sets, **flags)
+        preflight.check(config, get_plugins())
     except SapoError as exc:
         fail(exc)
     if as_json:

@@ -31,10 +31,10 @@ from typing import Any
 
 import attrs
 
-from sapo_core import __version__, codec, rundir
+from sapo_core import __version__, codec, preflight, rundir
 from sapo_core.advantages import group_advantages
 from sapo_core.checkpoints import keeps_optimizer_state, write_learner_state
-from sapo_core.config import Config, structure
+from sapo_core.config import Config
 from sapo_core.coordinator import Coordinator, check_lease_settings, standing_by
 from sapo_core.contracts import checked_generation
 from sapo_core.curriculum import Curriculum, group_success, task_variants
@@ -168,6 +168,7 @@ class Node:
                 config.train.backend,
             )
             role = "contributor"
+        preflight.check(config, plugins, role)  # every setting, before any backend loads
         offline = config.swarm.transport == "none"
         automatic = offline and not run.dir
         if run.dir:
@@ -822,13 +823,7 @@ class _Builder:
 
     def __call__(self, kind: str, name: str, values: Mapping[str, Any], where: str) -> Any:
         registration = self.plugins.registry.get(kind, name)
-        if registration.settings is not None:
-            settings = structure(registration.settings, values, where=where)
-        elif values:
-            keys = ", ".join(f"{where}.{key}" for key in sorted(values))
-            raise ConfigError(f"{registration.kind} {name!r} takes no settings, but the config sets {keys}")
-        else:
-            settings = None
+        settings = preflight.settings_for(registration, values, where)
         try:
             return registration.factory(settings, self.context)
         except SapoError:

@@ -85,8 +85,9 @@ class APIInference:
                            for index, problem in enumerate(problems)])
         finally:
             await client.close()
-        if problems and all(c is None for got in slots for c in got):
-            # Nothing at all came back: a run on would train on nothing and still exit 0.
+        if problems and all(c is None for got in slots for c in got) and self.engine.usage.cap_reached() is None:
+            # Nothing at all came back, and not for a usage cap (the next call stops the run for that):
+            # a run going on would train on nothing and still exit 0.
             raise self.engine.nothing_came_back(len(problems))
         out = []
         for got in slots:
