@@ -105,7 +105,7 @@ def test_a_swarm_writes_logs_and_metrics_and_status_and_report_read_them(tmp_pat
     assert "round 3" in table.output and "alice" in table.output and "valid" in table.output
     assert "coordinator lease: epoch 0, held by coord, expired" in table.output
     wrong = json.loads(invoke("swarm", "status", "--root", root.as_posix(), "--json",
-                              env={"SAPO_SWARM_SECRET": "other"}).output)
+                              env={"SAPO_SWARM_SECRET": "other"}).stdout)  # stderr: the refused control files
     assert "signature" in next(n for n in wrong["nodes"] if n["node"] == "alice")["last_payload"]["reason"]
     stale = json.loads(invoke("swarm", "status", "--root", root.as_posix(), "--json", "--live-seconds", "0.000001").output)
     assert stale["live"] == []
