@@ -597,8 +597,9 @@ class Node:
         return f"inference backend {name!r}" + (f" from {distribution}" if distribution else "")
 
     def wait_for_peers(self, round: int) -> None:
-        """Until every live peer has published, or the round has closed and the payloads it closed
-        with are here, or a deadline passes (the round's, or ``round_seconds`` after it closed)."""
+        """Until the round has closed and the payloads it closed with are here, or, with no coordinator
+        in the round, every live peer has published; or a deadline passes (the round's, or
+        ``round_seconds`` after it closed)."""
         swarm = self.config.swarm
         state = self.transport.read_state()
         deadline = state.deadline if state is not None and state.round == round and state.deadline else None
@@ -616,9 +617,14 @@ class Node:
                 if not late or time.time() >= closed_seen + swarm.round_seconds:
                     return
             else:
-                peers = {n.node for n in self.transport.live_nodes(swarm.live_seconds) if n.role != "coordinator"}
-                if peers <= published or time.time() >= deadline:
+                if time.time() >= deadline:
                     return
+                # A coordinator's word decides who is in the round: on a lagging folder this node's view
+                # of who is live can miss a peer whose heartbeat has not arrived whole yet.
+                if state is None or not state.coordinator:
+                    peers = {n.node for n in self.transport.live_nodes(swarm.live_seconds) if n.role != "coordinator"}
+                    if peers <= published:
+                        return
             self.sleep(swarm.poll_seconds)
 
     def eval_due(self, round: int) -> bool:
