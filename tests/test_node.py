@@ -309,6 +309,34 @@ def test_a_worker_without_a_coordinator_does_not_wait_forever(tmp_path, sapo_plu
     assert [line["round"] for line in metrics_lines(tmp_path, node="alice")] == [0, 1]
 
 
+def test_in_a_coordinated_round_a_worker_waits_for_the_close_not_for_its_own_view_of_who_is_live(
+        tmp_path, sapo_plugins, backends):
+    """On a lagging synced folder a peer's heartbeat may never have arrived whole: the worker, seeing
+    only itself, must still wait for the coordinator's close and the payloads it closed with."""
+    import time
+
+    from sapo_core.interfaces import SwarmState
+    from sapo_core.records import RoundPayload
+
+    root = f"swarm-{tmp_path.name}"
+    transport = MemoryTransport(root, "default")
+    transport.write_state(SwarmState(round=0, deadline=time.time() + 60, updated_at=time.time(), coordinator="coord"))
+    alice = Node.from_config(swarm_config(tmp_path, root, "alice", "worker"), sapo_plugins)
+    alice.transport.publish(RoundPayload(experiment="default", round=0, node="alice", groups=(), created_at=1.0))
+    polls: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        polls.append(seconds)
+        if len(polls) == 5:  # bob's payload lands, then the coordinator closes the round with both
+            transport.publish(RoundPayload(experiment="default", round=0, node="bob", groups=(), created_at=1.0))
+            transport.write_state(SwarmState(round=1, deadline=time.time() + 60, updated_at=time.time(),
+                                             coordinator="coord", closed_with=("alice", "bob")))
+
+    alice.sleep = sleep
+    alice.wait_for_peers(0)
+    assert len(polls) == 5, "it went on as soon as it saw the round closed, and not before"
+
+
 def test_a_peer_cannot_forge_the_answer_of_a_problem(tmp_path, sapo_plugins, backends):
     import attrs
 
