@@ -585,6 +585,39 @@ def test_gzip_bomb_of_many_members_is_refused_without_allocating_it(bomb_members
     assert peak < 3 * limits.max_payload_bytes, peak  # never near the 1 GiB it inflates to
 
 
+def cheap_file(completions: int) -> bytes:
+    """A small gzip file of one group of many empty completions: what a JSON parser pays dearly for."""
+    data = codec.to_data(VALID)
+    data["groups"] = data["groups"][:1]
+    group = data["groups"][0]
+    group["completions"] = [{"text": "", "finish_reason": "stop"}] * completions
+    group["rewards"] = group["advantages"] = [0] * completions
+    return gzip.compress(json.dumps(data, separators=(",", ":")).encode(), 9)
+
+
+def test_a_cheap_file_of_a_million_completions_is_refused_before_it_is_parsed() -> None:
+    blob = cheap_file(10**6)
+    assert len(blob) < 200_000  # a ~140 KB file that inflates to ~40 MB
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadError, match=r"over the limit of 524288 \(Limits.max_brackets\); refused before parsing"):
+            codec.read_gz(blob)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    inflated = len(gzip.decompress(blob))
+    assert peak < 3 * inflated, peak  # parsing it whole would build a million dicts (about 8x the text)
+
+
+def test_brackets_inside_texts_count_too_and_the_limit_can_be_raised() -> None:
+    data = codec.to_data(VALID)
+    data["groups"][0]["completions"][0]["text"] = "{[" * 100
+    blob = json.dumps(data).encode()
+    with pytest.raises(PayloadError, match="Limits.max_brackets"):
+        codec.decode_payload(blob, Limits(max_brackets=150))
+    assert codec.decode_payload(blob, Limits(max_brackets=300)).groups[0].completions[0].text == "{[" * 100
+
+
 def test_oversize_messages_name_the_limit() -> None:
     limits = Limits(max_payload_bytes=4096)
     with pytest.raises(

@@ -20,7 +20,9 @@ Contracts
   finish reasons; at least one message per problem and one completion per group; as many
   rewards and advantages as completions, and as many logprobs as token ids when both are given.
 * Sizes are bounded by a `Limits` (defaults in `DEFAULT_LIMITS`); gzip is inflated
-  incrementally and refused as soon as it exceeds ``Limits.max_payload_bytes``.
+  incrementally and refused as soon as it exceeds ``Limits.max_payload_bytes``. Before the
+  JSON is parsed, its ``{`` and ``[`` bytes are counted against ``Limits.max_brackets``: arrays
+  and objects are what make a small file expensive to parse, so a cheap file stays cheap.
 * Encoding validates with the same rules as decoding, so we never publish what a peer with the
   same limits would refuse (non-finite rewards, bad node ids, oversize text...).
 * An empty group ``node`` means "the payload's node": both encoding and decoding fill it in,
@@ -144,6 +146,10 @@ class Limits:
     max_tokens: int = attrs.field(default=65_536, validator=_positive_int)
     #: Nesting of arrays/objects inside ``answer`` and ``metadata`` (``[[1]]`` is depth 2).
     max_json_depth: int = attrs.field(default=32, validator=_positive_int)
+    #: ``{`` and ``[`` bytes in the JSON document, inside strings too, counted before it is parsed.
+    #: A payload needs about three per completion, plus what its texts hold; each one parsed costs
+    #: far more than its byte (a gzipped file of empty arrays inflates 1000x and parses 25x bigger).
+    max_brackets: int = attrs.field(default=524_288, validator=_positive_int)
 
 
 #: The limits used when none are passed.
@@ -746,6 +752,11 @@ def _parse_json(data: bytes | bytearray | memoryview, limits: Limits) -> Any:
         _fail("", f"not valid UTF-8: {exc.reason} at byte {exc.start}")
     if text.startswith("\ufeff"):
         _fail("", "invalid JSON: starts with a byte order mark (BOM); write UTF-8 without BOM")
+    # An upper bound on the arrays and objects json.loads would build, at memchr speed.
+    brackets = text.count("{") + text.count("[")
+    if brackets > limits.max_brackets:
+        _fail("", f"{brackets} '{{' and '[' in the document, over the limit of {limits.max_brackets} "
+                  "(Limits.max_brackets); refused before parsing")
     try:
         return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
     except RecursionError:

@@ -38,7 +38,7 @@ __all__ = ["ShardError", "all_gather_json", "call_fingerprint", "exchange_comple
 
 # The completions come from the other processes of this very job: the limits that guard against a
 # hostile peer's payload would only refuse long generations here.
-_TRUSTED = Limits(max_payload_bytes=1 << 62, max_text_chars=1 << 62, max_tokens=1 << 62)
+_TRUSTED = Limits(max_payload_bytes=1 << 62, max_text_chars=1 << 62, max_tokens=1 << 62, max_brackets=1 << 62)
 
 
 class ShardError(BackendError):
