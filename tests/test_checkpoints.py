@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import sys
 from pathlib import Path
 
 import pytest
 
-from sapo_core.checkpoints import OPTIMIZER_DIR, FolderCheckpointer, keeps_optimizer_state, write_learner_state
+from sapo_core.checkpoints import (
+    MARKER,
+    OPTIMIZER_DIR,
+    FolderCheckpointer,
+    IncompleteCheckpoint,
+    keeps_optimizer_state,
+    write_learner_state,
+)
 
 
 def writer(text: str):
@@ -109,3 +119,57 @@ def test_a_learner_without_the_optimizer_keyword_loses_its_optimizer_folder(tmp_
             folder.mkdir()
             write_learner_state(learner, folder, optimizer=optimizer)
             assert (folder / "weights.json").exists() and (folder / OPTIMIZER_DIR).exists() == optimizer
+
+
+def truncate(path: Path) -> None:
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size // 2)  # a disk or a copy that lost the end of the file
+
+
+def test_a_truncated_file_is_named_and_the_previous_checkpoint_restored(tmp_path, caplog):
+    store = FolderCheckpointer(tmp_path / "ckpt", keep=3)
+    for round in range(3):
+        store.save(round, with_optimizer(f"r{round}" * 100), {"round": round})
+    truncate(tmp_path / "ckpt" / "round-000002" / "weights.json")
+    into = tmp_path / "restored"
+    with caplog.at_level(logging.WARNING, logger="sapo.checkpoint"):
+        info = store.restore(into)
+    # Round 1 lost its optimizer state when round 2 was saved, and its marker says so: it is whole.
+    assert info.round == 1 and json.loads((into / "weights.json").read_text()) == {"text": "r1" * 100}
+    assert not (into / OPTIMIZER_DIR).exists()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "round-000002" in warning and '"weights.json" has ' in warning and "the marker says" in warning
+
+
+def test_with_no_whole_checkpoint_restore_names_the_files_and_says_what_to_do(tmp_path):
+    store = FolderCheckpointer(tmp_path / "ckpt")
+    store.save(0, with_optimizer("r0"), {})
+    (tmp_path / "ckpt" / "round-000000" / OPTIMIZER_DIR / "state.json").unlink()
+    with pytest.raises(IncompleteCheckpoint, match=r'round-000000: "optimizer/state.json" is missing.*remove these '
+                                                   r"round-\* folders"):
+        store.restore(tmp_path / "restored")
+
+
+def test_a_marker_without_the_file_sizes_from_an_older_version_still_restores(tmp_path):
+    old = tmp_path / "ckpt" / "round-000004"
+    old.mkdir(parents=True)
+    (old / "weights.json").write_text(json.dumps({"text": "old"}))
+    (old / MARKER).write_text(json.dumps({"round": 4, "meta": {"m": 1}}))
+    info = FolderCheckpointer(tmp_path / "ckpt").restore(tmp_path / "restored")
+    assert (info.round, info.meta) == (4, {"m": 1})
+    assert json.loads((tmp_path / "restored" / "weights.json").read_text()) == {"text": "old"}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names fsynced files through /proc/self/fd")
+def test_every_file_the_learner_wrote_is_fsynced_before_the_marker(tmp_path, monkeypatch):
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def watching(fd: int) -> None:  # the real fsync, and which file it made durable
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", watching)
+    FolderCheckpointer(tmp_path / "ckpt").save(0, with_optimizer("r0"), {})
+    marker = synced.index(MARKER)
+    assert {"weights.json", "state.json", OPTIMIZER_DIR} <= set(synced[:marker]), synced

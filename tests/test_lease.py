@@ -16,7 +16,7 @@ import pytest
 
 from sapo_core import hookimpl
 from sapo_core.config import load_config
-from sapo_core.coordinator import Coordinator
+from sapo_core.coordinator import Coordinator, IdleSwarm
 from sapo_core.errors import ConfigError
 from sapo_core.interfaces import Lease, NodeInfo, SwarmState
 from sapo_core.lease import ACT_SHARE, TWIN_SHARE, LeaseKeeper
@@ -311,9 +311,10 @@ def test_a_transport_without_leases_still_coordinates_without_a_standby(tmp_path
 
 
 def test_with_no_live_worker_and_no_payload_a_round_is_held_open(swarm, caplog):
-    """Workers all away: the coordinator extends the deadline instead of burning the run's rounds."""
+    """Workers all away: the coordinator extends the deadline instead of burning the run's rounds
+    (for ever with swarm.idle_rounds = 0; see the next test for the bound)."""
     transport = Recording(swarm, "coord")
-    coordinator = Coordinator(swarm_config("run.rounds=3"), transport, "coord")
+    coordinator = Coordinator(swarm_config("run.rounds=3", "swarm.idle_rounds=0"), transport, "coord")
     stop_at = time.monotonic() + 1.0
     coordinator.stopped = lambda: time.monotonic() > stop_at
     with caplog.at_level(logging.WARNING, logger="sapo"):
@@ -321,3 +322,16 @@ def test_with_no_live_worker_and_no_payload_a_round_is_held_open(swarm, caplog):
     rounds = [round for _, round in transport.writes]
     assert len(rounds) > 3 and set(rounds) == {0}, "deadlines extended, round 0 never closed"
     assert "round 0: no live worker and no payload at its deadline; holding it open" in caplog.text
+
+
+def test_a_coordinator_nobody_joins_stops_after_idle_rounds_and_keeps_its_round(swarm):
+    transport = Recording(swarm, "coord")
+    started = time.monotonic()
+    with pytest.raises(IdleSwarm, match=r"coord: no worker was live in experiment 'default' .* for 3 round deadlines"
+                                        r".*Round 0 stays open.*start a worker with the same --root and --experiment"):
+        Coordinator(swarm_config("run.rounds=3", "swarm.idle_rounds=3"), transport, "coord").run()
+    assert time.monotonic() - started < 10
+    assert [round for _, round in transport.writes] == [0, 0, 0], "round 0 opened, held open twice, then the stop"
+    assert transport.read_state().round == 0
+    assert transport.read_lease().expires_at <= time.time(), "the lease is let go: a restart takes it at once"
+

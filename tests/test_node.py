@@ -278,6 +278,21 @@ def test_a_swarm_shares_rollouts_and_each_worker_trains_on_its_peers(tmp_path, s
     assert coordinator_state.round == 3
 
 
+def test_a_coordinator_needs_none_of_the_task_reward_inference_or_learner_plugins(tmp_path, sapo_plugins, backends):
+    """A coordinator never generates, scores or trains: names of backends not installed here do not stop it."""
+    from sapo_core import preflight
+
+    root = f"swarm-{tmp_path.name}"
+    absent = ('tasks.names=["not-installed-task"]', "rewards.weights={not_installed_reward=1.0}", "rewards.gate=",
+              "inference.backend=not-installed", "train.backend=not-installed", "checkpoint.backend=not-installed")
+    cfg = swarm_config(tmp_path, root, "coord", "coordinator", *absent)
+    preflight.check(cfg, sapo_plugins)  # what `sapo config --role coordinator` checks
+    node = Node.from_config(cfg, sapo_plugins)
+    assert (node.tasks, node.rewards, node.inference, node.learner) == ({}, {}, None, None)
+    with pytest.raises(PluginError, match="not_installed_reward"):  # a worker still needs them all
+        Node.from_config(swarm_config(tmp_path, root, "alice", "worker", *absent[1:3]), sapo_plugins)
+
+
 def test_corrupt_and_forged_payloads_are_refused_and_counted(tmp_path, sapo_plugins, backends, caplog):
     root = f"swarm-{tmp_path.name}"
     transport = MemoryTransport(root, "default")

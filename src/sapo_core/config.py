@@ -25,6 +25,7 @@ are shown as ``"***"`` by `Config.to_dict` and `Config.items` unless ``redact=Fa
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import difflib
 import enum
@@ -246,6 +247,9 @@ class SwarmSettings:
     # lease has not been renewed for lease_seconds; needs a transport with leases (gdrive, fs, memory).
     standby: bool = False
     lease_seconds: float = attrs.field(default=120.0, validator=_positive)  # how long the coordinator may stay away
+    # A coordinator stops (exit 1, the round kept for a restart) when this many round deadlines in a
+    # row pass with no live worker and no payload; 0: it holds the round open for ever.
+    idle_rounds: int = attrs.field(default=3, validator=_at_least(0))
     secret: str = attrs.field(default="", repr=_redacted_repr, metadata={SECRET: True})  # signs payloads; never shown
 
 
@@ -616,15 +620,60 @@ def _coerce_table(value: Any, tp: Any, args: tuple[Any, ...]) -> dict[Any, Any]:
         raise _Mismatch(_describe(tp)) from None
 
 
+@attrs.frozen
+class _DataclassField:
+    """A dataclass field seen through the attributes of an attrs field that `structure` reads."""
+
+    name: str
+    type: Any
+    default: Any  # attrs.NOTHING when the field is required
+    metadata: Mapping[str, Any]
+    init: bool
+    alias: str | None = None
+    converter: Any = None
+    validator: Any = None
+
+
+def is_settings_class(cls: object) -> bool:
+    """Whether ``cls`` can be a backend's settings class: an attrs class or a stdlib dataclass."""
+    return isinstance(cls, type) and (attrs.has(cls) or dataclasses.is_dataclass(cls))
+
+
+def settings_fields(cls: type) -> list[Any]:
+    """The fields of a settings class: attrs' own, or a dataclass's as the same attributes (name,
+    alias, type, default, metadata, init, converter, validator), so both are built alike."""
+    if attrs.has(cls):
+        return list(attrs.fields(cls))
+    if not is_settings_class(cls):
+        raise TypeError(f"a settings class must be an attrs class or a dataclass, not {cls!r}")
+    return [
+        _DataclassField(
+            name=f.name,
+            type=f.type,
+            # dataclasses.MISSING for both: required; attrs spells that NOTHING.
+            default=attrs.NOTHING if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            else f.default,
+            metadata=f.metadata,
+            init=f.init,
+        )
+        for f in dataclasses.fields(cls)
+    ]
+
+
+def settings_keys(cls: type) -> list[str]:
+    """The config keys of a settings class: the ``__init__`` names of its fields."""
+    return [f.alias or f.name for f in settings_fields(cls) if f.init]
+
+
 def _field_types(cls: type) -> dict[str, Any]:
-    """Resolved annotations of an attrs class (string annotations evaluated), Any where unresolvable."""
+    """Resolved annotations of a settings class (string annotations evaluated), Any where unresolvable."""
     try:
         hints = typing.get_type_hints(cls)
     except Exception:  # noqa: BLE001  one unresolvable annotation (e.g. a class local to a function): go one by one
         hints = {}
     module = vars(sys.modules[cls.__module__]) if cls.__module__ in sys.modules else {}
     resolved: dict[str, Any] = {}
-    for field in attrs.fields(cls):
+    for field in settings_fields(cls):
         tp = hints.get(field.name, field.type)
         if isinstance(tp, str):
             try:
@@ -683,7 +732,7 @@ def _scrub(message: str, secrets: Iterable[Any]) -> str:
 def structure(
     cls: type | None, values: Mapping[str, object], *, where: str, sources: Mapping[str, str] | None = None
 ) -> Any:
-    """Build the frozen attrs settings class ``cls`` from raw ``values`` (key -> value).
+    """Build the settings class ``cls`` (frozen attrs, or a dataclass) from raw ``values`` (key -> value).
 
     Values are converted by the fields' type annotations (`_coerce`: strings are parsed by type;
     ``str | None``, int, float, bool, list/tuple, dict, Literal, Path, Enum supported). ``where``
@@ -711,9 +760,7 @@ def structure(
             keys = ", ".join(f"'{full(key)}'{_from(sources.get(key))}" for key in values)
             raise ConfigError(f"Unknown key{'s' if len(values) > 1 else ''} {keys}: '{where}' takes no settings here.")
         return None
-    if not attrs.has(cls):
-        raise TypeError(f"structure() needs an attrs class, not {cls!r}")
-    fields = {(f.alias or f.name): f for f in attrs.fields(cls) if f.init}
+    fields = {(f.alias or f.name): f for f in settings_fields(cls) if f.init}
     hints = _field_types(cls)
     section = where.split(".", 1)[0]
     for key in values:

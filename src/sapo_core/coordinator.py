@@ -8,6 +8,11 @@ holds the coordinator's lease, so it can be killed and restarted without losing 
 coordinator stays away for longer than ``swarm.lease_seconds``. A restarted coordinator that
 finds the lease held by a stand-by waits, and takes over again only if that one goes away.
 
+A round whose deadline passes with no live worker and no payload is held open (closing it would
+burn the run's rounds while every worker is away), but not for ever: after ``swarm.idle_rounds``
+such deadlines in a row the coordinator stops with `IdleSwarm` (``sapo run`` exits 1), its
+round left in ``state.json`` for a restart.
+
 A stand-by coordinates in a thread of its own, with a transport instance of its own (backends
 are called one call at a time), alongside the worker's rounds, until the run ends.
 """
@@ -25,11 +30,15 @@ from typing import Any
 import attrs
 
 from sapo_core.config import Config
-from sapo_core.errors import ConfigError
+from sapo_core.errors import ConfigError, SapoError
 from sapo_core.interfaces import SwarmState, Transport
 from sapo_core.lease import MIN_POLLS_PER_LEASE, LeaseKeeper, supports_leases
 
 log = logging.getLogger("sapo.coordinator")
+
+
+class IdleSwarm(SapoError):
+    """A coordinator stopped because no worker came for ``swarm.idle_rounds`` round deadlines."""
 
 
 def check_lease_settings(config: Config, transport: Transport, role: str) -> None:
@@ -88,6 +97,7 @@ class Coordinator:
     def _loop(self, keeper: LeaseKeeper | None) -> None:
         swarm, rounds = self.config.swarm, self.config.run.rounds
         state: SwarmState | None = None  # while this node holds the lease, it is the only writer
+        idle = 0  # round deadlines in a row that passed with no live worker and no payload
         while not self.stopped():
             if keeper is not None and not keeper.keep():
                 state = None
@@ -110,14 +120,18 @@ class Coordinator:
             published = {p.node for p in self.transport.collect(state.round).payloads}
             quorum = math.ceil(swarm.quorum * len(live)) if live else None
             reached = quorum is not None and len(published & live) >= quorum
+            idle = 0 if live or published else idle
             if reached or (state.deadline is not None and time.time() >= state.deadline):
                 if keeper is not None and not keeper.holds():
                     continue  # the lease lapsed while it looked: the loop's top decides who writes
                 if not reached and not live and not published:
                     # Nobody to wait for and nothing to close: closing would burn the run's rounds
-                    # while every worker is away. Hold the round open for those who come back.
-                    log.warning("%s: round %d: no live worker and no payload at its deadline; holding it open",
-                                self.node, state.round)
+                    # while every worker is away. Hold the round open for those who come back,
+                    # for a while: a coordinator nobody joins must not wait unseen for ever.
+                    idle += 1
+                    self._stop_if_idle(idle, state.round)
+                    log.warning("%s: round %d: no live worker and no payload at its deadline; holding it open%s",
+                                self.node, state.round, self._idle_note(idle))
                     state = self._advance_to(state.round)
                     continue
                 why = "quorum" if reached else "deadline"
@@ -129,6 +143,30 @@ class Coordinator:
                                             "live": len(live)})
                 continue
             self.sleep(swarm.poll_seconds)
+
+    @property
+    def idle_limit(self) -> int:
+        """``swarm.idle_rounds``; 0 (no bound) for a stand-by: the worker it runs in is there."""
+        return 0 if self.standby else self.config.swarm.idle_rounds
+
+    def _stop_if_idle(self, idle: int, round: int) -> None:
+        """Raise `IdleSwarm` once `idle_limit` deadlines in a row found nobody."""
+        if self.idle_limit == 0 or idle < self.idle_limit:
+            return
+        swarm, experiment = self.config.swarm, self.config.run.experiment
+        # The round's state is left as it is: a restarted coordinator goes on from it.
+        raise IdleSwarm(
+            f"{self.node}: no worker was live in experiment {experiment!r} (swarm folder {swarm.root or '(none)'}) "
+            f"and none published for {idle} round deadlines in a row ({idle * swarm.round_seconds:g} s); "
+            f"stopping. Round {round} stays open in the swarm state, so nothing is lost: start a worker with the "
+            f"same --root and --experiment (sapo run --transport {swarm.transport} --root {swarm.root or 'PATH'} "
+            f"--experiment {experiment} --role worker) and this coordinator again, in either order; or set "
+            "swarm.idle_rounds=0 to wait for ever"
+        )
+
+    def _idle_note(self, idle: int) -> str:
+        limit = self.idle_limit
+        return f" ({idle} of swarm.idle_rounds = {limit}, then it stops)" if limit else ""
 
     def _advance_to(self, round: int, closed_with: Sequence[str] = ()) -> SwarmState:
         now = time.time()

@@ -51,6 +51,7 @@ from sapo_core.interfaces import (
     Task,
     Transport,
 )
+from sapo_core.logsafe import printable
 from sapo_core.plugins import Plugins
 from sapo_core.records import SCHEMA_VERSION, Completion, Group, Problem, RoundPayload
 from sapo_core.rewards import CorrectnessReward, FormatReward, combine_rewards
@@ -192,14 +193,18 @@ class Node:
             config=config.to_dict(redact=False),
         )
         build = _Builder(config, plugins, context)
-        tasks = {name: build("task", name, config.extras("tasks", name), f"tasks.{name}") for name in config.tasks.names}
-        context.tasks = tasks
         check_gate(config)
-        rewards = {
-            name: build("reward", name, config.extras("rewards", name), f"rewards.{name}")
-            for name, weight in config.rewards.weights.items()
-            if weight != 0
-        }
+        tasks: dict[str, Task] = {}
+        rewards: dict[str, RewardFunction] = {}
+        if role != "coordinator":  # it neither generates nor scores: its machine needs no task or reward plugin
+            tasks = {name: build("task", name, config.extras("tasks", name), f"tasks.{name}")
+                     for name in config.tasks.names}
+            context.tasks = tasks
+            rewards = {
+                name: build("reward", name, config.extras("rewards", name), f"rewards.{name}")
+                for name, weight in config.rewards.weights.items()
+                if weight != 0
+            }
         checkpointer = None
         if role != "coordinator":
             if automatic and run.resume:
@@ -542,8 +547,8 @@ class Node:
             self.transport.publish(payload)
         self.wait_for_peers(round)
         collected = self.transport.collect(round)
-        for reason in collected.rejected:
-            log.warning("%s: refused a payload for round %d: %s", self.context.node, round, reason)
+        for reason in collected.rejected:  # any transport's: its file names and reasons come from peers
+            log.warning("%s: refused a payload for round %d: %s", self.context.node, round, printable(reason))
         metrics["payloads/rejected"] = len(collected.rejected)
         peers = {p.node: p for p in collected.payloads if p.node != self.context.node}
         metrics["payloads/peers"] = len(peers)

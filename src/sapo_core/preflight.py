@@ -23,18 +23,24 @@ def settings_for(registration: Registration, values: Mapping[str, Any], where: s
 
 
 def backends(config: Config, role: str) -> Iterator[tuple[str, str, Mapping[str, Any], str]]:
-    """(kind, name, settings values, config section) of every backend a node of ``role`` builds."""
+    """(kind, name, settings values, config section) of every backend a node of ``role`` builds.
+
+    A coordinator builds only its transport: it neither generates nor scores, so the machine it
+    runs on needs none of the swarm's task, reward, inference or learner plugins."""
+    transport = ("transport", config.swarm.transport, config.extras("swarm"), "swarm")
+    if role == "coordinator":
+        yield transport
+        return
     for name in config.tasks.names:
         yield "task", name, config.extras("tasks", name), f"tasks.{name}"
     for name, weight in config.rewards.weights.items():
         if weight != 0:
             yield "reward", name, config.extras("rewards", name), f"rewards.{name}"
-    yield "transport", config.swarm.transport, config.extras("swarm"), "swarm"
-    if role != "coordinator":
-        yield "inference", config.inference.backend, config.extras("inference"), "inference"
-        if config.eval.inference:
-            yield "inference", config.eval.inference, config.extras("eval"), "eval"
-        yield "checkpointer", config.checkpoint.backend, config.extras("checkpoint"), "checkpoint"
+    yield transport
+    yield "inference", config.inference.backend, config.extras("inference"), "inference"
+    if config.eval.inference:
+        yield "inference", config.eval.inference, config.extras("eval"), "eval"
+    yield "checkpointer", config.checkpoint.backend, config.extras("checkpoint"), "checkpoint"
     if role == "worker":
         yield "learner", config.train.backend, config.extras("train"), "train"
 

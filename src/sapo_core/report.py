@@ -144,15 +144,23 @@ def dodge(index: int, count: int, span: int) -> float:
     return (index - (count - 1) / 2) * step
 
 
+class PlotUnavailable(SapoError):
+    """matplotlib, which draws the curves, is not installed (the ``plot`` extra)."""
+
+
+#: How to get what `plot` needs.
+PLOT_EXTRA = "pip install 'sapo-core[plot]'"
+
+
 def plot(curves: Sequence[Curve], output: Path, *, title: str = "sapo: reward per round") -> Path:
-    """Draw the curves into a PNG (see `figure_of`)."""
+    """Draw the curves into a PNG (see `figure_of`); `PlotUnavailable` without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")  # files only: no display needed
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise SapoError("sapo report draws with matplotlib: pip install 'sapo-core[plot]'") from exc
+        raise PlotUnavailable(f"sapo report draws with matplotlib: {PLOT_EXTRA}") from exc
     figure = figure_of(curves, title)
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output)

@@ -16,6 +16,7 @@ import attrs
 
 from sapo_core import codec
 from sapo_core.interfaces import BackendContext, Collected, Lease, NodeInfo, SwarmState
+from sapo_core.logsafe import printable, quoted
 from sapo_core.records import RoundPayload
 
 
@@ -144,7 +145,7 @@ class MemoryTransport:
                 if payload.round != round:
                     raise codec.PayloadError(f"payload is for round {payload.round}, not {round}")
             except codec.PayloadError as exc:
-                rejected.append(f"{name}: {exc}")
+                rejected.append(f"{quoted(name)}: {printable(exc)}")  # as the folder transport names them
                 continue
             payloads.append(payload)
         return Collected(payloads=payloads, rejected=rejected)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import threading
 import time
@@ -18,6 +19,7 @@ from sapo_core import codec
 from sapo_core.config import load_config
 from sapo_core.errors import BackendError, ConfigError
 from sapo_core.interfaces import BackendContext, NodeInfo, SwarmState
+from sapo_core.logsafe import quoted, unquoted
 from sapo_core.node import Node
 from sapo_core.plugins import Plugins
 from sapo_core.records import Completion, Group, Message, Problem, RoundPayload
@@ -40,6 +42,11 @@ def payload(node: str, round: int = 0, *, created_at: float = 1.0, reward: float
 
 def gz_json(data: dict) -> bytes:
     return gzip.compress(json.dumps(data).encode())
+
+
+def reasons_by_name(rejected) -> dict[str, str]:
+    """Collected.rejected as file name -> reason (each entry is '"<file name>": <reason>')."""
+    return {name: rest.removeprefix(": ") for name, rest in map(unquoted, rejected)}
 
 
 # ------------------------------------------------------------------------------ contract
@@ -119,7 +126,7 @@ def test_a_write_killed_halfway_never_breaks_a_reader(tmp_path):
     (folder / "bob.json.gz").write_bytes(whole[: len(whole) // 2])
     collected = t.collect(0)
     assert [p.node for p in collected.payloads] == ["alice"]
-    assert len(collected.rejected) == 1 and collected.rejected[0].startswith("bob.json.gz: ")
+    assert len(collected.rejected) == 1 and collected.rejected[0].startswith('"bob.json.gz": ')
 
 
 @pytest.mark.parametrize("secret", ["", "s3cret"])
@@ -160,7 +167,7 @@ def test_bad_files_are_refused_with_a_reason_and_valid_ones_still_returned(tmp_p
     assert [p.node for p in collected.payloads] == ["alice", "bob", "erin"]
     alice = collected.payloads[0]
     assert alice.created_at == 1.0, "the canonical file wins over a newer conflict copy"
-    reasons = dict(r.split(": ", 1) for r in collected.rejected)
+    reasons = reasons_by_name(collected.rejected)
     assert set(reasons) == set(bad), collected.rejected
     assert "not a finite number" in reasons["nan.json.gz"] or "NaN" in reasons["nan.json.gz"]
     assert "schema" in reasons["schema.json.gz"]
@@ -186,7 +193,7 @@ def test_oversized_file_is_refused_without_reading_it(tmp_path):
     folder.mkdir(parents=True)
     (folder / "huge.json.gz").write_bytes(os.urandom(1000))
     (rejected,) = t.collect(0).rejected
-    assert rejected.startswith("huge.json.gz: ") and "exceeds" in rejected
+    assert rejected.startswith('"huge.json.gz": ') and "exceeds" in rejected
 
 
 def test_corrupt_state_and_heartbeats_are_skipped(tmp_path, caplog):
@@ -268,6 +275,24 @@ def test_fifos_in_place_of_control_files_never_block_a_reader(tmp_path, monkeypa
     assert [p.node for p in results["collected"].payloads] == ["alice"]
     with pytest.raises(BackendError, match="swarm.json"):
         t.ensure_settings({"x": 1})
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_big_and_bracket_heavy_control_files_are_refused_before_they_are_parsed(tmp_path, where):
+    """Every node reads every heartbeat at every poll: a 2 MB heartbeat, or 600 KB of empty arrays
+    (which json would build as 200,000 lists), is skipped without being read whole or parsed."""
+    root = str(tmp_path) if where == "local" else memory_root()
+    t = FolderTransport(root, "exp")
+    t.heartbeat(NodeInfo(node="alice", role="worker"))
+    big = json.dumps({"node": "bob", "role": "worker", "last_seen": time.time(), "pad": "x" * 2_000_000})
+    arrays = json.dumps({"node": "carol", "role": "worker", "last_seen": time.time(), "pad": [[]] * 200_000})
+    t.fs.pipe_file(t.path("nodes", "bob.json"), big.encode())
+    t.fs.pipe_file(t.path("nodes", "carol.json"), arrays.encode())
+    with pytest.raises(ValueError, match="bytes"):
+        t.read_json(t.path("nodes", "bob.json"))
+    with pytest.raises(ValueError, match="arrays and objects"):
+        t.read_json(t.path("nodes", "carol.json"))
+    assert [n.node for n in t.live_nodes(60)] == ["alice"]
 
 
 def test_a_symlinked_heartbeat_is_not_followed(tmp_path):
@@ -425,6 +450,35 @@ def test_a_swarm_over_a_folder_trains_each_worker_on_its_peer(tmp_path, swarm_pl
     ]
 
 
+def test_file_names_with_a_newline_and_a_terminal_escape_log_as_one_quoted_line(tmp_path, swarm_plugins, caplog):
+    """Peers choose file names: one that would forge a log line and drive the terminal is logged
+    quoted, on one line, by the worker that meets it (its stderr and the swarm folder's shared log)."""
+    plugins, _ = swarm_plugins
+    root = tmp_path / "drive"
+    evil_payload = "evil\n\x1b[31mINFO sapo: all good.json.gz"
+    evil_beat = "mallory\n\x1b[2J.json"
+    (root / "default/rounds/0").mkdir(parents=True)
+    (root / "default/rounds/0" / evil_payload).write_bytes(codec.write_gz(payload("bob")))
+    (root / "default/nodes").mkdir()
+    (root / "default/nodes" / evil_beat).write_text("not json")
+    cfg = load_config(env={}, sets=[
+        "inference.backend=oracle", "train.backend=recorder", "inference.num_completions=2",
+        "tasks.problems_per_round=2", f"run.workdir={(tmp_path / 'work').as_posix()}", "swarm.transport=gdrive",
+        f"swarm.root={root.as_posix()}", "run.node_id=alice", "swarm.poll_seconds=0.05", "swarm.round_seconds=0.3",
+        "swarm.local_groups=2", "swarm.external_groups=2", "run.rounds=1",
+    ])
+    with caplog.at_level(logging.WARNING, logger="sapo"):
+        metrics = Node.from_config(cfg, plugins).run()
+    assert metrics["payloads/rejected"] == 1
+    for name, words in ((evil_payload, "alice: refused a payload for round 0: "), (evil_beat, "unreadable heartbeat ")):
+        (message,) = {r.getMessage() for r in caplog.records if words in r.getMessage()}
+        assert quoted(name) in message and "\n" not in message and "\x1b" not in message, message
+        assert quoted(name) == json.dumps(name)  # JSON: json.loads gives the name back
+    shared = (root / "default/logs/alice.log").read_text()
+    assert "\x1b" not in shared and quoted(evil_payload) in shared
+    assert not any(line.startswith("INFO sapo: all good") for line in shared.splitlines()), "no forged line"
+
+
 # ----------------------------------------------------------------- reading once per version
 
 
@@ -514,7 +568,7 @@ def test_fifos_links_and_dot_names_that_look_like_payloads_are_refused(tmp_path)
     (folder / "._alice.json.gz").write_bytes(b"\0\5\26\7")  # macOS AppleDouble clutter
     collected = t.collect(0)
     assert [p.node for p in collected.payloads] == ["alice"]
-    reasons = dict(r.split(": ", 1) for r in collected.rejected)
+    reasons = reasons_by_name(collected.rejected)
     assert set(reasons) == {"pipe.json.gz", "link.json.gz", "..evil.json.gz"}
     assert "not a regular file" in reasons["pipe.json.gz"] and "not a regular file" in reasons["link.json.gz"]
     assert "node id" in reasons["..evil.json.gz"]

@@ -25,6 +25,7 @@ from sapo_gdrive.folder import FolderTransport
 
 from sapo_core import codec, hookimpl, rundir
 from sapo_core.config import load_config
+from sapo_core.logsafe import quoted
 from sapo_core.node import Node
 from sapo_core.records import Completion, Group, Message, Problem, RoundPayload
 
@@ -186,7 +187,8 @@ def test_bad_files_injected_into_a_running_swarm_are_refused_and_nothing_valid_i
             # every bad file counted, and named in a warning of this node
             assert metrics[round]["payloads/rejected"] == len(injected), (me, round, injected)
             for name in injected:
-                assert any(m.startswith(f"{me}: refused a payload for round {round}: {name}: ") for m in warnings), (me, name)
+                line = f"{me}: refused a payload for round {round}: {quoted(name)}: "
+                assert any(m.startswith(line) for m in warnings), (me, name)
             # every valid peer payload arrived, and each of its groups with a learning signal was trained on
             peers = [peer for peer in WORKERS if peer != me]
             assert metrics[round]["payloads/peers"] == len(peers)

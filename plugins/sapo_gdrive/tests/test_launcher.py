@@ -104,6 +104,26 @@ def test_a_swarm_of_processes_runs_its_rounds_and_draws_the_report(tiny_model, t
 
 @needs_model
 @pytest.mark.slow
+def test_without_matplotlib_a_finished_swarm_warns_names_the_extra_and_exits_0(tiny_model, tmp_path):
+    shadow = tmp_path / "no-matplotlib" / "matplotlib"  # first on the path: `import matplotlib` fails, as uninstalled
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named matplotlib (hidden by the test)')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", "")])}
+    root = tmp_path / "launch"
+    result = subprocess.run(launcher(root, "--nodes", "1", "--rounds", "1", "--experiment", "plain", *tiny(tiny_model)),
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = " ".join(result.stdout.split())
+    assert "the reward curves were not drawn: matplotlib is not installed" in out
+    assert "pip install 'sapo-core[plot]'" in out and "reward curves: not drawn" in out
+    assert "swarm mean" in out, "the summary table is still printed"
+    assert [line["round"] for line in metrics(root / "plain", "worker-1")] == [0]
+    assert not (root / "reward.png").exists()
+    no_process_left(root, within=0)
+
+
+@needs_model
+@pytest.mark.slow
 def test_a_failing_node_stops_the_swarm_and_is_named(tiny_model, tmp_path):
     root = tmp_path / "launch"
     missing = tmp_path / "no-such-model"

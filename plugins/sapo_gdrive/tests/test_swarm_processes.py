@@ -89,15 +89,17 @@ class Swarm:
 
     # ----------------------------------------------------------------------- processes
 
-    def start(self, node: str, role: str, *extra: str, root: Path | None = None) -> None:
-        """Start a node on the shared folder (or on ``root``, another copy of it)."""
+    def start(self, node: str, role: str, *extra: str, root: Path | None = None,
+              env: dict[str, str] | None = None) -> None:
+        """Start a node on the shared folder (or on ``root``, another copy of it), with the swarm's
+        environment (or ``env``)."""
         output = self.folder / f"{node}-{len(self.outputs)}.out"
         self.outputs.append(output)
         command = [sys.executable, "-m", "sapo_core", "run", "--transport", "gdrive", "--root", str(root or self.root),
                    "--node-id", node, "--role", role, "--model", self.model, "--rounds", str(self.rounds),
                    *(arg for item in self.sets for arg in ("--set", item)), *extra]
         with open(output, "wb") as sink:
-            self.procs[node] = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=self.env,
+            self.procs[node] = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env or self.env,
                                                 cwd=self.folder)
 
     def kill(self, node: str) -> None:
@@ -108,13 +110,17 @@ class Swarm:
     def finish(self, *nodes: str) -> None:
         """Wait for ``nodes`` to end; each must exit 0."""
         for node in nodes:
-            proc = self.procs.pop(node)
-            try:
-                code = proc.wait(timeout=PATIENCE)
-            except subprocess.TimeoutExpired:
-                self.procs[node] = proc
-                raise AssertionError(f"{node} did not finish within {PATIENCE:.0f} s") from None
+            code = self.wait(node)
             assert code == 0, f"{node} exited with {code}"
+
+    def wait(self, node: str) -> int:
+        """Wait for ``node`` to end; its exit code."""
+        proc = self.procs.pop(node)
+        try:
+            return proc.wait(timeout=PATIENCE)
+        except subprocess.TimeoutExpired:
+            self.procs[node] = proc
+            raise AssertionError(f"{node} did not finish within {PATIENCE:.0f} s") from None
 
     def close(self) -> None:
         for proc in self.procs.values():
@@ -313,3 +319,30 @@ def test_two_copies_of_the_folder_under_a_lagging_non_atomic_sync_still_share_ev
             assert line["groups/trained_external"] >= 1, f"{node} round {line['round']}: no external rollouts"
     closed = [line for line in s.metrics("coord") if "closed_by" in line]
     assert [line["closed_by"] for line in closed] == ["quorum"] * rounds, "both payloads closed every round"
+
+
+def test_a_coordinator_nobody_joins_stops_saying_what_to_do_and_a_restart_goes_on_from_its_round(swarm):
+    """The coordinator's machine lacks the reward plugin (crc) that rewards.weights names: a coordinator
+    never scores, so it needs none. Alone, it stops after swarm.idle_rounds deadlines (exit 1), the
+    round kept; a worker runs that round, and the coordinator, started again, closes it."""
+    s = swarm(1, "swarm.round_seconds=3", "swarm.idle_rounds=2")
+    bare = {**s.env, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}  # without the crc reward's plugin
+    started = time.monotonic()
+    s.start("coord", "coordinator", env=bare)
+    code, output = s.wait("coord"), s.outputs[-1].read_text(errors="replace")
+    assert code == 1, output
+    assert time.monotonic() - started < PATIENCE
+    flat = " ".join(output.split())  # the error may be wrapped
+    assert "coord: no worker was live in experiment 'default'" in flat and str(s.root) in flat
+    assert "for 2 round deadlines in a row" in flat and "Round 0 stays open" in flat
+    assert "start a worker with the same --root and --experiment" in flat
+    assert s.state().round == 0, "the round is kept for a restart"
+    assert s.transport.read_lease().expires_at <= time.time(), "the stopped coordinator let its lease go"
+
+    s.start("w1", "worker")  # the swarm is at round 0: the worker runs it, then no coordinator says more
+    s.finish("w1")
+    assert [line["round"] for line in s.metrics("w1")] == [0]
+    s.start("coord", "coordinator", env=bare)
+    s.finish("coord")
+    assert [(line["round"], line["closed_by"], line["published"]) for line in s.metrics("coord")] == [(0, "quorum", 1)]
+    assert s.state().round == 1

@@ -120,3 +120,16 @@ def test_a_checkpoint_loads_as_is_with_transformers(tiny_model, tmp_path):
     for key, value in saved.items():
         assert torch.equal(model.state_dict()[key], value), key
     assert tokenizer.eos_token == "<|im_end|>"
+
+
+def test_a_resume_past_a_truncated_weights_file_goes_on_from_the_previous_checkpoint(tiny_model, tmp_path, caplog):
+    run = tmp_path / "run"
+    node(tiny_model, run, "run.rounds=2").run()
+    damaged = run / "checkpoints" / "round-000001" / "model" / "model.safetensors"
+    with open(damaged, "r+b") as fh:
+        fh.truncate(damaged.stat().st_size - 1000)  # a disk, or a copy, that lost the end of the weights
+    with caplog.at_level(logging.INFO):
+        node(tiny_model, run, "run.rounds=3", "run.resume=true").run()
+    assert '"model/model.safetensors" has ' in caplog.text and "round-000001" in caplog.text
+    assert "resumed from the checkpoint of round 0" in caplog.text
+    assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "round-000002"

@@ -14,7 +14,8 @@ Contracts
 * ``checkpoint.json`` is the completeness marker: a folder without a readable one is not a
   checkpoint, and `list` ignores it (a corrupt marker is skipped with a warning).
 * On a local path (a mounted Google Drive included) the learner writes into the partial folder,
-  the marker is written and fsynced, and the folder is renamed into place (``os.replace``).
+  its files are fsynced, then the marker is written and fsynced, and the folder is renamed into
+  place (``os.replace``): `sapo_core.checkpoints.seal`, which the ``local`` store uses too.
   On fsspec storage without folder renames (``memory://``, ``s3://``...), the files are uploaded
   into the partial folder, moved file by file into ``round-NNNNNN/``, and the marker is written
   there last; an older marker of the same round is removed first.
@@ -24,8 +25,10 @@ Contracts
 * The optimizer state (the learner's ``optimizer/`` subfolder, `sapo_core.checkpoints.OPTIMIZER_DIR`)
   stays in the newest checkpoint only, unless ``checkpoint.optimizer_state = "all"``: after a save,
   each older checkpoint that lists it gets a marker without it, then loses the files.
-* `restore` checks the files the marker lists (a sync client may deliver the marker before the
-  weights); when the newest checkpoint is incomplete it falls back to the next older one.
+* `restore` checks the size of every file the marker lists (a sync client may deliver the marker
+  before the weights); when the newest checkpoint is incomplete it warns, naming the file, and
+  falls back to the next older one; with none whole it raises `IncompleteCheckpoint`, saying
+  what to do (`sapo_core.checkpoints.restore_newest`, shared with the ``local`` store).
 * The node id and the experiment name are validated (`codec.validate_node_id`), and names read
   from the folder are parsed, never joined as given.
 """
@@ -33,7 +36,6 @@ Contracts
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import posixpath
@@ -43,7 +45,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import attrs
 import fsspec.core
@@ -51,51 +53,34 @@ from fsspec.implementations.local import LocalFileSystem
 
 import sapo_core
 from sapo_core import codec
-from sapo_core.checkpoints import OPTIMIZER_DIR, fsync_dir
+from sapo_core.checkpoints import (
+    MARKER,
+    OPTIMIZER_DIR,
+    IncompleteCheckpoint,
+    check_sizes,
+    drop_optimizer_state,
+    file_sizes,
+    fsync_dir,
+    marker_bytes,
+    parse_marker,
+    restore_newest,
+    seal,
+    without_optimizer_state,
+)
 from sapo_core.errors import ConfigError
 from sapo_core.interfaces import BackendContext, CheckpointInfo
 from sapo_core.registry import Register
 
 log = logging.getLogger("sapo.checkpoint.gdrive")
 
-MARKER = "checkpoint.json"
 CHECKPOINTS_DIR = "checkpoints"
 _ROUND_NAME = re.compile(r"round-(\d{6,})")
 _PARTIAL_PREFIX = ".partial-round-"
-_MAX_MARKER_BYTES = 1 << 20
 
 
 @attrs.frozen
 class FolderCheckpointSettings:
     root: str = ""  # the shared folder; default: swarm.root (--root / GDRIVE_PATH)
-
-
-class IncompleteCheckpoint(Exception):
-    """A checkpoint whose files are missing or short (not yet synced, or damaged)."""
-
-
-def _local_files(folder: Path) -> dict[str, int]:
-    """Relative POSIX path -> size of every file under ``folder``."""
-    return {
-        path.relative_to(folder).as_posix(): path.stat().st_size
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-
-
-def _marker_bytes(round: int, meta: Mapping[str, Any], files: Mapping[str, int]) -> bytes:
-    data = {"round": round, "meta": dict(meta), "files": dict(files)}
-    return json.dumps(data, sort_keys=True, indent=1).encode("utf-8")
-
-
-def _malformed(reason: str) -> NoReturn:
-    # ValueError, not TypeError: callers treat any malformed marker alike (skip and log).
-    raise ValueError(reason)
-
-
-def _safe_relative(name: str) -> bool:
-    parts = name.split("/")
-    return bool(name) and not name.startswith("/") and all(p not in ("", ".", "..") for p in parts) and "\\" not in name
 
 
 class FolderCheckpointer:
@@ -176,12 +161,7 @@ class FolderCheckpointer:
         os.mkdir(partial)
         try:
             write(Path(partial))
-            files = _local_files(Path(partial))
-            files.pop(MARKER, None)
-            with open(os.path.join(partial, MARKER), "wb") as fh:
-                fh.write(_marker_bytes(round, meta, files))
-                fh.flush()
-                os.fsync(fh.fileno())
+            seal(Path(partial), round, meta)  # the learner's files fsynced, then the marker
             if os.path.exists(final):  # the same round saved again (a resumed run) replaces it
                 self._remove(final)
             os.replace(partial, final)
@@ -195,8 +175,7 @@ class FolderCheckpointer:
         with tempfile.TemporaryDirectory(prefix="sapo-checkpoint-") as tmp:
             local = Path(tmp)
             write(local)  # nothing is uploaded if the learner fails
-            files = _local_files(local)
-            files.pop(MARKER, None)
+            files = file_sizes(local)
             try:
                 self.fs.makedirs(partial, exist_ok=True)
                 for rel in files:
@@ -205,7 +184,7 @@ class FolderCheckpointer:
                     self._remove(final)
                 for rel in files:  # no folder rename here: move the files, the marker goes last
                     self.fs.mv(posixpath.join(partial, rel), posixpath.join(final, rel))
-                self.fs.pipe_file(posixpath.join(final, MARKER), _marker_bytes(round, meta, files))
+                self.fs.pipe_file(posixpath.join(final, MARKER), marker_bytes(round, meta, files))
             finally:
                 self._remove(partial)
 
@@ -238,27 +217,16 @@ class FolderCheckpointer:
         """Remove the optimizer state from the checkpoint ``path`` (best effort): first from its marker,
         so the checkpoint stays complete at every moment, then the files."""
         try:
-            data = self._read_marker(path)
-        except (OSError, ValueError):
-            return
-        prefix = OPTIMIZER_DIR + "/"
-        files = data.get("files", {}) if data is not None else {}
-        if data is None or not any(name.startswith(prefix) for name in files):
-            return
-        kept = {name: size for name, size in files.items() if not name.startswith(prefix)}
-        marker = _marker_bytes(int(data["round"]), data.get("meta", {}), kept)
-        try:
             if self.local:
-                temporary = posixpath.join(path, f".{MARKER}-{uuid.uuid4().hex[:8]}")
-                with open(temporary, "wb") as fh:
-                    fh.write(marker)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(temporary, posixpath.join(path, MARKER))
-                shutil.rmtree(posixpath.join(path, OPTIMIZER_DIR), ignore_errors=True)
-            else:
+                drop_optimizer_state(Path(path))
+                return
+            data = self._read_marker(path)
+            marker = None if data is None else without_optimizer_state(data)
+            if marker is not None:
                 self.fs.pipe_file(posixpath.join(path, MARKER), marker)
                 self.fs.rm(posixpath.join(path, OPTIMIZER_DIR), recursive=True)
+        except ValueError:
+            return  # an unreadable marker: not a checkpoint to keep consistent
         except OSError as exc:
             log.warning("could not remove the optimizer state of %s: %s", self._location(path), exc)
 
@@ -271,22 +239,7 @@ class FolderCheckpointer:
             blob = self.fs.cat_file(marker)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
-        if len(blob) > _MAX_MARKER_BYTES:
-            raise ValueError(f"{len(blob)} bytes, over the limit")
-        try:
-            data = json.loads(blob.decode("utf-8"))
-        except (UnicodeDecodeError, RecursionError) as exc:
-            raise ValueError(str(exc)) from exc
-        if not isinstance(data, dict):
-            _malformed("not a JSON object")
-        meta, files = data.get("meta", {}), data.get("files", {})
-        if not isinstance(meta, dict):
-            _malformed("meta: expected an object")
-        if not isinstance(files, dict) or not all(
-            isinstance(k, str) and _safe_relative(k) and type(v) is int and v >= 0 for k, v in files.items()
-        ):
-            _malformed("files: expected an object of relative paths to sizes")
-        return data
+        return parse_marker(blob)
 
     def list(self) -> list[CheckpointInfo]:
         """Complete checkpoints, oldest first. Folders without a readable marker are skipped."""
@@ -309,21 +262,13 @@ class FolderCheckpointer:
         return sorted(found, key=lambda info: info.round)
 
     def restore(self, into: Path) -> CheckpointInfo | None:
-        """Download the newest complete checkpoint into the local folder ``into``; its info, or None."""
-        into = Path(into)
-        for info in reversed(self.list()):
-            path = self.path(f"round-{info.round:06d}")
-            try:
-                self._download(path, into)
-                return info
-            except (IncompleteCheckpoint, FileNotFoundError, ValueError) as exc:
-                log.warning("checkpoint %s cannot be restored (%s); trying an older one", info.location, exc)
-                for child in list(into.iterdir()) if into.is_dir() else []:
-                    if child.is_dir():
-                        shutil.rmtree(child, ignore_errors=True)
-                    else:
-                        child.unlink(missing_ok=True)
-        return None
+        """Download the newest whole checkpoint into the local folder ``into``; its info, None when there
+        is none, `IncompleteCheckpoint` when none is whole (see the module docstring)."""
+
+        def fetch(info: CheckpointInfo, folder: Path) -> None:
+            self._download(self.path(f"round-{info.round:06d}"), folder)
+
+        return restore_newest(self.list(), fetch, into, where=self._location(self.folder), logger=log)
 
     def _download(self, path: str, into: Path) -> None:
         data = self._read_marker(path)
@@ -331,7 +276,7 @@ class FolderCheckpointer:
             raise IncompleteCheckpoint("its marker is gone")
         files: dict[str, int] = data.get("files", {})
         into.mkdir(parents=True, exist_ok=True)
-        for rel, size in sorted({**files, MARKER: -1}.items()):
+        for rel in [*sorted(files), MARKER]:
             target = into.joinpath(*rel.split("/"))
             target.parent.mkdir(parents=True, exist_ok=True)
             source = posixpath.join(path, rel)
@@ -339,8 +284,7 @@ class FolderCheckpointer:
                 shutil.copyfile(source, target)
             else:
                 self.fs.get_file(source, str(target))
-            if size >= 0 and target.stat().st_size != size:
-                raise IncompleteCheckpoint(f"{rel} has {target.stat().st_size} bytes, the marker says {size}")
+        check_sizes(into, files)  # what arrived: a sync client may deliver the marker before the weights
 
 
 def build_folder_checkpointer(settings: FolderCheckpointSettings | None, context: BackendContext) -> FolderCheckpointer:

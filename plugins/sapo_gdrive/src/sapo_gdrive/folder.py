@@ -19,8 +19,10 @@ Contracts
   return what is stored.
 * Readers never raise for what synced folders do: a missing folder is an empty result; a
   corrupt, partial, oversized, unsigned (in a signed swarm) or misplaced payload is skipped with
-  its reason in `Collected.rejected`; a corrupt ``state.json`` reads as None and a corrupt
-  ``nodes/*.json`` is skipped (both logged). Sync clients' conflict copies
+  its reason in `Collected.rejected` (``"<file name>": <reason>``, the name `sapo_core.logsafe.quoted`:
+  peers choose names, and a newline or terminal escape in one must not forge or garble a log
+  line); a corrupt ``state.json`` reads as None and a corrupt ``nodes/*.json`` is skipped (both
+  logged, names quoted the same way). Sync clients' conflict copies
   (``alice (1).json.gz``, ``alice (conflicted copy 2026-11-25).json.gz``,
   ``alice.json (1).gz``) count as candidates for node ``alice``: one valid payload is kept per
   node, the canonical file first, else the newest ``created_at``. Every file is opened before it
@@ -75,6 +77,7 @@ from fsspec.implementations.local import LocalFileSystem
 from sapo_core import codec
 from sapo_core.errors import BackendError, ConfigError
 from sapo_core.interfaces import BackendContext, Collected, Lease, NodeInfo, SwarmState
+from sapo_core.logsafe import printable, quoted
 from sapo_core.records import RoundPayload
 
 log = logging.getLogger("sapo.transport.gdrive")
@@ -98,6 +101,9 @@ MAX_CLOCK_SKEW_SECONDS = 120.0
 REFUSED_RECHECK_SECONDS = 10.0
 #: The longest wait between two reads of an unchanged refused file.
 REFUSED_RECHECK_MAX_SECONDS = 80.0
+#: The largest control file (heartbeat, state, lease, swarm.json) read: they are a few hundred
+#: bytes, and every node reads every heartbeat at every poll.
+MAX_CONTROL_FILE_BYTES = 1024 * 1024
 # Listing keys that name a version of a file on some fsspec backend (inode, object etags, generations).
 _VERSION_KEYS = ("ino", "ETag", "etag", "md5Hash", "generation", "version_id")
 # How long ensure_settings waits for a peer's swarm.json to become readable (a non-atomic
@@ -351,16 +357,16 @@ class FolderTransport:
 
     # ---------------------------------------------------------------------------- reading
 
-    def read_bytes(self, path: str) -> bytes:
-        """The bytes of the regular file at ``path``, at most the payload limit.
+    def read_bytes(self, path: str, limit: int | None = None) -> bytes:
+        """The bytes of the regular file at ``path``, at most ``limit`` (the payload limit).
 
         FileNotFoundError if absent; ValueError for anything else that is not a readable regular
         file within the limit. A local file is opened first and the opened file is checked (never
         the path again): a FIFO swapped in after the listing would otherwise block forever.
         """
-        limit = self._limits.max_payload_bytes
+        limit = self._limits.max_payload_bytes if limit is None else limit
         if not self.local:
-            blob = self.fs.cat_file(path)  # object stores hold no FIFOs or devices
+            blob = self.fs.cat_file(path, start=0, end=limit + 1)  # object stores hold no FIFOs or devices
         else:
             # No symlinks (a peer's link could point anywhere); O_NONBLOCK so a FIFO's open returns.
             flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
@@ -386,7 +392,9 @@ class FolderTransport:
 
     def read_json(self, path: str) -> Any:
         """Parsed JSON at ``path``; FileNotFoundError if absent, ValueError if unreadable."""
-        blob = self.read_bytes(path)
+        blob = self.read_bytes(path, MAX_CONTROL_FILE_BYTES)
+        if blob.count(b"[") + blob.count(b"{") > MAX_CONTROL_FILE_BYTES // 64:
+            raise ValueError("more arrays and objects than a control file holds")  # refused before parsing
         try:
             return json.loads(blob.decode("utf-8"), parse_constant=_no_constant)
         except (UnicodeDecodeError, RecursionError) as exc:
@@ -421,7 +429,7 @@ class FolderTransport:
             except FileNotFoundError:
                 problem = "missing"
             except ValueError as exc:
-                problem = str(exc)
+                problem = printable(exc)
             time.sleep(_SETTINGS_READ_PAUSE * (attempt + 1))
         raise BackendError(
             f"cannot read the swarm settings {path} ({problem}); if it is damaged, delete it and restart the nodes"
@@ -450,7 +458,7 @@ class FolderTransport:
         except FileNotFoundError:
             return None
         except (ValueError, codec.PayloadError) as exc:
-            log.warning("ignoring unreadable swarm state %s: %s", path, exc)
+            log.warning("ignoring unreadable swarm state %s: %s", path, printable(exc))
             return None
 
     # ------------------------------------------------------------------------------ nodes
@@ -484,13 +492,14 @@ class FolderTransport:
             except FileNotFoundError:
                 continue  # replaced or removed since the listing
             except (ValueError, codec.PayloadError) as exc:
-                log.warning("unreadable heartbeat %s (the last good one still counts): %s", _quoted(name), exc)
+                log.warning("unreadable heartbeat %s (the last good one still counts): %s", quoted(name),
+                            printable(exc))
                 continue
             # A time beyond the clock-skew bound is no evidence of life: it would keep a node live for ever.
             seen = max((t for t in (info.last_seen, _mtime(entry) or 0.0) if t <= future), default=None)
             if seen is None:
                 log.warning("ignoring heartbeat %s: seen in the future (clocks more than %.0f s apart?)",
-                            _quoted(name), MAX_CLOCK_SKEW_SECONDS)
+                            quoted(name), MAX_CLOCK_SKEW_SECONDS)
                 continue
             info = attrs.evolve(info, last_seen=seen)
             if info.node not in best or info.last_seen > best[info.node].last_seen:
@@ -544,7 +553,7 @@ class FolderTransport:
             if lease.epoch != epoch:
                 raise ValueError(f"describes epoch {lease.epoch}")
         except (FileNotFoundError, ValueError, codec.PayloadError) as exc:
-            log.warning("unreadable coordinator lease %s: %s", self.lease_path(epoch), exc)
+            log.warning("unreadable coordinator lease %s: %s", self.lease_path(epoch), printable(exc))
             return Lease(epoch=epoch, holder="", renewed_at=mtime, expires_at=mtime)
         duration = lease.expires_at - lease.renewed_at
         return attrs.evolve(lease, expires_at=max(lease.expires_at, mtime + duration))
@@ -608,7 +617,9 @@ class FolderTransport:
                 candidates.setdefault(found.payload.node, []).append(found)
         payloads = [max(found, key=lambda c: (c.canonical, c.payload.created_at)).payload  # type: ignore[union-attr]
                     for _, found in sorted(candidates.items())]
-        rejected = [f"{name}: {found.refused}" for name, found in examined.items() if found.payload is None]
+        # Peers choose these names and much of the reasons: quoted, they log as one harmless line.
+        rejected = [f"{quoted(name)}: {printable(found.refused)}" for name, found in examined.items()
+                    if found.payload is None]
         return Collected(payloads=payloads, rejected=rejected)
 
     def _examine(self, entry: Mapping[str, Any], name: str, round: int, version: tuple[Any, ...] | None,
@@ -642,11 +653,6 @@ class FolderTransport:
         except codec.PayloadError as exc:
             return _Examined(version=version, at=now, refused=str(exc))
         return _Examined(version=version, at=now, canonical=parsed.canonical, payload=payload)
-
-
-def _quoted(name: str) -> str:
-    """A file name from the folder as a log line may show it: quoted, control characters escaped."""
-    return json.dumps(name, ensure_ascii=False)
 
 
 def _no_constant(name: str) -> float:

@@ -8,7 +8,7 @@ shared folder (transport ``gdrive``) under one launch folder (``--root``, defaul
                                   logs/<node>.log, metrics/<node>.jsonl
     <root>/runs/<node>/           each node's run directory (config.json, metrics.jsonl, checkpoints/)
     <root>/runs/<node>/output.log the node process's stdout and stderr
-    <root>/reward.png             every node's reward per round and the swarm mean (-o)
+    <root>/reward.png             every node's reward per round and the swarm mean (-o; needs matplotlib)
 
 The workers start first; the coordinator, which opens round 0, once every worker has loaded
 its model and registered, so no worker misses the first rounds. While it runs, a table shows each node's reward per round from ``metrics/<node>.jsonl`` and
@@ -472,8 +472,8 @@ def report_failure(console: Any, failed: Sequence[NodeProcess], lines: int = 25)
             console.print(f"  {text}", markup=False, highlight=False)
 
 
-def draw_report(plan: Plan, output: Path) -> list[Any]:
-    """Each worker's curve and the swarm mean, drawn into ``output``.
+def report_curves(plan: Plan) -> list[Any]:
+    """Each worker's curve and the swarm mean.
 
     From the run directories' ``metrics.jsonl`` rather than the swarm folder's metrics: those
     also hold the held-out evaluation before training (round -1), the curve's starting point."""
@@ -486,11 +486,26 @@ def draw_report(plan: Plan, output: Path) -> list[Any]:
     if not curves:
         raise SapoError(f"no worker wrote metrics to {plan.root / RUNS_DIR}/<node>/{METRICS_FILE}")
     curves.append(report.swarm_mean(curves))
-    report.plot(curves, output, title=f"sapo swarm, experiment {plan.experiment}: reward per round")
     return curves
 
 
-def print_summary(console: Any, plan: Plan, curves: Sequence[Any], output: Path, seconds: float) -> None:
+def draw_report(plan: Plan, curves: Sequence[Any], output: Path, console: Any) -> Path | None:
+    """The curves drawn into ``output``; None, with a warning naming the extra, without matplotlib:
+    the swarm's work is done and on disk, so a missing picture is no failure."""
+    from rich.markup import escape
+
+    from sapo_core import report
+
+    try:
+        return report.plot(curves, output, title=f"sapo swarm, experiment {plan.experiment}: reward per round")
+    except report.PlotUnavailable:
+        advice = f"{report.PLOT_EXTRA}, then: sapo report {plan.root / RUNS_DIR} -o {output}"
+        console.print(f"[yellow]warning[/]: the reward curves were not drawn: matplotlib is not installed "
+                      f"({escape(advice)})", soft_wrap=True)  # escaped: "[plot]" is no markup
+        return None
+
+
+def print_summary(console: Any, plan: Plan, curves: Sequence[Any], output: Path | None, seconds: float) -> None:
     from rich.table import Table
 
     def number(values: Sequence[float], index: int) -> str:
@@ -506,7 +521,7 @@ def print_summary(console: Any, plan: Plan, curves: Sequence[Any], output: Path,
                         number(curve.reward, 0), number(curve.reward, -1),
                         number(curve.pass_at_1, 0) if before else "-", number(after, -1))
     console.print(summary)
-    for line in (f"reward curves: {output}",
+    for line in (f"reward curves: {output or 'not drawn (no matplotlib)'}",
                  f"swarm folder:  {plan.folder}  (sapo swarm status --root {plan.root} --experiment {plan.experiment})",
                  f"node runs:     {plan.root / RUNS_DIR}/<node>/  ({OUTPUT_FILE}: each process's output)"):
         console.print(line, soft_wrap=True, markup=False)
@@ -536,7 +551,8 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
 def run_swarm(nodes: int, config_file: str | None, root: Path | None, experiment: str | None, rounds: int | None,
               threads: int | None, sets: tuple[str, ...], output: Path | None) -> None:
     """Start a coordinator and --nodes workers as processes on a local folder; show each node's
-    reward per round; draw the reward curves at the end.
+    reward per round; draw the reward curves at the end (without matplotlib, the ``plot``
+    extra, a warning instead: the swarm's work is done, so the exit status stays 0).
 
     \b
     sapo swarm run --nodes 3 --config configs/swarm.toml
@@ -567,7 +583,7 @@ def run_swarm(nodes: int, config_file: str | None, root: Path | None, experiment
         console.print(f"stopped the other nodes; everything is in {root}")
         sys.exit(1)
     try:
-        curves = draw_report(plan, output)
+        curves = report_curves(plan)
     except SapoError as exc:
         raise click.ClickException(f"the swarm finished, but its report could not be drawn: {exc}") from exc
-    print_summary(console, plan, curves, output, time.monotonic() - began)
+    print_summary(console, plan, curves, draw_report(plan, curves, output, console), time.monotonic() - began)

@@ -20,6 +20,7 @@ import click
 
 import sapo_core
 from sapo_core import codec
+from sapo_core.logsafe import printable, unquoted
 from sapo_gdrive.folder import ROUNDS_DIR, SETTINGS_FILE, FolderTransport, parse_name
 
 DEFAULT_LIVE_SECONDS = 120.0
@@ -92,7 +93,8 @@ def last_payloads(transport: FolderTransport, nodes: set[str]) -> tuple[dict[str
                                    "groups": len(payload.groups)}
         valid_here = {p.node for p in collected.payloads}
         for rejection in collected.rejected:
-            name, _, reason = rejection.partition(": ")
+            name, reason = unquoted(rejection)  # '"<file name>": <reason>'
+            reason = reason.removeprefix(": ")
             node = _payload_node(name)
             if node is None:
                 strays.append(f"rounds/{round}/{rejection}")
@@ -188,6 +190,7 @@ def _size(value: object) -> str:
 
 def print_status(data: Mapping[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console() if os.isatty(1) else Console(width=200)
@@ -219,14 +222,15 @@ def print_status(data: Mapping[str, Any]) -> None:
             where, size, verdict = "-", "-", "-"
         else:
             where, size = f"round {payload['round']}", _size(payload["size"])
-            verdict = "[green]valid[/]" if payload["valid"] else f"[red]refused[/]: {payload['reason']}"
+            verdict = "[green]valid[/]" if payload["valid"] else f"[red]refused[/]: {escape(payload['reason'])}"
         ago = node["last_seen_ago"]
-        table.add_row(node["node"], node["role"] or "-", "-" if node["round"] is None else str(node["round"]),
+        role = escape(printable(node["role"] or "-"))  # what a peer wrote: no markup, one line
+        table.add_row(node["node"], role, "-" if node["round"] is None else str(node["round"]),
                       "-" if ago is None else f"{duration(ago)} ago", "[green]yes[/]" if node["live"] else "[red]no[/]",
                       where, size, verdict)
     console.print(table)
     for stray in data["rejected_other"]:
-        console.print(f"[yellow]refused[/] {stray}")
+        console.print(f"[yellow]refused[/] {escape(stray)}")  # a peer's file name is no markup
 
 
 @click.group(name="swarm")
