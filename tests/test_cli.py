@@ -208,3 +208,119 @@ def test_installed_executable_survives_a_broken_plugin(install_dist, tmp_path):
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert "kaboom" in rows["broken_plugin"]["error"]
     assert "broken_plugin" in result.stderr and "sapo-broken" in result.stderr
+
+
+# ------------------------------------------------------------ dataclass settings
+
+DATACLASS_PLUGIN = """
+import dataclasses
+from sapo_core import hookimpl
+from sapo_core.records import Completion
+
+
+@dataclasses.dataclass(frozen=True)
+class EchoSettings:
+    answer: int = 42
+    words: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.answer < 0:
+            raise ValueError("answer must be >= 0")
+
+
+class Echo:
+    def __init__(self, settings):
+        self.settings = settings
+
+    def generate(self, problems, n, params):
+        return [[Completion(text=f"<answer>{self.settings.answer}</answer>") for _ in range(n)] for _ in problems]
+
+    def round_metrics(self):
+        return {"answer": self.settings.answer, "words": len(self.settings.words)}
+
+
+@hookimpl
+def register_inference(register):
+    register("echo", lambda settings, context: Echo(settings), settings=EchoSettings)
+"""
+
+
+def test_dataclass_settings_are_filled_from_the_config_like_attrs_ones(sapo_cli, install_dist, tmp_path):
+    install_dist("sapo-echo", "echo_plugin", DATACLASS_PLUGIN)
+    from sapo_core.plugins import reset_plugins
+
+    reset_plugins()
+    result = sapo_cli("run", "--inference", "echo", "--rounds", "1", "--set", "inference.answer=7",
+                      "--set", "inference.words=a,b", "--set", f"run.workdir={tmp_path.as_posix()}",
+                      env={"SAPO_STRICT_PLUGINS": "1"})
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["inference/answer"] == 7 and metrics["inference/words"] == 2
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("inference.answer=abc", "inference.answer = 'abc' (from --set): expected an integer"),
+    ("inference.answer=-1", "answer must be >= 0"),
+    ("inference.answr=1", "Unknown key 'inference.answr' (from --set). Did you mean 'inference.answer'?"),
+])
+def test_dataclass_settings_errors_are_config_errors(sapo_cli, install_dist, tmp_path, setting, message):
+    install_dist("sapo-echo", "echo_plugin", DATACLASS_PLUGIN)
+    from sapo_core.plugins import reset_plugins
+
+    reset_plugins()
+    for command in ("config", "run"):
+        result = sapo_cli(command, "--inference", "echo", "--set", setting, "--set", f"run.workdir={tmp_path.as_posix()}")
+        assert result.exit_code == 1, (command, result.output)
+        assert message in result.output and "Traceback" not in result.output, (command, result.output)
+
+
+# --------------------------------------------------------- sapo plugins, --check
+
+CLASHING = """
+from sapo_core import hookimpl
+
+@hookimpl
+def register_inference(register):
+    register("twin", lambda settings, context: None)
+"""
+
+
+def test_plugins_lists_everything_and_shows_a_name_clash(sapo_cli, install_dist):
+    install_dist("sapo-twin-a", "twin_a", CLASHING)
+    install_dist("sapo-twin-b", "twin_b", CLASHING)
+    from sapo_core.plugins import reset_plugins
+
+    reset_plugins()
+    result = sapo_cli("plugins", env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "twin_a" in result.output and "twin_b" in result.output and "sapo-core:tasks" in result.output
+    clash = next(line for line in result.output.splitlines() if "Two plugins register" in line)
+    assert "'twin'" in clash and "sapo-twin-a (plugin 'twin_a')" in clash and "sapo-twin-b (plugin 'twin_b')" in clash
+    rows = {row["name"]: row for row in json.loads(sapo_cli("plugins", "--json").output)}
+    for name in ("twin_a", "twin_b"):
+        assert rows[name]["registers"] == {"inference": ["twin"]} and "Two plugins register" in rows[name]["clashes"][0]
+    assert rows["sapo-core:tasks"]["clashes"] == []
+    assert sapo_cli("run", "--inference", "twin").exit_code == 1, "a run still refuses to pick one"
+
+
+def test_plugins_check_exits_1_saying_what_is_wrong_and_what_to_do(sapo_cli, install_dist):
+    install_dist("sapo-twin-a", "twin_a", CLASHING)
+    install_dist("sapo-twin-b", "twin_b", CLASHING)
+    install_dist("sapo-broken", "broken_plugin", "raise ImportError('missing dependency: frobnicate')")
+    from sapo_core.plugins import reset_plugins
+
+    reset_plugins()
+    result = sapo_cli("plugins", "--check")
+    assert result.exit_code == 1
+    problems = [line for line in result.output.splitlines() if line.startswith("- ")]
+    assert len(problems) == 2 and "2 problem(s)" in result.output
+    assert "'broken_plugin' from sapo-broken failed to import (ImportError: missing dependency: frobnicate)" in problems[0]
+    assert "SAPO_DISABLE_PLUGINS=broken_plugin" in problems[0]
+    assert "Two plugins register the inference backend 'twin'" in problems[1] and "Uninstall or disable" in problems[1]
+    assert sapo_cli("plugins", "--check", "--json").exit_code == 1
+
+
+def test_plugins_check_exits_0_when_all_is_well(sapo_cli):
+    result = sapo_cli("plugins", "--check")
+    assert result.exit_code == 0, result.output
+    assert "plugins load without problems" in result.output

@@ -8,12 +8,16 @@
 * Every ``python`` code block with an ``import`` compiles; every one with ``@sapo_core.hookimpl``
   is a plugin: it is registered (strictly), each backend it registers is built with its default
   settings and passed through its kind's contract check, and all of them together run a node.
+* The ``sapo plugins --json`` example is the real output with sapo-hello installed, and the
+  commands of docs/examples/sapo-hello/README.md print and write what it says.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import re
+import shlex
 import sys
 import types
 from collections.abc import Callable
@@ -25,7 +29,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from sapo_core import hookspecs, interfaces
+from sapo_core import hookspecs, interfaces, testing
 from sapo_core import plugins as plugins_module
 from sapo_core.config import load_config
 from sapo_core.interfaces import (
@@ -43,6 +47,7 @@ from sapo_core.records import Completion, Group
 from sapo_core.testing import check_inference, check_reward, check_transport, sample_problems
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+HELLO = DOC.parent / "examples" / "sapo-hello"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 PROTOCOLS = {"Task", "InferenceBackend", "RewardFunction", "Transport", "Checkpointer", "Learner"}
 OBSERVERS = ("run_started", "round_finished", "run_finished")
@@ -150,7 +155,8 @@ def test_optional_methods_and_testing_helpers_are_documented() -> None:
     text = doc_text()
     for needle in ("close()", "round_metrics()", "sapo_plugins", "sapo_cli", "check_inference", "check_reward",
                    "check_transport", "SAPO_LOAD_PLUGINS", "SAPO_DISABLE_PLUGINS", "SAPO_STRICT_PLUGINS",
-                   "[project.entry-points.sapo]", "factory(settings, context)"):
+                   "[project.entry-points.sapo]", "factory(settings, context)", "sapo plugins --check",
+                   "StopRun", "round` **-1**"):
         assert needle in text, f"docs/plugins.md does not mention {needle}"
 
 
@@ -298,3 +304,80 @@ def test_examples_run_a_node_together(doc_plugins, tmp_path: Path) -> None:
     assert [p.name for p in (node_dir / "ckpt").iterdir()] == ["round-000001"]
     assert (tmp_path / "swarm" / "default" / "rounds" / "1" / "node-0.json.gz").exists()
     assert len((node_dir / "tracker.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("name", ["check_inference", "check_reward", "check_transport", "check_leases",
+                                  "sample_problems", "install_plugin"])
+def test_testing_helpers_are_documented_with_every_parameter(name: str) -> None:
+    documented = re.search(rf"`{name}\((.*?)\)", doc_text(), re.DOTALL)
+    assert documented, f"docs/plugins.md does not show the signature of {name}"
+    for parameter in inspect.signature(getattr(testing, name)).parameters:
+        assert re.search(rf"\b{parameter}\b", documented.group(1)), f"{name}: parameter {parameter!r} is not documented"
+
+
+# ---------------------------------------------------------------------- sapo-hello
+
+
+@pytest.fixture
+def hello_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sapo-hello as `pip install -e .` leaves it (its dist-info, its source on sys.path), and no
+    other plugin: what a user of the README has."""
+    info = tmp_path / "site" / "sapo_hello-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: sapo-hello\nVersion: 0.1.0\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text("[sapo]\nhello = sapo_hello\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(HELLO / "src"))
+    monkeypatch.syspath_prepend(str(info.parent))
+    monkeypatch.setenv("SAPO_LOAD_PLUGINS", "hello")
+    monkeypatch.delitem(sys.modules, "sapo_hello", raising=False)
+    plugins_module.reset_plugins()
+
+
+def sapo(*args: str) -> Any:
+    from sapo_core.cli import build_cli
+
+    return CliRunner().invoke(build_cli(), list(args), catch_exceptions=False)
+
+
+def test_plugins_json_example_is_the_real_output(hello_installed) -> None:
+    text = doc_text()
+    example = next(body for body in code_blocks(text[text.index("`sapo plugins --json` prints"):], "json"))
+    shown = json.loads(example)
+    result = sapo("plugins", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert isinstance(shown, list) and isinstance(rows, list)
+    assert rows[: len(shown)] == shown, "docs/plugins.md shows the first objects of the real array"
+
+
+def console_session(text: str) -> list[tuple[list[str], list[str]]]:
+    """The first ``console`` block as (command words, the output lines shown under it)."""
+    session: list[tuple[list[str], list[str]]] = []
+    for line in code_blocks(text, "console")[0].splitlines():
+        if line.startswith("$ "):
+            session.append((shlex.split(line[2:], comments=True), []))
+        else:
+            session[-1][1].append(line)
+    return session
+
+
+def test_hello_readme_commands_print_and_write_what_it_says(hello_installed, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the run's folders go under ./runs
+    session = console_session((HELLO / "README.md").read_text(encoding="utf-8"))
+    assert [words[:2] for words, _ in session if words[0] == "sapo"] == [
+        ["sapo", "plugins"], ["sapo", "plugins"], ["sapo", "hello"], ["sapo", "run"]]
+    for words, shown in session:
+        if words[0] == "pip":
+            continue
+        if words[0] == "cat":
+            found = sorted(Path().glob(words[1]))
+            assert len(found) == 1, f"{words[1]} matches {found}"
+            lines = found[0].read_text(encoding="utf-8").splitlines()
+            # The header and one line per round; the rewards are the example's, not asserted here.
+            assert lines[0] == shown[0] and [row.split(",")[0] for row in lines] == [row.split(",")[0] for row in shown]
+            continue
+        result = sapo(*words[1:])
+        assert result.exit_code == 0, (words, result.output)
+        if shown:
+            assert result.stdout.splitlines() == shown, words

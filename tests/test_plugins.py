@@ -245,3 +245,117 @@ def test_sapo_plugins_fixture_registers_for_one_test(sapo_plugins):
 
 def test_fixture_registration_is_gone_in_the_next_test():
     assert "temporary" not in loaded().registry.names("task")
+
+
+# ------------------------------------------------------------- hooks without the marker
+
+UNDECORATED = """
+from sapo_core import hookimpl
+
+def register_inference(register):  # the decorator is missing: pluggy would skip it silently
+    register("forgotten", lambda s, c: None)
+
+@hookimpl
+def register_rewards(register):
+    register("kept", lambda s, c: None)
+"""
+
+
+def test_undecorated_hook_function_is_warned_about_naming_the_plugin(install_dist, caplog):
+    install_dist("sapo-lazy", "lazy_plugin", UNDECORATED)
+    with caplog.at_level(logging.WARNING, logger="sapo.plugins"):
+        plugins = loaded()
+    message = next(r.message for r in caplog.records if "register_inference" in r.message)
+    assert "'lazy_plugin' from sapo-lazy" in message and "decorate it with @sapo_core.hookimpl" in message
+    info = plugins.infos["lazy_plugin"]
+    assert info.error is None and info.hooks == ["register_rewards"], "the decorated hook still counts"
+    assert "kept" in plugins.registry.names("reward") and "forgotten" not in plugins.registry.names("inference")
+    assert any("register_inference()" in problem for problem in plugins.problems())
+
+
+def test_strict_mode_makes_an_undecorated_hook_an_error(install_dist, monkeypatch):
+    install_dist("sapo-lazy", "lazy_plugin", UNDECORATED)
+    monkeypatch.setenv("SAPO_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match=r"'lazy_plugin' from sapo-lazy defines register_inference\(\) without "
+                                          r"@sapo_core\.hookimpl.*decorate it"):
+        loaded()
+
+
+def test_undecorated_method_of_a_plugin_object_is_warned_about(caplog):
+    class Observer:
+        def run_finished(self, context, metrics):
+            raise AssertionError("never called")
+
+    plugins = loaded()
+    with caplog.at_level(logging.WARNING, logger="sapo.plugins"):
+        plugins.register(Observer(), name="observer")
+    assert plugins.infos["observer"].warnings == [
+        "defines run_finished() without @sapo_core.hookimpl, so sapo never calls it; decorate it with @sapo_core.hookimpl"]
+    assert "'observer'" in caplog.text
+
+
+# ------------------------------------------------------------------- settings classes
+
+
+def settings_plugin(hook: str, decorator: str, field: str) -> str:
+    return f"""
+import attrs, dataclasses
+from sapo_core import hookimpl
+
+{decorator}
+class ShadowSettings:
+    {field}: int = 1
+
+@hookimpl
+def {hook}(register):
+    register("shadowed", lambda settings, context: None, settings=ShadowSettings)
+"""
+
+
+@pytest.mark.parametrize(("hook", "field", "key"), [
+    ("register_inference", "temperature", "inference.temperature"),
+    ("register_inference", "seed", "eval.seed"),  # eval.inference=shadowed reads its settings from eval.*
+    ("register_transports", "root", "swarm.root"),
+    ("register_checkpointers", "keep", "checkpoint.keep"),
+    ("register_learners", "backend", "train.backend"),
+])
+@pytest.mark.parametrize("decorator", ["@attrs.frozen", "@dataclasses.dataclass(frozen=True)"])
+def test_settings_field_named_like_a_core_key_is_refused_at_registration(install_dist, hook, field, key, decorator):
+    install_dist("sapo-shadow", "shadow_plugin", settings_plugin(hook, decorator, field))
+    plugins = loaded()
+    assert not any(reg.name == "shadowed" for reg in plugins.registry)
+    why = plugins.infos["shadow_plugin"].hook_errors[hook]
+    assert "Plugin 'shadow_plugin'" in why and "shadow_plugin.ShadowSettings" in why
+    assert f"field {field!r} is named like sapo's own key {key}" in why and "Rename the field" in why
+
+
+def test_strict_mode_refuses_a_shadowed_settings_field(install_dist, monkeypatch):
+    install_dist("sapo-shadow", "shadow_plugin", settings_plugin("register_inference", "@attrs.frozen", "top_p"))
+    monkeypatch.setenv("SAPO_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match=r"shadow_plugin.*sapo-shadow.*ShadowSettings.*'top_p'.*inference\.top_p"):
+        loaded().registry.names("inference")
+
+
+def test_task_and_reward_settings_may_use_core_key_names(install_dist, monkeypatch):
+    """Their settings have a table of their own (tasks.<name>.*): nothing shadows them."""
+    install_dist("sapo-task", "task_plugin", settings_plugin("register_tasks", "@attrs.frozen", "names"))
+    monkeypatch.setenv("SAPO_STRICT_PLUGINS", "1")
+    assert loaded().registry.get("task", "shadowed").settings.__name__ == "ShadowSettings"
+
+
+@pytest.mark.parametrize("settings", ["Plain", "Plain()", "dict"])
+def test_settings_that_are_no_attrs_class_or_dataclass_are_refused_at_registration(install_dist, settings):
+    install_dist("sapo-plain", "plain_plugin", f"""
+        from sapo_core import hookimpl
+
+        class Plain:
+            answer: str = "42"
+
+        @hookimpl
+        def register_inference(register):
+            register("plain", lambda settings, context: None, settings={settings})
+        """)
+    plugins = loaded()
+    assert "plain" not in plugins.registry.names("inference")
+    why = plugins.infos["plain_plugin"].hook_errors["register_inference"]
+    assert "Plugin 'plain_plugin'" in why and "@attrs.frozen" in why

@@ -167,25 +167,47 @@ def _stdout() -> Any:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def plugins(as_json: bool) -> None:
-    """List plugins: distribution, version, hooks and the backend names each registers."""
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: an array of one object per plugin.")
+@click.option("--check", is_flag=True,
+              help="Print only what is wrong, with what to do; exit 1 if a plugin is skipped or broken or names clash.")
+def plugins(as_json: bool, check: bool) -> None:
+    """List plugins: distribution, version, hooks and the backend names each registers.
+
+    Every plugin is listed, broken ones and clashing names included: this is the command to
+    diagnose them with, so it exits 0 unless --check finds a problem.
+    """
     try:
-        rows = describe(get_plugins())
+        loaded = get_plugins()
+        rows, problems = describe(loaded), loaded.problems()
     except SapoError as exc:
         fail(exc)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
+    elif check:
+        for problem in problems:
+            click.echo(f"- {redaction.redact(problem)}")
+        click.echo(f"{len(problems)} problem(s) in {len(rows)} plugins." if problems else f"All {len(rows)} plugins load without problems.")
+    else:
+        _plugins_table(rows, problems)
+    if check and problems:
+        sys.exit(1)
+
+
+def _plugins_table(rows: Sequence[Mapping[str, Any]], problems: Sequence[str]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("plugin", "distribution", "version", "registers", "hooks", box=None)
     for row in rows:
         registers = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["registers"].items())
         if row["error"]:
-            registers = f"[red]{row['error']}[/red]"
+            registers = f"[red]skipped: {escape(row['error'])}[/red]"
         table.add_row(row["name"], row["distribution"], row["version"], registers or "-", ", ".join(row["hooks"]))
     _stdout().print(table)
+    if problems:  # one per line, in full: a clash names both plugins, and each says what to do
+        _stdout().print("\n[bold red]Problems[/bold red] (sapo plugins --check exits 1 on them):")
+        for problem in problems:
+            _stdout().print(f"- {escape(redaction.redact(problem))}", soft_wrap=True)
 
 
 @click.group(invoke_without_command=True)

@@ -3,7 +3,8 @@
 Registry hooks receive a ``register`` callable:
 ``register(name, factory, *, settings=None, description="")``. The core calls
 ``factory(settings, context)`` when a run picks that name; ``settings`` is an instance of the
-attrs class given at registration (filled from the config section of that kind), or None.
+attrs class (or dataclass) given at registration (filled from the config section of that kind),
+or None.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Find, load and query plugins: entry points of the group ``sapo``, then the built-ins.
 
-A plugin that fails (import error, misspelt hook, a hook that raises, a clashing name) is
-reported and skipped, never fatal, unless ``SAPO_STRICT_PLUGINS=1``. Environment:
+A plugin that fails (import error, misspelt hook, a hook that raises) is reported and skipped,
+never fatal, unless ``SAPO_STRICT_PLUGINS=1``; a hook function without ``@sapo_core.hookimpl``
+is warned about. A name two plugins register is an error for every command that needs the
+registry, except `sapo plugins`, which shows it (`problems`). Environment:
 
 * ``SAPO_LOAD_PLUGINS=a,b``: load only these entry points or distributions (empty: none).
 * ``SAPO_DISABLE_PLUGINS=a,b``: skip these entry points or distributions.
@@ -25,7 +27,7 @@ import pluggy
 import sapo_core
 from sapo_core import hookspecs
 from sapo_core.errors import PluginError
-from sapo_core.registry import Factory, NameClashError, Registration, Registry
+from sapo_core.registry import KINDS, Factory, NameClashError, Registration, Registry
 
 log = logging.getLogger("sapo.plugins")
 
@@ -62,6 +64,16 @@ class PluginInfo:
     hooks: list[str] = attrs.field(factory=list)
     error: str | None = None  # why the plugin was not loaded at all
     hook_errors: dict[str, str] = attrs.field(factory=dict)  # hook name -> why its names were dropped
+    warnings: list[str] = attrs.field(factory=list)  # loaded, but something is likely wrong (an undecorated hook)
+
+
+@attrs.frozen
+class _Collected:
+    """What the registry hooks gave: the registry, every name offered, and the clashes among them."""
+
+    registry: Registry
+    offered: list[Registration]  # every registration of a hook that did not fail, clashing ones included
+    clashes: list[NameClashError]
 
 
 def _env_list(name: str) -> set[str] | None:
@@ -83,7 +95,7 @@ class Plugins:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self._builtins = tuple(builtins)
-        self._registry: Registry | None = None
+        self._collected: _Collected | None = None
         self._loaded = False
 
     # ------------------------------------------------------------------------- loading
@@ -136,6 +148,9 @@ class Plugins:
         info = PluginInfo(
             name=name, distribution=distribution or "(not installed)", version=version or "", module=module, builtin=builtin
         )
+        for function in _undecorated(plugin, self.hook_names()):
+            self._warn(info, f"defines {function}() without @sapo_core.hookimpl, so sapo never calls it; "
+                             "decorate it with @sapo_core.hookimpl")
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # pluggy refuses impls whose arguments do not match the spec
@@ -152,14 +167,14 @@ class Plugins:
             return None
         info.hooks = sorted(hc.name for hc in self.pm.get_hookcallers(plugin) or [])
         self.infos[name] = info
-        self._registry = None
+        self._collected = None
         return info
 
     def unregister(self, name: str) -> None:
         """Remove a plugin by name (used by the test fixture)."""
         self.pm.unregister(name=name)
         self.infos.pop(name, None)
-        self._registry = None
+        self._collected = None
 
     def hook_names(self) -> list[str]:
         return sorted(name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "sapo_spec"))
@@ -172,18 +187,42 @@ class Plugins:
         info.error = why
         self.infos[info.name] = info
 
+    def _warn(self, info: PluginInfo, why: str) -> None:
+        """The plugin loads, but part of it is likely dead code: a warning, an error when strict."""
+        message = f"plugin {info.name!r} from {info.distribution} {why}"
+        if _strict():
+            raise PluginError(message)
+        log.warning("%s", message)
+        info.warnings.append(why)
+
     # ------------------------------------------------------------------------ registry
 
     @property
     def registry(self) -> Registry:
-        """Every backend name, from every loaded plugin; built once per set of plugins."""
-        self.load()
-        if self._registry is None:
-            self._registry = self._collect()
-        return self._registry
+        """Every backend name, from every loaded plugin; built once per set of plugins.
 
-    def _collect(self) -> Registry:
+        Raises `NameClashError` when two plugins register one name: which one a run would get
+        must be the user's choice, not an accident of loading order."""
+        collected = self._collect_once()
+        if collected.clashes:
+            raise NameClashError(str(collected.clashes[0]), collected.clashes[0].registrations)
+        return collected.registry
+
+    @property
+    def clashes(self) -> list[NameClashError]:
+        """The names two plugins register, without raising (what `sapo plugins` shows)."""
+        return list(self._collect_once().clashes)
+
+    def _collect_once(self) -> _Collected:
+        self.load()
+        if self._collected is None:
+            self._collected = self._collect()
+        return self._collected
+
+    def _collect(self) -> _Collected:
         registry = Registry()
+        offered: list[Registration] = []
+        clashes: list[NameClashError] = []
         for hook_name, kind in REGISTRY_HOOKS.items():
             # Each plugin is called on its own so that one that raises loses only its own names.
             for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
@@ -193,13 +232,13 @@ class Plugins:
                 register = _Collector(kind, info)
                 try:
                     impl.function(register=register)
-                    registry.add(*register.registrations)
-                except NameClashError:
-                    raise
+                    registry.add(*register.registrations, clashes=clashes)
                 except Exception as exc:
                     why = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PluginError) else str(exc)
                     self._hook_failed(info, hook_name, why, exc)
-        return registry
+                    continue
+                offered.extend(register.registrations)
+        return _Collected(registry=registry, offered=offered, clashes=clashes)
 
     def _hook_failed(self, info: PluginInfo, hook_name: str, why: str, exc: BaseException) -> None:
         """One hook of a plugin failed: drop the names it registered, keep the rest of the plugin."""
@@ -211,11 +250,27 @@ class Plugins:
         info.hook_errors[hook_name] = why
 
     def names_by_plugin(self) -> dict[str, dict[str, list[str]]]:
-        """plugin name -> kind -> names it registered."""
+        """plugin name -> kind -> names it registered (a clashing name under both plugins)."""
         out: dict[str, dict[str, list[str]]] = {}
-        for reg in self.registry:
+        kinds = list(KINDS)
+        for reg in sorted(self._collect_once().offered, key=lambda r: (kinds.index(r.kind), r.name)):
             out.setdefault(reg.plugin, {}).setdefault(reg.kind, []).append(reg.name)
         return out
+
+    def problems(self) -> list[str]:
+        """What is wrong with the installed plugins, each with what to do: skipped plugins, failed
+        hooks, undecorated hooks, name clashes. Empty when all is well (`sapo plugins --check`)."""
+        found = []
+        for info in sorted(self.infos.values(), key=lambda i: (i.builtin, i.name)):
+            where = f"plugin {info.name!r} from {info.distribution}"
+            fix = f"Fix or upgrade {info.distribution}, uninstall it, or disable it with SAPO_DISABLE_PLUGINS={info.name}."
+            if info.error:
+                found.append(f"{where} {info.error}; it is skipped. {fix}")
+            for hook_name, why in sorted(info.hook_errors.items()):
+                found.append(f"{where} failed in {hook_name} ({why}); the names it registers there are skipped. {fix}")
+            found.extend(f"{where} {why}." for why in info.warnings)
+        found.extend(str(clash) for clash in self.clashes)
+        return found
 
     # ----------------------------------------------------------------------- observers
 
@@ -245,6 +300,16 @@ class Plugins:
                 if _strict():
                     raise PluginError(f"plugin {impl.plugin_name!r} failed in {hook_name}: {exc}") from exc
                 log.warning("plugin %r failed in %s (%s: %s)", impl.plugin_name, hook_name, type(exc).__name__, exc)
+
+
+def _undecorated(plugin: object, hook_names: Iterable[str]) -> list[str]:
+    """The plugin's functions named like a hook but not marked as one: pluggy skips them silently."""
+    found = []
+    for name in hook_names:
+        function = getattr(plugin, name, None)  # as pluggy looks hooks up
+        if callable(function) and not hasattr(function, f"{GROUP}_impl"):  # the attribute HookimplMarker sets
+            found.append(name)
+    return found
 
 
 @attrs.define
@@ -282,8 +347,8 @@ def reset_plugins() -> None:
 
 def describe(plugins: Plugins) -> list[Mapping[str, Any]]:
     """The rows of `sapo plugins --json`: one per plugin, with the names it registers."""
-    names = plugins.names_by_plugin()
-    rows = []
+    names, clashes = plugins.names_by_plugin(), plugins.clashes
+    rows: list[Mapping[str, Any]] = []
     for info in sorted(plugins.infos.values(), key=lambda i: (i.builtin, i.name)):
         rows.append(
             {
@@ -296,6 +361,8 @@ def describe(plugins: Plugins) -> list[Mapping[str, Any]]:
                 "registers": names.get(info.name, {}),
                 "error": info.error,
                 "hook_errors": info.hook_errors,
+                "warnings": info.warnings,
+                "clashes": [str(c) for c in clashes if info.name in {r.plugin for r in c.registrations}],
             }
         )
     return rows

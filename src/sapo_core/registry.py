@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from sapo_core.config import SECTIONS, is_settings_class, settings_keys
 from sapo_core.errors import PluginError
 
 #: Every kind of backend, with the words used for it in messages.
@@ -20,6 +21,16 @@ KINDS: Mapping[str, str] = {
     "learner": "learner",
 }
 
+#: The config sections a kind's settings share with core keys (``inference.*`` beyond the
+#: built-in keys, ...); a settings field named like one of those keys would never be set. Tasks and
+#: rewards have a table of their own (``tasks.<name>.*``), so nothing can shadow theirs.
+SHARED_SECTIONS: Mapping[str, tuple[str, ...]] = {
+    "inference": ("inference", "eval"),  # eval.inference=NAME takes its settings from eval.*
+    "transport": ("swarm",),
+    "checkpointer": ("checkpoint",),
+    "learner": ("train",),
+}
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 Factory = Callable[[Any, Any], Any]
@@ -27,6 +38,10 @@ Factory = Callable[[Any, Any], Any]
 
 class NameClashError(PluginError):
     """Two plugins registered the same name for one kind: the user must choose."""
+
+    def __init__(self, message: str, registrations: tuple[Registration, ...] = ()) -> None:
+        super().__init__(message)
+        self.registrations = registrations  # the one registered first, then the one refused
 
 
 class Register(Protocol):
@@ -56,13 +71,25 @@ class Registry:
     def __init__(self) -> None:
         self._by_kind: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
 
-    def add(self, *registrations: Registration) -> None:
-        """Add registrations all or none: if one is refused, none of them is added."""
+    def add(self, *registrations: Registration, clashes: list[NameClashError] | None = None) -> None:
+        """Add registrations all or none: if one is refused, none of them is added.
+
+        With a ``clashes`` list, a name another plugin registered first is not a refusal: it is
+        left out and its `NameClashError` appended, so that the other names still count (for
+        `sapo plugins`, which must show every plugin and the clash)."""
         staged = Registry()
         staged._by_kind = {kind: dict(names) for kind, names in self._by_kind.items()}
+        found: list[NameClashError] = []
         for registration in registrations:
-            staged._add_one(registration)
+            try:
+                staged._add_one(registration)
+            except NameClashError as exc:
+                if clashes is None:
+                    raise
+                found.append(exc)
         self._by_kind = staged._by_kind
+        if clashes is not None:
+            clashes.extend(found)
 
     def _add_one(self, registration: Registration) -> None:
         kind, name = registration.kind, registration.name
@@ -75,11 +102,13 @@ class Registry:
             )
         if not callable(registration.factory):
             raise PluginError(f"Plugin {registration.plugin!r} registered {KINDS[kind]} {name!r} with a non-callable factory")
+        _check_settings(registration)
         existing = self._by_kind[kind].get(name)
         if existing is not None:
             raise NameClashError(
                 f"Two plugins register the {KINDS[kind]} {name!r}: {_origin(existing)} and {_origin(registration)}. "
-                "Uninstall or disable one of them (SAPO_DISABLE_PLUGINS=<name>)."
+                "Uninstall or disable one of them (SAPO_DISABLE_PLUGINS=<name>).",
+                (existing, registration),
             )
         self._by_kind[kind][name] = registration
 
@@ -100,6 +129,28 @@ class Registry:
     def __contains__(self, key: tuple[str, str]) -> bool:
         kind, name = key
         return name in self._by_kind.get(kind, {})
+
+
+def _check_settings(registration: Registration) -> None:
+    """Refuse, at registration, a settings class that would fail or be silently ignored at run time."""
+    settings, what = registration.settings, f"the {KINDS[registration.kind]} {registration.name!r}"
+    if settings is None:
+        return
+    if not is_settings_class(settings):
+        raise PluginError(
+            f"Plugin {registration.plugin!r} registered {what} with settings={settings!r}: pass a class "
+            "decorated with @attrs.frozen (or @dataclasses.dataclass), not an instance or another kind of class."
+        )
+    keys = settings_keys(settings)
+    for section in SHARED_SECTIONS.get(registration.kind, ()):
+        for key in sorted(set(keys) & set(settings_keys(SECTIONS[section]))):
+            # The core keeps its own keys out of the backend's extras, so the field keeps its default.
+            raise PluginError(
+                f"Plugin {registration.plugin!r} registered {what} with the settings class "
+                f"{settings.__module__}.{settings.__qualname__}, whose field {key!r} is named like sapo's own key "
+                f"{section}.{key}: the config would never set it. Rename the field; the core value is in "
+                f"context.config[{section!r}][{key!r}]."
+            )
 
 
 def _origin(registration: Registration) -> str:

@@ -1,6 +1,6 @@
 """Helpers for testing sapo plugins, ours and third parties' alike (a pytest plugin, ``pytest11``).
 
-Fixtures:
+Fixtures (defined only where pytest is installed; the rest needs only sapo-core):
 
 * ``sapo_plugins``: a fresh plugin manager (entry points + built-ins) installed as the
   process's own for one test. ``sapo_plugins.register(plugin_or_module)`` adds a plugin until
@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
 
 from sapo_core import plugins as plugins_module
 from sapo_core.interfaces import (
@@ -51,7 +50,6 @@ from sapo_core.records import Completion, Group, Message, Problem, RoundPayload
 from sapo_core.seeding import derive_seed
 
 
-@pytest.fixture
 def sapo_plugins() -> Iterator[Plugins]:
     """A fresh `Plugins`, installed as the process's plugin manager for this test only."""
     previous = plugins_module._plugins
@@ -64,7 +62,6 @@ def sapo_plugins() -> Iterator[Plugins]:
         plugins_module._plugins = previous
 
 
-@pytest.fixture
 def sapo_cli(sapo_plugins: Plugins) -> Callable[..., Any]:
     """``sapo_cli("plugins", "--json")`` runs the CLI in-process and returns click's Result."""
     from click.testing import CliRunner
@@ -75,6 +72,15 @@ def sapo_cli(sapo_plugins: Plugins) -> Callable[..., Any]:
         return CliRunner().invoke(build_cli(), list(args), env=env, catch_exceptions=False)
 
     return invoke
+
+
+try:  # sapo-core does not depend on pytest: without it the checks below work, the fixtures do not exist
+    import pytest
+except ImportError:
+    pass
+else:  # the pytest11 entry point loads this module inside pytest: make the two functions fixtures
+    sapo_plugins = pytest.fixture(sapo_plugins)  # type: ignore[assignment]
+    sapo_cli = pytest.fixture(sapo_cli)  # type: ignore[assignment]
 
 
 def install_plugin(site: Path, dist: str, module: str, code: str, *, version: str = "1.0") -> Path:
