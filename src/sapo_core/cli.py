@@ -257,6 +257,10 @@ def tasks_show(name: str, seed: int, sets: tuple[str, ...], as_json: bool) -> No
     for message in problem.messages:
         click.echo(f"\n[{message.role}]\n{message.content}")
     click.echo(f"\n[answer]\n{json.dumps(problem.answer, ensure_ascii=False)}")
+    reference = getattr(task, "reference_answer", None)
+    if callable(reference):  # optional on a task: the answer text its verifier scores
+        answer = reference(problem)
+        click.echo(f"\n[score of the reference answer {answer!r}]\n{task.verify(problem, answer)}")
 
 
 @click.command()

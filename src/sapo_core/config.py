@@ -44,6 +44,7 @@ import attrs
 
 from sapo_core import redaction
 from sapo_core.errors import ConfigError
+from sapo_core.tasks.presets import PRESETS
 
 __all__ = [
     "SECTIONS",
@@ -135,6 +136,16 @@ def _task_weights(instance: Any, attribute: Any, value: tuple[float, ...]) -> No
         )
 
 
+_DEFAULT_TASKS = ("arithmetic",)
+
+
+def _preset(instance: Any, attribute: Any, value: str) -> None:
+    if value and value not in PRESETS:
+        close = difflib.get_close_matches(value, PRESETS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown preset {value!r}.{hint} Choose one of: {', '.join(PRESETS)}", attribute)
+
+
 def _band(instance: Any, attribute: Any, value: tuple[float, ...]) -> None:
     if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value):
         raise ValueError("must be two numbers [low, high]", attribute)
@@ -198,7 +209,7 @@ class InferenceSettings:
 class TasksSettings:
     """``[tasks]``: which problems a round draws. ``[tasks.<task>]`` tables hold each task's settings."""
 
-    names: tuple[str, ...] = attrs.field(default=("arithmetic",), converter=tuple, validator=_task_names)
+    names: tuple[str, ...] = attrs.field(default=_DEFAULT_TASKS, converter=tuple, validator=_task_names)
     weights: tuple[float, ...] = attrs.field(default=(), converter=tuple, validator=_task_weights)  # empty: uniform
     problems_per_round: int = attrs.field(default=8, validator=_at_least(1))  # B: problems per round
     # Per-node difficulty that follows the model (sapo_core.curriculum): a task whose groups'
@@ -207,6 +218,17 @@ class TasksSettings:
     curriculum: bool = True
     curriculum_band: tuple[float, float] = attrs.field(default=(0.2, 0.8), converter=tuple, validator=_band)
     curriculum_window: int = attrs.field(default=8, validator=_at_least(1))  # groups seen at a level before it moves
+    # A named mix (sapo_core.tasks.presets, e.g. "sapo-paper"): its tasks, equally weighted, as tasks.names.
+    preset: str = attrs.field(default="", validator=_preset)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.preset:
+            return
+        names = PRESETS[self.preset]
+        if self.names not in (_DEFAULT_TASKS, names) or self.weights:
+            raise ValueError(f"tasks.preset = {self.preset!r} chooses the tasks and their weights; "
+                             "leave tasks.names and tasks.weights unset, or drop the preset")
+        object.__setattr__(self, "names", names)
 
 
 @attrs.frozen

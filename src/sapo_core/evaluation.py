@@ -25,10 +25,11 @@ from typing import Any
 import attrs
 
 from sapo_core.config import EvalSettings
+from sapo_core.contracts import checked_generation
 from sapo_core.interfaces import InferenceBackend, SamplingParams, Task
 from sapo_core.records import Completion, Problem
 from sapo_core.rewards import combine_rewards
-from sapo_core.contracts import checked_generation
+from sapo_core.sampling import generate_or_skip
 from sapo_core.seeding import derive_seed
 
 log = logging.getLogger("sapo.eval")
@@ -47,8 +48,10 @@ def eval_problems(tasks: Mapping[str, Task], names: Sequence[str], count: int, *
     problems = []
     for index in range(count):
         name = names[index % len(names)]
-        problems.append(tasks[name].generate(derive_seed(seed, "eval", name, per_task[name])))
+        problem = generate_or_skip(tasks[name], name, derive_seed(seed, "eval", name, per_task[name]))
         per_task[name] += 1
+        if problem is not None:
+            problems.append(problem)
     return problems
 
 

@@ -138,6 +138,8 @@ class Task(Protocol):
       assignments on its last line with any; countdown: its last expression); the
       ``correctness`` reward hands it to ``verify`` unless
       ``rewards.correctness.answer_tags = "require"``.
+    * Optional: ``reference_answer(problem) -> str``, the answer text ``verify`` scores 1.0;
+      ``sapo tasks show`` prints it with its score.
     """
 
     name: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
@@ -10,6 +11,7 @@ import attrs
 
 from sapo_core.config import SECTIONS, is_settings_class, settings_keys
 from sapo_core.errors import PluginError
+from sapo_core.tasks.presets import PLUGIN_PREFIXES
 
 #: Every kind of backend, with the words used for it in messages.
 KINDS: Mapping[str, str] = {
@@ -31,7 +33,8 @@ SHARED_SECTIONS: Mapping[str, tuple[str, ...]] = {
     "learner": ("train",),
 }
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# An optional "<namespace>:" groups a plugin's many names (sapo-reasoning-gym's "rg:arc_1d").
+_NAME = re.compile(r"^(?:[a-z0-9][a-z0-9_-]{0,15}:)?[a-z0-9][a-z0-9_.-]{0,63}$")
 
 Factory = Callable[[Any, Any], Any]
 
@@ -98,7 +101,7 @@ class Registry:
         if not _NAME.match(name):
             raise PluginError(
                 f"Plugin {registration.plugin!r} registered the {KINDS[kind]} name {name!r}: names are "
-                "1-64 lowercase letters, digits, '-', '_' or '.'"
+                "1-64 lowercase letters, digits, '-', '_' or '.', after an optional namespace such as 'rg:'"
             )
         if not callable(registration.factory):
             raise PluginError(f"Plugin {registration.plugin!r} registered {KINDS[kind]} {name!r} with a non-callable factory")
@@ -116,8 +119,20 @@ class Registry:
         try:
             return self._by_kind[kind][name]
         except KeyError:
-            choices = ", ".join(sorted(self._by_kind.get(kind, {}))) or "(none installed)"
-            raise PluginError(f"Unknown {KINDS.get(kind, kind)} {name!r}. Choose one of: {choices}") from None
+            raise PluginError(self._unknown(kind, name)) from None
+
+    def _unknown(self, kind: str, name: str) -> str:
+        known = sorted(self._by_kind.get(kind, {}))
+        what = f"Unknown {KINDS.get(kind, kind)} {name!r}."
+        for prefix, distribution in PLUGIN_PREFIXES.items():
+            if kind == "task" and name.startswith(prefix) and not any(k.startswith(prefix) for k in known):
+                return f"{what} {prefix} tasks come from a plugin: pip install {distribution}"
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.75)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        if len(known) > 20:  # reasoning-gym alone brings ~100 tasks: too many for one message
+            lister = "sapo tasks" if kind == "task" else "sapo plugins"
+            return f"{what}{hint} Choose one of the {len(known)} that `{lister}` lists"
+        return f"{what}{hint} Choose one of: {', '.join(known) or '(none installed)'}"
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._by_kind[kind])

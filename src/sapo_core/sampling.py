@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Mapping, Sequence
 
 from sapo_core.interfaces import Task
 from sapo_core.records import Group, Problem
 from sapo_core.seeding import derive_seed
+
+log = logging.getLogger("sapo.tasks")
 
 
 def sample_problems(
@@ -27,7 +30,19 @@ def sample_problems(
     names = list(tasks)
     rng = random.Random(derive_seed(seed, node, round, "problems"))
     picks = rng.choices(names, weights=list(weights) or None, k=count)
-    return [tasks[name].generate(derive_seed(seed, node, round, index)) for index, name in enumerate(picks)]
+    drawn = (generate_or_skip(tasks[name], name, derive_seed(seed, node, round, index)) for index, name in enumerate(picks))
+    return [problem for problem in drawn if problem is not None]
+
+
+def generate_or_skip(task: Task, name: str, seed: int) -> Problem | None:
+    """``task.generate(seed)``, or None with a warning when the task's generator raises for that seed
+    (a third-party generator can fail on some draws; the round goes on with one problem fewer)."""
+    try:
+        return task.generate(seed)
+    except Exception as exc:
+        log.warning("task %r could not generate the problem of seed %d, skipped: %s: %s",
+                    name, seed, type(exc).__name__, exc)
+        return None
 
 
 def select_groups(groups: Sequence[Group], count: int, rng: random.Random) -> list[Group]:

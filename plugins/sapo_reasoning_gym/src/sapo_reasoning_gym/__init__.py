@@ -1,0 +1,3 @@
+"""reasoning-gym's procedural datasets as sapo tasks: ``rg:<dataset>`` (see README.md)."""
+
+PREFIX = "rg:"
