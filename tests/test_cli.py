@@ -34,7 +34,7 @@ def test_plugins_table(sapo_cli):
 
 def test_tasks_list_and_show_are_deterministic(sapo_cli):
     listing = json.loads(sapo_cli("tasks", "--json").output)
-    assert [row["name"] for row in listing] == ["arithmetic", "countdown", "sat", "sort"]
+    assert [row["name"] for row in listing if row["distribution"] == "sapo-core"] == ["arithmetic", "countdown", "sat", "sort"]
     first = sapo_cli("tasks", "show", "arithmetic", "--seed", "7", "--json")
     again = sapo_cli("tasks", "show", "arithmetic", "--seed", "7", "--json")
     other = sapo_cli("tasks", "show", "arithmetic", "--seed", "8", "--json")
@@ -52,7 +52,7 @@ def test_tasks_show_takes_task_settings(sapo_cli):
     assert hard.exit_code == 0, hard.output
     assert json.loads(hard.output)["id"] != easy["id"]
     unknown = sapo_cli("tasks", "show", "nope")
-    assert unknown.exit_code == 1 and "Unknown task 'nope'. Choose one of: arithmetic" in unknown.output
+    assert unknown.exit_code == 1 and "Unknown task 'nope'. Choose one of" in unknown.output
 
 
 def test_config_shows_sources_and_redacts_secrets(sapo_cli, tmp_path):

@@ -228,8 +228,9 @@ def tasks(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    width = max((len(row["name"]) for row in rows), default=0)
     for row in rows:
-        click.echo(f"{row['name']:<12} {row['description']}  [{row['distribution']}]")
+        click.echo(f"{row['name']:<{width}}  {row['description']}  [{row['distribution']}]")
 
 
 @tasks.command(name="show")
