@@ -52,7 +52,8 @@ class ReasoningGymTask:
         self.description = f"reasoning-gym {dataset}"
         self._data = self._build(entry)
         self._items: OrderedDict[int, dict[str, Any]] = OrderedDict()
-        self._siblings: dict[int, ReasoningGymTask] = {}
+        # One task per level, shared by all of them: a peer's problem at any level reuses its dataset.
+        self._siblings: dict[int, ReasoningGymTask] = {settings.level: self}
 
     def _build(self, entry: dict[str, Any]) -> Any:
         factory = _reasoning_gym()
@@ -78,8 +79,7 @@ class ReasoningGymTask:
                     raise ConfigError(f"{where}.level = {level} sets {', '.join(pinned)} from reasoning-gym's "
                                       "curriculum; leave them unset, or set level = 0 to configure them yourself")
                 curriculum = factory.create_curriculum(self.dataset)
-                defaults = {k: v for k, v in kwargs.items() if k not in entry["curriculum_keys"]}
-                config = catalog.config_at(curriculum, level, {**defaults, "seed": 0, "size": self.size})
+                config = catalog.config_at(curriculum, level, {**kwargs, "seed": 0, "size": self.size})
             else:
                 config = config_cls(seed=0, size=self.size, **kwargs)
             return dataset_cls(config=config)
@@ -93,7 +93,9 @@ class ReasoningGymTask:
     @property
     def level(self) -> int | None:
         """The curriculum level (None with level 0 or no curriculum: sapo's curriculum leaves it)."""
-        return self.settings.level or None if self.max_level else None
+        if not self.max_level or not self.settings.level:
+            return None
+        return int(self.settings.level)
 
     def at_level(self, level: int) -> ReasoningGymTask:
         """The same dataset at another curriculum level (1..max_level)."""
@@ -102,10 +104,10 @@ class ReasoningGymTask:
         return self._at(level)
 
     def _at(self, level: int) -> ReasoningGymTask:
-        if level == self.settings.level:
-            return self
         if level not in self._siblings:
-            self._siblings[level] = ReasoningGymTask(self.dataset, attrs.evolve(self.settings, level=level))
+            sibling = ReasoningGymTask(self.dataset, attrs.evolve(self.settings, level=level))
+            sibling._siblings = self._siblings
+            self._siblings[level] = sibling
         return self._siblings[level]
 
     def item(self, seed: int) -> dict[str, Any]:
