@@ -5,32 +5,32 @@
 #   bash bench/gpu_learning.sh collect RESULTS OUT [SECONDS]  wait up to SECONDS for it, then put the table,
 #                                                         the plot and every run's metrics (tar.gz) in OUT
 # The runs: the recipe (defaults) on each built-in task at its default difficulty, 3 seeds, 60 rounds of
-# 8 problems x 8 completions x 128 tokens (bench/learning.py --preset gpu), and the same at temperature
-# 1.0 (the default before 2026-12-02) on arithmetic, 3 seeds: 15 processes, one torch thread each, on one GPU.
-# sapo-core and sapo-local must be importable (wheels in PYTHONPATH: see RECIPES.md).
+# 8 problems x 8 completions x 128 tokens (bench/learning.py --preset gpu), and the same on the SAPO paper's
+# mix (tasks.preset=sapo-paper, 144 held-out problems: 16 per task), 3 seeds: 15 processes, one torch thread
+# each, on one GPU. sapo-core, sapo-local and sapo-reasoning-gym must be importable (wheels in PYTHONPATH:
+# see RECIPES.md).
 set -uo pipefail
 py=${PYTHON:-python3}
+runs=(--preset gpu --rounds "${ROUNDS:-60}" --seeds 0,1,2 --tasks "${TASKS:-arithmetic,countdown,sat,sort,preset:sapo-paper}"
+      --variant recipe: --variant 'paper:eval.problems=144' --only 'recipe/[!p]*' --only 'paper/preset:*')
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 case "${1:?usage: start MODEL RESULTS | collect RESULTS OUT [SECONDS]}" in
 start)
   model=${2:?model} results=${3:?results}
   mkdir -p "$results"
   "$py" -c 'import sys, torch; from sapo_local.models import load_model; load_model(sys.argv[1], device=torch.device("cpu"), dtype=torch.float32)' "$model" || exit 1
-  setsid nohup "$py" bench/learning.py --preset gpu --rounds "${ROUNDS:-60}" --seeds 0,1,2 --jobs 15 --threads 1 \
-    --tasks "${TASKS:-arithmetic,countdown,sat,sort}" --set "model.name=$model" --set checkpoint.every=1000 \
-    --variant recipe: --variant 't1:inference.temperature=1.0' \
-    --only 'recipe/*' --only 't1/arithmetic' \
-    --out "$results" > "$results/bench.log" 2>&1 < /dev/null &
+  setsid nohup "$py" bench/learning.py "${runs[@]}" --jobs 15 --threads 1 \
+    --set "model.name=$model" --set checkpoint.every=1000 --out "$results" > "$results/bench.log" 2>&1 < /dev/null &
   sleep 5
   nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
   ;;
 collect)
   results=${2:?results} out=${3:?out} wait=${4:-0}
+  # A machine that went back between calls comes up bare: say so at once rather than wait for nothing.
+  [ -f "$results/bench.log" ] || { echo "no run in $results: this machine is a fresh one; start again" >&2; exit 3; }
   end=$((SECONDS + wait))
   while [ $SECONDS -lt $end ] && ! grep -q "^results:" "$results/bench.log" 2>/dev/null; do sleep 10; done
-  "$py" bench/learning.py --report-only --preset gpu --rounds "${ROUNDS:-60}" --seeds 0,1,2 \
-    --tasks "${TASKS:-arithmetic,countdown,sat,sort}" --variant recipe: --variant 't1:inference.temperature=1.0' \
-    --only 'recipe/*' --only 't1/arithmetic' --out "$results" --partial > /dev/null 2>&1
+  "$py" bench/learning.py --report-only "${runs[@]}" --out "$results" --partial > /dev/null 2>&1
   cp "$results"/learning.md "$results"/learning.json "$results"/learning.png "$out"/ 2>/dev/null
   tail -c 4000 "$results/bench.log" > "$out/bench.log"
   (cd "$results" && tar czf "$out/runs.tgz" --exclude='checkpoints' --exclude='eval_iter_*' --exclude='eval_start.json' .)

@@ -15,6 +15,10 @@ issue 12 hold (rise >= 0.2, no seed more than 0.1 below its best, no 5-round no-
     python bench/learning.py --tasks arithmetic,sort --seeds 0,1,2 --rounds 60 --jobs 12 \\
         --set model.name=/tmp/m/SmolLM2-135M-Instruct.Q4_1.gguf --set eval.every=10
     python bench/learning.py --variant 'ungated:rewards.gate=;tasks.curriculum=false' ...
+    python bench/learning.py --tasks preset:sapo-paper --set eval.problems=144 ...
+
+A task ``preset:<name>`` is one run on the mix (``tasks.preset``, `sapo_core.tasks.presets`),
+reported as a row for the mix and one per task in it, from the evaluation's per-task pass@1.
 
 Small settings run on the CPU (``--preset cpu``); ``--preset gpu`` is 8 problems x 8
 completions x 128 tokens with the static cache.
@@ -36,6 +40,7 @@ from typing import Any
 import attrs
 
 from sapo_core import rundir
+from sapo_core.tasks.presets import PRESETS as TASK_MIXES
 
 PRESETS = {
     "cpu": ["tasks.problems_per_round=4", "inference.num_completions=8", "inference.max_new_tokens=48",
@@ -54,9 +59,16 @@ class Job:
     sets: tuple[str, ...]
     folder: Path
 
+    @property
+    def preset(self) -> str | None:
+        """The mix's name for a task ``preset:<name>``, else None."""
+        kind, _, name = self.task.partition(":")
+        return name if kind == "preset" else None
+
     def command(self, rounds: int) -> list[str]:
+        tasks = f"tasks.preset={self.preset}" if self.preset else f'tasks.names=["{self.task}"]'
         command = [sys.executable, "-m", "sapo_core", "run", "--rounds", str(rounds), "--run-dir", str(self.folder),
-                   "--set", f'tasks.names=["{self.task}"]', "--set", f"run.seed={self.seed}",
+                   "--set", tasks, "--set", f"run.seed={self.seed}",
                    "--set", "eval.at_start=true", "--set", "run.experiment=learning"]
         for item in self.sets:
             command += ["--set", item]
@@ -74,9 +86,11 @@ class Outcome:
     seconds: float
 
     @classmethod
-    def read(cls, folder: Path) -> Outcome:
+    def read(cls, folder: Path, task: str | None = None) -> Outcome:
+        """The run's outcome; with ``task``, its held-out pass@1 on that task of a mix."""
         lines = rundir.read_metrics(folder)
-        evals = tuple((int(line["round"]), float(line["eval/pass@1"])) for line in lines if "eval/pass@1" in line)
+        key = f"eval/pass@1/{task}" if task else "eval/pass@1"
+        evals = tuple((int(line["round"]), float(line[key])) for line in lines if key in line)
         rounds = [line for line in lines if line.get("round", -1) >= 0]
         streak = longest = 0
         for line in rounds:
@@ -246,7 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("runs") / "learning" / rundir.timestamp()
     variants = parse_variants(args.variant)
     common = (*PRESETS[args.preset], *args.sets)
-    jobs = [Job(variant, task, int(seed), (*common, *sets), out / variant / task / f"seed{seed}")
+    for task in args.tasks.split(","):
+        if task.startswith("preset:") and task.removeprefix("preset:") not in TASK_MIXES:
+            raise SystemExit(f"--tasks {task}: no such preset; choose one of {', '.join(TASK_MIXES)}")
+    jobs = [Job(variant, task, int(seed), (*common, *sets), out / variant / task.replace(":", "-") / f"seed{seed}")
             for variant, sets in variants.items() for task in args.tasks.split(",") for seed in args.seeds.split(",")
             if not args.only or any(fnmatch.fnmatchcase(f"{variant}/{task}", pattern) for pattern in args.only)]
     command = " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
@@ -255,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for job in jobs:
         if finished(job.folder, args.rounds) or (args.partial and has_evaluations(job.folder)):
             outcomes.setdefault((job.variant, job.task), []).append(Outcome.read(job.folder))
+            for task in TASK_MIXES.get(job.preset or "", ()):
+                outcomes.setdefault((job.variant, f"{task} ({job.preset})"), []).append(Outcome.read(job.folder, task))
     rows = summarise(outcomes)
     text = markdown(rows, f"python {command}")
     out.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,8 @@ TASKS = {task.name: task for task in (ArithmeticTask, SortTask, SatTask, Countdo
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m", help="model.name: the bundled model, a path or random:")
-    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated built-in tasks")
+    parser.add_argument("--tasks", default=",".join(TASKS),
+                        help="comma-separated task names (any registered task, e.g. rg:bf) or preset:<mix>")
     parser.add_argument("--levels", default="1,default", help="comma-separated ladder levels; 'default': the task's own")
     parser.add_argument("--temperatures", default="0.7,1.0")
     parser.add_argument("--problems", type=int, default=8)
@@ -56,6 +57,28 @@ def levels_of(task: object, spec: str) -> list[int]:
     variants, default = task_variants(task), task_level(task)  # type: ignore[arg-type]
     chosen = [default if part == "default" else int(part) for part in spec.split(",") if part]
     return sorted({level for level in chosen if level in variants})
+
+
+def task_names(spec: str) -> list[str]:
+    """``--tasks``: names, with ``preset:<mix>`` expanded to the mix's tasks."""
+    from sapo_core.tasks.presets import PRESETS
+
+    names: list[str] = []
+    for part in filter(None, spec.split(",")):
+        names += PRESETS[part.removeprefix("preset:")] if part.startswith("preset:") else [part]
+    return names
+
+
+def build_task(name: str) -> object:
+    """A built-in task with its default settings, or any registered task (a plugin's) with its own."""
+    if name in TASKS:
+        return TASKS[name]()
+    from sapo_core.config import structure
+    from sapo_core.plugins import get_plugins
+
+    registration = get_plugins().registry.get("task", name)
+    settings = structure(registration.settings, {}, where=f"tasks.{name}") if registration.settings else None
+    return registration.factory(settings, BackendContext())
 
 
 def measure(backend: object, task: object, scorer: CorrectnessReward, args: argparse.Namespace,
@@ -102,12 +125,14 @@ def main(argv: list[str] | None = None) -> None:
     print("| task | level | temperature | correctness | tagged | read untagged | truncated | groups with signal |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
-    for name in args.tasks.split(","):
-        base = TASKS[name]()
+    for name in task_names(args.tasks):
+        base = build_task(name)
         variants = task_variants(base)
-        for level in levels_of(base, args.levels):
-            task = variants[level]
-            scorer = CorrectnessReward(BackendContext(tasks={name: task}))
+        # A task off its ladder (a plugin's at its configured settings) is measured as it is, as level "default".
+        levels = levels_of(base, args.levels) or (["default"] if "default" in args.levels.split(",") else [])
+        for level in levels:
+            task = variants.get(level, base) if isinstance(level, int) else base
+            scorer = CorrectnessReward(BackendContext(tasks={name: task}))  # type: ignore[dict-item]
             for temperature in map(float, args.temperatures.split(",")):
                 row = {"task": name, "level": level, "temperature": temperature,
                        **measure(backend, task, scorer, args, temperature)}

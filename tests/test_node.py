@@ -573,3 +573,47 @@ def test_with_the_curriculum_off_the_configured_difficulty_is_trained_on(tmp_pat
 def test_a_gate_that_names_no_weighted_reward_is_an_error(tmp_path, sapo_plugins, backends):
     with pytest.raises(ConfigError, match="rewards.gate = 'corectness' is not one of the weighted rewards"):
         Node.from_config(config(tmp_path, "rewards.gate=corectness"), sapo_plugins)
+
+
+def test_dynamic_sampling_tops_up_the_groups_with_a_signal(tmp_path, sapo_plugins, backends):
+    # Two completions per coin-flip problem: half the groups agree and teach nothing.
+    sets = ["run.rounds=3", "inference.num_completions=2", "tasks.curriculum=false"]
+    Node.from_config(config(tmp_path / "off", *sets), sapo_plugins).run()
+    off = metrics_lines(tmp_path / "off")
+    backends.learners.clear()
+    backends.oracles.clear()
+    Node.from_config(config(tmp_path / "on", *sets, "tasks.resample=4"), sapo_plugins).run()
+    on = metrics_lines(tmp_path / "on")
+    trained = json.loads((run_dir(tmp_path / "on") / "checkpoints" / "round-000002" / "recorder.json").read_text())
+    for before, after, entry in zip(off, on, trained):
+        # The first batch is the same draw, and the metrics that describe the model are its own.
+        assert after["reward/mean"] == before["reward/mean"]
+        assert after["groups/no_signal"] == before["groups/no_signal"]
+        assert before["groups/trained_local"] == 6 - before["groups/no_signal"]
+        assert 1 <= after["inference/extra_batches"] <= 4
+        assert after["groups/local"] == 6 + after["groups/resampled"]
+        # Extra batches add groups with a signal until the round has problems_per_round of them.
+        assert after["groups/trained_local"] == min(6, before["groups/trained_local"] + after["groups/resampled"])
+        ids = [problem for _, problem in entry["groups"]]
+        assert len(set(ids)) == len(ids)  # every extra problem is a new one
+    assert sum(line["groups/trained_local"] for line in on) > sum(line["groups/trained_local"] for line in off)
+    assert sum(line["groups/trained_local"] == 6 for line in on) >= 2
+    backends.learners.clear()
+    backends.oracles.clear()
+    Node.from_config(config(tmp_path / "again", *sets, "tasks.resample=4"), sapo_plugins).run()
+    assert [line["groups/resampled"] for line in metrics_lines(tmp_path / "again")] == [
+        line["groups/resampled"] for line in on]
+
+
+def test_dynamic_sampling_draws_more_only_for_rounds_short_of_a_signal(tmp_path, sapo_plugins, backends):
+    sets = ["run.rounds=4", "inference.num_completions=4", "tasks.curriculum=false"]
+    Node.from_config(config(tmp_path / "off", *sets), sapo_plugins).run()
+    calls_without = backends.oracles.pop("node-0").calls
+    backends.learners.clear()
+    Node.from_config(config(tmp_path / "on", *sets, "tasks.resample=5"), sapo_plugins).run()
+    lines = metrics_lines(tmp_path / "on")
+    assert {line["groups/no_signal"] == 0 for line in lines} == {True, False}  # both kinds of round occur
+    for line in lines:
+        assert (line["inference/extra_batches"] == 0) == (line["groups/no_signal"] == 0)
+        assert line["groups/resampled"] <= line["groups/no_signal"]
+    assert backends.oracles["node-0"].calls == calls_without + sum(line["inference/extra_batches"] for line in lines)

@@ -220,6 +220,10 @@ class TasksSettings:
     curriculum_window: int = attrs.field(default=8, validator=_at_least(1))  # groups seen at a level before it moves
     # A named mix (sapo_core.tasks.presets, e.g. "sapo-paper"): its tasks, equally weighted, as tasks.names.
     preset: str = attrs.field(default="", validator=_preset)
+    # DAPO's dynamic sampling: while fewer than problems_per_round own groups have a learning
+    # signal, draw and generate up to this many more batches of new problems; their groups with a
+    # signal join the round's (metrics: inference/extra_batches, groups/resampled). 0: off.
+    resample: int = attrs.field(default=0, validator=_at_least(0))
 
     def __attrs_post_init__(self) -> None:
         if not self.preset:

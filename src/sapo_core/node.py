@@ -401,41 +401,24 @@ class Node:
         start = time.perf_counter()
         metrics: dict[str, Any] = {"round": round, "node": self.context.node, "time": time.time()}
         with timer.phase("generate"):
-            problems = sample_problems(
-                self.curriculum.tasks() if self.curriculum is not None else self.tasks,
-                config.tasks.weights,
-                config.tasks.problems_per_round,
-                seed=config.run.seed,
-                node=self.context.node,
-                round=round,
-            )
-            params = SamplingParams(
-                temperature=config.inference.temperature,
-                top_p=config.inference.top_p,
-                top_k=config.inference.top_k,
-                max_new_tokens=config.inference.max_new_tokens,
-                seed=derive_seed(config.run.seed, self.context.node, round, "sampling"),
-            )
-            outputs = checked_generation(self.inference_label(), problems, config.inference.num_completions,
-                                         self.inference.generate(problems, config.inference.num_completions, params))
+            problems, outputs = self.generate(round)
         with timer.phase("score"):
-            complete = [(p, c) for p, c in zip(problems, outputs) if len(c) >= config.inference.num_completions]
-            scored = [self.score_functions(p, c[: config.inference.num_completions]) for p, c in complete]
-            local = [
-                self.group(p, c[: config.inference.num_completions], parts, node=self.context.node)
-                for (p, c), parts in zip(complete, scored)
-            ]
-        metrics["inference/dropped_problems"] = len(problems) - len(complete)
-        tokens = [c.num_tokens for group in local for c in group.completions if c.num_tokens is not None]
-        if tokens and timer.seconds.get("generate"):
-            # A backend's own round_metrics() with these keys, merged below, takes precedence.
-            metrics["inference/tokens"] = sum(tokens)
-            metrics["inference/tokens_per_second"] = sum(tokens) / timer.seconds["generate"]
+            local, scored = self.score_batch(problems, outputs)
+        metrics["inference/dropped_problems"] = len(problems) - len(local)
+        tokens = completion_tokens([group.completions for group in local])
+        # Reward, completion and curriculum metrics describe the first batch: the model's own draw.
         metrics.update(self.reward_metrics(local))
         metrics.update(self.function_metrics(scored))
         metrics.update(completion_metrics(local))
         if self.curriculum is not None:
             metrics.update(self.follow_curriculum(local, scored))
+        if config.tasks.resample:
+            extra, extra_tokens = self.resample(round, local, timer, metrics)
+            local, tokens = local + extra, tokens + extra_tokens
+        if tokens and timer.seconds.get("generate"):
+            # A backend's own round_metrics() with these keys, merged below, takes precedence.
+            metrics["inference/tokens"] = sum(tokens)
+            metrics["inference/tokens_per_second"] = sum(tokens) / timer.seconds["generate"]
 
         external: list[Group] = []
         if self.transport.shared:
@@ -472,6 +455,59 @@ class Node:
         metrics.update({f"time/{name}": value for name, value in timer.seconds.items()})
         metrics["time/round"] = time.perf_counter() - start
         return metrics
+
+    def generate(self, round: int, attempt: int = 0) -> tuple[list[Problem], list[list[Completion]]]:
+        """The round's problems (batch ``attempt``: 0, then dynamic sampling's) and their completions."""
+        assert self.inference is not None
+        config = self.config
+        problems = sample_problems(
+            self.curriculum.tasks() if self.curriculum is not None else self.tasks,
+            config.tasks.weights,
+            config.tasks.problems_per_round,
+            seed=config.run.seed,
+            node=self.context.node,
+            round=round,
+            attempt=attempt,
+        )
+        params = SamplingParams(
+            temperature=config.inference.temperature,
+            top_p=config.inference.top_p,
+            top_k=config.inference.top_k,
+            max_new_tokens=config.inference.max_new_tokens,
+            seed=derive_seed(config.run.seed, self.context.node, round, "sampling", *([attempt] if attempt else [])),
+        )
+        n = config.inference.num_completions
+        return problems, checked_generation(self.inference_label(), problems, n, self.inference.generate(problems, n, params))
+
+    def score_batch(self, problems: Sequence[Problem], outputs: Sequence[Sequence[Completion]],
+                    ) -> tuple[list[Group], list[dict[str, list[float]]]]:
+        """The groups of the problems that got all their completions, and each one's scores per reward."""
+        n = self.config.inference.num_completions
+        complete = [(p, c[:n]) for p, c in zip(problems, outputs) if len(c) >= n]
+        scored = [self.score_functions(p, c) for p, c in complete]
+        return [self.group(p, c, parts, node=self.context.node) for (p, c), parts in zip(complete, scored)], scored
+
+    def resample(self, round: int, local: Sequence[Group], timer: Timer, metrics: dict[str, Any]) -> tuple[list[Group], list[int]]:
+        """DAPO's dynamic sampling: while fewer than problems_per_round own groups have a learning
+        signal, up to ``tasks.resample`` more batches of new problems; the groups with a signal they
+        add (up to that count in all), and the tokens generated for them."""
+        wanted = self.config.tasks.problems_per_round - sum(not group.no_signal for group in local)
+        extra: list[Group] = []
+        tokens: list[int] = []
+        batches = 0
+        while wanted > 0 and batches < self.config.tasks.resample:
+            batches += 1
+            with timer.phase("generate"):
+                problems, outputs = self.generate(round, attempt=batches)
+            with timer.phase("score"):
+                groups, _ = self.score_batch(problems, outputs)
+            useful = [group for group in groups if not group.no_signal][:wanted]
+            extra += useful
+            wanted -= len(useful)
+            tokens += completion_tokens(outputs)
+        metrics["inference/extra_batches"] = batches
+        metrics["groups/resampled"] = len(extra)
+        return extra, tokens
 
     def follow_curriculum(self, local: Sequence[Group], scored: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, float]:
         """Tell the curriculum how this round's own groups did; ``curriculum/<task>/level`` (this
@@ -790,6 +826,11 @@ def check_gate(config: Config) -> None:
             f"rewards.gate = {gate!r} is not one of the weighted rewards ({', '.join(weighted)}). "
             'Name the verifier among them, or set rewards.gate = "" for no gate.'
         )
+
+
+def completion_tokens(outputs: Sequence[Sequence[Completion]]) -> list[int]:
+    """The token count of every completion that reports one."""
+    return [c.num_tokens for completions in outputs for c in completions if c.num_tokens is not None]
 
 
 def completion_metrics(groups: Sequence[Group]) -> dict[str, float]:

@@ -21,16 +21,20 @@ def sample_problems(
     seed: int,
     node: str,
     round: int,
+    attempt: int = 0,
 ) -> list[Problem]:
-    """``count`` problems from the task mix, a pure function of (seed, node, round).
+    """``count`` problems from the task mix, a pure function of (seed, node, round, attempt).
 
     Nodes draw different problems (the node is part of the seed) and a node that re-runs a
-    round (after a crash) draws the same ones again.
+    round (after a crash) draws the same ones again. ``attempt`` > 0 is a further batch of the
+    same round (dynamic sampling), with problems of its own.
     """
     names = list(tasks)
-    rng = random.Random(derive_seed(seed, node, round, "problems"))
+    extra = ("resample", attempt) if attempt else ()
+    rng = random.Random(derive_seed(seed, node, round, "problems", *extra))
     picks = rng.choices(names, weights=list(weights) or None, k=count)
-    drawn = (generate_or_skip(tasks[name], name, derive_seed(seed, node, round, index)) for index, name in enumerate(picks))
+    drawn = (generate_or_skip(tasks[name], name, derive_seed(seed, node, round, *extra, index))
+             for index, name in enumerate(picks))
     return [problem for problem in drawn if problem is not None]
 
 

@@ -111,5 +111,30 @@ def test_learning_signal(tmp_path):
               "--out", str(tmp_path / "signal.json"), tmp_path=tmp_path)
     assert "| task | level | temperature | correctness |" in out
     rows = json.loads((tmp_path / "signal.json").read_text())["rows"]
-    assert [(row["task"], row["level"]) for row in rows] == [("sort", 1), ("sort", 3), ("arithmetic", 1), ("arithmetic", 2)]
+    assert [(row["task"], row["level"]) for row in rows] == [("sort", 1), ("sort", 2), ("arithmetic", 1)]  # arithmetic defaults to level 1
     assert all(0 <= row[key] <= 1 for row in rows for key in ("correctness", "tagged", "truncated", "groups_with_signal"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sapo_reasoning_gym") is None,
+                    reason="the preset's tasks come from sapo-reasoning-gym (scripts/setup.sh installs it)")
+def test_learning_on_a_task_and_on_the_paper_preset(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    import shapes
+    from sapo_core.tasks.presets import PRESETS
+
+    folder = shapes.shape_folder("tiny", tmp_path)
+    out_dir = tmp_path / "learning"
+    run("learning.py", "--tasks", "arithmetic,preset:sapo-paper", "--seeds", "0", "--rounds", "1", "--jobs", "2",
+        "--set", f"model.name=random:{folder}", "--set", "tasks.problems_per_round=2",
+        "--set", "inference.num_completions=2", "--set", "inference.max_new_tokens=4",
+        "--set", "eval.problems=9", "--set", "eval.every=1", "--set", "checkpoint.every=1000",
+        "--out", str(out_dir), tmp_path=tmp_path)
+    rows = {row["task"]: row for row in json.loads((out_dir / "learning.json").read_text())["rows"]}
+    paper = PRESETS["sapo-paper"]
+    assert set(rows) == {"arithmetic", "preset:sapo-paper", *(f"{task} (sapo-paper)" for task in paper)}
+    assert (out_dir / "recipe" / "preset-sapo-paper" / "seed0" / "metrics.jsonl").exists()
+    # The mix's evaluation is one problem per task here: each task's row is that problem's pass@1.
+    for task in paper:
+        assert [len(curve) for curve in rows[f"{task} (sapo-paper)"]["curves"]] == [2]  # before and after round 0
+        assert all(value in (0.0, 1.0) for _, value in rows[f"{task} (sapo-paper)"]["curves"][0])
+    assert "| recipe | preset:sapo-paper | 1 |" in (out_dir / "learning.md").read_text()

@@ -2,7 +2,12 @@
 
 A clause is a tuple of nonzero ints, DIMACS style: ``3`` is x3, ``-3`` is NOT x3. Generation
 draws a random assignment first and only emits clauses it satisfies, so every instance is
-satisfiable. Scoring: 1.0 when every clause is satisfied; otherwise ``partial_weight`` times
+satisfiable. A sparse formula has many solutions: at 5 variables and 10 clauses a third of all
+assignments solve it, so a model that answers one fixed assignment to every problem scores
+pass@1 0.33 without reading a clause (measured on the H200, docs/benchmarks.md). So the
+generator redraws the clauses until the formula has at most ``max_solutions`` solutions
+(default 1: the planted one is the only one, and a guess is right 1 in 2^num_vars times).
+Scoring: 1.0 when every clause is satisfied; otherwise ``partial_weight`` times
 the fraction of satisfied clauses. Variables the answer leaves out are unassigned and make
 both of their literals false. An answer that is not a clean list of assignments (see
 `parse_assignment`), or gives one variable two different values (hedging), scores 0.0.
@@ -22,6 +27,10 @@ from sapo_core.tasks.levels import OnLadder
 
 #: Longer answers are refused unread.
 MAX_ANSWER_CHARS = 8192
+#: Solutions are counted (for ``max_solutions``) only up to this many variables: 2^20 bits a clause.
+MAX_COUNTED_VARS = 20
+#: Clause sets drawn per problem at most, looking for one with few enough solutions.
+MAX_DRAWS = 200
 
 # An answer read token by token: an assignment ("x3=1", "X3 : true", "x3=F"), separators, or
 # any other character, which makes it no clean assignment list. Every alternative either
@@ -48,10 +57,14 @@ class SatSettings:
     )
     #: Number of clauses.
     num_clauses: int = attrs.field(
-        default=10, validator=[attrs.validators.instance_of(int), attrs.validators.in_(range(1, 10001))]
+        default=22, validator=[attrs.validators.instance_of(int), attrs.validators.in_(range(1, 10001))]
     )
     #: Literals per clause, over distinct variables (at most num_vars).
     k: int = attrs.field(default=3, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)])
+    #: Redraw the clauses until the formula has at most this many solutions (0: no limit).
+    #: Counted exhaustively, so only for num_vars <= MAX_COUNTED_VARS; after MAX_DRAWS draws
+    #: without success the formula with the fewest solutions is kept.
+    max_solutions: int = attrs.field(default=1, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)])
     #: Weight of partial credit: a random assignment satisfies 7/8 of 3-SAT clauses on
     #: average, so a value below 1 widens the gap to a full solution.
     partial_weight: float = attrs.field(default=1.0, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
@@ -115,13 +128,14 @@ class SatTask(OnLadder):
     name = "sat"
     description = "Find a satisfying assignment of a random k-SAT formula (partial credit per clause)."
 
-    #: The curriculum's levels: more variables and clauses; the default settings are level 3.
+    #: The curriculum's levels: more variables, and clauses enough that with max_solutions=1 a
+    #: tenth to a third of the draws have a unique solution; the default settings are level 3.
     ladder = (
-        {"num_vars": 3, "num_clauses": 3, "k": 2},
-        {"num_vars": 4, "num_clauses": 6, "k": 3},
-        {"num_vars": 5, "num_clauses": 10, "k": 3},
-        {"num_vars": 8, "num_clauses": 20, "k": 3},
-        {"num_vars": 12, "num_clauses": 40, "k": 3},
+        {"num_vars": 3, "num_clauses": 6, "k": 2},
+        {"num_vars": 4, "num_clauses": 14, "k": 3},
+        {"num_vars": 5, "num_clauses": 22, "k": 3},
+        {"num_vars": 8, "num_clauses": 40, "k": 3},
+        {"num_vars": 12, "num_clauses": 65, "k": 3},
     )
 
     def __init__(self, settings: SatSettings | None = None) -> None:
@@ -131,15 +145,7 @@ class SatTask(OnLadder):
         s = self.settings
         rng = random.Random(seed)
         planted = [rng.random() < 0.5 for _ in range(s.num_vars)]
-        clauses = []
-        for _ in range(s.num_clauses):
-            variables = sorted(rng.sample(range(1, s.num_vars + 1), s.k))
-            clause = [v if rng.random() < 0.5 else -v for v in variables]
-            if not any((lit > 0) == planted[abs(lit) - 1] for lit in clause):
-                # Flip one literal so the planted assignment satisfies the clause.
-                i = rng.randrange(s.k)
-                clause[i] = -clause[i]
-            clauses.append(tuple(clause))
+        clauses = draw_formula(rng, planted, s)
         listing = "\n".join(format_clause(c) for c in clauses)
         example = format_assignment([i % 2 == 0 for i in range(min(s.num_vars, 3))])
         prompt = (
@@ -151,7 +157,7 @@ class SatTask(OnLadder):
         )
         return Problem(
             task=self.name,
-            id=f"{self.name}-{s.k}cnf-{s.num_vars}v{s.num_clauses}c-{seed}",
+            id=f"{self.name}-{s.k}cnf-{s.num_vars}v{s.num_clauses}c{_limit_tag(s)}-{seed}",
             messages=build_messages(prompt),
             answer=tuple(clauses),
             metadata={"num_vars": s.num_vars, "k": s.k, "planted": format_assignment(planted)},
@@ -170,6 +176,64 @@ class SatTask(OnLadder):
         if satisfied == len(clauses):
             return 1.0
         return self.settings.partial_weight * satisfied / len(clauses)
+
+
+def draw_clauses(rng: random.Random, planted: Sequence[bool], s: SatSettings) -> list[tuple[int, ...]]:
+    """``s.num_clauses`` random clauses of ``s.k`` distinct variables, each satisfied by ``planted``."""
+    clauses = []
+    for _ in range(s.num_clauses):
+        variables = sorted(rng.sample(range(1, s.num_vars + 1), s.k))
+        clause = [v if rng.random() < 0.5 else -v for v in variables]
+        if not any((lit > 0) == planted[abs(lit) - 1] for lit in clause):
+            # Flip one literal so the planted assignment satisfies the clause.
+            i = rng.randrange(s.k)
+            clause[i] = -clause[i]
+        clauses.append(tuple(clause))
+    return clauses
+
+
+def draw_formula(rng: random.Random, planted: Sequence[bool], s: SatSettings) -> list[tuple[int, ...]]:
+    """Clauses with at most ``s.max_solutions`` solutions if MAX_DRAWS draws find such; else the fewest."""
+    if not s.max_solutions or s.num_vars > MAX_COUNTED_VARS:
+        return draw_clauses(rng, planted, s)
+    best: tuple[int, list[tuple[int, ...]]] | None = None
+    for _ in range(MAX_DRAWS):
+        clauses = draw_clauses(rng, planted, s)
+        solutions = count_solutions(clauses, s.num_vars)
+        if solutions <= s.max_solutions:
+            return clauses
+        if best is None or solutions < best[0]:
+            best = (solutions, clauses)
+    assert best is not None
+    return best[1]
+
+
+def count_solutions(clauses: Sequence[Sequence[int]], num_vars: int) -> int:
+    """How many of the 2^num_vars assignments satisfy every clause.
+
+    Bit a of an integer stands for assignment a (variable v is true in it when bit v-1 of a
+    is set), so a literal is one 2^num_vars-bit mask and a clause the OR of its literals'
+    masks: a few big-integer operations per clause instead of a loop over assignments.
+    """
+    size = 1 << num_vars
+    everything = (1 << size) - 1
+    true_in = []
+    for v in range(num_vars):
+        half = 1 << v  # assignments repeat in blocks of 2 * half: half with v false, half true
+        block = ((1 << half) - 1) << half
+        true_in.append(block * (everything // ((1 << (2 * half)) - 1)))
+    satisfied = everything
+    for clause in clauses:
+        mask = 0
+        for lit in clause:
+            mask |= true_in[lit - 1] if lit > 0 else everything ^ true_in[-lit - 1]
+        satisfied &= mask
+    return satisfied.bit_count()
+
+
+def _limit_tag(s: SatSettings) -> str:
+    """``-u1`` in a problem id when solutions are limited, so peers with other limits get other ids."""
+    return f"-u{s.max_solutions}" if s.max_solutions and s.num_vars <= MAX_COUNTED_VARS else ""
 
 
 def _clauses(value: object) -> list[Sequence[int]] | None:
