@@ -361,3 +361,62 @@ def test_settings_that_are_no_attrs_class_or_dataclass_are_refused_at_registrati
     assert "plain" not in plugins.registry.names("inference")
     why = plugins.infos["plain_plugin"].hook_errors["register_inference"]
     assert "Plugin 'plain_plugin'" in why and "@attrs.frozen" in why
+
+
+def _observer(name: str, calls: list[str], **marks: bool) -> object:
+    from sapo_core import hookimpl
+
+    class Observer:
+        @hookimpl(**marks)
+        def round_finished(self, context, round, metrics):
+            calls.append(name)
+
+    return Observer()
+
+
+@pytest.fixture
+def no_installed_plugins(monkeypatch):
+    """Only sapo-core's built-ins: installed observers (sapo-gdrive's) stay out of the call order."""
+    monkeypatch.setenv("SAPO_LOAD_PLUGINS", "none-of-the-installed")
+
+
+def test_observers_are_called_in_pluggys_order_tryfirst_first_trylast_last(no_installed_plugins):
+    calls: list[str] = []
+    plugins = loaded()
+    plugins.register(_observer("last", calls, trylast=True), name="last")
+    plugins.register(_observer("plain-1", calls), name="plain-1")
+    plugins.register(_observer("first", calls, tryfirst=True), name="first")
+    plugins.register(_observer("plain-2", calls), name="plain-2")
+    plugins.notify("round_finished", context=None, round=0, metrics={})
+    assert calls == ["first", "plain-2", "plain-1", "last"]
+    calls.clear()
+    plugins.pm.hook.round_finished(context=None, round=0, metrics={})  # pluggy's own call, for reference
+    assert calls == ["first", "plain-2", "plain-1", "last"]
+
+
+def test_hook_call_monitoring_sees_every_plugin_call(no_installed_plugins):
+    seen: list[tuple[str, list[str]]] = []
+    plugins = loaded()
+    plugins.register(_observer("a", []), name="a")
+    plugins.register(_observer("b", []), name="b")
+    undo = plugins.pm.add_hookcall_monitoring(
+        lambda hook, impls, kwargs: seen.append((hook, [impl.plugin_name for impl in impls])),
+        lambda outcome, hook, impls, kwargs: None)
+    try:
+        plugins.notify("round_finished", context=None, round=3, metrics={})
+    finally:
+        undo()
+    assert seen == [("round_finished", ["b"]), ("round_finished", ["a"])]
+
+
+def test_sapo_trace_plugins_writes_each_hook_call_to_stderr(no_installed_plugins, monkeypatch, capsys):
+    monkeypatch.setenv("SAPO_TRACE_PLUGINS", "1")
+    plugins = loaded()
+    plugins.register(_observer("a", []), name="a")
+    plugins.notify("round_finished", context=None, round=7, metrics={"reward/mean": 0.5})
+    trace = capsys.readouterr().err
+    assert "round_finished [hook]" in trace and "round: 7" in trace and "'reward/mean': 0.5" in trace
+    assert trace.startswith("[sapo plugins]")
+    monkeypatch.delenv("SAPO_TRACE_PLUGINS")
+    loaded().notify("round_finished", context=None, round=7, metrics={})
+    assert "[sapo plugins]" not in capsys.readouterr().err

@@ -16,6 +16,7 @@ import difflib
 import importlib
 import logging
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
@@ -83,8 +84,12 @@ def _env_list(name: str) -> set[str] | None:
     return {item.strip() for item in value.split(",") if item.strip()}
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def _strict() -> bool:
-    return os.environ.get("SAPO_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
+    return _env_flag("SAPO_STRICT_PLUGINS")
 
 
 class Plugins:
@@ -93,6 +98,9 @@ class Plugins:
     def __init__(self, *, builtins: Iterable[str] = BUILTIN_PLUGINS) -> None:
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
+        if _env_flag("SAPO_TRACE_PLUGINS"):  # every hook call, its arguments and results, on stderr
+            self.pm.trace.root.setwriter(lambda text: sys.stderr.write(f"[sapo plugins] {text}"))
+            self.pm.enable_tracing()
         self.infos: dict[str, PluginInfo] = {}
         self._builtins = tuple(builtins)
         self._collected: _Collected | None = None
@@ -225,13 +233,13 @@ class Plugins:
         clashes: list[NameClashError] = []
         for hook_name, kind in REGISTRY_HOOKS.items():
             # Each plugin is called on its own so that one that raises loses only its own names.
-            for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            for impl in self._in_call_order(hook_name):
                 info = self.infos.get(impl.plugin_name)
                 if info is None or info.error:
                     continue
                 register = _Collector(kind, info)
                 try:
-                    impl.function(register=register)
+                    self._call(hook_name, impl, {"register": register})
                     registry.add(*register.registrations, clashes=clashes)
                 except Exception as exc:
                     why = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PluginError) else str(exc)
@@ -278,9 +286,9 @@ class Plugins:
         """The first answer other than None from the plugins implementing a hook (None if none
         answers); one that raises is reported and skipped, as in `notify`."""
         self.load()
-        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):  # pluggy's calling order
+        for impl in self._in_call_order(hook_name):
             try:
-                answer = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+                answer = self._call(hook_name, impl, kwargs)
             except Exception as exc:
                 if _strict():
                     raise PluginError(f"plugin {impl.plugin_name!r} failed in {hook_name}: {exc}") from exc
@@ -290,12 +298,25 @@ class Plugins:
                 return answer
         return None
 
+    def _in_call_order(self, hook_name: str) -> list[pluggy.HookImpl]:
+        """The hook's implementations in the order pluggy calls them: tryfirst ones first, trylast
+        ones last, the others last registered first."""
+        return list(reversed(getattr(self.pm.hook, hook_name).get_hookimpls()))
+
+    def _call(self, hook_name: str, impl: pluggy.HookImpl, kwargs: Mapping[str, Any]) -> Any:
+        """One plugin's implementation of a hook, through pluggy's executor, so that hook-call
+        monitoring (``pm.add_hookcall_monitoring``, SAPO_TRACE_PLUGINS) sees it. Each plugin is
+        called on its own so that one that raises costs only its own answer."""
+        results = self.pm._hookexec(hook_name, [impl], kwargs, False)  # pluggy 1.x's executor
+        assert isinstance(results, list)
+        return results[0] if results else None
+
     def notify(self, hook_name: str, **kwargs: Any) -> None:
         """Call a hook on every plugin, one at a time; one that raises is reported, not fatal."""
         self.load()
-        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+        for impl in self._in_call_order(hook_name):
             try:
-                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+                self._call(hook_name, impl, kwargs)
             except Exception as exc:
                 if _strict():
                     raise PluginError(f"plugin {impl.plugin_name!r} failed in {hook_name}: {exc}") from exc
