@@ -50,7 +50,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import attrs
 
-from sapo_core import records
+from sapo_core import names, records
 from sapo_core.errors import PayloadError
 from sapo_core.records import SCHEMA_VERSION, Completion, Group, Message, Problem, RoundPayload
 
@@ -86,7 +86,6 @@ ROLES: tuple[str, ...] = typing.get_args(records.Role)
 #: Allowed `Completion.finish_reason` values, from `records.FinishReason`.
 FINISH_REASONS: tuple[str, ...] = typing.get_args(records.FinishReason)
 
-_MAX_NAME_ID_CHARS = 64
 # Integers we accept for round / num_tokens: the range every JSON reader (JavaScript included)
 # represents exactly.
 _MAX_SAFE_INT = 2**53 - 1
@@ -101,15 +100,10 @@ _GZIP_IN = 1 << 16
 _GZIP_MAGIC = b"\x1f\x8b"
 
 _SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
-_NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]+", re.ASCII)
 # Control characters (C0, DEL, C1) and lone surrogates: never in names or labels.
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # Lone surrogates come from JSON escapes such as "\ud800"; they cannot be written back as UTF-8.
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
-# File names Windows refuses whatever the extension (nodes/<node>.json lands on synced folders).
-_WINDOWS_RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in range(10)] + [f"LPT{i}" for i in range(10)]
-)
 
 
 # ----------------------------------------------------------------------------------- limits
@@ -228,29 +222,9 @@ def _untrusted(fn: Callable[_P, _R]) -> Callable[_P, _R]:
 def _check_id(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise PayloadError(f"{what} must be a string, got {_json_type(value)}")
-
-    def bad(reason: str) -> NoReturn:
-        raise PayloadError(f"{_show(value)} is not a valid {what}: {reason}")
-
-    if not value:
-        bad("it is empty")
-    if len(value) > _MAX_NAME_ID_CHARS:
-        bad(f"it is {len(value)} characters long (at most {_MAX_NAME_ID_CHARS})")
-    for sep in ("/", "\\"):
-        if sep in value:
-            bad(f"it contains a path separator {sep!r}")
-    if _CONTROL_RE.search(value):
-        bad("it contains a control character")
-    if not _NODE_ID_RE.fullmatch(value):
-        bad("use only ASCII letters, digits, '.', '_' and '-'")
-    if value[0] in ".-":
-        bad(f"it starts with {value[0]!r}")
-    if ".." in value:
-        bad("it contains '..'")
-    if value.endswith("."):
-        bad("it ends with '.' (Windows drops trailing dots from file names)")
-    if value.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
-        bad("it is a reserved file name on Windows")
+    problem = names.id_problem(value)
+    if problem:
+        raise PayloadError(f"{_show(value)} is not a valid {what}: {problem}")
     return value
 
 

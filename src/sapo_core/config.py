@@ -43,6 +43,7 @@ from typing import Any, Literal
 import attrs
 
 from sapo_core import redaction
+from sapo_core.names import id_problem
 from sapo_core.errors import ConfigError
 from sapo_core.tasks.presets import PRESETS
 
@@ -103,12 +104,12 @@ def _one_of(choices: Sequence[str]) -> typing.Callable[[Any, Any, Any], None]:
     return _check(lambda v: v in choices, f"must be one of: {', '.join(choices)}")
 
 
-_NAME = re.compile(r"^(?![.-])(?!.*\.\.)[A-Za-z0-9._-]{1,64}$")
-# Experiment and node names become folder and file names on shared storage: no path tricks.
-_valid_name = _check(
-    lambda v: bool(_NAME.match(v)),
-    "must be 1-64 characters of A-Z a-z 0-9 . _ -, not starting with '.' or '-', without '..'",
-)
+def _valid_name(instance: Any, attribute: Any, value: Any) -> None:
+    """Experiment and node names become folder and file names on shared storage (`sapo_core.names`)."""
+    problem = id_problem(value) if isinstance(value, str) else "it is not a string"
+    if problem:
+        raise ValueError(f"{problem} (a name is 1-64 characters of A-Z a-z 0-9 . _ -, not starting with '.' or '-', "
+                         "without '..', not ending with '.', not a Windows device name such as CON or NUL)", attribute)
 _local_folder = _check(lambda v: bool(v.strip()) and "://" not in v, "must be a local folder (not empty, not a URL)")
 _local_folder_or_empty = _check(lambda v: "://" not in v, "must be a local folder (not a URL), or empty for automatic")
 

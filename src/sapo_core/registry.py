@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -11,6 +10,7 @@ import attrs
 
 from sapo_core.config import SECTIONS, is_settings_class, settings_keys
 from sapo_core.errors import PluginError
+from sapo_core.names import BACKEND_NAME_RULE, is_backend_name
 from sapo_core.tasks.presets import PLUGIN_PREFIXES
 
 #: Every kind of backend, with the words used for it in messages.
@@ -33,8 +33,6 @@ SHARED_SECTIONS: Mapping[str, tuple[str, ...]] = {
     "learner": ("train",),
 }
 
-# An optional "<namespace>:" groups a plugin's many names (sapo-reasoning-gym's "rg:arc_1d").
-_NAME = re.compile(r"^(?:[a-z0-9][a-z0-9_-]{0,15}:)?[a-z0-9][a-z0-9_.-]{0,63}$")
 
 Factory = Callable[[Any, Any], Any]
 
@@ -98,11 +96,9 @@ class Registry:
         kind, name = registration.kind, registration.name
         if kind not in KINDS:
             raise PluginError(f"Unknown backend kind {kind!r}. Choose one of: {', '.join(KINDS)}")
-        if not _NAME.match(name):
-            raise PluginError(
-                f"Plugin {registration.plugin!r} registered the {KINDS[kind]} name {name!r}: names are "
-                "1-64 lowercase letters, digits, '-', '_' or '.', after an optional namespace such as 'rg:'"
-            )
+        if not is_backend_name(name):
+            raise PluginError(f"Plugin {registration.plugin!r} registered the {KINDS[kind]} name {name!r}: names are "
+                              f"{BACKEND_NAME_RULE}")
         if not callable(registration.factory):
             raise PluginError(f"Plugin {registration.plugin!r} registered {KINDS[kind]} {name!r} with a non-callable factory")
         _check_settings(registration)
