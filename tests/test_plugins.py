@@ -243,10 +243,19 @@ def test_sapo_plugins_fixture_registers_for_one_test(sapo_plugins):
     sapo_plugins.register(Temporary(), name="temporary")
     assert get_plugins() is sapo_plugins
     assert "temporary" in get_plugins().registry.names("task")
+    _FIXTURE_MANAGERS.append(sapo_plugins)
+
+
+_FIXTURE_MANAGERS: list = []  # the manager the test above got, for the one below
 
 
 def test_fixture_registration_is_gone_in_the_next_test():
-    assert "temporary" not in loaded().registry.names("task")
+    from sapo_core.plugins import get_plugins
+
+    if not _FIXTURE_MANAGERS:
+        pytest.skip("runs after test_sapo_plugins_fixture_registers_for_one_test (pytest keeps file order)")
+    assert get_plugins() is not _FIXTURE_MANAGERS[-1]  # the process's manager was put back
+    assert "temporary" not in get_plugins().registry.names("task")
 
 
 # ------------------------------------------------------------- hooks without the marker

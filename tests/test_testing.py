@@ -39,3 +39,20 @@ def test_testing_imports_and_checks_work_without_pytest():
 def test_fixtures_are_fixtures_under_pytest(sapo_plugins, sapo_cli):
     assert sapo_cli("plugins", "--json").exit_code == 0
     assert "sapo-core:tasks" in sapo_plugins.infos
+
+
+def test_the_hash_reward_and_the_recording_learner(tmp_path):
+    from sapo_core.records import Completion
+    from sapo_core.testing import HashReward, RecordingLearner, check_reward, sample_problems
+
+    problem = sample_problems()[0]
+    texts = [f"completion {i}" for i in range(8)]
+    scores = check_reward(HashReward(), problem, texts)
+    assert len(set(scores)) > 1 and all(0 <= s <= 1 for s in scores)
+    assert HashReward().score(problem, [Completion(text=t) for t in texts]) == scores  # a pure function of the text
+    learner = RecordingLearner()
+    assert learner.train([], 3) == {"loss": 0.5, "groups": 0.0}
+    learner.save(tmp_path)
+    again = RecordingLearner()
+    again.load(tmp_path)
+    assert again.trained == again.loaded == [{"round": 3, "groups": []}]

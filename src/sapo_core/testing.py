@@ -8,7 +8,9 @@ Fixtures (defined only where pytest is installed; the rest needs only sapo-core)
 * ``sapo_cli``: runs ``sapo ...`` in-process and returns click's result.
 
 `CoinFlipInference` is an inference backend without a model (seeded right-or-wrong answers), to
-drive nodes in tests of transports, rewards, observers or learners.
+drive nodes in tests of transports, rewards, observers or learners. `HashReward` (registered by
+`HashRewardPlugin`) scores a completion by a hash of its text: spread in every group, so every
+round trains. `RecordingLearner` remembers which groups it trained on and checkpoints that as JSON.
 
 Contract checks, to call from a plugin's own tests: `check_inference`, `check_reward`,
 `check_transport`, and `check_leases` for a transport that can hold the coordinator's lease.
@@ -22,6 +24,8 @@ randomly initialised model's groups have advantages to train on. `free_port` pic
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import socket
 import textwrap
@@ -34,6 +38,7 @@ from typing import Any
 
 import attrs
 
+from sapo_core import hookimpl
 from sapo_core import plugins as plugins_module
 from sapo_core.interfaces import (
     InferenceBackend,
@@ -158,6 +163,43 @@ class CoinFlipInference:
                     completions.append(Completion(text=f"<think>adding up</think>\n<answer>{answer}</answer>", num_tokens=9))
             out.append(completions)
         return out
+
+
+class HashReward:
+    """A reward that needs no skill: the first byte of the text's SHA-256, in [0, 1]."""
+
+    def score(self, problem: Problem, completions: Sequence[Completion]) -> list[float]:
+        return [hashlib.sha256(c.text.encode()).digest()[0] / 255 for c in completions]
+
+
+class HashRewardPlugin:
+    """Registers `HashReward` as reward ``name`` (default ``hash``): ``sapo_plugins.register(HashRewardPlugin())``."""
+
+    def __init__(self, name: str = "hash") -> None:
+        self.name = name
+
+    @hookimpl
+    def register_rewards(self, register: Any) -> None:
+        register(self.name, lambda settings, context: HashReward())
+
+
+class RecordingLearner:
+    """A learner that remembers which groups it trained on (``trained``), and checkpoints that memory."""
+
+    def __init__(self) -> None:
+        self.trained: list[dict[str, Any]] = []
+        self.loaded: list[dict[str, Any]] | None = None  # what `load` restored, if it ran
+
+    def train(self, groups: Sequence[Group], round: int) -> dict[str, float]:
+        self.trained.append({"round": round, "groups": [[g.node, g.problem.id] for g in groups]})
+        return {"loss": 0.5, "groups": float(len(groups))}
+
+    def save(self, folder: Path) -> None:
+        (folder / "recorder.json").write_text(json.dumps(self.trained))
+
+    def load(self, folder: Path) -> None:
+        self.trained = json.loads((folder / "recorder.json").read_text())
+        self.loaded = list(self.trained)
 
 
 def sample_problems() -> list[Problem]:

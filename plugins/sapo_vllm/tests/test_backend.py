@@ -4,17 +4,15 @@ need a CUDA GPU; their weight-sync routes are tested in test_weightsync.py."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import math
 
 import pytest
 
-from sapo_core import hookimpl
 from sapo_core.errors import BackendError
 from sapo_core.interfaces import BackendContext, SamplingParams
-from sapo_core.testing import check_inference, sample_problems
+from sapo_core.testing import HashRewardPlugin, check_inference, sample_problems
 from sapo_vllm.backend import ServerInference
 from sapo_vllm.settings import ServerSettings
 
@@ -93,25 +91,12 @@ def test_a_request_every_server_refuses_stops_the_round_with_the_reason(root, tm
         inference.generate(sample_problems(), 1, SamplingParams(max_new_tokens=4))
 
 
-class SpreadReward:
-    """A reward with spread in every group (a hash of the text), so every round trains."""
-
-    def score(self, problem, completions):
-        return [hashlib.sha256(c.text.encode()).digest()[0] / 255 for c in completions]
-
-
-class SpreadPlugin:
-    @hookimpl
-    def register_rewards(self, register):
-        register("spread", lambda settings, context: SpreadReward())
-
-
 @pytest.mark.slow
 def test_offline_grpo_with_a_generation_server(root, tmp_path, sapo_plugins, sapo_cli):
     """`sapo run --inference vllm --transport none`: the server generates, this process trains the
     same model on its rollouts, with the server's log-probs in the importance-sampling correction.
     llama.cpp cannot load new weights, so the server stays at the base model (weight_sync = none)."""
-    sapo_plugins.register(SpreadPlugin(), name="spread")
+    sapo_plugins.register(HashRewardPlugin("spread"), name="spread")  # spread in every group: every round trains
     result = sapo_cli(
         "run", "--inference", "vllm", "--transport", "none", "--model", "smollm2-135m", "--task", "arithmetic",
         "--rounds", "2", "--run-dir", str(tmp_path / "run"),
