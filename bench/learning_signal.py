@@ -52,11 +52,20 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def levels_of(task: object, spec: str) -> list[int]:
-    """The ladder levels named by ``spec`` ("1,default") that the task has, in order, without repeats."""
+def levels_of(task: object, spec: str) -> list[tuple[int | str, object]]:
+    """The levels named by ``spec`` ("1,default") that the task has, in order, without repeats, each
+    with the task at that level. A task off its ladder (a plugin's at its configured settings, such
+    as an rg: task at level 0) is "default" as it is, and its numbered levels come from ``at_level``."""
     variants, default = task_variants(task), task_level(task)  # type: ignore[arg-type]
-    chosen = [default if part == "default" else int(part) for part in spec.split(",") if part]
-    return sorted({level for level in chosen if level in variants})
+    found: dict[int | str, object] = {}
+    for part in filter(None, spec.split(",")):
+        if part == "default":
+            found[default if default is not None else "default"] = variants.get(default, task) if default else task
+        elif int(part) in variants:
+            found[int(part)] = variants[int(part)]
+        elif default is None and 1 <= int(part) <= int(getattr(task, "max_level", 0) or 0):
+            found[int(part)] = task.at_level(int(part))  # type: ignore[attr-defined]
+    return sorted(found.items(), key=lambda item: (isinstance(item[0], str), item[0]))
 
 
 def task_names(spec: str) -> list[str]:
@@ -126,12 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
     for name in task_names(args.tasks):
-        base = build_task(name)
-        variants = task_variants(base)
-        # A task off its ladder (a plugin's at its configured settings) is measured as it is, as level "default".
-        levels = levels_of(base, args.levels) or (["default"] if "default" in args.levels.split(",") else [])
-        for level in levels:
-            task = variants.get(level, base) if isinstance(level, int) else base
+        for level, task in levels_of(build_task(name), args.levels):
             scorer = CorrectnessReward(BackendContext(tasks={name: task}))  # type: ignore[dict-item]
             for temperature in map(float, args.temperatures.split(",")):
                 row = {"task": name, "level": level, "temperature": temperature,
