@@ -13,6 +13,10 @@ set -uo pipefail
 py=${PYTHON:-python3}
 runs=(--preset gpu --rounds "${ROUNDS:-60}" --seeds 0,1,2 --tasks "${TASKS:-arithmetic,countdown,sat,sort,preset:sapo-paper}"
       --variant recipe: --variant 'paper:eval.problems=144' --only 'recipe/[!p]*' --only 'paper/preset:*')
+# More variants or runs, as learning.py arguments without spaces, e.g.
+#   EXTRA="--variant resample:tasks.resample=2 --only resample/arithmetic"
+read -r -a extra <<< "${EXTRA:-}"
+runs+=("${extra[@]}")
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 case "${1:?usage: start MODEL RESULTS | collect RESULTS OUT [SECONDS]}" in
 start)
