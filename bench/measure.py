@@ -33,6 +33,15 @@ def device(preference: str = "auto") -> Any:
     return torch.device(preference)
 
 
+def worker_device(args: argparse.Namespace) -> Any:
+    """The device a worker measures on (``--device``), torch's CPU threads set first (``--threads``)."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return device(args.device)
+
+
 def sync(dev: Any) -> None:
     import torch
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 
 from sapo_core import hookimpl
-from sapo_core.config import load_config
+from sapo_core.config import Config, load_config
 from sapo_core.node import Node
 from sapo_core.plugins import Plugins
 
@@ -36,7 +36,12 @@ class HashReward:
     """A fixed score in [0, 1) per completion text: variance without meaning (benchmarks only)."""
 
     def score(self, problem, completions) -> list[float]:
-        return [int.from_bytes(hashlib.sha256(c.text.encode()).digest()[:4], "big") / 2**32 for c in completions]
+        return [hash_score(c.text) for c in completions]
+
+
+def hash_score(text: str) -> float:
+    """The benchmark reward of one completion's text: its SHA-256 read as a fraction in [0, 1)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") / 2**32
 
 
 class BenchPlugin:
@@ -45,16 +50,26 @@ class BenchPlugin:
         register("bench-hash", lambda settings, context: HashReward(), description="benchmarks only")
 
 
-def run_variant(args: argparse.Namespace, sets: Sequence[str], workdir: str) -> dict:
+def bench_config(args: argparse.Namespace, sets: Sequence[str], workdir: str, *,
+                 rounds: int = 1) -> tuple[Config, Plugins]:
+    """The config of an offline run of ``rounds`` rounds with the hash reward (``sets`` applied last); its plugins.
+
+    ``args`` gives ``model``, ``problems``, ``completions``, ``tokens`` and ``micro_batch_tokens``.
+    """
     plugins = Plugins()
     plugins.load()
     plugins.register(BenchPlugin(), name="bench")
     config = load_config(env={}, sets=[
-        f"model.name={args.model}", "run.rounds=1", f"run.workdir={workdir}", "swarm.transport=none",
+        f"model.name={args.model}", f"run.rounds={rounds}", f"run.workdir={workdir}", "swarm.transport=none",
         f"tasks.problems_per_round={args.problems}", f"inference.num_completions={args.completions}",
         f"inference.max_new_tokens={args.tokens}", "rewards.weights={bench-hash=1.0}", "eval.every=0",
         "checkpoint.every=1000", f"train.micro_batch_tokens={args.micro_batch_tokens}", *sets,
     ])
+    return config, plugins
+
+
+def run_variant(args: argparse.Namespace, sets: Sequence[str], workdir: str) -> dict:
+    config, plugins = bench_config(args, sets, workdir)
     started = time.perf_counter()
     metrics = Node.from_config(config, plugins).run()
     metrics["time/total_with_setup"] = time.perf_counter() - started

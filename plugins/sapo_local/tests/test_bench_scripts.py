@@ -138,3 +138,22 @@ def test_learning_on_a_task_and_on_the_paper_preset(tmp_path):
         assert [len(curve) for curve in rows[f"{task} (sapo-paper)"]["curves"]] == [2]  # before and after round 0
         assert all(value in (0.0, 1.0) for _, value in rows[f"{task} (sapo-paper)"]["curves"][0])
     assert "| recipe | preset:sapo-paper | 1 |" in (out_dir / "learning.md").read_text()
+
+
+def test_round_vs_trl(tmp_path):
+    with_trl = importlib.util.find_spec("trl") is not None
+    variants = ["--variant", "sapo", *(["--variant", "trl"] if with_trl else [])]
+    out = run("round_vs_trl.py", "--shape", "tiny", "--tokens", "4", "--problems", "2", "--completions", "2",
+              "--micro-rows", "2", "--steps", "2", "--shapes-root", str(tmp_path), "--out", str(tmp_path / "round.json"),
+              *variants, tmp_path=tmp_path)
+    assert "| variant | first step s | step s | generate s | rest s | completion tok/s | peak MiB |" in out
+    assert "| sapo |" in out
+    results = json.loads((tmp_path / "round.json").read_text())["results"]
+    assert set(results) == ({"sapo", "trl"} if with_trl else {"sapo"})
+    for result in results.values():
+        assert len(result["steps_s"]) == 3  # one warm-up step, then the two timed ones
+        assert result["tokens"] == [16] * 3 and result["full_length"]  # 4 rows x 4 tokens a step: EOS disabled
+        assert result["micro_batches"] == [2] * 3  # 2 rows each
+    if with_trl:
+        assert "| trl |" in out and "sapo / TRL: round x" in out
+        assert results["sapo"]["prompts_sha"] == results["trl"]["prompts_sha"]  # the same rendered prompts
