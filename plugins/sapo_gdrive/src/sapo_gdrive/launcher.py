@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import click
@@ -254,7 +254,15 @@ def start(plan: Plan, spec: NodeSpec, metrics_dir: Path) -> NodeProcess:
     return NodeProcess(spec, popen, time.time(), JsonlTail(metrics_dir / f"{spec.node}.jsonl"))
 
 
-def stop(processes: Sequence[NodeProcess], *, grace: float = STOP_GRACE_SECONDS) -> None:
+class Stoppable(Protocol):
+    """A started process that `stop` can end: a node, or a whole swarm's launcher (`sapo swarm table`)."""
+
+    popen: subprocess.Popen[bytes]
+
+    def signal(self, signum: int) -> None: ...
+
+
+def stop(processes: Sequence[Stoppable], *, grace: float = STOP_GRACE_SECONDS) -> None:
     """SIGINT (a node flushes its logs on the way out), then SIGKILL whoever is still there."""
     for process in processes:
         process.signal(signal.SIGINT)

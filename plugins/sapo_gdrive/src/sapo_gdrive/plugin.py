@@ -23,5 +23,6 @@ def register_transports(register: Register) -> None:
 
 from sapo_gdrive.status import register_commands  # noqa: F401
 from sapo_gdrive import launcher  # noqa: F401  (adds `sapo swarm run` to the swarm group)
+from sapo_gdrive import table  # noqa: F401  (adds `sapo swarm table`)
 from sapo_gdrive.observers import run_started, round_finished, run_finished  # noqa: F401
 from sapo_gdrive.checkpoints import register_checkpointers  # noqa: F401
