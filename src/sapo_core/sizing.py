@@ -10,7 +10,7 @@ those keys the user left at its default (``config.source(key) == "default"``):
   which, with the round's estimated time before and after and the ``--set`` flags for the
   GPU-sized values;
 * in a swarm stays as it is, since every node must agree on the problems and completions a
-  round whatever its device (`sapo_core.node.SHARED_SETTINGS`): a warning gives the round's
+  round whatever its device (`sapo_core.peers.SHARED_SETTINGS`): a warning gives the round's
   estimated time and the flags that make it smaller.
 
 A key set anywhere (file, environment, flag, --set) is never changed, nor a run whose backend
