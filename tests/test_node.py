@@ -19,28 +19,14 @@ from sapo_core.config import load_config
 from sapo_core.errors import ConfigError, PluginError, SapoError
 from sapo_core.node import Node
 from sapo_core.records import Completion
-from sapo_core.testing import CoinFlipInference
+from sapo_core.testing import CoinFlipInference, RecordingLearner
 from sapo_core.transports import MemoryTransport
 
 
 Oracle = CoinFlipInference
 
 
-class Recorder:
-    """A learner that remembers which groups it trained on, and checkpoints that memory."""
-
-    def __init__(self) -> None:
-        self.trained: list[dict] = []
-
-    def train(self, groups, round):
-        self.trained.append({"round": round, "groups": [[g.node, g.problem.id] for g in groups]})
-        return {"loss": 0.5, "groups": float(len(groups))}
-
-    def save(self, folder: Path) -> None:
-        (folder / "recorder.json").write_text(json.dumps(self.trained))
-
-    def load(self, folder: Path) -> None:
-        self.trained = json.loads((folder / "recorder.json").read_text())
+Recorder = RecordingLearner
 
 
 class Backends:
