@@ -82,11 +82,11 @@ def build_task(name: str) -> object:
     """A built-in task with its default settings, or any registered task (a plugin's) with its own."""
     if name in TASKS:
         return TASKS[name]()
-    from sapo_core.config import structure
+    from sapo_core.config import backend_settings
     from sapo_core.plugins import get_plugins
 
     registration = get_plugins().registry.get("task", name)
-    settings = structure(registration.settings, {}, where=f"tasks.{name}") if registration.settings else None
+    settings = backend_settings(registration, {}, f"tasks.{name}")
     return registration.factory(settings, BackendContext())
 
 

@@ -103,7 +103,7 @@ def equal_settings(args: argparse.Namespace) -> list[str]:
 
 def step_problems(config: Any, plugins: Any, rounds: int) -> list[list[Any]]:
     """The problems each of the first ``rounds`` rounds of the config's node draws, as ``Node.generate`` draws them."""
-    from sapo_core import preflight
+    from sapo_core.config import backend_settings
     from sapo_core.interfaces import BackendContext
     from sapo_core.sampling import sample_problems
 
@@ -112,7 +112,7 @@ def step_problems(config: Any, plugins: Any, rounds: int) -> list[list[Any]]:
     for name in config.tasks.names:
         registration = plugins.registry.get("task", name)
         tasks[name] = registration.factory(
-            preflight.settings_for(registration, config.extras("tasks", name), f"tasks.{name}"), context)
+            backend_settings(registration, config.extras("tasks", name), f"tasks.{name}"), context)
     return [sample_problems(tasks, config.tasks.weights, config.tasks.problems_per_round, seed=config.run.seed,
                             node=config.run.node_id, round=r) for r in range(rounds)]
 

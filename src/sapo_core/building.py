@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from sapo_core import preflight, rundir
-from sapo_core.config import Config
+from sapo_core.config import Config, backend_settings
 from sapo_core.coordinator import Coordinator, check_lease_settings
 from sapo_core.curriculum import Curriculum
 from sapo_core.errors import ConfigError, SapoError
@@ -25,6 +25,8 @@ from sapo_core.interfaces import BackendContext, Checkpointer, RewardFunction, T
 from sapo_core.plugins import Plugins
 
 log = logging.getLogger("sapo.node")
+#: The entry-point name of sapo-trackers, the plugin that reports to the trackers of ``run.report_to``.
+TRACKERS_PLUGIN = "sapo_trackers"
 
 
 def build_backends(config: Config, plugins: Plugins) -> dict[str, Any]:
@@ -34,6 +36,7 @@ def build_backends(config: Config, plugins: Plugins) -> dict[str, Any]:
     ``checkpointer``, ``curriculum``, ``standby``, ``learner``)."""
     role = node_role(config, plugins)
     preflight.check(config, plugins, role)  # every setting, before any backend loads
+    warn_if_untracked(config, plugins)
     planned = planned_workdir(config)
     check_gate(config)
     context, checkpointer, created = run_context(config, plugins, role, planned)
@@ -43,6 +46,14 @@ def build_backends(config: Config, plugins: Plugins) -> dict[str, Any]:
         if created is not None:
             rundir.discard_if_empty(created)
         raise
+
+
+def warn_if_untracked(config: Config, plugins: Plugins) -> None:
+    """``run.report_to`` is sapo-trackers' to act on: without that plugin the run would report nowhere, silently."""
+    if config.run.report_to and not plugins.pm.has_plugin(TRACKERS_PLUGIN):
+        names = ",".join(config.run.report_to)
+        log.warning("run.report_to = %s, but sapo-trackers is not installed (or not loaded); the run goes on "
+                    "without trackers. Install it with: pip install 'sapo-trackers[%s]'", list(config.run.report_to), names)
 
 
 def node_role(config: Config, plugins: Plugins) -> str:
@@ -205,7 +216,7 @@ class _Builder:
 
     def __call__(self, kind: str, name: str, values: Mapping[str, Any], where: str) -> Any:
         registration = self.plugins.registry.get(kind, name)
-        settings = preflight.settings_for(registration, values, where)
+        settings = backend_settings(registration, values, where)
         try:
             return registration.factory(settings, self.context)
         except SapoError:

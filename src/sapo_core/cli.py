@@ -240,13 +240,13 @@ def tasks(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the problem as JSON.")
 def tasks_show(name: str, seed: int, sets: tuple[str, ...], as_json: bool) -> None:
     """Show the problem a task generates for a seed, and its answer."""
-    from sapo_core.config import structure
+    from sapo_core.config import backend_settings
 
     try:
         plugins = get_plugins()
         registration = plugins.registry.get("task", name)
         config = load_config(sets=sets)
-        settings = structure(registration.settings, config.extras("tasks", name), where=f"tasks.{name}") if registration.settings else None
+        settings = backend_settings(registration, config.extras("tasks", name), f"tasks.{name}")
         task = registration.factory(settings, BackendContext())
         problem = task.generate(seed)
     except SapoError as exc:

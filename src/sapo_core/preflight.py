@@ -7,19 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from sapo_core.config import Config, ConfigError, structure
+from sapo_core.config import Config, backend_settings
 from sapo_core.plugins import Plugins
-from sapo_core.registry import Registration
-
-
-def settings_for(registration: Registration, values: Mapping[str, Any], where: str) -> Any:
-    """The backend's typed settings from the config's ``values`` (None when it takes none)."""
-    if registration.settings is not None:
-        return structure(registration.settings, values, where=where)
-    if values:
-        keys = ", ".join(f"{where}.{key}" for key in sorted(values))
-        raise ConfigError(f"{registration.kind} {registration.name!r} takes no settings, but the config sets {keys}")
-    return None
 
 
 def backends(config: Config, role: str) -> Iterator[tuple[str, str, Mapping[str, Any], str]]:
@@ -53,4 +42,4 @@ def check(config: Config, plugins: Plugins, role: str | None = None) -> None:
             config.source("run.role") == "default"):
         role = "contributor"  # as Node.from_config: an API-only install shares rollouts instead
     for kind, name, values, where in backends(config, role):
-        settings_for(plugins.registry.get(kind, name), values, where)
+        backend_settings(plugins.registry.get(kind, name), values, where)

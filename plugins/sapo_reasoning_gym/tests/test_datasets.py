@@ -8,7 +8,7 @@ import json
 import pytest
 from sapo_reasoning_gym import catalog
 
-from sapo_core.config import load_config, structure
+from sapo_core.config import backend_settings, load_config
 from sapo_core.curriculum import Curriculum, task_variants
 from sapo_core.errors import ConfigError
 from sapo_core.interfaces import BackendContext
@@ -26,7 +26,7 @@ def build(plugins: Plugins, name: str, *sets: str):
     """The task ``name`` as a run builds it: settings from the config, then the plugin's factory."""
     registration = plugins.registry.get("task", name)
     config = load_config(sets=list(sets))
-    settings = structure(registration.settings, config.extras("tasks", name), where=f"tasks.{name}")
+    settings = backend_settings(registration, config.extras("tasks", name), f"tasks.{name}")
     return registration.factory(settings, BackendContext())
 
 
