@@ -72,7 +72,7 @@ def test_partial_credit_alone_does_not_move_a_task_up() -> None:
 
 @pytest.mark.parametrize(
     ("task", "level", "levels"),
-    [(ArithmeticTask(), 1, 5), (SortTask(), 2, 5), (CountdownTask(), 1, 5), (SatTask(), 3, 5)],
+    [(ArithmeticTask(), 1, 5), (SortTask(), 2, 5), (CountdownTask(), 1, 6), (SatTask(), 3, 5)],
 )
 def test_every_built_in_task_has_a_ladder_and_its_defaults_are_on_it(task, level, levels) -> None:
     assert task.level == level and task.max_level == levels
@@ -80,14 +80,14 @@ def test_every_built_in_task_has_a_ladder_and_its_defaults_are_on_it(task, level
 
 
 def test_a_level_changes_only_the_ladders_keys() -> None:
-    easy = CountdownTask(CountdownSettings(min_number=2)).at_level(1)
+    easy = CountdownTask(CountdownSettings(min_number=2)).at_level(2)
     assert (easy.settings.num_numbers, easy.settings.max_number, easy.settings.min_number) == (3, 10, 2)
     assert SortTask(SortSettings(min_words=5, max_words=7)).level is None  # custom settings: on no rung
 
 
 def test_levels_the_other_settings_forbid_are_left_out() -> None:
-    # min_number 20 is above level 1's and 2's max_number (10, 25 -> 25 is fine): only level 1 is impossible.
-    assert sorted(task_variants(CountdownTask(CountdownSettings(num_numbers=4, min_number=20, max_number=100, max_target=1000)))) == [2, 3, 4, 5]
+    # min_number 20 is above the max_number of levels 1 and 2 (10; level 3's 25 is fine): only they are impossible.
+    assert sorted(task_variants(CountdownTask(CountdownSettings(num_numbers=4, min_number=20, max_number=100, max_target=1000)))) == [3, 4, 5, 6]
 
 
 # ------------------------------------------------------------------------------ the curriculum

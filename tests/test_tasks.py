@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 import attrs
@@ -366,6 +367,8 @@ def test_sat_pinned_problem() -> None:
     assert problem.answer[:3] == ((1, 3, 5), (1, -2, 3), (-1, 2, 3))
     assert problem.metadata["planted"] == "x1=1, x2=1, x3=0, x4=1, x5=0"
     assert "(x2 OR NOT x4 OR NOT x5)" in problem.prompt
+    # No assignment to copy: an example one would be right for 1 in 2^n formulas.
+    assert "x1=1" not in problem.prompt and "in the form x1=?, x2=?, x3=?, x4=?, x5=?, each ? replaced" in problem.prompt
 
 
 def test_sat_clauses_are_well_formed_and_satisfied_by_the_plant() -> None:
@@ -469,12 +472,14 @@ def test_sat_settings_are_validated() -> None:
 def test_countdown_pinned_problem() -> None:
     problem = CountdownTask(COUNTDOWN_L3).generate(7)
     assert problem.id == "countdown-4n-1to100-t1000-7"
-    assert problem.answer == (157, (42, 20, 51, 84))
-    assert problem.metadata["solution"] == "((84 + 42) + 51) - 20"
-    assert "Using the numbers 42, 20, 51, 84, write an expression that equals 157." in problem.prompt
+    assert problem.answer == (197, (42, 20, 51, 84))
+    assert problem.metadata["solution"] == "42 + (51 + (20 + 84))"
+    assert "Using the numbers 42, 20, 51, 84, write an expression that equals 197." in problem.prompt
+    # No worked example to copy: the bundled model wrote "(1 + 2) * 3" for most problems.
+    assert "example" not in problem.prompt and "<answer></answer>" in problem.prompt
 
 
-@pytest.mark.parametrize("num_numbers", [3, 4, 5, 6])
+@pytest.mark.parametrize("num_numbers", [2, 3, 4, 5, 6])
 def test_countdown_targets(num_numbers: int) -> None:
     task = CountdownTask(CountdownSettings(num_numbers=num_numbers, max_number=25, max_target=500))
     for seed in range(150):
@@ -486,9 +491,26 @@ def test_countdown_targets(num_numbers: int) -> None:
         assert evaluate_expression(problem.metadata["solution"], numbers) == target
 
 
+def test_countdown_targets_need_the_right_operator() -> None:
+    """No one operator solves most problems: with the first valid expression as the target, "add
+    them" solved 60 % of two-number problems, and the model learned only that."""
+    task = CountdownTask()  # level 1: two numbers up to 10
+    solved = Counter()
+    for seed in range(600):
+        target, (a, b) = task.generate(seed).answer
+        solved.update(op for op, value in (("+", a + b), ("*", a * b), ("-", abs(a - b))) if value == target)
+    assert max(solved.values()) < 0.45 * 600
+    assert all(solved[op] > 0.2 * 600 for op in "+*-"), solved
+
+
+def countdown_157() -> Problem:
+    """42, 20, 51, 84 -> 157, at level 3."""
+    return attrs.evolve(CountdownTask(COUNTDOWN_L3).generate(7), answer=(157, (42, 20, 51, 84)))
+
+
 def test_countdown_verify_accepts() -> None:
     task = CountdownTask(COUNTDOWN_L3)
-    problem = CountdownTask(COUNTDOWN_L3).generate(7)  # 42, 20, 51, 84 -> 157
+    problem = countdown_157()
     for text in (
         "84 + 42 + 51 - 20",
         "((84+42)+51)-20",
@@ -580,7 +602,7 @@ def test_evaluate_expression_errors() -> None:
 
 
 def test_countdown_settings_are_validated() -> None:
-    for kwargs in ({"num_numbers": 2}, {"num_numbers": 7}, {"min_number": 0}, {"min_number": 9, "max_number": 8}):
+    for kwargs in ({"num_numbers": 1}, {"num_numbers": 7}, {"min_number": 0}, {"min_number": 9, "max_number": 8}):
         with pytest.raises(ValueError):
             CountdownSettings(**kwargs)
 
@@ -743,7 +765,7 @@ def test_read_expression(text: str, answer: str | None) -> None:
 
 def test_countdown_untagged_reading_stays_strict() -> None:
     task = CountdownTask(COUNTDOWN_L3)
-    problem = task.generate(7)  # 42, 20, 51, 84 -> 157
+    problem = countdown_157()
     texts = [
         "84 + 42 + 51 - 20 = 157",
         "84 + 42 + 51 = 157",  # reads 84 + 42 + 51, which is 177

@@ -27,7 +27,7 @@ from sapo_core.tasks.levels import OnLadder
 #: Longer answers are refused unread: a solution with six numbers is a few dozen characters.
 MAX_ANSWER_CHARS = 256
 
-#: Random expressions tried before falling back to the sum of the numbers.
+#: Random expressions drawn for a target; if none is valid, the target is the sum of the numbers.
 _ATTEMPTS = 100
 
 _OPERATOR_SIGNS = str.maketrans({"×": "*", "÷": "/", "·": "*"})
@@ -42,9 +42,9 @@ _OPERATOR = re.compile(r"[+\-*/×÷]")
 class CountdownSettings:
     """Settings of the ``countdown`` task."""
 
-    #: How many numbers are given (3 to 6).
+    #: How many numbers are given (2 to 6).
     num_numbers: int = attrs.field(
-        default=3, validator=[attrs.validators.instance_of(int), attrs.validators.in_(range(3, 7))]
+        default=2, validator=[attrs.validators.instance_of(int), attrs.validators.in_(range(2, 7))]
     )
     #: Smallest given number (at least 1).
     min_number: int = attrs.field(default=1, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)])
@@ -54,7 +54,7 @@ class CountdownSettings:
     )
     #: Largest target: a random expression above it is drawn again (after 100 draws, the
     #: target is the sum of the numbers, whatever its size).
-    max_target: int = attrs.field(default=30, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)])
+    max_target: int = attrs.field(default=100, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)])
 
     def __attrs_post_init__(self) -> None:
         if self.min_number > self.max_number:
@@ -174,6 +174,7 @@ class CountdownTask(OnLadder):
     #: The curriculum's levels: more and larger numbers; the default settings are level 1,
     #: the bundled SmolLM2-135M's edge (docs/benchmarks.md).
     ladder = (
+        {"num_numbers": 2, "max_number": 10, "max_target": 100},  # every product of two numbers a target
         {"num_numbers": 3, "max_number": 10, "max_target": 30},
         {"num_numbers": 3, "max_number": 25, "max_target": 100},
         {"num_numbers": 4, "max_number": 100, "max_target": 1000},
@@ -188,18 +189,12 @@ class CountdownTask(OnLadder):
         s = self.settings
         rng = random.Random(seed)
         numbers = [rng.randint(s.min_number, s.max_number) for _ in range(s.num_numbers)]
-        target, solution = sum(numbers), " + ".join(map(str, numbers))
-        for _ in range(_ATTEMPTS):
-            order = rng.sample(numbers, len(numbers))
-            value, expression = _random_expression(rng, order)
-            # A target equal to a given number would be solved by writing that number.
-            if value <= s.max_target and value not in numbers:
-                target, solution = value, expression
-                break
+        target, solution = _draw_target(rng, numbers, s.max_target)
         prompt = (
             f"Using the numbers {', '.join(map(str, numbers))}, write an expression that equals {target}. "
             "You may use +, -, *, / and parentheses, and each number at most once.\n\n"
-            "Put only the expression in <answer></answer>, for example <answer>(1 + 2) * 3</answer>."
+            # No worked example: the bundled 135M model copied "(1 + 2) * 3" into most of its answers.
+            "Put only the expression, written with the given numbers, in <answer></answer>."
         )
         return Problem(
             task=self.name,
@@ -229,13 +224,30 @@ class CountdownTask(OnLadder):
         return 1.0 if value == target else 0.0
 
 
-def _random_expression(rng: random.Random, numbers: Sequence[int]) -> tuple[int, str]:
-    """A random expression over all ``numbers`` in order, every intermediate a positive integer."""
+def _draw_target(rng: random.Random, numbers: Sequence[int], max_target: int) -> tuple[int, str]:
+    """(target, a solution): a random expression's value, its last operator drawn evenly from those
+    that reach a valid target. Taking the first valid expression instead made most targets sums
+    (products overshoot ``max_target``), and "add them all" solved 60 % of two-number problems."""
+    found: dict[str, tuple[int, str]] = {}
+    for _ in range(_ATTEMPTS):
+        order = rng.sample(numbers, len(numbers))
+        value, expression, op = _random_expression(rng, order)
+        # A target equal to a given number would be solved by writing that number.
+        if value <= max_target and value not in numbers:
+            found.setdefault(op, (value, expression))
+    if not found:
+        return sum(numbers), " + ".join(map(str, numbers))
+    return found[rng.choice(sorted(found))]
+
+
+def _random_expression(rng: random.Random, numbers: Sequence[int]) -> tuple[int, str, str]:
+    """A random expression over all ``numbers`` in order, every intermediate a positive integer:
+    (value, text, its last operator; "" for a lone number)."""
     if len(numbers) == 1:
-        return numbers[0], str(numbers[0])
+        return numbers[0], str(numbers[0]), ""
     split = rng.randint(1, len(numbers) - 1)
-    left, left_text = _random_expression(rng, numbers[:split])
-    right, right_text = _random_expression(rng, numbers[split:])
+    left, left_text, _ = _random_expression(rng, numbers[:split])
+    right, right_text, _ = _random_expression(rng, numbers[split:])
     choices = [("+", left + right), ("*", left * right)]
     if left > right:
         choices.append(("-", left - right))
@@ -247,7 +259,7 @@ def _random_expression(rng: random.Random, numbers: Sequence[int]) -> tuple[int,
         left_text = f"({left_text})"
     if len(numbers) - split > 1:
         right_text = f"({right_text})"
-    return value, f"{left_text} {op} {right_text}"
+    return value, f"{left_text} {op} {right_text}", op
 
 
 def _reference(value: object) -> tuple[int, list[int]] | None:

@@ -147,13 +147,15 @@ class SatTask(OnLadder):
         planted = [rng.random() < 0.5 for _ in range(s.num_vars)]
         clauses = draw_formula(rng, planted, s)
         listing = "\n".join(format_clause(c) for c in clauses)
-        example = format_assignment([i % 2 == 0 for i in range(min(s.num_vars, 3))])
+        template = ", ".join(f"x{i}=?" for i in range(1, s.num_vars + 1))
         prompt = (
             f"Find values for the variables x1 to x{s.num_vars} that make every clause below true. "
             "A clause is true when at least one of its parts is true; NOT x is true when x is false.\n\n"
             f"{listing}\n\n"
+            # The form without values: with "like this: x1=1, x2=0, x3=1" the bundled 135M model
+            # copied the example, which a formula with one solution rewards 1 time in 2^n.
             "Put only the assignment in <answer></answer>, giving every variable the value 1 (true) "
-            f"or 0 (false), like this: {example}{', ...' if s.num_vars > 3 else ''}"
+            f"or 0 (false), in the form {template}, each ? replaced by its value."
         )
         return Problem(
             task=self.name,
