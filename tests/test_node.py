@@ -62,6 +62,8 @@ def config(tmp_path, *sets, **env):
         "train.backend=recorder",
         "inference.num_completions=4",
         "tasks.problems_per_round=6",
+        # One batch a round, so that generate calls are counted exactly; the resample tests turn it on.
+        "tasks.resample=0",
         f"run.workdir={tmp_path.as_posix()}",
     ]
     return load_config(env=env, sets=[*base, *sets])
@@ -603,3 +605,14 @@ def test_dynamic_sampling_draws_more_only_for_rounds_short_of_a_signal(tmp_path,
         assert (line["inference/extra_batches"] == 0) == (line["groups/no_signal"] == 0)
         assert line["groups/resampled"] <= line["groups/no_signal"]
     assert backends.oracles["node-0"].calls == calls_without + sum(line["inference/extra_batches"] for line in lines)
+
+
+def test_dynamic_sampling_is_on_by_default_for_a_node_that_trains(tmp_path, sapo_plugins, backends):
+    cfg = load_config(sets=["inference.backend=oracle", "train.backend=recorder", "inference.num_completions=2",
+                            "tasks.problems_per_round=6", "tasks.curriculum=false", "run.rounds=3",
+                            f"run.workdir={tmp_path.as_posix()}"])
+    assert cfg.tasks.resample == 2
+    Node.from_config(cfg, sapo_plugins).run()
+    lines = metrics_lines(tmp_path)
+    assert any(line["inference/extra_batches"] for line in lines)
+    assert all(line["inference/extra_batches"] <= 2 for line in lines)

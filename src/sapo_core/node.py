@@ -225,7 +225,9 @@ class Node:
         metrics.update(batch_metrics(local, batch.scored, self.tasks))
         if self.curriculum is not None:
             metrics.update(follow_curriculum(self.curriculum, local, batch.scored, self.config.rewards.gate))
-        if self.config.tasks.resample:
+        # Dynamic sampling tops up what this node trains on: a contributor (often an API billed per
+        # token) trains on nothing, so it publishes its one batch.
+        if self.config.tasks.resample and self.learner is not None:
             extra, extra_tokens, resampled = rollouts.resample(self.config, local, lambda a: self.draw(round, timer, a))
             metrics.update(resampled)
             local, tokens = local + extra, tokens + extra_tokens

@@ -51,7 +51,8 @@ def _value(config: Config, key: str) -> int:
 
 
 def round_tokens(config: Config, sizes: Mapping[str, int] | None = None) -> int:
-    """Tokens a round generates at most: problems x completions x max_new_tokens (``sizes`` over ``config``)."""
+    """Tokens a round's first batch generates at most: problems x completions x max_new_tokens
+    (``sizes`` over ``config``); ``tasks.resample`` may add as many again per extra batch."""
     sizes = sizes or {}
     total = 1
     for key in CPU_SIZES:
