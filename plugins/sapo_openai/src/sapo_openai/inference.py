@@ -134,10 +134,29 @@ class APIInference:
 
 
 def build_inference(provider_name: str, settings: APISettings, context: BackendContext, *, where: str = "inference",
-                    transport: Any = None) -> APIInference:
+                    transport: Any = None) -> Any:
+    """The realtime backend (`APIInference`), or with ``mode = "batch"`` the batch one (`sapo_openai.batch`)."""
+    from sapo_core.errors import ConfigError
+
     provider = PROVIDERS[provider_name]
+    if settings.mode == "batch" and not provider.has_batch:
+        raise ConfigError(f"{where}.mode = 'batch': {provider_name}'s API has no batch endpoint (OpenAI and Anthropic "
+                          f"have); set {where}.mode = 'realtime' or use another provider")
     model = settings.model or context.model
     api, engine = connect(provider, settings, model, label=f"inference backend {provider_name!r}", where=where,
                           transport=transport, max_tokens_param=settings.max_tokens_param, use_n=settings.use_n,
                           send_seed=settings.send_seed)
+    if settings.mode == "batch":
+        return _batch_backend(api, engine, settings, context, where)
     return APIInference(api=api, engine=engine)
+
+
+def _batch_backend(api: API, engine: Engine, settings: APISettings, context: BackendContext, where: str) -> Any:
+    from sapo_openai.batch import BatchInference, Ledger, wait_seconds
+    from sapo_openai.batch_wire import batches_of
+
+    engine.usage.batch = True  # the batch price, and the batch_* metrics
+    return BatchInference(api=api, engine=engine, ledger=Ledger(context.workdir / "batches", f"{where}-{api.provider.name}"),
+                          wire=batches_of(api, context.node), wait_s=wait_seconds(settings, context),
+                          cancel_wait_s=settings.batch_cancel_wait_s, poll_s=settings.batch_poll_s,
+                          poll_max_s=settings.batch_poll_max_s)

@@ -38,13 +38,14 @@ class Provider:
     has_n: bool  # honours `n` (several completions per request)
     has_seed: bool  # takes a per-request `seed`
     max_temperature: float
+    has_batch: bool = False  # a batch endpoint at a discount (OpenAI's Batch API, Anthropic's Message Batches)
 
 
 PROVIDERS: Mapping[str, Provider] = {
-    "openai": Provider("openai", "chat", "https://api.openai.com/v1", "OPENAI_API_KEY", True, True, 2.0),
+    "openai": Provider("openai", "chat", "https://api.openai.com/v1", "OPENAI_API_KEY", True, True, 2.0, True),
     # Deepseek's chat API takes neither `n` nor `seed` (api-docs.deepseek.com, "Create Chat Completion").
     "deepseek": Provider("deepseek", "chat", "https://api.deepseek.com", "DEEPSEEK_API_KEY", False, False, 2.0),
-    "anthropic": Provider("anthropic", "messages", "https://api.anthropic.com", "ANTHROPIC_API_KEY", False, False, 1.0),
+    "anthropic": Provider("anthropic", "messages", "https://api.anthropic.com", "ANTHROPIC_API_KEY", False, False, 1.0, True),
 }
 
 
@@ -238,6 +239,10 @@ class API:
             raise MalformedReply(f"a body that is not JSON ({exc})") from None
         if not isinstance(data, dict):
             raise MalformedReply("a body that is not a JSON object")
+        return self.parse(data)
+
+    def parse(self, data: Mapping[str, Any]) -> Reply:
+        """A reply body of this API (a response, or one line of a batch's results) as `Reply`."""
         return _messages_reply(data) if self.provider.wire == "messages" else _chat_reply(data)
 
 

@@ -15,6 +15,7 @@ from attrs.validators import ge, gt, in_
 PROVIDER_NAMES = ("openai", "deepseek", "anthropic")
 MAX_TOKENS_PARAMS = ("auto", "max_tokens", "max_completion_tokens")
 HTTP_BACKENDS = ("auto", "aiohttp", "httpx")
+INFERENCE_MODES = ("realtime", "batch")
 
 
 def _optional_price(instance: Any, attribute: Any, value: float | None) -> None:
@@ -56,6 +57,15 @@ class APISettings(ConnectionSettings):
     send_seed: bool = True  # a per-request seed where the API takes one (OpenAI and compatible servers)
     # "auto": max_completion_tokens for api.openai.com, max_tokens elsewhere (older servers know only that one).
     max_tokens_param: str = attrs.field(default="auto", validator=in_(MAX_TOKENS_PARAMS))
+    # "batch": one OpenAI Batch / Anthropic Message Batch per round, at half the price, for rounds
+    # long enough to wait for it (docs/batch.md); "realtime": one request per completion, now.
+    mode: str = attrs.field(default="realtime", validator=in_(INFERENCE_MODES))
+    # Seconds a round waits for its batch before cancelling it and keeping what finished; 0: auto,
+    # 0.8 x swarm.round_seconds - batch_cancel_wait_s in a swarm, 24 h (the providers' window) offline.
+    batch_wait_s: float = attrs.field(default=0.0, validator=ge(0))
+    batch_cancel_wait_s: float = attrs.field(default=60.0, validator=ge(0))  # after a cancel, for the batch to end
+    batch_poll_s: float = attrs.field(default=5.0, validator=gt(0))  # the first status poll's wait; doubles, jittered
+    batch_poll_max_s: float = attrs.field(default=60.0, validator=gt(0))  # the longest wait between polls
 
 
 DEFAULT_RUBRIC = (

@@ -3,6 +3,8 @@
 Prices are estimates in US dollars per million tokens (input, output), from the providers'
 public price pages; the longest matching model-name prefix wins. A model not listed has no cost
 estimate unless ``price_input``/``price_output`` are set; ``max_dollars`` then refuses to start.
+Tokens generated through a batch endpoint (``inference.mode = "batch"``) cost `BATCH_PRICE_FACTOR`
+of the listed price: OpenAI's Batch API and Anthropic's Message Batches both bill half.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ PRICES: Mapping[str, tuple[float, float]] = {
     "claude-opus-4": (15.00, 75.00),
 }
 
+#: The share of the listed price a batch endpoint bills (OpenAI Batch API, Anthropic Message Batches: 50%).
+BATCH_PRICE_FACTOR = 0.5
+
 
 def price_of(model: str, price_input: float | None = None, price_output: float | None = None) -> tuple[float, float] | None:
     """(input, output) dollars per million tokens: the settings' if both are given, else the table's."""
@@ -59,6 +64,9 @@ class Counters:
     cost_usd: float = 0.0
     problems_failed: int = 0  # problems returned with fewer completions than asked for
     capped: int = 0  # requests not sent because a cap was reached
+    batch_calls: int = 0  # batch mode: uploads, creates, polls, downloads, cancels (tries included)
+    batches: int = 0  # batch mode: batches submitted
+    late_completions: int = 0  # batch mode: completions of an earlier round's batch, collected after it
 
 
 @attrs.define
@@ -89,6 +97,7 @@ class Usage:
     since: Counters = attrs.field(factory=Counters)
     in_flight: int = 0
     peak_in_flight: int = 0  # since the last drain
+    batch: bool = False  # batch mode: the batch price, and the batch_* metrics
 
     @classmethod
     def build(cls, model: str, *, price_input: float | None, price_output: float | None, max_requests: int,
@@ -114,6 +123,8 @@ class Usage:
 
     def tokens(self, prompt: int, completion: int) -> None:
         cost = 0.0 if self.price is None else (prompt * self.price[0] + completion * self.price[1]) / 1e6
+        if self.batch:
+            cost *= BATCH_PRICE_FACTOR
         self._add(prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost)
 
     def count(self, what: str, amount: int = 1) -> None:
@@ -137,6 +148,9 @@ class Usage:
             "run_requests": float(total.requests),
             "run_tokens": float(total.prompt_tokens + total.completion_tokens),
         }
+        if self.batch:
+            metrics.update(batch_calls=float(since.batch_calls), batches=float(since.batches),
+                           late_completions=float(since.late_completions))
         if self.price is not None:
             metrics["cost_usd"] = since.cost_usd
             metrics["run_cost_usd"] = total.cost_usd
