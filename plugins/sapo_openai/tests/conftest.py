@@ -51,45 +51,34 @@ class Seen:
     path: str = ""  # e.g. /v1/batches/batch_000001: which endpoint (the batch tests' polls)
 
 
-class FaultProxy:
-    Fault = Fault  # tests script faults as proxy.Fault(...): a conftest is not importable by name
-    PASS = PASS
+class LoopbackApp:
+    """An aiohttp app on 127.0.0.1 in a thread of its own, with one client session to its upstream."""
 
-    def __init__(self, upstream: str) -> None:
-        self.root = upstream.rstrip("/").removesuffix("/v1")  # the proxy serves the same paths
-        self.script: Script = lambda index, body: PASS
-        self.delay = 0.0  # added before forwarding: makes concurrency visible
-        self.seen: list[Seen] = []
-        self.in_flight = 0
-        self.peak = 0
-        self.lock = threading.Lock()
+    name = "server"
+
+    def __init__(self) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True, name="fault-proxy")
-
-    def reset(self, script: Script | None = None, delay: float = 0.0) -> None:
-        with self.lock:
-            self.script = script or (lambda index, body: PASS)
-            self.delay = delay
-            self.seen = []
-            self.peak = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True, name=self.name)
 
     def start(self) -> None:
         self._thread.start()
         if not self._ready.wait(30):
-            raise RuntimeError("the fault proxy did not start")
+            raise RuntimeError(f"the {self.name} did not start")
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self._session.close(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
         app = web.Application(client_max_size=64 * 2**20)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.routes(app)
         runner = web.AppRunner(app, access_log=None)
         self._loop.run_until_complete(runner.setup())
         self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
@@ -101,6 +90,33 @@ class FaultProxy:
         # No keep-alive upstream: a connection llama's server closed must not be reused (a spurious 500).
         return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
                                      connector=aiohttp.TCPConnector(force_close=True))
+
+
+class FaultProxy(LoopbackApp):
+    Fault = Fault  # tests script faults as proxy.Fault(...): a conftest is not importable by name
+    PASS = PASS
+    name = "fault proxy"
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__()
+        self.root = upstream.rstrip("/").removesuffix("/v1")  # the proxy serves the same paths
+        self.script: Script = lambda index, body: PASS
+        self.delay = 0.0  # added before forwarding: makes concurrency visible
+        self.seen: list[Seen] = []
+        self.in_flight = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+
+    def reset(self, script: Script | None = None, delay: float = 0.0) -> None:
+        with self.lock:
+            self.script = script or (lambda index, body: PASS)
+            self.delay = delay
+            self.seen = []
+            self.peak = 0
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self._handle)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -189,7 +205,7 @@ class Job:
         return self.status in ("completed", "expired", "cancelled", "failed")
 
 
-class BatchServer:
+class BatchServer(LoopbackApp):
     """OpenAI's Batch API and Anthropic's Message Batches on 127.0.0.1, generating for real.
 
     Each line of a batch is sent on to the real OpenAI-compatible server (llama.cpp's; Anthropic
@@ -201,7 +217,10 @@ class BatchServer:
     the whole batch refused at validation (OpenAI) or every line errored (Anthropic).
     """
 
+    name = "batch server"
+
     def __init__(self, upstream: str) -> None:
+        super().__init__()
         self.upstream = upstream.rstrip("/")  # ".../v1" of the chat completions server
         self.validate_s, self.line_s, self.cancel_s, self.expire_s = 0.1, 0.0, 0.1, 3600.0
         self.public = ""  # the root the clients reach this server at (the proxy's): Anthropic's results_url
@@ -209,11 +228,7 @@ class BatchServer:
         self.files: dict[str, bytes] = {}
         self.generated: list[tuple[str, str]] = []  # (batch id, custom_id) of every line sent upstream
         self.keys: list[str] = []  # the Authorization headers seen
-        self.port = free_port()
         self.root = f"http://127.0.0.1:{self.port}"
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True, name="batch-server")
 
     def reset(self, **timing: float) -> None:
         self.validate_s, self.line_s, self.cancel_s, self.expire_s = 0.1, 0.0, 0.1, 3600.0
@@ -222,19 +237,7 @@ class BatchServer:
         self.generated = []
         self.keys = []
 
-    def start(self) -> None:
-        self._thread.start()
-        if not self._ready.wait(30):
-            raise RuntimeError("the batch server did not start")
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._session.close(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application(client_max_size=64 * 2**20)
+    def routes(self, app: web.Application) -> None:
         route = app.router.add_route
         route("POST", "/v1/files", self._upload)
         route("GET", "/v1/files/{id}/content", self._content)
@@ -245,16 +248,6 @@ class BatchServer:
         route("GET", "/v1/messages/batches/{id}", self._retrieve)
         route("POST", "/v1/messages/batches/{id}/cancel", self._cancel)
         route("GET", "/v1/messages/batches/{id}/results", self._messages_results)
-        runner = web.AppRunner(app, access_log=None)
-        self._loop.run_until_complete(runner.setup())
-        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
-        self._session = self._loop.run_until_complete(self._open_session())
-        self._ready.set()
-        self._loop.run_forever()
-
-    async def _open_session(self) -> Any:
-        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
-                                     connector=aiohttp.TCPConnector(force_close=True))
 
     # ---------------------------------------------------------------- the endpoints
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import attrs
 
-from sapo_core.errors import BackendError, StopRun
+from sapo_core.errors import BackendError
 from sapo_core.interfaces import BackendContext, SamplingParams
 from sapo_core.records import Completion, Problem
 from sapo_core.seeding import derive_seed
@@ -131,9 +131,7 @@ class BatchInference:
         return f"{self.engine.label} (batch mode)"
 
     def generate(self, problems: Sequence[Problem], n: int, params: SamplingParams) -> list[list[Completion]]:
-        reached = self.engine.usage.cap_reached()
-        if reached is not None:
-            raise StopRun(f"{self.engine.label} reached its usage cap {reached}")
+        self.engine.refuse_when_capped()
         return asyncio.run(self._generate(problems, n, params))
 
     async def _generate(self, problems: Sequence[Problem], n: int, params: SamplingParams) -> list[list[Completion]]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from sapo_core.errors import BackendError
+from sapo_core.errors import BackendError, StopRun
 from sapo_openai.providers import API, MalformedReply, Reply
 from sapo_openai.usage import Usage
 
@@ -125,6 +125,12 @@ class Engine:
             # A small jitter keeps many clients told "2 s" from coming back in the same millisecond.
             return min(failure.retry_after, self.retry_after_max_s) + self.rng.uniform(0, 0.1 * self.backoff_s)
         return self.rng.uniform(0, min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)))
+
+    def refuse_when_capped(self) -> None:
+        """Stop the run, before any request, once a usage cap (requests, tokens, dollars) is reached."""
+        reached = self.usage.cap_reached()
+        if reached is not None:
+            raise StopRun(f"{self.label} reached its usage cap {reached}")
 
     def nothing_came_back(self, problems: int) -> BackendError:
         """The error for a call in which every request failed for good: nothing to train on."""

@@ -20,7 +20,6 @@ from typing import Any
 
 import attrs
 
-from sapo_core.errors import StopRun
 from sapo_core.interfaces import BackendContext, SamplingParams
 from sapo_core.keys import find_key
 from sapo_core.records import Completion, Problem
@@ -72,9 +71,7 @@ class APIInference:
     n_honoured: bool = True
 
     def generate(self, problems: Sequence[Problem], n: int, params: SamplingParams) -> list[list[Completion]]:
-        reached = self.engine.usage.cap_reached()
-        if reached is not None:
-            raise StopRun(f"{self.engine.label} reached its usage cap {reached}")
+        self.engine.refuse_when_capped()
         return asyncio.run(self._generate(problems, n, params))
 
     async def _generate(self, problems: Sequence[Problem], n: int, params: SamplingParams) -> list[list[Completion]]:
