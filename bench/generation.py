@@ -47,8 +47,9 @@ def worker(args: argparse.Namespace) -> None:
     spec = f"random:{folder}"
     dtype = choose_dtype(args.dtype, dev)
     tokenizer = load_tokenizer(spec)
-    policy = Policy(spec=spec, model=load_model(spec, device=dev, dtype=dtype), tokenizer=tokenizer, device=dev,
-                    dtype=dtype)
+    policy = Policy(
+        spec=spec, model=load_model(spec, device=dev, dtype=dtype), tokenizer=tokenizer, device=dev, dtype=dtype
+    )
     task = ArithmeticTask()
     problems = [task.generate(args.seed * 1000 + p) for p in range(args.problems)]
     static = args.worker.endswith("-static")
@@ -60,7 +61,9 @@ def worker(args: argparse.Namespace) -> None:
 
         def generate(call: int) -> int:
             params = SamplingParams(temperature=1.0, max_new_tokens=args.tokens, seed=call)
-            return sum(c.num_tokens or 0 for group in backend.generate(problems, args.completions, params) for c in group)
+            return sum(
+                c.num_tokens or 0 for group in backend.generate(problems, args.completions, params) for c in group
+            )
     else:
         prompts = [prompt_ids(tokenizer, p) for p in problems for _ in range(args.completions)]
         width = max(len(p) for p in prompts)
@@ -73,11 +76,20 @@ def worker(args: argparse.Namespace) -> None:
             torch.manual_seed(call)
             with torch.inference_mode():
                 out = policy.model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, do_sample=True, temperature=1.0, top_k=0,
-                    top_p=1.0, max_new_tokens=args.tokens, eos_token_id=sorted(eos), pad_token_id=pad,
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    do_sample=True,
+                    temperature=1.0,
+                    top_k=0,
+                    top_p=1.0,
+                    max_new_tokens=args.tokens,
+                    eos_token_id=sorted(eos),
+                    pad_token_id=pad,
                     cache_implementation="static" if static else None,
                 )
-            return sum(next((j + 1 for j, t in enumerate(row) if t in eos), len(row)) for row in out[:, width:].tolist())
+            return sum(
+                next((j + 1 for j, t in enumerate(row) if t in eos), len(row)) for row in out[:, width:].tolist()
+            )
 
     times: list[float] = []
     tokens: list[int] = []
@@ -88,9 +100,18 @@ def worker(args: argparse.Namespace) -> None:
         if call >= args.warmup:
             tokens.append(count)
     seconds = median(times)
-    measure.emit({"variant": args.worker, "device": measure.device_name(dev), "dtype": str(dtype).removeprefix("torch."),
-                  "seconds": seconds, "tokens": median(tokens), "tok_s": median(tokens) / seconds,
-                  "ms_per_step": 1000 * seconds / args.tokens, "times": times})
+    measure.emit(
+        {
+            "variant": args.worker,
+            "device": measure.device_name(dev),
+            "dtype": str(dtype).removeprefix("torch."),
+            "seconds": seconds,
+            "tokens": median(tokens),
+            "tok_s": median(tokens) / seconds,
+            "ms_per_step": 1000 * seconds / args.tokens,
+            "times": times,
+        }
+    )
 
 
 def main() -> None:
@@ -98,21 +119,35 @@ def main() -> None:
     shapes.add_arguments(parser, tokens_help="max new tokens")
     measure.add_arguments(parser)
     parser.add_argument("--variant", action="append", choices=VARIANTS, help="default: plain and sapo")
-    parser.add_argument("--dtype", default="auto", help="model weights: auto (bf16 on a GPU, fp32 on the CPU), fp32, bf16")
+    parser.add_argument(
+        "--dtype", default="auto", help="model weights: auto (bf16 on a GPU, fp32 on the CPU), fp32, bf16"
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    ok = measure.run_each(__file__, "--variant", args.variant or ("plain", "sapo"), timeout=args.timeout,
-                          what="variant")
+    ok = measure.run_each(
+        __file__, "--variant", args.variant or ("plain", "sapo"), timeout=args.timeout, what="variant"
+    )
     base = ok.get("plain")
     any_result = next(iter(ok.values()))
-    print(f"\n{args.shape}, {args.problems}x{args.completions} rows x {args.tokens} new tokens, {any_result['dtype']}, "
-          f"{any_result['device']}")
+    print(
+        f"\n{args.shape}, {args.problems}x{args.completions} rows x {args.tokens} new tokens, {any_result['dtype']}, "
+        f"{any_result['device']}"
+    )
     header = ("variant", "seconds", "tokens", "tok/s", "ms/step", "vs plain")
-    body = [(k, r["seconds"], r["tokens"], r["tok_s"], r["ms_per_step"],
-             f"x{r['tok_s'] / base['tok_s']:.2f}" if base else "n/a") for k, r in ok.items()]
+    body = [
+        (
+            k,
+            r["seconds"],
+            r["tokens"],
+            r["tok_s"],
+            r["ms_per_step"],
+            f"x{r['tok_s'] / base['tok_s']:.2f}" if base else "n/a",
+        )
+        for k, r in ok.items()
+    ]
     print(measure.table(header, body))
 
 

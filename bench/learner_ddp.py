@@ -56,13 +56,21 @@ def worker(args: argparse.Namespace) -> None:
         torch.cuda.set_device(dev)
     spec = f"random:{args.folder}"
     tokenizer = load_tokenizer(spec)
-    policy = Policy(spec=spec, model=load_model(spec, device=dev, dtype=torch.float32), tokenizer=tokenizer,
-                    device=dev, dtype=torch.float32)
+    policy = Policy(
+        spec=spec,
+        model=load_model(spec, device=dev, dtype=torch.float32),
+        tokenizer=tokenizer,
+        device=dev,
+        dtype=torch.float32,
+    )
     groups = learner_step.rollouts(tokenizer, args)
     widest = max(len(prompt_ids(tokenizer, g.problem)) for g in groups) + args.tokens
-    settings = GRPOSettings(micro_batch_tokens=args.micro_rows * widest, gradient_checkpointing=args.gradient_checkpointing)
-    learner = GRPOLearner(policy, settings, total_steps=args.warmup + args.steps, max_completion_length=args.tokens,
-                          seed=0, node="bench")
+    settings = GRPOSettings(
+        micro_batch_tokens=args.micro_rows * widest, gradient_checkpointing=args.gradient_checkpointing
+    )
+    learner = GRPOLearner(
+        policy, settings, total_steps=args.warmup + args.steps, max_completion_length=args.tokens, seed=0, node="bench"
+    )
     accelerator = learner.accelerator
     times: list[float] = []
     metrics: dict = {}
@@ -81,12 +89,22 @@ def worker(args: argparse.Namespace) -> None:
             state[name] = tensor.detach().float().cpu().contiguous()
     save_file(state, str(Path(args.out) / f"rank{rank}.safetensors"))
     completion_tokens = args.problems * args.completions * args.tokens
-    (Path(args.out) / f"rank{rank}.json").write_text(json.dumps({
-        "world": accelerator.num_processes, "rank": rank, "device": measure.device_name(dev),
-        "step_s": median(times), "steps_s": times, "completion_tok_s": completion_tokens / median(times),
-        "peak_mib": measure.peak_mib(dev), "micro_batches": metrics.get("micro_batches"),
-        "loss": metrics.get("loss"), "grad_norm": metrics.get("grad_norm"),
-    }))
+    (Path(args.out) / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "world": accelerator.num_processes,
+                "rank": rank,
+                "device": measure.device_name(dev),
+                "step_s": median(times),
+                "steps_s": times,
+                "completion_tok_s": completion_tokens / median(times),
+                "peak_mib": measure.peak_mib(dev),
+                "micro_batches": metrics.get("micro_batches"),
+                "loss": metrics.get("loss"),
+                "grad_norm": metrics.get("grad_norm"),
+            }
+        )
+    )
 
 
 def launch(args: argparse.Namespace, processes: int, folder: Path, out: Path, forwarded: list[str]) -> dict:
@@ -101,10 +119,28 @@ def launch(args: argparse.Namespace, processes: int, folder: Path, out: Path, fo
     # torchrun, one process per GPU; on a machine without GPUs the ranks join a gloo group.
     mode = ["--multi_gpu"] if processes > 1 else ([] if gpus else ["--cpu"])
     accelerate = Path(sys.executable).with_name("accelerate")
-    command = [str(accelerate) if accelerate.exists() else "accelerate", "launch", *mode,
-               "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--main_process_port", str(free_port()), __file__,
-               "--worker", "--folder", str(folder), "--out", str(out), *forwarded]
+    command = [
+        str(accelerate) if accelerate.exists() else "accelerate",
+        "launch",
+        *mode,
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        __file__,
+        "--worker",
+        "--folder",
+        str(folder),
+        "--out",
+        str(out),
+        *forwarded,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or os.environ.get("OMP_NUM_THREADS", "1"))}
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
@@ -113,8 +149,12 @@ def launch(args: argparse.Namespace, processes: int, folder: Path, out: Path, fo
     if done.returncode != 0:
         return {"error": f"exit {done.returncode}: " + " | ".join(done.stderr.strip().splitlines()[-15:])}
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
-    return {"ranks": ranks, **ranks[0], "step_s": max(r["step_s"] for r in ranks),
-            "peak_mib": max(r["peak_mib"] for r in ranks)}
+    return {
+        "ranks": ranks,
+        **ranks[0],
+        "step_s": max(r["step_s"] for r in ranks),
+        "peak_mib": max(r["peak_mib"] for r in ranks),
+    }
 
 
 def compare_weights(run: Path, processes: int, single: Path | None) -> dict:
@@ -162,22 +202,46 @@ def main() -> None:
         for n in counts:
             results[n] = launch(args, n, folder, work / f"{n}-processes", forwarded)
             if "error" not in results[n]:
-                results[n].update(compare_weights(work / f"{n}-processes", n,
-                                                  work / "1-processes" if n > 1 and "error" not in results[1] else None))
+                results[n].update(
+                    compare_weights(
+                        work / f"{n}-processes",
+                        n,
+                        work / "1-processes" if n > 1 and "error" not in results[1] else None,
+                    )
+                )
             print(f"{n}: { {k: v for k, v in results[n].items() if k != 'ranks'} }", flush=True)
     ok = {n: r for n, r in results.items() if "error" not in r}
     if 1 not in ok:
         raise SystemExit("the one-process run failed: " + results[1]["error"])
     one = ok[1]
-    header = ("processes", "step s", "completion tok/s", "vs 1 process", "scaling efficiency", "peak MiB per rank",
-              "ranks identical", "max abs diff vs 1 process")
-    body = [(n, r["step_s"], rows * args.tokens / r["step_s"],
-             f"x{one['step_s'] / r['step_s']:.2f}", f"{one['step_s'] / r['step_s'] / n:.0%}", r["peak_mib"],
-             "yes" if r["ranks_identical"] else "NO",
-             "-" if r["max_abs_diff_vs_one"] is None else f"{r['max_abs_diff_vs_one']:.2e}") for n, r in ok.items()]
-    print(f"\n{args.shape}, {args.problems}x{args.completions}x{args.tokens} tokens per step (the global batch), "
-          f"{args.micro_rows} rows per micro-batch per rank, checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
-          f"{one['device']}")
+    header = (
+        "processes",
+        "step s",
+        "completion tok/s",
+        "vs 1 process",
+        "scaling efficiency",
+        "peak MiB per rank",
+        "ranks identical",
+        "max abs diff vs 1 process",
+    )
+    body = [
+        (
+            n,
+            r["step_s"],
+            rows * args.tokens / r["step_s"],
+            f"x{one['step_s'] / r['step_s']:.2f}",
+            f"{one['step_s'] / r['step_s'] / n:.0%}",
+            r["peak_mib"],
+            "yes" if r["ranks_identical"] else "NO",
+            "-" if r["max_abs_diff_vs_one"] is None else f"{r['max_abs_diff_vs_one']:.2e}",
+        )
+        for n, r in ok.items()
+    ]
+    print(
+        f"\n{args.shape}, {args.problems}x{args.completions}x{args.tokens} tokens per step (the global batch), "
+        f"{args.micro_rows} rows per micro-batch per rank, checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
+        f"{one['device']}"
+    )
     print(measure.table(header, body))
     failed = [n for n, r in results.items() if "error" in r]
     if failed or not all(r["ranks_identical"] for r in ok.values()):

@@ -56,12 +56,25 @@ def rollouts(tokenizer: Any, args: argparse.Namespace) -> list[Any]:
     groups = []
     for p in range(args.problems):
         problem = task.generate(args.seed * 1000 + p)
-        completions = [Completion(text="", finish_reason="length", num_tokens=args.tokens,
-                                  token_ids=[rng.randint(low, high) for _ in range(args.tokens)])
-                       for _ in range(args.completions)]
+        completions = [
+            Completion(
+                text="",
+                finish_reason="length",
+                num_tokens=args.tokens,
+                token_ids=[rng.randint(low, high) for _ in range(args.tokens)],
+            )
+            for _ in range(args.completions)
+        ]
         rewards = [rng.random() for _ in completions]
-        groups.append(Group(problem=problem, completions=completions, rewards=rewards,
-                            advantages=group_advantages(rewards), node="bench"))
+        groups.append(
+            Group(
+                problem=problem,
+                completions=completions,
+                rewards=rewards,
+                advantages=group_advantages(rewards),
+                node="bench",
+            )
+        )
     return groups
 
 
@@ -84,7 +97,8 @@ def profiled(dev: Any) -> Iterator[Callable[[], str]]:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=activities) as prof:
         yield lambda: prof.key_averages().table(
-            sort_by="self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total", row_limit=30)
+            sort_by="self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total", row_limit=30
+        )
         measure.sync(dev)
 
 
@@ -104,15 +118,24 @@ def run_sapo(args: argparse.Namespace, folder: Path, dev: Any) -> tuple[list[flo
         sapo_local.learner.selected_logprobs = previous_logprobs.selected_logprobs
     spec = f"random:{folder}"
     tokenizer = load_tokenizer(spec)
-    policy = Policy(spec=spec, model=load_model(spec, device=dev, dtype=torch.float32), tokenizer=tokenizer,
-                    device=dev, dtype=torch.float32)
+    policy = Policy(
+        spec=spec,
+        model=load_model(spec, device=dev, dtype=torch.float32),
+        tokenizer=tokenizer,
+        device=dev,
+        dtype=torch.float32,
+    )
     groups = rollouts(tokenizer, args)
     widest = max(len(prompt_ids(tokenizer, g.problem)) for g in groups) + args.tokens
-    settings = GRPOSettings(loss_type=args.loss_type, micro_batch_tokens=args.micro_rows * widest,
-                            gradient_checkpointing=args.gradient_checkpointing,
-                            logprob_chunk_size=args.logprob_chunk_size)
-    learner = GRPOLearner(policy, settings, total_steps=args.warmup + args.steps, max_completion_length=args.tokens,
-                          seed=0, node="bench")
+    settings = GRPOSettings(
+        loss_type=args.loss_type,
+        micro_batch_tokens=args.micro_rows * widest,
+        gradient_checkpointing=args.gradient_checkpointing,
+        logprob_chunk_size=args.logprob_chunk_size,
+    )
+    learner = GRPOLearner(
+        policy, settings, total_steps=args.warmup + args.steps, max_completion_length=args.tokens, seed=0, node="bench"
+    )
     if args.worker == "sapo-compiled":
         learner.accelerator.unwrap_model(learner.module).compile = True
     times: list[float] = []
@@ -177,12 +200,13 @@ def run_trl(args: argparse.Namespace, folder: Path, dev: Any) -> tuple[list[floa
     for g, (group, prompt) in enumerate(zip(groups, prompts)):
         for c, (completion, advantage) in enumerate(zip(group.completions, group.advantages)):
             row = g * args.completions + c
-            prompt_ids_t[row, width - len(prompt):] = torch.tensor(prompt)  # TRL left-pads prompts
-            prompt_mask[row, width - len(prompt):] = 1
+            prompt_ids_t[row, width - len(prompt) :] = torch.tensor(prompt)  # TRL left-pads prompts
+            prompt_mask[row, width - len(prompt) :] = 1
             completion_ids.append(list(completion.token_ids))
             advantages.append(advantage)
     batch = {
-        "prompt_ids": prompt_ids_t.to(dev), "prompt_mask": prompt_mask.to(dev),
+        "prompt_ids": prompt_ids_t.to(dev),
+        "prompt_mask": prompt_mask.to(dev),
         "completion_ids": torch.tensor(completion_ids, device=dev),
         "completion_mask": torch.ones((rows, args.tokens), dtype=torch.long, device=dev),
         "advantages": torch.tensor(advantages, dtype=torch.float32, device=dev),
@@ -223,18 +247,45 @@ def run_trl(args: argparse.Namespace, folder: Path, dev: Any) -> tuple[list[floa
 
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
-            output_dir=out, per_device_train_batch_size=args.micro_rows,
-            gradient_accumulation_steps=rows // args.micro_rows, num_generations=args.completions,
-            max_completion_length=args.tokens, max_steps=args.warmup + args.steps + bool(args.profile), learning_rate=1e-5,
-            adam_beta1=0.9, adam_beta2=0.99, weight_decay=0.0, max_grad_norm=1.0, lr_scheduler_type="constant",
-            loss_type=args.loss_type, epsilon=0.2, epsilon_high=0.28, beta=0.0, num_iterations=1, temperature=1.0,
-            gradient_checkpointing=args.gradient_checkpointing, bf16=dev.type == "cuda", use_cpu=dev.type == "cpu",
-            logging_steps=10**6, save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
-            log_completions=False, shuffle_dataset=False, dataloader_num_workers=0,
+            output_dir=out,
+            per_device_train_batch_size=args.micro_rows,
+            gradient_accumulation_steps=rows // args.micro_rows,
+            num_generations=args.completions,
+            max_completion_length=args.tokens,
+            max_steps=args.warmup + args.steps + bool(args.profile),
+            learning_rate=1e-5,
+            adam_beta1=0.9,
+            adam_beta2=0.99,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            lr_scheduler_type="constant",
+            loss_type=args.loss_type,
+            epsilon=0.2,
+            epsilon_high=0.28,
+            beta=0.0,
+            num_iterations=1,
+            temperature=1.0,
+            gradient_checkpointing=args.gradient_checkpointing,
+            bf16=dev.type == "cuda",
+            use_cpu=dev.type == "cpu",
+            logging_steps=10**6,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            seed=0,
+            log_completions=False,
+            shuffle_dataset=False,
+            dataloader_num_workers=0,
         )
         dataset = Dataset.from_dict({"prompt": [f"problem {i}" for i in range(args.problems)]})
-        trainer = FixedRollouts(model=model, reward_funcs=never_called, args=config, train_dataset=dataset,
-                                processing_class=tokenizer, callbacks=[StepClock()])
+        trainer = FixedRollouts(
+            model=model,
+            reward_funcs=never_called,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[StepClock()],
+        )
         trainer.train()
     extra = {"micro_batches": rows // args.micro_rows}
     if args.profile:
@@ -266,13 +317,21 @@ def worker(args: argparse.Namespace) -> None:
     seconds = median(times)
     flops = flops_per_step(shapes.SHAPES[args.shape], lengths)
     peak_tflops = measure.bf16_peak_tflops(dev)
-    measure.emit({
-        "impl": args.worker, "shape": args.shape, "device": measure.device_name(dev), "step_s": seconds,
-        "steps_s": times, "completion_tok_s": sum(c for _, c in lengths) / seconds,
-        "all_tok_s": sum(p + c for p, c in lengths) / seconds, "peak_mib": peak,
-        "tflops": flops / seconds / 1e12, "mfu": flops / seconds / 1e12 / peak_tflops if peak_tflops else None,
-        **extra,
-    })
+    measure.emit(
+        {
+            "impl": args.worker,
+            "shape": args.shape,
+            "device": measure.device_name(dev),
+            "step_s": seconds,
+            "steps_s": times,
+            "completion_tok_s": sum(c for _, c in lengths) / seconds,
+            "all_tok_s": sum(p + c for p, c in lengths) / seconds,
+            "peak_mib": peak,
+            "tflops": flops / seconds / 1e12,
+            "mfu": flops / seconds / 1e12 / peak_tflops if peak_tflops else None,
+            **extra,
+        }
+    )
 
 
 def main() -> None:
@@ -286,8 +345,11 @@ def main() -> None:
     parser.add_argument("--logprob-chunk-size", type=int, default=1024, help="sapo's train.logprob_chunk_size")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--profile", help="write a torch.profiler table of one more step to PROFILE.<learner>.txt")
-    parser.add_argument("--sync-report", action="store_true",
-                        help="sapo on a GPU: count where one more step makes the CPU wait for the GPU")
+    parser.add_argument(
+        "--sync-report",
+        action="store_true",
+        help="sapo on a GPU: count where one more step makes the CPU wait for the GPU",
+    )
     parser.add_argument("--worker", choices=IMPLEMENTATIONS + VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     rows = args.problems * args.completions
@@ -297,21 +359,37 @@ def main() -> None:
         return worker(args)
     ok = measure.run_each(__file__, "--impl", args.impl or IMPLEMENTATIONS, timeout=args.timeout, what="learner")
     header = ("learner", "step s", "completion tok/s", "peak MiB", "TFLOP/s", "MFU", "micro-batches")
-    body = [(k, r["step_s"], r["completion_tok_s"], r["peak_mib"], r["tflops"],
-             f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a", r["micro_batches"]) for k, r in ok.items()]
-    print(f"\n{args.shape}, {args.problems}x{args.completions}x{args.tokens} tokens, {args.micro_rows} rows per "
-          f"micro-batch, loss {args.loss_type}, checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
-          f"{next(iter(ok.values()))['device']}")
+    body = [
+        (
+            k,
+            r["step_s"],
+            r["completion_tok_s"],
+            r["peak_mib"],
+            r["tflops"],
+            f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a",
+            r["micro_batches"],
+        )
+        for k, r in ok.items()
+    ]
+    print(
+        f"\n{args.shape}, {args.problems}x{args.completions}x{args.tokens} tokens, {args.micro_rows} rows per "
+        f"micro-batch, loss {args.loss_type}, checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
+        f"{next(iter(ok.values()))['device']}"
+    )
     print(measure.table(header, body))
     if "sapo" in ok and "trl" in ok:
         s, t = ok["sapo"], ok["trl"]
-        print(f"sapo / TRL: tokens/s x{s['completion_tok_s'] / t['completion_tok_s']:.2f} (target >= 1.5), "
-              f"peak memory x{s['peak_mib'] / t['peak_mib']:.2f} (target <= 0.6)")
+        print(
+            f"sapo / TRL: tokens/s x{s['completion_tok_s'] / t['completion_tok_s']:.2f} (target >= 1.5), "
+            f"peak memory x{s['peak_mib'] / t['peak_mib']:.2f} (target <= 0.6)"
+        )
     for variant in ("sapo", "sapo-compiled"):
         if variant in ok and "sapo-previous" in ok:
             s, p = ok[variant], ok["sapo-previous"]
-            print(f"{variant} / sapo-previous: tokens/s x{s['completion_tok_s'] / p['completion_tok_s']:.2f}, "
-                  f"peak memory x{s['peak_mib'] / p['peak_mib']:.2f}")
+            print(
+                f"{variant} / sapo-previous: tokens/s x{s['completion_tok_s'] / p['completion_tok_s']:.2f}, "
+                f"peak memory x{s['peak_mib'] / p['peak_mib']:.2f}"
+            )
 
 
 if __name__ == "__main__":

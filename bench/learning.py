@@ -43,10 +43,22 @@ from sapo_core import rundir
 from sapo_core.tasks.presets import PRESETS as TASK_MIXES
 
 PRESETS = {
-    "cpu": ["tasks.problems_per_round=4", "inference.num_completions=8", "inference.max_new_tokens=48",
-            "eval.problems=16", "eval.every=4", "train.micro_batch_tokens=2048"],
-    "gpu": ["tasks.problems_per_round=8", "inference.num_completions=8", "inference.max_new_tokens=128",
-            "inference.cache_implementation=static", "eval.problems=64", "eval.every=10"],
+    "cpu": [
+        "tasks.problems_per_round=4",
+        "inference.num_completions=8",
+        "inference.max_new_tokens=48",
+        "eval.problems=16",
+        "eval.every=4",
+        "train.micro_batch_tokens=2048",
+    ],
+    "gpu": [
+        "tasks.problems_per_round=8",
+        "inference.num_completions=8",
+        "inference.max_new_tokens=128",
+        "inference.cache_implementation=static",
+        "eval.problems=64",
+        "eval.every=10",
+    ],
 }
 TARGET_RISE, TARGET_DROP, STUCK_ROUNDS = 0.2, 0.1, 5
 
@@ -67,9 +79,24 @@ class Job:
 
     def command(self, rounds: int) -> list[str]:
         tasks = f"tasks.preset={self.preset}" if self.preset else f'tasks.names=["{self.task}"]'
-        command = [sys.executable, "-m", "sapo_core", "run", "--rounds", str(rounds), "--run-dir", str(self.folder),
-                   "--set", tasks, "--set", f"run.seed={self.seed}",
-                   "--set", "eval.at_start=true", "--set", "run.experiment=learning"]
+        command = [
+            sys.executable,
+            "-m",
+            "sapo_core",
+            "run",
+            "--rounds",
+            str(rounds),
+            "--run-dir",
+            str(self.folder),
+            "--set",
+            tasks,
+            "--set",
+            f"run.seed={self.seed}",
+            "--set",
+            "eval.at_start=true",
+            "--set",
+            "run.experiment=learning",
+        ]
         for item in self.sets:
             command += ["--set", item]
         return command
@@ -96,8 +123,13 @@ class Outcome:
         for line in rounds:
             streak = streak + 1 if line.get("groups/no_signal", 0) >= line.get("groups/local", 1) else 0
             longest = max(longest, streak)
-        return cls(evals=evals, rounds=len(rounds), no_step=sum("train/loss" not in line for line in rounds),
-                   stuck=longest, seconds=sum(float(line.get("time/round", 0.0)) for line in rounds))
+        return cls(
+            evals=evals,
+            rounds=len(rounds),
+            no_step=sum("train/loss" not in line for line in rounds),
+            stuck=longest,
+            seconds=sum(float(line.get("time/round", 0.0)) for line in rounds),
+        )
 
     @property
     def start(self) -> float:
@@ -131,8 +163,12 @@ def run_jobs(jobs: Sequence[Job], rounds: int, parallel: int, threads: int) -> l
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     todo = [job for job in jobs if not finished(job.folder, rounds)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     running: dict[Job, subprocess.Popen[bytes]] = {}
     failures: list[str] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -155,10 +191,13 @@ def run_jobs(jobs: Sequence[Job], rounds: int, parallel: int, threads: int) -> l
                 if process.returncode != 0:
                     log = job.folder.parent / f"{job.folder.name}.log"
                     tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-                    failures.append(f"{job.variant}/{job.task}/seed{job.seed}: exit {process.returncode}: "
-                                    + " | ".join(tail))
-            done = [f"{len(rundir.read_metrics(j.folder)) if (j.folder / rundir.METRICS_FILE).exists() else 0}"
-                    for j in running]
+                    failures.append(
+                        f"{job.variant}/{job.task}/seed{job.seed}: exit {process.returncode}: " + " | ".join(tail)
+                    )
+            done = [
+                f"{len(rundir.read_metrics(j.folder)) if (j.folder / rundir.METRICS_FILE).exists() else 0}"
+                for j in running
+            ]
             progress.update(bar, description=f"runs (rounds logged by the running ones: {' '.join(done) or '-'})")
             time.sleep(2)
     return failures
@@ -176,28 +215,39 @@ def summarise(outcomes: dict[tuple[str, str], list[Outcome]]) -> list[dict[str, 
         rise = [o.final - o.start for o in runs]
         drop = max(o.best - o.final for o in runs)
         stuck = max(o.stuck for o in runs)
-        rows.append({
-            "variant": variant, "task": task, "seeds": len(runs),
-            "start": [o.start for o in runs], "final": [o.final for o in runs], "best": [o.best for o in runs],
-            "rise_mean": statistics.fmean(rise), "max_drop_from_best": drop,
-            "no_step_rounds": [o.no_step for o in runs], "longest_no_signal_streak": stuck,
-            "minutes": statistics.fmean(o.seconds for o in runs) / 60,
-            "targets_met": statistics.fmean(rise) >= TARGET_RISE and drop <= TARGET_DROP and stuck < STUCK_ROUNDS,
-            "curves": [list(map(list, o.evals)) for o in runs],
-        })
+        rows.append(
+            {
+                "variant": variant,
+                "task": task,
+                "seeds": len(runs),
+                "start": [o.start for o in runs],
+                "final": [o.final for o in runs],
+                "best": [o.best for o in runs],
+                "rise_mean": statistics.fmean(rise),
+                "max_drop_from_best": drop,
+                "no_step_rounds": [o.no_step for o in runs],
+                "longest_no_signal_streak": stuck,
+                "minutes": statistics.fmean(o.seconds for o in runs) / 60,
+                "targets_met": statistics.fmean(rise) >= TARGET_RISE and drop <= TARGET_DROP and stuck < STUCK_ROUNDS,
+                "curves": [list(map(list, o.evals)) for o in runs],
+            }
+        )
     return rows
 
 
 def markdown(rows: Sequence[dict[str, Any]], command: str) -> str:
-    header = ("| variant | task | seeds | pass@1 before | after | best | rise | worst drop below own best "
-              "| rounds without a step | longest no-signal streak | min/run | targets |")
+    header = (
+        "| variant | task | seeds | pass@1 before | after | best | rise | worst drop below own best "
+        "| rounds without a step | longest no-signal streak | min/run | targets |"
+    )
     lines = [f"`{command}`", "", header, "|" + "---|" * 12]
     for row in rows:
         lines.append(
             f"| {row['variant']} | {row['task']} | {row['seeds']} | {spread(row['start'])} | {spread(row['final'])} "
             f"| {spread(row['best'])} | {row['rise_mean']:+.3f} | {row['max_drop_from_best']:.3f} "
             f"| {statistics.fmean(row['no_step_rounds']):.1f} | {row['longest_no_signal_streak']} "
-            f"| {row['minutes']:.1f} | {'met' if row['targets_met'] else 'missed'} |")
+            f"| {row['minutes']:.1f} | {'met' if row['targets_met'] else 'missed'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -215,9 +265,15 @@ def plot(rows: Sequence[dict[str, Any]], output: Path) -> None:
             per_round = [[v for curve in row["curves"] for r, v in curve if int(r) == x] for x in rounds]
             x = [r + 1 for r in rounds]  # evaluations after round r; 0 = before training
             mean = [statistics.fmean(v) for v in per_round]
-            line, = ax.plot(x, mean, marker="o", label=f"{row['variant']} (n={row['seeds']})")
-            ax.fill_between(x, [min(v) for v in per_round], [max(v) for v in per_round], color=line.get_color(),
-                            alpha=0.15, linewidth=0)
+            (line,) = ax.plot(x, mean, marker="o", label=f"{row['variant']} (n={row['seeds']})")
+            ax.fill_between(
+                x,
+                [min(v) for v in per_round],
+                [max(v) for v in per_round],
+                color=line.get_color(),
+                alpha=0.15,
+                linewidth=0,
+            )
         ax.set_title(task)
         ax.set_xlabel("rounds trained")
         ax.grid(alpha=0.3)
@@ -245,17 +301,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated run.seed values")
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="a config key for every run (after the preset)")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME:K=V;K=V",
-                        help="a recipe variant to compare (its keys after --set); repeatable")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config key for every run (after the preset)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:K=V;K=V",
+        help="a recipe variant to compare (its keys after --set); repeatable",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default runs/learning/<time>)")
-    parser.add_argument("--only", action="append", default=[], metavar="VARIANT/TASK",
-                        help="run only these variant/task pairs (shell patterns, e.g. 'recipe/*'); repeatable")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="VARIANT/TASK",
+        help="run only these variant/task pairs (shell patterns, e.g. 'recipe/*'); repeatable",
+    )
     parser.add_argument("--report-only", action="store_true", help="summarise the runs in --out, run nothing")
-    parser.add_argument("--partial", action="store_true", help="summarise unfinished runs too (their evaluations so far)")
+    parser.add_argument(
+        "--partial", action="store_true", help="summarise unfinished runs too (their evaluations so far)"
+    )
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / "learning" / rundir.timestamp()
     variants = parse_variants(args.variant)
@@ -263,9 +337,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for task in args.tasks.split(","):
         if task.startswith("preset:") and task.removeprefix("preset:") not in TASK_MIXES:
             raise SystemExit(f"--tasks {task}: no such preset; choose one of {', '.join(TASK_MIXES)}")
-    jobs = [Job(variant, task, int(seed), (*common, *sets), out / variant / task.replace(":", "-") / f"seed{seed}")
-            for variant, sets in variants.items() for task in args.tasks.split(",") for seed in args.seeds.split(",")
-            if not args.only or any(fnmatch.fnmatchcase(f"{variant}/{task}", pattern) for pattern in args.only)]
+    jobs = [
+        Job(variant, task, int(seed), (*common, *sets), out / variant / task.replace(":", "-") / f"seed{seed}")
+        for variant, sets in variants.items()
+        for task in args.tasks.split(",")
+        for seed in args.seeds.split(",")
+        if not args.only or any(fnmatch.fnmatchcase(f"{variant}/{task}", pattern) for pattern in args.only)
+    ]
     command = " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
     failures = [] if args.report_only else run_jobs(jobs, args.rounds, args.jobs, args.threads)
     outcomes: dict[tuple[str, str], list[Outcome]] = {}

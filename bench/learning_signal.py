@@ -37,9 +37,14 @@ TASKS = {task.name: task for task in (ArithmeticTask, SortTask, SatTask, Countdo
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m", help="model.name: the bundled model, a path or random:")
-    parser.add_argument("--tasks", default=",".join(TASKS),
-                        help="comma-separated task names (any registered task, e.g. rg:bf) or preset:<mix>")
-    parser.add_argument("--levels", default="1,default", help="comma-separated ladder levels; 'default': the task's own")
+    parser.add_argument(
+        "--tasks",
+        default=",".join(TASKS),
+        help="comma-separated task names (any registered task, e.g. rg:bf) or preset:<mix>",
+    )
+    parser.add_argument(
+        "--levels", default="1,default", help="comma-separated ladder levels; 'default': the task's own"
+    )
     parser.add_argument("--temperatures", default="0.7,1.0")
     parser.add_argument("--problems", type=int, default=8)
     parser.add_argument("--completions", type=int, default=8)
@@ -90,8 +95,9 @@ def build_task(name: str) -> object:
     return registration.factory(settings, BackendContext())
 
 
-def measure(backend: object, task: object, scorer: CorrectnessReward, args: argparse.Namespace,
-            temperature: float) -> dict[str, float]:
+def measure(
+    backend: object, task: object, scorer: CorrectnessReward, args: argparse.Namespace, temperature: float
+) -> dict[str, float]:
     """One row: sample the problems, score them, summarise."""
     problems = [task.generate(args.seed * 1000 + index) for index in range(args.problems)]  # type: ignore[attr-defined]
     params = SamplingParams(temperature=temperature, max_new_tokens=args.tokens, seed=args.seed)
@@ -109,8 +115,14 @@ def measure(backend: object, task: object, scorer: CorrectnessReward, args: argp
             untagged += not has_tags and score > 0
             truncated += completion.finish_reason == "length"
     count = len(scores)
-    return {"correctness": statistics.fmean(scores), "tagged": tagged / count, "read_untagged": untagged / count,
-            "truncated": truncated / count, "groups_with_signal": varied / len(problems), "seconds": seconds}
+    return {
+        "correctness": statistics.fmean(scores),
+        "tagged": tagged / count,
+        "read_untagged": untagged / count,
+        "truncated": truncated / count,
+        "groups_with_signal": varied / len(problems),
+        "seconds": seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,11 +138,18 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = choose_device(args.device)
     dtype = choose_dtype("auto", device)
-    policy = Policy(spec=args.model, model=load_model(args.model, device=device, dtype=dtype),
-                    tokenizer=load_tokenizer(args.model), device=device, dtype=dtype)
+    policy = Policy(
+        spec=args.model,
+        model=load_model(args.model, device=device, dtype=dtype),
+        tokenizer=load_tokenizer(args.model),
+        device=device,
+        dtype=dtype,
+    )
     backend = LocalInference(policy, LocalInferenceSettings(batch_size=args.batch_size))
-    print(f"{args.model}: {args.problems} problems x {args.completions} completions x {args.tokens} tokens, "
-          f"seed {args.seed}, {device}\n")
+    print(
+        f"{args.model}: {args.problems} problems x {args.completions} completions x {args.tokens} tokens, "
+        f"seed {args.seed}, {device}\n"
+    )
     print("| task | level | temperature | correctness | tagged | read untagged | truncated | groups with signal |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
@@ -138,15 +157,22 @@ def main(argv: list[str] | None = None) -> None:
         for level, task in levels_of(build_task(name), args.levels):
             scorer = CorrectnessReward(BackendContext(tasks={name: task}))  # type: ignore[dict-item]
             for temperature in map(float, args.temperatures.split(",")):
-                row = {"task": name, "level": level, "temperature": temperature,
-                       **measure(backend, task, scorer, args, temperature)}
+                row = {
+                    "task": name,
+                    "level": level,
+                    "temperature": temperature,
+                    **measure(backend, task, scorer, args, temperature),
+                }
                 rows.append(row)
-                print(f"| {name} | {level} | {temperature:.2f} | {row['correctness']:.3f} | {row['tagged']:.2f} | "
-                      f"{row['read_untagged']:.2f} | {row['truncated']:.2f} | {row['groups_with_signal']:.2f} |",
-                      flush=True)
+                print(
+                    f"| {name} | {level} | {temperature:.2f} | {row['correctness']:.3f} | {row['tagged']:.2f} | "
+                    f"{row['read_untagged']:.2f} | {row['truncated']:.2f} | {row['groups_with_signal']:.2f} |",
+                    flush=True,
+                )
     if args.out:
-        args.out.write_text(json.dumps({"arguments": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
-                                       indent=1))
+        args.out.write_text(
+            json.dumps({"arguments": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1)
+        )
 
 
 if __name__ == "__main__":

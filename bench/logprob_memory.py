@@ -29,16 +29,19 @@ VARIANTS = ("full", "previous", "sapo", "sapo-compiled")
 
 
 def worker(args: argparse.Namespace) -> None:
+    import previous_logprobs
     import torch
 
-    import previous_logprobs
     from sapo_local.logprobs import selected_logprobs
 
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = measure.device(args.device)
-    dtype = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
-             "fp32": torch.float32}[args.dtype]
+    dtype = {
+        "auto": torch.bfloat16 if dev.type == "cuda" else torch.float32,
+        "bf16": torch.bfloat16,
+        "fp32": torch.float32,
+    }[args.dtype]
     generator = torch.Generator(device="cpu").manual_seed(0)
     hidden = torch.randn(args.tokens, args.hidden, generator=generator).to(dev, dtype).requires_grad_()
     weight = (torch.randn(args.vocab, args.hidden, generator=generator) * 0.02).to(dev, dtype).requires_grad_()
@@ -52,9 +55,12 @@ def worker(args: argparse.Namespace) -> None:
     def chunked(implementation, **kwargs):
         return lambda: implementation(hidden, weight, targets, chunk_size=args.chunk_size, **kwargs)
 
-    compute = {"full": full, "previous": chunked(previous_logprobs.selected_logprobs),
-               "sapo": chunked(selected_logprobs, compile=False),
-               "sapo-compiled": chunked(selected_logprobs, compile=True)}[args.worker]
+    compute = {
+        "full": full,
+        "previous": chunked(previous_logprobs.selected_logprobs),
+        "sapo": chunked(selected_logprobs, compile=False),
+        "sapo-compiled": chunked(selected_logprobs, compile=True),
+    }[args.worker]
     times: list[float] = []
     peaks: list[float] = []
     for repeat in range(args.warmup + args.repeats):
@@ -69,9 +75,18 @@ def worker(args: argparse.Namespace) -> None:
         if repeat >= args.warmup:
             peaks.append(measure.peak_mib(dev) - baseline)
         checksum = float(value)
-    measure.emit({"variant": args.worker, "device": measure.device_name(dev), "dtype": str(dtype).removeprefix("torch."),
-                  "extra_mib": max(peaks), "seconds": median(times), "times": times, "sum": checksum,
-                  "grad_norms": [float(hidden.grad.float().norm()), float(weight.grad.float().norm())]})
+    measure.emit(
+        {
+            "variant": args.worker,
+            "device": measure.device_name(dev),
+            "dtype": str(dtype).removeprefix("torch."),
+            "extra_mib": max(peaks),
+            "seconds": median(times),
+            "times": times,
+            "sum": checksum,
+            "grad_norms": [float(hidden.grad.float().norm()), float(weight.grad.float().norm())],
+        }
+    )
 
 
 def main() -> None:
@@ -81,7 +96,9 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--hidden", type=int, default=896)
     parser.add_argument("--chunk-size", type=int, default=1024, help="sapo's train.logprob_chunk_size")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help="auto: bf16 on a GPU, else fp32")
+    parser.add_argument(
+        "--dtype", default="auto", choices=("auto", "bf16", "fp32"), help="auto: bf16 on a GPU, else fp32"
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variant", action="append", choices=VARIANTS, help="default: all")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -90,15 +107,31 @@ def main() -> None:
         return worker(args)
     ok = measure.run_each(__file__, "--variant", args.variant or VARIANTS, timeout=args.timeout, what="variant")
     any_result = next(iter(ok.values()))
-    print(f"\n{args.tokens} tokens, vocabulary {args.vocab}, hidden {args.hidden}, {any_result['dtype']}, "
-          f"chunk {args.chunk_size}, {any_result['device']}, median of {args.repeats}")
+    print(
+        f"\n{args.tokens} tokens, vocabulary {args.vocab}, hidden {args.hidden}, {any_result['dtype']}, "
+        f"chunk {args.chunk_size}, {any_result['device']}, median of {args.repeats}"
+    )
 
     def ratio(r: dict, key: str, base: str) -> str:
         return f"x{r[key] / ok[base][key]:.2f}" if base in ok else "n/a"
 
-    print(measure.table(("log-probs", "extra peak MiB", "fwd+bwd s", "memory / full", "time / full", "time / previous",
-                         "sum"), [(k, r["extra_mib"], r["seconds"], ratio(r, "extra_mib", "full"), ratio(r, "seconds", "full"),
-                                   ratio(r, "seconds", "previous"), f"{r['sum']:.6g}") for k, r in ok.items()]))
+    print(
+        measure.table(
+            ("log-probs", "extra peak MiB", "fwd+bwd s", "memory / full", "time / full", "time / previous", "sum"),
+            [
+                (
+                    k,
+                    r["extra_mib"],
+                    r["seconds"],
+                    ratio(r, "extra_mib", "full"),
+                    ratio(r, "seconds", "full"),
+                    ratio(r, "seconds", "previous"),
+                    f"{r['sum']:.6g}",
+                )
+                for k, r in ok.items()
+            ],
+        )
+    )
     print("memory target: <= 0.25 x full")
 
 

@@ -112,7 +112,7 @@ def run_worker(script: str, argv: Sequence[str], *, timeout: float | None = None
         return {"error": f"timed out after {timeout} s"}
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
+            return json.loads(line[len(RESULT_PREFIX) :])
     tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
     return {"error": f"exit {done.returncode}: " + " | ".join(tail)}
 
@@ -148,6 +148,7 @@ def run_each(script: str, option: str, chosen: Sequence[str], *, timeout: float 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table, ready for docs/benchmarks.md."""
+
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return f"{value:,.3g}" if abs(value) < 10 else f"{value:,.0f}"

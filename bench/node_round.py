@@ -50,8 +50,9 @@ class BenchPlugin:
         register("bench-hash", lambda settings, context: HashReward(), description="benchmarks only")
 
 
-def bench_config(args: argparse.Namespace, sets: Sequence[str], workdir: str, *,
-                 rounds: int = 1) -> tuple[Config, Plugins]:
+def bench_config(
+    args: argparse.Namespace, sets: Sequence[str], workdir: str, *, rounds: int = 1
+) -> tuple[Config, Plugins]:
     """The config of an offline run of ``rounds`` rounds with the hash reward (``sets`` applied last); its plugins.
 
     ``args`` gives ``model``, ``problems``, ``completions``, ``tokens`` and ``micro_batch_tokens``.
@@ -59,12 +60,23 @@ def bench_config(args: argparse.Namespace, sets: Sequence[str], workdir: str, *,
     plugins = Plugins()
     plugins.load()
     plugins.register(BenchPlugin(), name="bench")
-    config = load_config(env={}, sets=[
-        f"model.name={args.model}", f"run.rounds={rounds}", f"run.workdir={workdir}", "swarm.transport=none",
-        f"tasks.problems_per_round={args.problems}", f"inference.num_completions={args.completions}",
-        f"inference.max_new_tokens={args.tokens}", "rewards.weights={bench-hash=1.0}", "eval.every=0",
-        "checkpoint.every=1000", f"train.micro_batch_tokens={args.micro_batch_tokens}", *sets,
-    ])
+    config = load_config(
+        env={},
+        sets=[
+            f"model.name={args.model}",
+            f"run.rounds={rounds}",
+            f"run.workdir={workdir}",
+            "swarm.transport=none",
+            f"tasks.problems_per_round={args.problems}",
+            f"inference.num_completions={args.completions}",
+            f"inference.max_new_tokens={args.tokens}",
+            "rewards.weights={bench-hash=1.0}",
+            "eval.every=0",
+            "checkpoint.every=1000",
+            f"train.micro_batch_tokens={args.micro_batch_tokens}",
+            *sets,
+        ],
+    )
     return config, plugins
 
 
@@ -84,7 +96,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--micro-batch-tokens", type=int, default=16384)
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS))
-    parser.add_argument("--set", dest="sets", action="append", default=[], help="extra config, e.g. inference.batch_size=32")
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], help="extra config, e.g. inference.batch_size=32"
+    )
     args = parser.parse_args()
     rows = []
     for variant in args.variant or ["full"]:
@@ -96,9 +110,16 @@ def main() -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for variant, m in rows:
-        cells = [variant, f"{m.get('time/generate', 0):.2f}", f"{m.get('inference/tokens_per_second', 0):.0f}",
-                 f"{m.get('time/score', 0):.3f}", f"{m.get('time/train', 0):.2f}", f"{m.get('train/tokens_per_second', 0):.0f}",
-                 f"{m.get('train/completions', 0):.0f}", f"{m.get('time/round', 0):.2f}"]
+        cells = [
+            variant,
+            f"{m.get('time/generate', 0):.2f}",
+            f"{m.get('inference/tokens_per_second', 0):.0f}",
+            f"{m.get('time/score', 0):.3f}",
+            f"{m.get('time/train', 0):.2f}",
+            f"{m.get('train/tokens_per_second', 0):.0f}",
+            f"{m.get('train/completions', 0):.0f}",
+            f"{m.get('time/round', 0):.2f}",
+        ]
         print("| " + " | ".join(cells) + " |")
 
 

@@ -34,11 +34,16 @@ def serve(port: int, latency: float) -> None:
     async def completions(request: web.Request) -> web.Response:
         body = await request.json()
         await asyncio.sleep(latency)
-        return web.json_response({
-            "id": "chatcmpl-bench", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 20, "completion_tokens": 12, "total_tokens": 32},
-        })
+        return web.json_response(
+            {
+                "id": "chatcmpl-bench",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 20, "completion_tokens": 12, "total_tokens": 32},
+            }
+        )
 
     async def models(request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "bench", "object": "model"}]})
@@ -71,8 +76,10 @@ def start_server(latency: float) -> tuple[subprocess.Popen[bytes], str]:
 def problems(count: int) -> list:
     from sapo_core.records import Message, Problem
 
-    return [Problem(task="arithmetic", id=f"bench-{i}", answer=7, messages=[Message("user", "What is 3 + 4?")])
-            for i in range(count)]
+    return [
+        Problem(task="arithmetic", id=f"bench-{i}", answer=7, messages=[Message("user", "What is 3 + 4?")])
+        for i in range(count)
+    ]
 
 
 def sapo_rate(url: str, in_flight: int, rollouts: int) -> float:
@@ -81,8 +88,9 @@ def sapo_rate(url: str, in_flight: int, rollouts: int) -> float:
     from sapo_openai.inference import build_inference
     from sapo_openai.settings import APISettings
 
-    backend = build_inference("openai", APISettings(base_url=url, max_in_flight=in_flight, use_n=False),
-                              BackendContext(model="bench"))
+    backend = build_inference(
+        "openai", APISettings(base_url=url, max_in_flight=in_flight, use_n=False), BackendContext(model="bench")
+    )
     backend.generate(problems(1), 1, SamplingParams(max_new_tokens=16))  # imports and first connection: not timed
     batch = problems(max(1, rollouts // 4))
     started = time.perf_counter()
@@ -101,8 +109,9 @@ def naive_rate(url: str, rollouts: int) -> float:
     client.models.list()  # the first connection: not timed
     started = time.perf_counter()
     for _ in range(rollouts):
-        client.chat.completions.create(model="bench", messages=[{"role": "user", "content": "What is 3 + 4?"}],
-                                       max_tokens=16)
+        client.chat.completions.create(
+            model="bench", messages=[{"role": "user", "content": "What is 3 + 4?"}], max_tokens=16
+        )
     return rollouts / (time.perf_counter() - started)
 
 
@@ -146,7 +155,9 @@ def main() -> None:
     print("| in flight | ideal (k / L) rollouts/s | sapo-openai rollouts/s | of ideal | one-at-a-time rollouts/s |")
     print("|---:|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['in_flight']} | {row['ideal']:.1f} | {row['sapo']:.1f} | {row['efficiency']:.0%} | {row['naive']:.2f} |")
+        print(
+            f"| {row['in_flight']} | {row['ideal']:.1f} | {row['sapo']:.1f} | {row['efficiency']:.0%} | {row['naive']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

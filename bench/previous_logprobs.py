@@ -12,8 +12,9 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 
-def _chunk_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, temperature: float,
-                    softcap: float | None) -> Tensor:
+def _chunk_logprobs(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, temperature: float, softcap: float | None
+) -> Tensor:
     logits = torch.nn.functional.linear(hidden, weight, bias)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if softcap is not None:
@@ -23,9 +24,17 @@ def _chunk_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def selected_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, *, chunk_size: int = 1024,
-                      temperature: float = 1.0, softcap: float | None = None, bias: Tensor | None = None,
-                      compile: bool | None = None) -> Tensor:
+def selected_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    *,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    bias: Tensor | None = None,
+    compile: bool | None = None,
+) -> Tensor:
     """The previous `sapo_local.logprobs.selected_logprobs` (``compile`` accepted and ignored: it had none)."""
     targets = targets.long()
     track = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))

@@ -84,17 +84,30 @@ TARGET = 3.0
 
 def node_arguments(args: argparse.Namespace, folder: Path, micro_batch_tokens: int) -> argparse.Namespace:
     """What ``node_round.bench_config`` reads."""
-    return argparse.Namespace(model=f"random:{folder}", problems=args.problems, completions=args.completions,
-                              tokens=args.tokens, micro_batch_tokens=micro_batch_tokens)
+    return argparse.Namespace(
+        model=f"random:{folder}",
+        problems=args.problems,
+        completions=args.completions,
+        tokens=args.tokens,
+        micro_batch_tokens=micro_batch_tokens,
+    )
 
 
 def equal_settings(args: argparse.Namespace) -> list[str]:
     """sapo's config keys of the settings held equal with TRL's (see the module's docstring)."""
     sets = [
-        'tasks.names=["arithmetic"]', "tasks.curriculum=false", f"run.seed={args.seed}",
-        "inference.temperature=1.0", "inference.top_p=1.0", "inference.top_k=0",
-        f"inference.batch_size={args.problems * args.completions}", "advantages.scale_by_std=true",
-        "train.loss_type=grpo", "train.beta=0.0", "train.num_iterations=1", "train.gradient_checkpointing=false",
+        'tasks.names=["arithmetic"]',
+        "tasks.curriculum=false",
+        f"run.seed={args.seed}",
+        "inference.temperature=1.0",
+        "inference.top_p=1.0",
+        "inference.top_k=0",
+        f"inference.batch_size={args.problems * args.completions}",
+        "advantages.scale_by_std=true",
+        "train.loss_type=grpo",
+        "train.beta=0.0",
+        "train.num_iterations=1",
+        "train.gradient_checkpointing=false",
     ]
     if args.device != "auto":
         sets += [f"inference.device={args.device}", f"train.device={args.device}"]
@@ -112,9 +125,19 @@ def step_problems(config: Any, plugins: Any, rounds: int) -> list[list[Any]]:
     for name in config.tasks.names:
         registration = plugins.registry.get("task", name)
         tasks[name] = registration.factory(
-            backend_settings(registration, config.extras("tasks", name), f"tasks.{name}"), context)
-    return [sample_problems(tasks, config.tasks.weights, config.tasks.problems_per_round, seed=config.run.seed,
-                            node=config.run.node_id, round=r) for r in range(rounds)]
+            backend_settings(registration, config.extras("tasks", name), f"tasks.{name}"), context
+        )
+    return [
+        sample_problems(
+            tasks,
+            config.tasks.weights,
+            config.tasks.problems_per_round,
+            seed=config.run.seed,
+            node=config.run.node_id,
+            round=r,
+        )
+        for r in range(rounds)
+    ]
 
 
 def step_prompts(args: argparse.Namespace, folder: Path, tokenizer: Any, workdir: str) -> list[list[list[int]]]:
@@ -123,10 +146,13 @@ def step_prompts(args: argparse.Namespace, folder: Path, tokenizer: Any, workdir
 
     from sapo_local.policy import prompt_ids
 
-    config, plugins = node_round.bench_config(node_arguments(args, folder, 1), [*equal_settings(args), *args.sets],
-                                              workdir, rounds=args.warmup + args.steps)
-    return [[prompt_ids(tokenizer, p) for p in problems]
-            for problems in step_problems(config, plugins, args.warmup + args.steps)]
+    config, plugins = node_round.bench_config(
+        node_arguments(args, folder, 1), [*equal_settings(args), *args.sets], workdir, rounds=args.warmup + args.steps
+    )
+    return [
+        [prompt_ids(tokenizer, p) for p in problems]
+        for problems in step_problems(config, plugins, args.warmup + args.steps)
+    ]
 
 
 def fingerprint(prompts: list[list[list[int]]]) -> str:
@@ -164,8 +190,9 @@ def run_sapo(args: argparse.Namespace, folder: Path, dev: Any) -> dict[str, Any]
         prompts = step_prompts(args, folder, tokenizer, workdir)
         widest = max(len(p) for step in prompts for p in step) + args.tokens
         sets = [*equal_settings(args), *SAPO_VARIANTS[args.worker], *args.sets]
-        config, plugins = node_round.bench_config(node_arguments(args, folder, args.micro_rows * widest), sets,
-                                                  workdir, rounds=rounds)
+        config, plugins = node_round.bench_config(
+            node_arguments(args, folder, args.micro_rows * widest), sets, workdir, rounds=rounds
+        )
         node = TimedNode.from_config(config, plugins)
         inference = node.inference
         generation_config, generate = inference.generation_config, inference.generate
@@ -181,9 +208,11 @@ def run_sapo(args: argparse.Namespace, folder: Path, dev: Any) -> dict[str, Any]
 
         inference.generation_config, inference.generate = full_length, recorded
         node.run()
-    timed = per_round[args.warmup:]
+    timed = per_round[args.warmup :]
     return {
-        "times": times, "peak_mib": peak[0], "prompts": seen,
+        "times": times,
+        "peak_mib": peak[0],
+        "prompts": seen,
         "generate_s": median(m["time/generate"] for m in timed),
         "tokens": [int(m.get("inference/tokens", 0)) for m in per_round],
         "micro_batches": [m.get("train/micro_batches") for m in per_round],
@@ -214,7 +243,7 @@ def run_trl(args: argparse.Namespace, folder: Path, dev: Any) -> dict[str, Any]:
         """TRL's trainer as it is, its generation call timed and the prompts it generates from recorded."""
 
         def _generate_single_turn(self, prompt_ids: Any, *rest: Any, **kwargs: Any) -> Any:
-            seen.append([list(p) for p in prompt_ids[::args.completions]])  # each prompt comes G times in a row
+            seen.append([list(p) for p in prompt_ids[:: args.completions]])  # each prompt comes G times in a row
             with measure.timed(dev, generate_times):
                 return super()._generate_single_turn(prompt_ids, *rest, **kwargs)
 
@@ -239,49 +268,101 @@ def run_trl(args: argparse.Namespace, folder: Path, dev: Any) -> dict[str, Any]:
         prompts = step_prompts(args, folder, tokenizer, out)
         texts = [tokenizer.decode(ids, skip_special_tokens=False) for step in prompts for ids in step]
         config = GRPOConfig(
-            output_dir=out, use_vllm=False, num_generations=args.completions, max_completion_length=args.tokens,
-            generation_kwargs={"min_new_tokens": args.tokens}, temperature=1.0, top_p=1.0, top_k=0,
-            per_device_train_batch_size=args.micro_rows, gradient_accumulation_steps=rows // args.micro_rows,
-            steps_per_generation=rows // args.micro_rows, num_iterations=1, max_steps=rounds, learning_rate=1e-5,
-            adam_beta1=0.9, adam_beta2=0.99, weight_decay=0.0, max_grad_norm=1.0, lr_scheduler_type="constant",
-            loss_type="grpo", epsilon=0.2, epsilon_high=0.28, beta=0.0, scale_rewards="group",
-            gradient_checkpointing=False, bf16=dev.type == "cuda", use_cpu=dev.type == "cpu", seed=args.seed,
-            logging_steps=10**6, save_strategy="no", report_to="none", disable_tqdm=True, log_completions=False,
-            shuffle_dataset=False, dataloader_num_workers=0,
+            output_dir=out,
+            use_vllm=False,
+            num_generations=args.completions,
+            max_completion_length=args.tokens,
+            generation_kwargs={"min_new_tokens": args.tokens},
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            per_device_train_batch_size=args.micro_rows,
+            gradient_accumulation_steps=rows // args.micro_rows,
+            steps_per_generation=rows // args.micro_rows,
+            num_iterations=1,
+            max_steps=rounds,
+            learning_rate=1e-5,
+            adam_beta1=0.9,
+            adam_beta2=0.99,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            lr_scheduler_type="constant",
+            loss_type="grpo",
+            epsilon=0.2,
+            epsilon_high=0.28,
+            beta=0.0,
+            scale_rewards="group",
+            gradient_checkpointing=False,
+            bf16=dev.type == "cuda",
+            use_cpu=dev.type == "cpu",
+            seed=args.seed,
+            logging_steps=10**6,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            log_completions=False,
+            shuffle_dataset=False,
+            dataloader_num_workers=0,
         )
         trainer = TimedGeneration(
-            model=load_model(spec, device=dev, dtype=torch.float32), reward_funcs=hash_reward, args=config,
-            train_dataset=Dataset.from_dict({"prompt": texts}), processing_class=tokenizer, callbacks=[StepClock()])
+            model=load_model(spec, device=dev, dtype=torch.float32),
+            reward_funcs=hash_reward,
+            args=config,
+            train_dataset=Dataset.from_dict({"prompt": texts}),
+            processing_class=tokenizer,
+            callbacks=[StepClock()],
+        )
         trainer.train()
-    return {"times": times, "peak_mib": peak[0], "prompts": seen,
-            "generate_s": median(generate_times[args.warmup:]), "tokens": tokens,
-            "micro_batches": [rows // args.micro_rows] * rounds}
+    return {
+        "times": times,
+        "peak_mib": peak[0],
+        "prompts": seen,
+        "generate_s": median(generate_times[args.warmup :]),
+        "tokens": tokens,
+        "micro_batches": [rows // args.micro_rows] * rounds,
+    }
 
 
 def worker(args: argparse.Namespace) -> None:
     dev = measure.worker_device(args)
     got = (run_trl if args.worker == "trl" else run_sapo)(args, shapes.from_arguments(args), dev)
     times, prompts = got.pop("times"), got.pop("prompts")
-    step = median(times[args.warmup:])
-    tokens = median(got["tokens"][args.warmup:])
-    measure.emit({
-        "variant": args.worker, "shape": args.shape, "device": measure.device_name(dev), "first_step_s": times[0],
-        "step_s": step, "steps_s": times, "rest_s": step - got["generate_s"], "completion_tok_s": tokens / step,
-        "full_length": all(t == args.problems * args.completions * args.tokens for t in got["tokens"]),
-        "prompt_tokens": sum(len(p) for p in prompts[0]), "prompts_sha": fingerprint(prompts), **got,
-    })
+    step = median(times[args.warmup :])
+    tokens = median(got["tokens"][args.warmup :])
+    measure.emit(
+        {
+            "variant": args.worker,
+            "shape": args.shape,
+            "device": measure.device_name(dev),
+            "first_step_s": times[0],
+            "step_s": step,
+            "steps_s": times,
+            "rest_s": step - got["generate_s"],
+            "completion_tok_s": tokens / step,
+            "full_length": all(t == args.problems * args.completions * args.tokens for t in got["tokens"]),
+            "prompt_tokens": sum(len(p) for p in prompts[0]),
+            "prompts_sha": fingerprint(prompts),
+            **got,
+        }
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     shapes.add_arguments(parser, tokens_help="new tokens of every completion (EOS disabled)")
     measure.add_arguments(parser)
-    parser.add_argument("--variant", action="append", choices=VARIANTS,
-                        help="default: sapo, sapo-static (on CUDA) and trl")
+    parser.add_argument(
+        "--variant", action="append", choices=VARIANTS, help="default: sapo, sapo-static (on CUDA) and trl"
+    )
     parser.add_argument("--micro-rows", type=int, default=16, help="completions per micro-batch, both")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after --warmup")
-    parser.add_argument("--set", dest="sets", action="append", default=[],
-                        help="more config of the sapo variants, e.g. train.logprob_chunk_size=256")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        help="more config of the sapo variants, e.g. train.logprob_chunk_size=256",
+    )
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -298,19 +379,42 @@ def main() -> None:
         cuda = measure.device(args.device).type == "cuda"
         chosen = ["sapo", "sapo-static", "trl"] if cuda else ["sapo", "trl"]
         if not cuda:
-            notes.append("sapo-static not run: on the CPU transformers runs the static cache eagerly "
-                         "(no compiled step, no CUDA graphs); ask for it with --variant sapo-static")
+            notes.append(
+                "sapo-static not run: on the CPU transformers runs the static cache eagerly "
+                "(no compiled step, no CUDA graphs); ask for it with --variant sapo-static"
+            )
     ok = measure.run_each(__file__, "--variant", chosen, timeout=args.timeout, what="variant")
     trl = ok.get("trl")
     speedups = {name: trl["step_s"] / r["step_s"] for name, r in ok.items() if trl and name != "trl"}
-    header = ("variant", "first step s", "step s", "generate s", "rest s", "completion tok/s", "peak MiB",
-              "TRL step / step")
-    body = [(name, r["first_step_s"], r["step_s"], r["generate_s"], r["rest_s"], r["completion_tok_s"], r["peak_mib"],
-             f"x{trl['step_s'] / r['step_s']:.2f}" if trl else "n/a") for name, r in ok.items()]
+    header = (
+        "variant",
+        "first step s",
+        "step s",
+        "generate s",
+        "rest s",
+        "completion tok/s",
+        "peak MiB",
+        "TRL step / step",
+    )
+    body = [
+        (
+            name,
+            r["first_step_s"],
+            r["step_s"],
+            r["generate_s"],
+            r["rest_s"],
+            r["completion_tok_s"],
+            r["peak_mib"],
+            f"x{trl['step_s'] / r['step_s']:.2f}" if trl else "n/a",
+        )
+        for name, r in ok.items()
+    ]
     any_result = next(iter(ok.values()))
-    print(f"\n{args.shape}, {args.problems} prompts x {args.completions} completions x {args.tokens} new tokens, "
-          f"{args.micro_rows} rows per micro-batch, median of {args.steps} steps after {args.warmup}, "
-          f"{any_result['device']}")
+    print(
+        f"\n{args.shape}, {args.problems} prompts x {args.completions} completions x {args.tokens} new tokens, "
+        f"{args.micro_rows} rows per micro-batch, median of {args.steps} steps after {args.warmup}, "
+        f"{any_result['device']}"
+    )
     print(measure.table(header, body))
     for name, speedup in speedups.items():
         verdict = "met" if speedup >= TARGET else f"missed by {1 - speedup / TARGET:.0%}"
@@ -318,19 +422,31 @@ def main() -> None:
     if "sapo-static" in ok and ok["sapo-static"]["device"].startswith("CPU"):
         notes.append("sapo-static on the CPU: transformers runs the static cache eagerly there (not the fast path)")
     if len({r["prompts_sha"] for r in ok.values()}) > 1:
-        notes.append("the variants generated from different prompts: " +
-                     ", ".join(f"{name} {r['prompts_sha']}" for name, r in ok.items()))
+        notes.append(
+            "the variants generated from different prompts: "
+            + ", ".join(f"{name} {r['prompts_sha']}" for name, r in ok.items())
+        )
     else:
-        print(f"prompts: the same in every variant (ids hash {any_result['prompts_sha']}, "
-              f"{any_result['prompt_tokens']} prompt tokens in the first step)")
-    notes += [f"{name}: not every completion had {args.tokens} tokens ({r['tokens']})"
-              for name, r in ok.items() if not r["full_length"]]
+        print(
+            f"prompts: the same in every variant (ids hash {any_result['prompts_sha']}, "
+            f"{any_result['prompt_tokens']} prompt tokens in the first step)"
+        )
+    notes += [
+        f"{name}: not every completion had {args.tokens} tokens ({r['tokens']})"
+        for name, r in ok.items()
+        if not r["full_length"]
+    ]
     for note in notes:
         print(f"note: {note}")
     if args.out:
         settings = {key: value for key, value in vars(args).items() if key not in ("worker", "out")}
-        Path(args.out).write_text(json.dumps({"settings": settings, "results": ok, "trl_step_over_step": speedups,
-                                              "target": TARGET, "notes": notes}, indent=1, sort_keys=True))
+        Path(args.out).write_text(
+            json.dumps(
+                {"settings": settings, "results": ok, "trl_step_over_step": speedups, "target": TARGET, "notes": notes},
+                indent=1,
+                sort_keys=True,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -79,8 +79,12 @@ def run(url: str, kind: str, requests: int, seconds: float, concurrency: int) ->
     done = len(latencies)
     ordered = sorted(latencies) or [0.0]
     return {
-        "kind": kind, "requests": done, "errors": len(errors), "first_error": errors[0] if errors else None,
-        "seconds": round(elapsed, 3), "requests_per_second": round(done / elapsed, 2) if elapsed else 0.0,
+        "kind": kind,
+        "requests": done,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "seconds": round(elapsed, 3),
+        "requests_per_second": round(done / elapsed, 2) if elapsed else 0.0,
         "latency_p50_ms": round(1000 * statistics.median(ordered), 1),
         "latency_p95_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1),
         "concurrency": concurrency,
@@ -99,8 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"{args.url} is not a loopback address: this load test only runs against 127.0.0.1")
     if not (1 <= args.requests <= 5000 and 0 < args.seconds <= 600 and 1 <= args.concurrency <= 64):
         parser.error("bounds: 1 <= --requests <= 5000, 0 < --seconds <= 600, 1 <= --concurrency <= 64")
-    results = {kind: run(args.url, kind, args.requests, args.seconds, args.concurrency)
-               for kind in args.kinds.split(",")}
+    results = {
+        kind: run(args.url, kind, args.requests, args.seconds, args.concurrency) for kind in args.kinds.split(",")
+    }
     with RemoteTrainer(args.url) as trainer:
         results["server"] = trainer.metrics()
     print(json.dumps(results, indent=1))

@@ -13,4 +13,8 @@ bash scripts/setup.sh
 if ! .venv/bin/python -c "import llama_cpp.server.app" 2>/dev/null; then
   .venv/bin/python -m pip --disable-pip-version-check -q install 'llama-cpp-python[server]==0.3.36'
 fi
+# Style first, as llm's CI does (settings in pyproject.toml): lint, the format check, types of sapo-core.
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -145,8 +145,11 @@ def test_with_no_whole_checkpoint_restore_names_the_files_and_says_what_to_do(tm
     store = FolderCheckpointer(tmp_path / "ckpt")
     store.save(0, with_optimizer("r0"), {})
     (tmp_path / "ckpt" / "round-000000" / OPTIMIZER_DIR / "state.json").unlink()
-    with pytest.raises(IncompleteCheckpoint, match=r'round-000000: "optimizer/state.json" is missing.*remove these '
-                                                   r"round-\* folders"):
+    with pytest.raises(
+        IncompleteCheckpoint,
+        match=r'round-000000: "optimizer/state.json" is missing.*remove these '
+        r"round-\* folders",
+    ):
         store.restore(tmp_path / "restored")
 
 

@@ -34,7 +34,12 @@ def test_plugins_table(sapo_cli):
 
 def test_tasks_list_and_show_are_deterministic(sapo_cli):
     listing = json.loads(sapo_cli("tasks", "--json").output)
-    assert [row["name"] for row in listing if row["distribution"] == "sapo-core"] == ["arithmetic", "countdown", "sat", "sort"]
+    assert [row["name"] for row in listing if row["distribution"] == "sapo-core"] == [
+        "arithmetic",
+        "countdown",
+        "sat",
+        "sort",
+    ]
     first = sapo_cli("tasks", "show", "arithmetic", "--seed", "7", "--json")
     again = sapo_cli("tasks", "show", "arithmetic", "--seed", "7", "--json")
     other = sapo_cli("tasks", "show", "arithmetic", "--seed", "8", "--json")
@@ -99,14 +104,21 @@ def register_inference(register):
 """
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("--inference", "nonexistent"), "Unknown inference backend 'nonexistent'"),
-    (("--set", "tasks.arithmetic.difficulty=9"), "tasks.arithmetic.difficulty"),
-    (("--inference", "plain", "--role", "worker", "--set", "train.backend=strict", "--set", "train.lr=abc"),
-     "train.lr = 'abc'"),
-    (("--inference", "plain", "--role", "worker", "--set", "train.backend=strict", "--set", "train.lrr=1e-5"),
-     "Unknown key 'train.lrr'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--inference", "nonexistent"), "Unknown inference backend 'nonexistent'"),
+        (("--set", "tasks.arithmetic.difficulty=9"), "tasks.arithmetic.difficulty"),
+        (
+            ("--inference", "plain", "--role", "worker", "--set", "train.backend=strict", "--set", "train.lr=abc"),
+            "train.lr = 'abc'",
+        ),
+        (
+            ("--inference", "plain", "--role", "worker", "--set", "train.backend=strict", "--set", "train.lrr=1e-5"),
+            "Unknown key 'train.lrr'",
+        ),
+    ],
+)
 def test_config_refuses_what_run_would_refuse_before_loading_anything(sapo_cli, install_dist, args, message):
     install_dist("sapo-strict", "strict_plugin", SETTINGS_PLUGIN)
     from sapo_core.plugins import reset_plugins
@@ -124,8 +136,17 @@ def test_run_drives_a_third_party_backend_through_a_round(sapo_cli, install_dist
     from sapo_core.plugins import reset_plugins
 
     reset_plugins()  # the fixture's manager was loaded before these were installed
-    result = sapo_cli("run", "--inference", "oracle", "--transport", "none", "--rounds", "1",
-                      "--set", f"run.workdir={tmp_path.as_posix()}")
+    result = sapo_cli(
+        "run",
+        "--inference",
+        "oracle",
+        "--transport",
+        "none",
+        "--rounds",
+        "1",
+        "--set",
+        f"run.workdir={tmp_path.as_posix()}",
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert metrics["round"] == 0 and metrics["groups/local"] == 8
@@ -140,24 +161,45 @@ def test_run_dir_flag_and_the_run_directory_layout(sapo_cli, install_dist, tmp_p
 
     reset_plugins()
     folder = tmp_path / "here"
-    result = sapo_cli("run", "--inference", "oracle", "--rounds", "2", "--run-dir", str(folder),
-                      "--set", "eval.every=1", "--set", "eval.problems=3", "--set", "swarm.secret=psst")
+    result = sapo_cli(
+        "run",
+        "--inference",
+        "oracle",
+        "--rounds",
+        "2",
+        "--run-dir",
+        str(folder),
+        "--set",
+        "eval.every=1",
+        "--set",
+        "eval.problems=3",
+        "--set",
+        "swarm.secret=psst",
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics["eval/pass@1"] == 1.0 and metrics["eval/problems"] == 3
     assert sorted(p.name for p in (folder / "metrics").iterdir()) == [
-        "eval_iter_000.json", "eval_iter_001.json", "train_iter_000.json", "train_iter_001.json"]
+        "eval_iter_000.json",
+        "eval_iter_001.json",
+        "train_iter_000.json",
+        "train_iter_001.json",
+    ]
     config = json.loads((folder / "config.json").read_text())
     assert config["run"]["dir"] == str(folder) and config["swarm"]["secret"] == "***"
     assert "psst" not in result.output
     assert [line.split(":")[0] for line in result.stderr.splitlines() if " round " in line] == [
-        "node-0 round 1/2", "node-0 round 2/2"]
+        "node-0 round 1/2",
+        "node-0 round 2/2",
+    ]
     shown = sapo_cli("config", "--run-dir", "elsewhere", "--inference", "oracle")
     assert any(line.split()[:3] == ["run.dir", '"elsewhere"', "--run-dir"] for line in shown.output.splitlines())
 
 
 def test_run_reports_bad_input_without_a_traceback(sapo_cli, tmp_path):
-    result = sapo_cli("run", "--inference", "nope", "--set", f"run.workdir={tmp_path.as_posix()}", "--role", "contributor")
+    result = sapo_cli(
+        "run", "--inference", "nope", "--set", f"run.workdir={tmp_path.as_posix()}", "--role", "contributor"
+    )
     assert result.exit_code == 1
     assert "Unknown inference backend 'nope'. Choose one of:" in result.output
     assert "Traceback" not in result.output
@@ -250,26 +292,42 @@ def test_dataclass_settings_are_filled_from_the_config_like_attrs_ones(sapo_cli,
     from sapo_core.plugins import reset_plugins
 
     reset_plugins()
-    result = sapo_cli("run", "--inference", "echo", "--rounds", "1", "--set", "inference.answer=7",
-                      "--set", "inference.words=a,b", "--set", f"run.workdir={tmp_path.as_posix()}",
-                      env={"SAPO_STRICT_PLUGINS": "1"})
+    result = sapo_cli(
+        "run",
+        "--inference",
+        "echo",
+        "--rounds",
+        "1",
+        "--set",
+        "inference.answer=7",
+        "--set",
+        "inference.words=a,b",
+        "--set",
+        f"run.workdir={tmp_path.as_posix()}",
+        env={"SAPO_STRICT_PLUGINS": "1"},
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics["inference/answer"] == 7 and metrics["inference/words"] == 2
 
 
-@pytest.mark.parametrize(("setting", "message"), [
-    ("inference.answer=abc", "inference.answer = 'abc' (from --set): expected an integer"),
-    ("inference.answer=-1", "answer must be >= 0"),
-    ("inference.answr=1", "Unknown key 'inference.answr' (from --set). Did you mean 'inference.answer'?"),
-])
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("inference.answer=abc", "inference.answer = 'abc' (from --set): expected an integer"),
+        ("inference.answer=-1", "answer must be >= 0"),
+        ("inference.answr=1", "Unknown key 'inference.answr' (from --set). Did you mean 'inference.answer'?"),
+    ],
+)
 def test_dataclass_settings_errors_are_config_errors(sapo_cli, install_dist, tmp_path, setting, message):
     install_dist("sapo-echo", "echo_plugin", DATACLASS_PLUGIN)
     from sapo_core.plugins import reset_plugins
 
     reset_plugins()
     for command in ("config", "run"):
-        result = sapo_cli(command, "--inference", "echo", "--set", setting, "--set", f"run.workdir={tmp_path.as_posix()}")
+        result = sapo_cli(
+            command, "--inference", "echo", "--set", setting, "--set", f"run.workdir={tmp_path.as_posix()}"
+        )
         assert result.exit_code == 1, (command, result.output)
         assert message in result.output and "Traceback" not in result.output, (command, result.output)
 
@@ -314,7 +372,9 @@ def test_plugins_check_exits_1_saying_what_is_wrong_and_what_to_do(sapo_cli, ins
     assert result.exit_code == 1
     problems = [line for line in result.output.splitlines() if line.startswith("- ")]
     assert len(problems) == 2 and "2 problem(s)" in result.output
-    assert "'broken_plugin' from sapo-broken failed to import (ImportError: missing dependency: frobnicate)" in problems[0]
+    assert (
+        "'broken_plugin' from sapo-broken failed to import (ImportError: missing dependency: frobnicate)" in problems[0]
+    )
     assert "SAPO_DISABLE_PLUGINS=broken_plugin" in problems[0]
     assert "Two plugins register the inference backend 'twin'" in problems[1] and "Uninstall or disable" in problems[1]
     assert sapo_cli("plugins", "--check", "--json").exit_code == 1

@@ -600,7 +600,9 @@ def test_a_cheap_file_of_a_million_completions_is_refused_before_it_is_parsed() 
     assert len(blob) < 200_000  # a ~140 KB file that inflates to ~40 MB
     tracemalloc.start()
     try:
-        with pytest.raises(PayloadError, match=r"over the limit of 524288 \(Limits.max_brackets\); refused before parsing"):
+        with pytest.raises(
+            PayloadError, match=r"over the limit of 524288 \(Limits.max_brackets\); refused before parsing"
+        ):
             codec.read_gz(blob)
         _, peak = tracemalloc.get_traced_memory()
     finally:

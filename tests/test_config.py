@@ -324,7 +324,10 @@ def test_unknown_keys_from_each_source_suggest_the_closest():
             "run.role = 'boss' (from --set): must be one of: coordinator, worker, contributor",
         ),
         ({"sets": ["run.log_level=verbose"]}, "must be one of: debug, info, warning, error"),
-        ({"sets": ["run.experiment=a..b"]}, "run.experiment = 'a..b' (from --set): it contains '..' (a name is 1-64 characters"),
+        (
+            {"sets": ["run.experiment=a..b"]},
+            "run.experiment = 'a..b' (from --set): it contains '..' (a name is 1-64 characters",
+        ),
         ({"sets": ["run.node_id=.hidden"]}, "not starting with '.' or '-'"),
         ({"sets": ["run.node_id=-x"]}, "run.node_id = '-x'"),
         ({"sets": ["run.node_id=a/b"]}, "run.node_id = 'a/b'"),

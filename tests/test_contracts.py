@@ -9,7 +9,7 @@ from sapo_core.errors import PluginError
 from sapo_core.records import Completion
 from sapo_core.testing import sample_problems
 
-WRONG_INFERENCE = '''
+WRONG_INFERENCE = """
 from sapo_core import hookimpl
 from sapo_core.records import Completion
 
@@ -30,21 +30,37 @@ class Wrong:
 def register_inference(register):
     for how in ("strings", "number", "extra"):
         register(f"wrong-{how}", lambda settings, context, how=how: Wrong(how))
-'''
+"""
 
 
-@pytest.mark.parametrize(("backend", "message"), [
-    ("wrong-strings", "generate returned str '<answer>2</answer>' for problem"),
-    ("wrong-number", "has text int 42, not a string"),
-    ("wrong-extra", "generate returned 11 completions for problem"),
-])
+@pytest.mark.parametrize(
+    ("backend", "message"),
+    [
+        ("wrong-strings", "generate returned str '<answer>2</answer>' for problem"),
+        ("wrong-number", "has text int 42, not a string"),
+        ("wrong-extra", "generate returned 11 completions for problem"),
+    ],
+)
 def test_sapo_run_names_the_backend_and_its_distribution(sapo_cli, install_dist, tmp_path, backend, message):
     install_dist("sapo-wrong", "sapo_wrong_plugin", WRONG_INFERENCE)
     from sapo_core.plugins import reset_plugins
 
     reset_plugins()
-    result = sapo_cli("run", "--inference", backend, "--role", "contributor", "--rounds", "1",
-                      "--run-dir", str(tmp_path / "run"), "--set", "eval.every=0", "--set", "inference.num_completions=8")
+    result = sapo_cli(
+        "run",
+        "--inference",
+        backend,
+        "--role",
+        "contributor",
+        "--rounds",
+        "1",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--set",
+        "eval.every=0",
+        "--set",
+        "inference.num_completions=8",
+    )
     assert result.exit_code != 0
     assert f"inference backend '{backend}' from sapo-wrong" in result.output and message in result.output
     assert "Traceback" not in result.output

@@ -53,7 +53,10 @@ def test_gated_groups_are_not_trained_on() -> None:
 
 
 def test_group_success_is_the_share_the_verifier_scores_solved() -> None:
-    assert group_success({"correctness": [1.0, 0.0, 0.0, 1.0], "format": [1.0] * 4}, [1.1, 0.1, 0.1, 1.1], "correctness") == 0.5
+    assert (
+        group_success({"correctness": [1.0, 0.0, 0.0, 1.0], "format": [1.0] * 4}, [1.1, 0.1, 0.1, 1.1], "correctness")
+        == 0.5
+    )
     # sat's partial credit (7/8 of the clauses) is not a solve: 1 of 4 solved, though the mean is 0.84
     assert group_success({"correctness": [1.0, 0.875, 0.875, 0.625]}, [1.0, 0.875, 0.875, 0.625], "correctness") == 0.25
     assert group_success({"judge": [0.2, 0.4]}, [0.2, 0.4], "") == pytest.approx(0.3)  # no verifier: the reward
@@ -87,7 +90,9 @@ def test_a_level_changes_only_the_ladders_keys() -> None:
 
 def test_levels_the_other_settings_forbid_are_left_out() -> None:
     # min_number 20 is above the max_number of levels 1 and 2 (10; level 3's 25 is fine): only they are impossible.
-    assert sorted(task_variants(CountdownTask(CountdownSettings(num_numbers=4, min_number=20, max_number=100, max_target=1000)))) == [3, 4, 5, 6]
+    assert sorted(
+        task_variants(CountdownTask(CountdownSettings(num_numbers=4, min_number=20, max_number=100, max_target=1000)))
+    ) == [3, 4, 5, 6]
 
 
 # ------------------------------------------------------------------------------ the curriculum

@@ -153,10 +153,23 @@ def test_every_protocol_is_documented(name: str) -> None:
 
 def test_optional_methods_and_testing_helpers_are_documented() -> None:
     text = doc_text()
-    for needle in ("close()", "round_metrics()", "sapo_plugins", "sapo_cli", "check_inference", "check_reward",
-                   "check_transport", "SAPO_LOAD_PLUGINS", "SAPO_DISABLE_PLUGINS", "SAPO_STRICT_PLUGINS",
-                   "[project.entry-points.sapo]", "factory(settings, context)", "sapo plugins --check",
-                   "StopRun", "round` **-1**"):
+    for needle in (
+        "close()",
+        "round_metrics()",
+        "sapo_plugins",
+        "sapo_cli",
+        "check_inference",
+        "check_reward",
+        "check_transport",
+        "SAPO_LOAD_PLUGINS",
+        "SAPO_DISABLE_PLUGINS",
+        "SAPO_STRICT_PLUGINS",
+        "[project.entry-points.sapo]",
+        "factory(settings, context)",
+        "sapo plugins --check",
+        "StopRun",
+        "round` **-1**",
+    ):
         assert needle in text, f"docs/plugins.md does not mention {needle}"
 
 
@@ -197,8 +210,13 @@ def doc_plugins(monkeypatch: pytest.MonkeyPatch) -> tuple[Plugins, list[types.Mo
 
 def group_of(completions: list[Completion], rewards: list[float]) -> Group:
     mean = sum(rewards) / len(rewards)
-    return Group(problem=sample_problems()[0], completions=completions, rewards=rewards,
-                 advantages=[r - mean for r in rewards], node="node-a")
+    return Group(
+        problem=sample_problems()[0],
+        completions=completions,
+        rewards=rewards,
+        advantages=[r - mean for r in rewards],
+        node="node-a",
+    )
 
 
 def check_backend(kind: str, name: str, backend: Any, tmp_path: Path) -> None:
@@ -241,7 +259,14 @@ def test_examples_register_and_keep_their_contracts(doc_plugins, tmp_path: Path)
     plugins, _ = doc_plugins
     assert all(info.error is None for info in plugins.infos.values())
     registrations = list(plugins.registry)
-    assert {reg.kind for reg in registrations} == {"task", "inference", "reward", "transport", "checkpointer", "learner"}
+    assert {reg.kind for reg in registrations} == {
+        "task",
+        "inference",
+        "reward",
+        "transport",
+        "checkpointer",
+        "learner",
+    }
     for reg in registrations:
         settings = reg.settings() if reg.settings is not None else None
         if settings is not None:
@@ -306,8 +331,9 @@ def test_examples_run_a_node_together(doc_plugins, tmp_path: Path) -> None:
     assert len((node_dir / "tracker.jsonl").read_text().splitlines()) == 2
 
 
-@pytest.mark.parametrize("name", ["check_inference", "check_reward", "check_transport", "check_leases",
-                                  "sample_problems", "install_plugin"])
+@pytest.mark.parametrize(
+    "name", ["check_inference", "check_reward", "check_transport", "check_leases", "sample_problems", "install_plugin"]
+)
 def test_testing_helpers_are_documented_with_every_parameter(name: str) -> None:
     documented = re.search(rf"`{name}\((.*?)\)", doc_text(), re.DOTALL)
     assert documented, f"docs/plugins.md does not show the signature of {name}"
@@ -341,7 +367,7 @@ def sapo(*args: str) -> Any:
 
 def test_plugins_json_example_is_the_real_output(hello_installed) -> None:
     text = doc_text()
-    example = next(body for body in code_blocks(text[text.index("`sapo plugins --json` prints"):], "json"))
+    example = next(body for body in code_blocks(text[text.index("`sapo plugins --json` prints") :], "json"))
     shown = json.loads(example)
     result = sapo("plugins", "--json")
     assert result.exit_code == 0, result.output
@@ -361,12 +387,17 @@ def console_session(text: str) -> list[tuple[list[str], list[str]]]:
     return session
 
 
-def test_hello_readme_commands_print_and_write_what_it_says(hello_installed, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hello_readme_commands_print_and_write_what_it_says(
+    hello_installed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)  # the run's folders go under ./runs
     session = console_session((HELLO / "README.md").read_text(encoding="utf-8"))
     assert [words[:2] for words, _ in session if words[0] == "sapo"] == [
-        ["sapo", "plugins"], ["sapo", "plugins"], ["sapo", "hello"], ["sapo", "run"]]
+        ["sapo", "plugins"],
+        ["sapo", "plugins"],
+        ["sapo", "hello"],
+        ["sapo", "run"],
+    ]
     for words, shown in session:
         if words[0] == "pip":
             continue

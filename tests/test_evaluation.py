@@ -39,11 +39,19 @@ class Scripted:
 
     def generate(self, problems, n, params):
         self.unread += 1
-        self.calls.append({"ids": [p.id for p in problems], "n": n, "temperature": params.temperature,
-                           "seed": params.seed})
+        self.calls.append(
+            {"ids": [p.id for p in problems], "n": n, "temperature": params.temperature, "seed": params.seed}
+        )
         if params.temperature == 0:
-            return [[Completion(right(p) if i == 0 else WRONG, num_tokens=5, finish_reason="stop" if i == 0 else "length")
-                     for i in range(n)] for p in problems]
+            return [
+                [
+                    Completion(
+                        right(p) if i == 0 else WRONG, num_tokens=5, finish_reason="stop" if i == 0 else "length"
+                    )
+                    for i in range(n)
+                ]
+                for p in problems
+            ]
         return [[Completion(right(p) if i % 2 == 0 else WRONG, num_tokens=7) for i in range(n)] for p in problems]
 
     def training_ids(self):
@@ -82,10 +90,18 @@ def scripted(sapo_plugins):
 
 
 def config(tmp_path, *sets):
-    return load_config(env={}, sets=[
-        "inference.backend=scripted", "train.backend=learner", "inference.num_completions=4",
-        "tasks.problems_per_round=4", "eval.problems=6", f"run.workdir={tmp_path.as_posix()}", *sets,
-    ])
+    return load_config(
+        env={},
+        sets=[
+            "inference.backend=scripted",
+            "train.backend=learner",
+            "inference.num_completions=4",
+            "tasks.problems_per_round=4",
+            "eval.problems=6",
+            f"run.workdir={tmp_path.as_posix()}",
+            *sets,
+        ],
+    )
 
 
 def only_run_dir(tmp_path):
@@ -156,8 +172,15 @@ def test_a_backend_returning_the_wrong_number_of_results_is_an_error():
         def generate(self, problems, n, params):
             return []
 
-    evaluator = Evaluator.build(EvalSettings(problems=2), inference=Short(), score=lambda p, c: {}, weights={},
-                                tasks={"arithmetic": ArithmeticTask()}, names=["arithmetic"], base=SamplingParams())
+    evaluator = Evaluator.build(
+        EvalSettings(problems=2),
+        inference=Short(),
+        score=lambda p, c: {},
+        weights={},
+        tasks={"arithmetic": ArithmeticTask()},
+        names=["arithmetic"],
+        base=SamplingParams(),
+    )
     with pytest.raises(SapoError, match="returned 0 results for 2 problems"):
         evaluator.evaluate()
 

@@ -24,8 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 INSTALL_BUDGET_S = 60.0
 PIP_FLAGS = ["--disable-pip-version-check", "-q"]
 # Settings that would change what the fresh install does; the user's shell may have them.
-SCRUB = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "SAPO_", "GDRIVE_PATH", "EXPERIMENT_NAME", "NODE_ROLE",
-         "NODE_ID", "MODEL_NAME", "PIP_REQUIRE_VIRTUALENV")
+SCRUB = (
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "SAPO_",
+    "GDRIVE_PATH",
+    "EXPERIMENT_NAME",
+    "NODE_ROLE",
+    "NODE_ID",
+    "MODEL_NAME",
+    "PIP_REQUIRE_VIRTUALENV",
+)
 
 
 def clean_env(venv: Path) -> dict[str, str]:
@@ -36,12 +46,18 @@ def clean_env(venv: Path) -> dict[str, str]:
     return env
 
 
-def run(args: list[str | Path], env: dict[str, str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], check=False, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run(
+    args: list[str | Path], env: dict[str, str], cwd: Path, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in args], check=False, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, f"{' '.join(result.args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"{' '.join(result.args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+    )
     return result
 
 
@@ -57,7 +73,9 @@ def test_fresh_venv_install_and_offline_run(tmp_path: Path) -> None:
     install_s = time.perf_counter() - started
     print(f"\nfresh venv: pip install sapo-core sapo-openai sapo-gdrive took {install_s:.1f} s")
     ok(run([*pip, ROOT / "docs" / "examples" / "sapo-hello"], env, tmp_path))
-    assert install_s < INSTALL_BUDGET_S, f"installing core+openai+gdrive took {install_s:.1f} s (budget {INSTALL_BUDGET_S} s)"
+    assert install_s < INSTALL_BUDGET_S, (
+        f"installing core+openai+gdrive took {install_s:.1f} s (budget {INSTALL_BUDGET_S} s)"
+    )
 
     no_torch = run([python, "-c", "import torch"], env, tmp_path)
     assert no_torch.returncode != 0 and "ModuleNotFoundError" in no_torch.stderr, "torch must not be installed"
@@ -76,8 +94,24 @@ def test_fresh_venv_install_and_offline_run(tmp_path: Path) -> None:
     assert "Hello from sapo-hello" in ok(run([sapo, "hello"], env, tmp_path)).stdout
 
     workdir = tmp_path / "runs"
-    result = ok(run([sapo, "run", "--inference", "guess", "--transport", "none", "--rounds", "1",
-                     "--set", f"run.workdir={workdir}"], env, tmp_path))
+    result = ok(
+        run(
+            [
+                sapo,
+                "run",
+                "--inference",
+                "guess",
+                "--transport",
+                "none",
+                "--rounds",
+                "1",
+                "--set",
+                f"run.workdir={workdir}",
+            ],
+            env,
+            tmp_path,
+        )
+    )
     metrics = json.loads(result.stdout)  # stdout is the final metrics JSON and nothing else
     assert "reward/mean" in metrics and metrics["round"] == 0
     assert "contributor" in result.stderr  # no learner installed: the node only contributes rollouts
@@ -98,30 +132,95 @@ def test_a_torch_free_contributor_feeds_a_worker_that_trains(tmp_path: Path, lla
     venv = tmp_path / "venv"
     ok(run([sys.executable, "-m", "venv", venv], os.environ.copy(), tmp_path))
     env = clean_env(venv)
-    ok(run([venv / "bin" / "python", "-m", "pip", "install", *PIP_FLAGS, ROOT, ROOT / "plugins" / "sapo_openai",
-            ROOT / "plugins" / "sapo_gdrive"], env, tmp_path))
+    ok(
+        run(
+            [
+                venv / "bin" / "python",
+                "-m",
+                "pip",
+                "install",
+                *PIP_FLAGS,
+                ROOT,
+                ROOT / "plugins" / "sapo_openai",
+                ROOT / "plugins" / "sapo_gdrive",
+            ],
+            env,
+            tmp_path,
+        )
+    )
     assert run([venv / "bin" / "python", "-c", "import torch"], env, tmp_path).returncode != 0
 
     root = tmp_path / "swarm"
     # The settings every node of the experiment shares, then each node's own.
-    shared = ["--transport", "gdrive", "--root", str(root), "--experiment", "mixed", "--rounds", "1",
-              "--set", "tasks.problems_per_round=6", "--set", "inference.num_completions=4",
-              "--set", "inference.max_new_tokens=24", "--set", "swarm.local_groups=0", "--set", "swarm.external_groups=6",
-              "--set", "swarm.round_seconds=3", "--set", "swarm.poll_seconds=0.2", "--set", "eval.every=0",
-              # A 135M model rarely solves these, so correctness alone would leave every group without a
-              # learning signal; the llm-judge (the same server, a grammar that forces a verdict) grades too.
-              "--set", "rewards.weights={correctness=1.0,llm-judge=0.5}",
-              # The judge is then this experiment's verifier: gated on correctness (rewards.gate's default),
-              # a group whose 4 answers are all wrong gets zero advantages however the judge ranks them.
-              "--set", "rewards.gate=llm-judge",
-              "--set", f"rewards.llm-judge.base_url={llama_server}", "--set", "rewards.llm-judge.model=smollm2",
-              "--set", "rewards.llm-judge.max_chars=1500",
-              "--set", """rewards.llm-judge.extra_body={grammar='root ::= "SCORE: " [0-9]'}"""]
-    contributor = ok(run([venv / "bin" / "sapo", "run", *shared, "--inference", "openai", "--role", "contributor",
-                          "--node-id", "api-node", "--model", "smollm2", "--set", f"inference.base_url={llama_server}",
-                          "--set", f"run.workdir={tmp_path / 'runs'}"], env, tmp_path))
+    shared = [
+        "--transport",
+        "gdrive",
+        "--root",
+        str(root),
+        "--experiment",
+        "mixed",
+        "--rounds",
+        "1",
+        "--set",
+        "tasks.problems_per_round=6",
+        "--set",
+        "inference.num_completions=4",
+        "--set",
+        "inference.max_new_tokens=24",
+        "--set",
+        "swarm.local_groups=0",
+        "--set",
+        "swarm.external_groups=6",
+        "--set",
+        "swarm.round_seconds=3",
+        "--set",
+        "swarm.poll_seconds=0.2",
+        "--set",
+        "eval.every=0",
+        # A 135M model rarely solves these, so correctness alone would leave every group without a
+        # learning signal; the llm-judge (the same server, a grammar that forces a verdict) grades too.
+        "--set",
+        "rewards.weights={correctness=1.0,llm-judge=0.5}",
+        # The judge is then this experiment's verifier: gated on correctness (rewards.gate's default),
+        # a group whose 4 answers are all wrong gets zero advantages however the judge ranks them.
+        "--set",
+        "rewards.gate=llm-judge",
+        "--set",
+        f"rewards.llm-judge.base_url={llama_server}",
+        "--set",
+        "rewards.llm-judge.model=smollm2",
+        "--set",
+        "rewards.llm-judge.max_chars=1500",
+        "--set",
+        """rewards.llm-judge.extra_body={grammar='root ::= "SCORE: " [0-9]'}""",
+    ]
+    contributor = ok(
+        run(
+            [
+                venv / "bin" / "sapo",
+                "run",
+                *shared,
+                "--inference",
+                "openai",
+                "--role",
+                "contributor",
+                "--node-id",
+                "api-node",
+                "--model",
+                "smollm2",
+                "--set",
+                f"inference.base_url={llama_server}",
+                "--set",
+                f"run.workdir={tmp_path / 'runs'}",
+            ],
+            env,
+            tmp_path,
+        )
+    )
     published = json.loads(contributor.stdout)
-    assert published["inference/requests"] > 0 and published["inference/dropped_problems"] == 0, contributor.stderr[-3000:]
+    assert published["inference/requests"] > 0 and published["inference/dropped_problems"] == 0, contributor.stderr[
+        -3000:
+    ]
     payload = codec.read_gz((root / "mixed" / "rounds" / "0" / "api-node.json.gz").read_bytes())
     assert payload.node == "api-node" and len(payload.groups) == 6
     assert all(len(group.completions) == 4 and group.completions[0].text for group in payload.groups)
@@ -131,9 +230,32 @@ def test_a_torch_free_contributor_feeds_a_worker_that_trains(tmp_path: Path, lla
     tiny_llama(len(tokenizer)).config.save_pretrained(model)
     tokenizer.save_pretrained(model)
     worker_env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUB)}
-    worker = ok(run([sys.executable, "-m", "sapo_core", "run", *shared, "--inference", "local", "--role", "worker",
-                     "--node-id", "worker-0", "--model", f"random:{model}", "--set", f"run.workdir={tmp_path / 'runs'}",
-                     "--set", "train.lr=1e-3"], worker_env, tmp_path, timeout=600))
+    worker = ok(
+        run(
+            [
+                sys.executable,
+                "-m",
+                "sapo_core",
+                "run",
+                *shared,
+                "--inference",
+                "local",
+                "--role",
+                "worker",
+                "--node-id",
+                "worker-0",
+                "--model",
+                f"random:{model}",
+                "--set",
+                f"run.workdir={tmp_path / 'runs'}",
+                "--set",
+                "train.lr=1e-3",
+            ],
+            worker_env,
+            tmp_path,
+            timeout=600,
+        )
+    )
     trained = json.loads(worker.stdout)
     assert trained["payloads/peers"] == 1 and trained["groups/external_available"] == 6
     assert trained["groups/trained_external"] >= 1 and trained["groups/trained_local"] == 0

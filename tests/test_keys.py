@@ -26,8 +26,15 @@ def keys_file(tmp_path, monkeypatch):
 
 def sapo(*args, input=None, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "sapo_core", *args], input=input, capture_output=True, text=True,
-                          env=env, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "sapo_core", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_set_list_unset_through_the_cli(keys_file):
@@ -51,7 +58,10 @@ def test_set_list_unset_through_the_cli(keys_file):
 def test_the_environment_wins_and_a_missing_key_says_what_to_do(keys_file):
     set_key("DEEPSEEK_API_KEY", SECRET)
     assert find_key("DEEPSEEK_API_KEY") == (SECRET, f"keys file {keys_file}")
-    assert find_key("DEEPSEEK_API_KEY", env={"DEEPSEEK_API_KEY": "e", KEYS_FILE_ENV: str(keys_file)}) == ("e", "env DEEPSEEK_API_KEY")
+    assert find_key("DEEPSEEK_API_KEY", env={"DEEPSEEK_API_KEY": "e", KEYS_FILE_ENV: str(keys_file)}) == (
+        "e",
+        "env DEEPSEEK_API_KEY",
+    )
     with pytest.raises(BackendError) as info:
         require_key("ANTHROPIC_API_KEY", what="inference backend 'anthropic'")
     assert "export ANTHROPIC_API_KEY=... or run `sapo keys set ANTHROPIC_API_KEY`" in str(info.value)

@@ -179,8 +179,17 @@ class Recording(MemoryTransport):
 
 
 def swarm_config(*sets):
-    return load_config(env={}, sets=["swarm.transport=memory", "swarm.poll_seconds=0.01", "swarm.round_seconds=0.05",
-                                     "swarm.lease_seconds=2.0", "run.rounds=6", *sets])
+    return load_config(
+        env={},
+        sets=[
+            "swarm.transport=memory",
+            "swarm.poll_seconds=0.01",
+            "swarm.round_seconds=0.05",
+            "swarm.lease_seconds=2.0",
+            "run.rounds=6",
+            *sets,
+        ],
+    )
 
 
 @pytest.fixture
@@ -211,7 +220,9 @@ def test_a_standby_coordinator_takes_over_from_a_coordinator_that_went_away(work
     dead = MemoryTransport(swarm, "default")  # a coordinator killed in round 2: its lease runs out
     now = time.time()
     dead.write_state(SwarmState(round=2, deadline=now - 1, updated_at=now, coordinator="coord"))
-    assert dead.claim_lease(Lease(epoch=0, holder="coord", token="t", acquired_at=now, renewed_at=now, expires_at=now + 0.4))
+    assert dead.claim_lease(
+        Lease(epoch=0, holder="coord", token="t", acquired_at=now, renewed_at=now, expires_at=now + 0.4)
+    )
     transport = Recording(swarm, "alice")
     thread, errors = run_in_thread(Coordinator(swarm_config(), transport, "alice", standby=True))
     thread.join(timeout=30)
@@ -295,8 +306,9 @@ class NoLeasePlugin:
 )
 def test_a_standby_the_swarm_cannot_have_is_a_clear_config_error(tmp_path, sapo_plugins, sets, message):
     sapo_plugins.register(NoLeasePlugin(), name="no-lease")
-    config = swarm_config(f"run.workdir={tmp_path.as_posix()}", f"swarm.root=cfg-{tmp_path.name}",
-                          "inference.backend=idle", *sets)
+    config = swarm_config(
+        f"run.workdir={tmp_path.as_posix()}", f"swarm.root=cfg-{tmp_path.name}", "inference.backend=idle", *sets
+    )
     with pytest.raises(ConfigError, match=message):
         Node.from_config(config, sapo_plugins)
 
@@ -327,11 +339,13 @@ def test_with_no_live_worker_and_no_payload_a_round_is_held_open(swarm, caplog):
 def test_a_coordinator_nobody_joins_stops_after_idle_rounds_and_keeps_its_round(swarm):
     transport = Recording(swarm, "coord")
     started = time.monotonic()
-    with pytest.raises(IdleSwarm, match=r"coord: no worker was live in experiment 'default' .* for 3 round deadlines"
-                                        r".*Round 0 stays open.*start a worker with the same --root and --experiment"):
+    with pytest.raises(
+        IdleSwarm,
+        match=r"coord: no worker was live in experiment 'default' .* for 3 round deadlines"
+        r".*Round 0 stays open.*start a worker with the same --root and --experiment",
+    ):
         Coordinator(swarm_config("run.rounds=3", "swarm.idle_rounds=3"), transport, "coord").run()
     assert time.monotonic() - started < 10
     assert [round for _, round in transport.writes] == [0, 0, 0], "round 0 opened, held open twice, then the stop"
     assert transport.read_state().round == 0
     assert transport.read_lease().expires_at <= time.time(), "the lease is let go: a restart takes it at once"
-

@@ -8,8 +8,21 @@ from sapo_core import codec, names
 from sapo_core.config import load_config
 from sapo_core.errors import ConfigError, PayloadError
 
-REFUSED = ["", "CON", "nul.x", "Com1.json", "node.", ".hidden", "-x", "a..b", "a/b", "a\\b", "tab\there", "café",
-           "x" * 65]
+REFUSED = [
+    "",
+    "CON",
+    "nul.x",
+    "Com1.json",
+    "node.",
+    ".hidden",
+    "-x",
+    "a..b",
+    "a/b",
+    "a\\b",
+    "tab\there",
+    "café",
+    "x" * 65,
+]
 ACCEPTED = ["node-0", "a", "Node_1.2", "x" * 64, "console", "nullable", "con-1"]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,6 @@ from sapo_core.node import Node
 from sapo_core.records import Completion
 from sapo_core.testing import CoinFlipInference, RecordingLearner
 from sapo_core.transports import MemoryTransport
-
 
 Oracle = CoinFlipInference
 
@@ -110,8 +108,10 @@ def test_rollouts_are_reproducible_and_differ_between_nodes(tmp_path, sapo_plugi
     a, b = metrics_lines(tmp_path / "a"), metrics_lines(tmp_path / "b")
     c = metrics_lines(tmp_path / "c")
     assert a[0]["reward/mean"] == b[0]["reward/mean"]
-    trained = [json.loads((run_dir(tmp_path / d) / "checkpoints" / "round-000000" / "recorder.json").read_text())
-               for d in ("a", "b", "c")]
+    trained = [
+        json.loads((run_dir(tmp_path / d) / "checkpoints" / "round-000000" / "recorder.json").read_text())
+        for d in ("a", "b", "c")
+    ]
     assert trained[0] == trained[1]
     assert trained[0] != trained[2]
     assert c[0]["node"] == "node-1"
@@ -179,7 +179,9 @@ def test_default_role_without_a_learner_becomes_a_contributor(tmp_path, sapo_plu
 
 
 def test_explicit_worker_without_a_learner_is_an_error(tmp_path, sapo_plugins, backends):
-    cfg = load_config(env={}, sets=["inference.backend=oracle", "run.role=worker", f"run.workdir={tmp_path.as_posix()}"])
+    cfg = load_config(
+        env={}, sets=["inference.backend=oracle", "run.role=worker", f"run.workdir={tmp_path.as_posix()}"]
+    )
     with pytest.raises(PluginError, match=r"Unknown learner 'grpo'\. Choose one of: recorder"):
         Node.from_config(cfg, sapo_plugins)
 
@@ -204,7 +206,9 @@ def test_a_factory_that_fails_names_its_backend(tmp_path, sapo_plugins, backends
 
     sapo_plugins.register(Plugin(), name="broken-factory")
     cfg = config(tmp_path, "inference.backend=broken")
-    with pytest.raises(SapoError, match=r"inference 'broken' from \(not installed\) failed to start: OSError: model file missing"):
+    with pytest.raises(
+        SapoError, match=r"inference 'broken' from \(not installed\) failed to start: OSError: model file missing"
+    ):
         Node.from_config(cfg, sapo_plugins)
 
 
@@ -271,8 +275,14 @@ def test_a_coordinator_needs_none_of_the_task_reward_inference_or_learner_plugin
     from sapo_core import preflight
 
     root = f"swarm-{tmp_path.name}"
-    absent = ('tasks.names=["not-installed-task"]', "rewards.weights={not_installed_reward=1.0}", "rewards.gate=",
-              "inference.backend=not-installed", "train.backend=not-installed", "checkpoint.backend=not-installed")
+    absent = (
+        'tasks.names=["not-installed-task"]',
+        "rewards.weights={not_installed_reward=1.0}",
+        "rewards.gate=",
+        "inference.backend=not-installed",
+        "train.backend=not-installed",
+        "checkpoint.backend=not-installed",
+    )
     cfg = swarm_config(tmp_path, root, "coord", "coordinator", *absent)
     preflight.check(cfg, sapo_plugins)  # what `sapo config --role coordinator` checks
     node = Node.from_config(cfg, sapo_plugins)
@@ -287,7 +297,9 @@ def test_corrupt_and_forged_payloads_are_refused_and_counted(tmp_path, sapo_plug
     transport.put_raw(0, "garbage", b"\x1f\x8b not really gzip")
     forged = codec.RoundPayload(experiment="default", round=0, node="mallory", groups=(), created_at=1.0)
     transport.put_raw(0, "mallory", codec.write_gz(forged))  # unsigned, while the swarm has a secret
-    cfg = swarm_config(tmp_path, root, "alice", "worker", "run.rounds=1", "swarm.secret=s3cret", "swarm.round_seconds=0.2")
+    cfg = swarm_config(
+        tmp_path, root, "alice", "worker", "run.rounds=1", "swarm.secret=s3cret", "swarm.round_seconds=0.2"
+    )
     with caplog.at_level(logging.WARNING, logger="sapo.node"):
         metrics = Node.from_config(cfg, sapo_plugins).run()
     assert metrics["payloads/rejected"] == 2
@@ -298,9 +310,11 @@ def test_corrupt_and_forged_payloads_are_refused_and_counted(tmp_path, sapo_plug
 
 def test_joining_a_swarm_with_other_settings_is_refused(tmp_path, sapo_plugins, backends):
     root = f"swarm-{tmp_path.name}"
-    first = Node.from_config(swarm_config(tmp_path, root, "alice", "worker", "run.rounds=1", "swarm.round_seconds=0.1"), sapo_plugins)
+    first = Node.from_config(
+        swarm_config(tmp_path, root, "alice", "worker", "run.rounds=1", "swarm.round_seconds=0.1"), sapo_plugins
+    )
     first.run()
-    other = swarm_config(tmp_path, root, "bob", "worker", "swarm.round_seconds=0.1", "tasks.names=[\"sort\"]")
+    other = swarm_config(tmp_path, root, "bob", "worker", "swarm.round_seconds=0.1", 'tasks.names=["sort"]')
     with pytest.raises(ConfigError, match=r"tasks\.names: swarm has \[\"arithmetic\"\], this node has \[\"sort\"\]"):
         Node.from_config(other, sapo_plugins).run()
 
@@ -313,7 +327,8 @@ def test_a_worker_without_a_coordinator_does_not_wait_forever(tmp_path, sapo_plu
 
 
 def test_in_a_coordinated_round_a_worker_waits_for_the_close_not_for_its_own_view_of_who_is_live(
-        tmp_path, sapo_plugins, backends):
+    tmp_path, sapo_plugins, backends
+):
     """On a lagging synced folder a peer's heartbeat may never have arrived whole: the worker, seeing
     only itself, must still wait for the coordinator's close and the payloads it closed with."""
     import time
@@ -332,8 +347,15 @@ def test_in_a_coordinated_round_a_worker_waits_for_the_close_not_for_its_own_vie
         polls.append(seconds)
         if len(polls) == 5:  # bob's payload lands, then the coordinator closes the round with both
             transport.publish(RoundPayload(experiment="default", round=0, node="bob", groups=(), created_at=1.0))
-            transport.write_state(SwarmState(round=1, deadline=time.time() + 60, updated_at=time.time(),
-                                             coordinator="coord", closed_with=("alice", "bob")))
+            transport.write_state(
+                SwarmState(
+                    round=1,
+                    deadline=time.time() + 60,
+                    updated_at=time.time(),
+                    coordinator="coord",
+                    closed_with=("alice", "bob"),
+                )
+            )
 
     alice.sleep = sleep
     alice.wait_for_peers(0)
@@ -350,8 +372,10 @@ def test_a_peer_cannot_forge_the_answer_of_a_problem(tmp_path, sapo_plugins, bac
     genuine = ArithmeticTask().generate(11)
     forged = attrs.evolve(ArithmeticTask().generate(12), answer=7)  # "7" is now right, says the peer
     completions = [Completion("<answer>7</answer>"), Completion("<answer>8</answer>")]
-    groups = [Group(problem=p, completions=completions, rewards=[1.0, 0.0], advantages=[1.0, -1.0], node="mallory")
-              for p in (genuine, forged)]
+    groups = [
+        Group(problem=p, completions=completions, rewards=[1.0, 0.0], advantages=[1.0, -1.0], node="mallory")
+        for p in (genuine, forged)
+    ]
     MemoryTransport(root, "default").publish(RoundPayload(experiment="default", round=0, node="mallory", groups=groups))
     cfg = swarm_config(tmp_path, root, "alice", "worker", "run.rounds=1", "swarm.round_seconds=0.2")
     metrics = Node.from_config(cfg, sapo_plugins).run()
@@ -368,8 +392,15 @@ STAMP = r"\d{8}-\d{6}(-\d+)?"
 def test_an_offline_run_gets_its_own_timestamped_run_directory(tmp_path, sapo_plugins, backends):
     import re
 
-    cfg = config(tmp_path, "run.rounds=3", "checkpoint.every=2", "eval.every=2", "eval.problems=4",
-                 "swarm.secret=hush", "run.seed=3")
+    cfg = config(
+        tmp_path,
+        "run.rounds=3",
+        "checkpoint.every=2",
+        "eval.every=2",
+        "eval.problems=4",
+        "swarm.secret=hush",
+        "run.seed=3",
+    )
     node = Node.from_config(cfg, sapo_plugins)
     folder = node.context.workdir
     assert folder.parent == tmp_path / "default" and re.fullmatch(STAMP, folder.name)
@@ -377,8 +408,11 @@ def test_an_offline_run_gets_its_own_timestamped_run_directory(tmp_path, sapo_pl
     names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     assert "config.json" in names and "metrics.jsonl" in names
     assert [n for n in names if n.startswith("metrics/")] == [
-        "metrics/eval_iter_001.json", "metrics/eval_iter_002.json",
-        "metrics/train_iter_000.json", "metrics/train_iter_001.json", "metrics/train_iter_002.json",
+        "metrics/eval_iter_001.json",
+        "metrics/eval_iter_002.json",
+        "metrics/train_iter_000.json",
+        "metrics/train_iter_001.json",
+        "metrics/train_iter_002.json",
     ]
     assert {n.split("/")[1] for n in names if n.startswith("checkpoints/")} == {"round-000001", "round-000002"}
     stored = json.loads((folder / "config.json").read_text())
@@ -418,7 +452,10 @@ def test_resume_continues_the_newest_run_that_has_a_checkpoint(tmp_path, sapo_pl
     assert resumed.context.workdir == second.context.workdir
     assert str(second.context.workdir) in caplog.text and "round 1" in caplog.text
     resumed.run()
-    rounds = lambda folder: [json.loads(x)["round"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    def rounds(folder):
+        return [json.loads(x)["round"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
     assert rounds(second.context.workdir) == [0, 1, 2]
     assert rounds(first.context.workdir) == [0, 1]
     assert not any(later.iterdir())
@@ -426,7 +463,9 @@ def test_resume_continues_the_newest_run_that_has_a_checkpoint(tmp_path, sapo_pl
 
 def test_resume_without_a_checkpointed_run_is_a_clear_error(tmp_path, sapo_plugins, backends):
     (tmp_path / "default" / "20260101-000000").mkdir(parents=True)
-    with pytest.raises(ConfigError, match=r"--resume: no run of experiment 'default' in .* has a checkpoint.*--run-dir"):
+    with pytest.raises(
+        ConfigError, match=r"--resume: no run of experiment 'default' in .* has a checkpoint.*--run-dir"
+    ):
         Node.from_config(config(tmp_path, "run.resume=true"), sapo_plugins)
     assert [p.name for p in (tmp_path / "default").iterdir()] == ["20260101-000000"], "no new run directory"
 
@@ -441,8 +480,9 @@ def test_a_resumed_run_logs_changed_settings(tmp_path, sapo_plugins, backends, c
     folder = tmp_path / "run"
     Node.from_config(config(tmp_path, "run.rounds=1", f"run.dir={folder.as_posix()}"), sapo_plugins).run()
     with caplog.at_level(logging.INFO, logger="sapo.node"):
-        Node.from_config(config(tmp_path, "run.rounds=2", "run.resume=true", f"run.dir={folder.as_posix()}"),
-                         sapo_plugins).run()
+        Node.from_config(
+            config(tmp_path, "run.rounds=2", "run.resume=true", f"run.dir={folder.as_posix()}"), sapo_plugins
+        ).run()
     assert "run.rounds: 1 -> 2" in caplog.text
     assert json.loads((folder / "config.json").read_text())["run"]["rounds"] == 2
 
@@ -453,10 +493,21 @@ def test_a_resumed_run_logs_changed_settings(tmp_path, sapo_plugins, backends, c
 def test_summary_shows_whichever_headline_metrics_are_present():
     from sapo_core.progress import summary, summary_line
 
-    full = {"reward/mean": 0.41234, "reward/accuracy": 0.375, "eval/pass@1": 0.40625, "train/kl": 0.012345,
-            "train/clip_ratio_low": 0.01, "train/clip_ratio_high": 0.011, "inference/tokens_per_second": 1534.4,
-            "train/tokens_per_second": 1.0, "train/loss": 0.12345, "time/round": 12.34}
-    assert summary(full) == "reward 0.412  acc 0.375  pass@1 0.406  kl 0.01235  clip 0.021  tok/s 1534  loss 0.1235  12.3s"
+    full = {
+        "reward/mean": 0.41234,
+        "reward/accuracy": 0.375,
+        "eval/pass@1": 0.40625,
+        "train/kl": 0.012345,
+        "train/clip_ratio_low": 0.01,
+        "train/clip_ratio_high": 0.011,
+        "inference/tokens_per_second": 1534.4,
+        "train/tokens_per_second": 1.0,
+        "train/loss": 0.12345,
+        "time/round": 12.34,
+    }
+    assert (
+        summary(full) == "reward 0.412  acc 0.375  pass@1 0.406  kl 0.01235  clip 0.021  tok/s 1534  loss 0.1235  12.3s"
+    )
     assert "clip 0.500" in summary({"train/clip_ratio": 0.5, "train/clip_ratio_low": 0.1})
     assert summary({"train/tokens_per_second": 812.0}) == "tok/s 812"
     assert summary({"train/loss": float("nan")}) == "loss nan"
@@ -501,14 +552,21 @@ def test_an_explicit_run_dir_that_holds_a_run_needs_resume(tmp_path, sapo_plugin
 
 
 @pytest.mark.parametrize("collective", [False, True])
-def test_another_process_evaluates_only_with_a_collective_backend(tmp_path, sapo_plugins, backends, monkeypatch,
-                                                                  collective):
+def test_another_process_evaluates_only_with_a_collective_backend(
+    tmp_path, sapo_plugins, backends, monkeypatch, collective
+):
     """Rank 1 of a distributed launch joins the evaluations of a backend whose ``generate`` needs every
     process (``collective``), and writes nothing; an API-like backend is left to the main process."""
     monkeypatch.setenv("RANK", "1")
     folder = tmp_path / "rank1"
-    cfg = config(tmp_path, "run.rounds=2", "eval.every=1", "eval.at_start=true", "eval.problems=2",
-                 f"run.dir={folder.as_posix()}")
+    cfg = config(
+        tmp_path,
+        "run.rounds=2",
+        "eval.every=1",
+        "eval.at_start=true",
+        "eval.problems=2",
+        f"run.dir={folder.as_posix()}",
+    )
     node = Node.from_config(cfg, sapo_plugins)
     oracle = node.inference
     if collective:
@@ -541,8 +599,13 @@ def test_a_peers_problem_at_another_curriculum_level_is_trained_on_not_refused(t
 def test_the_curriculum_moves_with_the_rewards_is_in_the_metrics_and_survives_resume(tmp_path, sapo_plugins, backends):
     # The oracle answers right with probability 1/2 whatever the level: with a band above that, every
     # window of 6 groups is "too hard" and arithmetic steps down from level 3 to the bottom, 1.
-    sets = ["run.rounds=2", "checkpoint.every=1", "tasks.arithmetic.difficulty=3", "tasks.curriculum_band=[0.9,1.0]",
-            "tasks.curriculum_window=6"]
+    sets = [
+        "run.rounds=2",
+        "checkpoint.every=1",
+        "tasks.arithmetic.difficulty=3",
+        "tasks.curriculum_band=[0.9,1.0]",
+        "tasks.curriculum_window=6",
+    ]
     Node.from_config(config(tmp_path, *sets), sapo_plugins).run()
     lines = metrics_lines(tmp_path)
     assert [line["curriculum/arithmetic/level"] for line in lines] == [3.0, 2.0]
@@ -590,7 +653,8 @@ def test_dynamic_sampling_tops_up_the_groups_with_a_signal(tmp_path, sapo_plugin
     backends.oracles.clear()
     Node.from_config(config(tmp_path / "again", *sets, "tasks.resample=4"), sapo_plugins).run()
     assert [line["groups/resampled"] for line in metrics_lines(tmp_path / "again")] == [
-        line["groups/resampled"] for line in on]
+        line["groups/resampled"] for line in on
+    ]
 
 
 def test_dynamic_sampling_draws_more_only_for_rounds_short_of_a_signal(tmp_path, sapo_plugins, backends):
@@ -608,9 +672,17 @@ def test_dynamic_sampling_draws_more_only_for_rounds_short_of_a_signal(tmp_path,
 
 
 def test_dynamic_sampling_is_on_by_default_for_a_node_that_trains(tmp_path, sapo_plugins, backends):
-    cfg = load_config(sets=["inference.backend=oracle", "train.backend=recorder", "inference.num_completions=2",
-                            "tasks.problems_per_round=6", "tasks.curriculum=false", "run.rounds=3",
-                            f"run.workdir={tmp_path.as_posix()}"])
+    cfg = load_config(
+        sets=[
+            "inference.backend=oracle",
+            "train.backend=recorder",
+            "inference.num_completions=2",
+            "tasks.problems_per_round=6",
+            "tasks.curriculum=false",
+            "run.rounds=3",
+            f"run.workdir={tmp_path.as_posix()}",
+        ]
+    )
     assert cfg.tasks.resample == 2
     Node.from_config(cfg, sapo_plugins).run()
     lines = metrics_lines(tmp_path)

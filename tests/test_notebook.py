@@ -45,9 +45,20 @@ def test_the_notebook_is_valid_and_stored_without_outputs() -> None:
         assert cell.outputs == [] and cell.execution_count is None, f"stored outputs in:\n{cell.source[:200]}"
     assert "widgets" not in notebook.metadata
     text = "\n".join(cell.source for cell in notebook.cells)
-    for needle in ("drive.mount(\"/content/drive\")", "google.colab", "#subdirectory=plugins/sapo_gdrive",
-                   "GDRIVE_PATH", "EXPERIMENT_NAME", "SAPO_SWARM_SECRET", "contributor", "coordinator",
-                   "--resume", "checkpoint.backend=gdrive", "sapo swarm status", "sapo report"):
+    for needle in (
+        'drive.mount("/content/drive")',
+        "google.colab",
+        "#subdirectory=plugins/sapo_gdrive",
+        "GDRIVE_PATH",
+        "EXPERIMENT_NAME",
+        "SAPO_SWARM_SECRET",
+        "contributor",
+        "coordinator",
+        "--resume",
+        "checkpoint.backend=gdrive",
+        "sapo swarm status",
+        "sapo report",
+    ):
         assert needle in text, f"the notebook does not mention {needle}"
 
 
@@ -82,8 +93,9 @@ def execute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workdir: Path, roun
     }.items():
         monkeypatch.setenv(name, value)
     notebook = read_notebook()
-    client = nbclient.NotebookClient(notebook, kernel_name=KERNEL, timeout=900,
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        notebook, kernel_name=KERNEL, timeout=900, resources={"metadata": {"path": str(tmp_path)}}
+    )
     try:
         client.execute()
     except nbclient.exceptions.CellExecutionError as exc:

@@ -59,7 +59,9 @@ def test_plugin_that_raises_on_import_is_reported_and_skipped(install_dist, capl
         registry = plugins.registry
     assert "echo" in registry.names("inference")
     assert plugins.infos["broken_plugin"].error.startswith("failed to import (RuntimeError: kaboom at import)")
-    assert any("broken_plugin" in r.message and "sapo-broken" in r.message and "kaboom" in r.message for r in caplog.records)
+    assert any(
+        "broken_plugin" in r.message and "sapo-broken" in r.message and "kaboom" in r.message for r in caplog.records
+    )
 
 
 def test_strict_mode_makes_a_broken_plugin_fatal(install_dist, monkeypatch):
@@ -139,7 +141,7 @@ def test_same_name_from_two_distributions_is_an_error_naming_both(install_dist):
     install_dist("sapo-good", "good_plugin", GOOD)
     install_dist("sapo-other", "other_plugin", GOOD)
     with pytest.raises(PluginError) as excinfo:
-        loaded().registry
+        _ = loaded().registry
     message = str(excinfo.value)
     assert "inference backend 'echo'" in message
     assert "sapo-good" in message and "sapo-other" in message
@@ -287,8 +289,11 @@ def test_undecorated_hook_function_is_warned_about_naming_the_plugin(install_dis
 def test_strict_mode_makes_an_undecorated_hook_an_error(install_dist, monkeypatch):
     install_dist("sapo-lazy", "lazy_plugin", UNDECORATED)
     monkeypatch.setenv("SAPO_STRICT_PLUGINS", "1")
-    with pytest.raises(PluginError, match=r"'lazy_plugin' from sapo-lazy defines register_inference\(\) without "
-                                          r"@sapo_core\.hookimpl.*decorate it"):
+    with pytest.raises(
+        PluginError,
+        match=r"'lazy_plugin' from sapo-lazy defines register_inference\(\) without "
+        r"@sapo_core\.hookimpl.*decorate it",
+    ):
         loaded()
 
 
@@ -301,7 +306,8 @@ def test_undecorated_method_of_a_plugin_object_is_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="sapo.plugins"):
         plugins.register(Observer(), name="observer")
     assert plugins.infos["observer"].warnings == [
-        "defines run_finished() without @sapo_core.hookimpl, so sapo never calls it; decorate it with @sapo_core.hookimpl"]
+        "defines run_finished() without @sapo_core.hookimpl, so sapo never calls it; decorate it with @sapo_core.hookimpl"
+    ]
     assert "'observer'" in caplog.text
 
 
@@ -323,13 +329,16 @@ def {hook}(register):
 """
 
 
-@pytest.mark.parametrize(("hook", "field", "key"), [
-    ("register_inference", "temperature", "inference.temperature"),
-    ("register_inference", "seed", "eval.seed"),  # eval.inference=shadowed reads its settings from eval.*
-    ("register_transports", "root", "swarm.root"),
-    ("register_checkpointers", "keep", "checkpoint.keep"),
-    ("register_learners", "backend", "train.backend"),
-])
+@pytest.mark.parametrize(
+    ("hook", "field", "key"),
+    [
+        ("register_inference", "temperature", "inference.temperature"),
+        ("register_inference", "seed", "eval.seed"),  # eval.inference=shadowed reads its settings from eval.*
+        ("register_transports", "root", "swarm.root"),
+        ("register_checkpointers", "keep", "checkpoint.keep"),
+        ("register_learners", "backend", "train.backend"),
+    ],
+)
 @pytest.mark.parametrize("decorator", ["@attrs.frozen", "@dataclasses.dataclass(frozen=True)"])
 def test_settings_field_named_like_a_core_key_is_refused_at_registration(install_dist, hook, field, key, decorator):
     install_dist("sapo-shadow", "shadow_plugin", settings_plugin(hook, decorator, field))
@@ -356,7 +365,10 @@ def test_task_and_reward_settings_may_use_core_key_names(install_dist, monkeypat
 
 @pytest.mark.parametrize("settings", ["Plain", "Plain()", "dict"])
 def test_settings_that_are_no_attrs_class_or_dataclass_are_refused_at_registration(install_dist, settings):
-    install_dist("sapo-plain", "plain_plugin", f"""
+    install_dist(
+        "sapo-plain",
+        "plain_plugin",
+        f"""
         from sapo_core import hookimpl
 
         class Plain:
@@ -365,7 +377,8 @@ def test_settings_that_are_no_attrs_class_or_dataclass_are_refused_at_registrati
         @hookimpl
         def register_inference(register):
             register("plain", lambda settings, context: None, settings={settings})
-        """)
+        """,
+    )
     plugins = loaded()
     assert "plain" not in plugins.registry.names("inference")
     why = plugins.infos["plain_plugin"].hook_errors["register_inference"]
@@ -410,7 +423,8 @@ def test_hook_call_monitoring_sees_every_plugin_call(no_installed_plugins):
     plugins.register(_observer("b", []), name="b")
     undo = plugins.pm.add_hookcall_monitoring(
         lambda hook, impls, kwargs: seen.append((hook, [impl.plugin_name for impl in impls])),
-        lambda outcome, hook, impls, kwargs: None)
+        lambda outcome, hook, impls, kwargs: None,
+    )
     try:
         plugins.notify("round_finished", context=None, round=3, metrics={})
     finally:

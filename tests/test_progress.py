@@ -41,7 +41,14 @@ def test_the_line_says_done_total_rate_and_time_left():
 
 
 def test_durations_are_rough():
-    assert [duration(s) for s in (3.2, 89, 90, 300, 5400, 7200)] == ["3 s", "89 s", "1.5 min", "5.0 min", "1.5 h", "2.0 h"]
+    assert [duration(s) for s in (3.2, 89, 90, 300, 5400, 7200)] == [
+        "3 s",
+        "89 s",
+        "1.5 min",
+        "5.0 min",
+        "1.5 h",
+        "2.0 h",
+    ]
 
 
 def test_updates_are_shown_at_most_once_per_period():
@@ -72,8 +79,11 @@ def test_in_a_log_the_run_prints_a_line_per_period(monkeypatch):
                 tokens.advance(8)
         run.round_done(0, {"reward/mean": 0.5})
     lines = buffer.getvalue().splitlines()
-    assert [line.split(",")[0] for line in lines[:3]] == ["generate: 8/24 tokens", "generate: 16/24 tokens",
-                                                          "generate: 24/24 tokens"]
+    assert [line.split(",")[0] for line in lines[:3]] == [
+        "generate: 8/24 tokens",
+        "generate: 16/24 tokens",
+        "generate: 24/24 tokens",
+    ]
     assert lines[3] == "node-0 round 1/2: reward 0.500"
 
 
@@ -118,6 +128,7 @@ def test_another_threads_run_is_not_joined(monkeypatch):
     ours, our_buffer = plain_console()
     theirs, their_buffer = plain_console()
     with run_progress(1, 0, label="node-0", console=ours):
+
         def other() -> None:
             with token_progress("generate", 4, console=theirs) as tokens:
                 tokens.advance(4)

@@ -11,11 +11,14 @@ def write_run(folder, lines):
 
 
 def test_report_draws_every_run_of_a_folder(sapo_cli, tmp_path):
-    write_run(tmp_path / "exp" / "20261125-100000", [
-        {"round": -1, "eval/pass@1": 0.1},
-        {"round": 0, "reward/mean": 0.2},
-        {"round": 1, "reward/mean": 0.5, "eval/pass@1": 0.4},
-    ])
+    write_run(
+        tmp_path / "exp" / "20261125-100000",
+        [
+            {"round": -1, "eval/pass@1": 0.1},
+            {"round": 0, "reward/mean": 0.2},
+            {"round": 1, "reward/mean": 0.5, "eval/pass@1": 0.4},
+        ],
+    )
     write_run(tmp_path / "exp" / "sweep-1" / "lr=1e-5", [{"round": 0, "reward/mean": 0.3}])
     out = tmp_path / "pics" / "reward.png"
     result = sapo_cli("report", str(tmp_path / "exp"), "-o", str(out), "--json")
@@ -38,8 +41,14 @@ def test_report_on_a_folder_without_runs_says_so(sapo_cli, tmp_path):
 
 
 def test_the_table_counts_rounds_from_1_and_names_the_evaluation_before_training(sapo_cli, tmp_path):
-    write_run(tmp_path / "run", [{"round": -1, "eval/pass@1": 0.1}, {"round": 0, "reward/mean": 0.2},
-                                 {"round": 1, "reward/mean": 0.5, "eval/pass@1": 0.4}])
+    write_run(
+        tmp_path / "run",
+        [
+            {"round": -1, "eval/pass@1": 0.1},
+            {"round": 0, "reward/mean": 0.2},
+            {"round": 1, "reward/mean": 0.5, "eval/pass@1": 0.4},
+        ],
+    )
     result = sapo_cli("report", str(tmp_path / "run"), "-o", str(tmp_path / "r.png"))
     rows = [line.split() for line in result.output.splitlines()]
     assert ["before", "training", "0.100"] in rows and ["1", "0.200"] in rows and ["2", "0.500", "0.400"] in rows
@@ -49,9 +58,12 @@ def curves_of_a_swarm():
     from sapo_core import report
 
     # Three workers with equal values at most rounds: the picture must still show each one.
-    nodes = [report.Curve(f"worker-{i}", (0, 1, 2, 3), reward, (-1, 3), (0.167, after))
-             for i, (reward, after) in enumerate([((0.083, 0, 0, 0.083), 0.0), ((0, 0.083, 0, 0.083), 0.083),
-                                                  ((0.083, 0.083, 0.083, 0), 0.083)], start=1)]
+    nodes = [
+        report.Curve(f"worker-{i}", (0, 1, 2, 3), reward, (-1, 3), (0.167, after))
+        for i, (reward, after) in enumerate(
+            [((0.083, 0, 0, 0.083), 0.0), ((0, 0.083, 0, 0.083), 0.083), ((0.083, 0.083, 0.083, 0), 0.083)], start=1
+        )
+    ]
     return [*nodes, report.swarm_mean(nodes)]
 
 
@@ -74,7 +86,10 @@ def test_the_picture_draws_evaluations_as_markers_only_and_keeps_every_worker_in
         assert all(abs(float(p[0][0])) < 0.5 for p in points), "near round 0 (before training) nonetheless"
         assert sorted(round(float(x)) for x, _ in points[3]) == [0, 4], "the swarm mean's bars sit on the rounds"
         lines = rewards.get_lines()
-        assert len({line.get_marker() for line in lines[:3]}) == 3 and len({line.get_linestyle() for line in lines[:3]}) == 3
+        assert (
+            len({line.get_marker() for line in lines[:3]}) == 3
+            and len({line.get_linestyle() for line in lines[:3]}) == 3
+        )
         assert [tick.get_text() for tick in passes.get_xticklabels()] == ["before\ntraining", "1", "2", "3", "4"]
         assert [float(x) for x in lines[3].get_xdata()] == [1, 2, 3, 4], "rounds counted from 1"
     finally:

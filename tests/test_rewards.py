@@ -16,7 +16,7 @@ from sapo_core.builtin import rewards as builtin_rewards
 from sapo_core.builtin import tasks as builtin_tasks
 from sapo_core.interfaces import BackendContext, RewardFunction, Task
 from sapo_core.records import Completion, Problem
-from sapo_core.rewards import CorrectnessSettings, CorrectnessReward, FormatReward, clamp_reward, combine_rewards
+from sapo_core.rewards import CorrectnessReward, CorrectnessSettings, FormatReward, clamp_reward, combine_rewards
 from sapo_core.tasks.arithmetic import ArithmeticSettings, ArithmeticTask
 from sapo_core.tasks.sort import SortSettings, SortTask
 
@@ -118,7 +118,12 @@ def _completions(*texts: str) -> list[Completion]:
 
 @pytest.fixture
 def context() -> BackendContext:
-    return BackendContext(tasks={"arithmetic": ArithmeticTask(ArithmeticSettings(difficulty=3)), "sort": SortTask(SortSettings(min_words=4, max_words=8))})
+    return BackendContext(
+        tasks={
+            "arithmetic": ArithmeticTask(ArithmeticSettings(difficulty=3)),
+            "sort": SortTask(SortSettings(min_words=4, max_words=8)),
+        }
+    )
 
 
 def test_correctness_reward(context: BackendContext) -> None:

@@ -10,9 +10,9 @@ import logging
 import pytest
 
 from sapo_core import hookimpl
-from sapo_core.testing import ORACLE_INFERENCE
 from sapo_core.config import load_config
 from sapo_core.sizing import CPU_SIZES, CPU_TOKENS_PER_SECOND, SOURCE, device_sizes, estimate, round_tokens
+from sapo_core.testing import ORACLE_INFERENCE
 
 KEYS = tuple(CPU_SIZES)
 
@@ -56,7 +56,9 @@ def test_offline_on_a_cpu_the_defaults_become_the_cpus(sapo_plugins, device, cap
     assert sized == {"tasks.problems_per_round": (4, SOURCE), "inference.max_new_tokens": (128, SOURCE)}
     (record,) = caplog.records
     assert record.levelno == logging.INFO
-    assert "tasks.problems_per_round=4, inference.max_new_tokens=128 instead of the GPU-sized defaults" in record.message
+    assert (
+        "tasks.problems_per_round=4, inference.max_new_tokens=128 instead of the GPU-sized defaults" in record.message
+    )
     assert "4,096 tokens a round instead of 16,384, roughly 51 s a round here instead of 3.4 min" in record.message
     assert record.message.endswith("--set tasks.problems_per_round=8 --set inference.max_new_tokens=256")
 
@@ -68,8 +70,9 @@ def test_a_size_the_user_set_stays_and_the_others_shrink(sapo_plugins, device):
     every = [f"{key}={value}" for key, value in (("tasks.problems_per_round", 8), ("inference.max_new_tokens", 300))]
     config = load_config(env={}, sets=["inference.backend=here", *every])
     assert device_sizes(config, sapo_plugins) == {}
-    config = load_config(env={}, sets=["inference.backend=here", "tasks.problems_per_round=2",
-                                       "inference.max_new_tokens=64"])
+    config = load_config(
+        env={}, sets=["inference.backend=here", "tasks.problems_per_round=2", "inference.max_new_tokens=64"]
+    )
     assert device_sizes(config, sapo_plugins) == {}, "already smaller than the CPU's"
 
 
@@ -79,7 +82,9 @@ def test_in_a_swarm_it_warns_with_an_estimate_and_changes_nothing(sapo_plugins, 
     with caplog.at_level(logging.INFO, logger="sapo.sizing"):
         assert device_sizes(config, sapo_plugins) == {}
     (record,) = caplog.records
-    assert record.levelno == logging.WARNING and record.message.startswith("w1: the inference backend generates on the CPU")
+    assert record.levelno == logging.WARNING and record.message.startswith(
+        "w1: the inference backend generates on the CPU"
+    )
     assert "16,384 tokens a round" in record.message and "roughly 3.4 min a round here" in record.message
     assert record.message.endswith("--set tasks.problems_per_round=4 --set inference.max_new_tokens=128")
 
@@ -97,7 +102,9 @@ def test_nothing_is_asked_when_no_size_is_left_to_change(sapo_plugins, device):
     plugin = device("cpu")
     sets = ["inference.backend=here", *(f"{key}={value}" for key, value in CPU_SIZES.items())]
     assert device_sizes(load_config(env={}, sets=sets), sapo_plugins) == {}
-    assert device_sizes(load_config(env={}, sets=["inference.backend=here", "run.role=coordinator"]), sapo_plugins) == {}
+    assert (
+        device_sizes(load_config(env={}, sets=["inference.backend=here", "run.role=coordinator"]), sapo_plugins) == {}
+    )
     assert plugin.asked == 0, "the question may import torch: only asked when it matters"
 
 
@@ -119,12 +126,15 @@ def test_a_plugin_that_fails_to_answer_is_skipped(sapo_plugins, caplog):
     assert "failed in inference_device" in caplog.text
 
 
-ORACLE_ON_CPU = ORACLE_INFERENCE + """
+ORACLE_ON_CPU = (
+    ORACLE_INFERENCE
+    + """
 
 @hookimpl
 def inference_device(config):
     return "cpu" if config.inference.backend == "oracle" else None
 """
+)
 
 
 @pytest.mark.parametrize("sets", [(), ("--set", "tasks.problems_per_round=8")])
@@ -134,12 +144,27 @@ def test_sapo_run_takes_the_cpu_sizes_and_records_them(sapo_cli, install_dist, t
 
     reset_plugins()  # the fixture's manager was loaded before the plugin was installed
     folder = tmp_path / "run"
-    result = sapo_cli("run", "--inference", "oracle", "--role", "contributor", "--rounds", "1", "--run-dir", str(folder),
-                      "--set", "eval.every=0", *sets)
+    result = sapo_cli(
+        "run",
+        "--inference",
+        "oracle",
+        "--role",
+        "contributor",
+        "--rounds",
+        "1",
+        "--run-dir",
+        str(folder),
+        "--set",
+        "eval.every=0",
+        *sets,
+    )
     assert result.exit_code == 0, result.output
     problems = 8 if sets else 4
     assert json.loads(result.stdout)["groups/local"] == problems
     saved = json.loads((folder / "config.json").read_text())
-    assert (saved["tasks"]["problems_per_round"], saved["inference"]["num_completions"],
-            saved["inference"]["max_new_tokens"]) == (problems, 8, 128)
+    assert (
+        saved["tasks"]["problems_per_round"],
+        saved["inference"]["num_completions"],
+        saved["inference"]["max_new_tokens"],
+    ) == (problems, 8, 128)
     assert "running on the CPU, so" in " ".join(result.stderr.split())

@@ -59,14 +59,24 @@ class Stages:
 def node(sapo_plugins, tmp_path, *sets, stop_after=None):
     stages = Stages(stop_after)
     sapo_plugins.register(stages, name="stages")
-    config = load_config(env={}, sets=["inference.backend=right", "inference.num_completions=2", "tasks.problems_per_round=3",
-                                       "eval.problems=4", f"run.workdir={tmp_path.as_posix()}", *sets])
+    config = load_config(
+        env={},
+        sets=[
+            "inference.backend=right",
+            "inference.num_completions=2",
+            "tasks.problems_per_round=3",
+            "eval.problems=4",
+            f"run.workdir={tmp_path.as_posix()}",
+            *sets,
+        ],
+    )
     return Node.from_config(config, sapo_plugins), stages
 
 
 def test_evaluation_uses_its_own_backend_with_its_own_settings(sapo_plugins, tmp_path):
-    built, stages = node(sapo_plugins, tmp_path, "run.rounds=2", "eval.every=1", "eval.inference=wrong",
-                         "eval.answer_offset=7")
+    built, stages = node(
+        sapo_plugins, tmp_path, "run.rounds=2", "eval.every=1", "eval.inference=wrong", "eval.answer_offset=7"
+    )
     metrics = built.run()
     assert stages.built["wrong"].settings == EchoSettings(answer_offset=7)
     assert stages.built["right"].calls == [3, 3]  # generation: both rounds, nothing else
@@ -93,5 +103,7 @@ def test_a_stop_request_during_evaluation_keeps_the_rounds_metrics(sapo_plugins,
     built, _ = node(sapo_plugins, tmp_path, "run.rounds=5", "eval.every=1", stop_after=1)
     metrics = built.run()
     assert metrics["round"] == 0 and "eval/pass@1" not in metrics
-    assert [json.loads(line)["round"] for line in (built.context.workdir / "metrics.jsonl").read_text().splitlines()] == [0]
+    assert [
+        json.loads(line)["round"] for line in (built.context.workdir / "metrics.jsonl").read_text().splitlines()
+    ] == [0]
     assert "the run ends after round 0" in caplog.text

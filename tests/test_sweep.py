@@ -39,9 +39,17 @@ def test_grid_is_the_product_of_the_lists_in_the_order_given():
     grid = parse_grid(["run.rounds=2", "train.lr=5e-6,1e-5", 'tasks.names=["arithmetic","sort"]', "train.beta=0,0.05"])
     assert [axis.key for axis in grid.axes] == ["train.lr", "train.beta"]
     assert [c.name for c in grid.combinations] == [
-        "lr=5e-6,beta=0", "lr=5e-6,beta=0.05", "lr=1e-5,beta=0", "lr=1e-5,beta=0.05"]
-    assert grid.combinations[1].sets == ("run.rounds=2", "train.lr=5e-6", 'tasks.names=["arithmetic","sort"]',
-                                         "train.beta=0.05"), "each value stands where its list did"
+        "lr=5e-6,beta=0",
+        "lr=5e-6,beta=0.05",
+        "lr=1e-5,beta=0",
+        "lr=1e-5,beta=0.05",
+    ]
+    assert grid.combinations[1].sets == (
+        "run.rounds=2",
+        "train.lr=5e-6",
+        'tasks.names=["arithmetic","sort"]',
+        "train.beta=0.05",
+    ), "each value stands where its list did"
     assert grid.combinations[3].values == {"train.lr": "1e-5", "train.beta": "0.05"}
 
 
@@ -62,8 +70,10 @@ def test_names_use_the_shortest_unambiguous_key_and_readable_values():
         (["train.lr=1,2", "train.lr=3,4"], "swept twice"),
         (["run.workdir=a,b"], "cannot be swept"),
         (["swarm.transport=none,gdrive"], "cannot be swept"),
-        ([f"run.seed={','.join(map(str, range(17)))}", f"train.lr={','.join(map(str, range(16)))}"],
-         f"272 combinations .*at most {MAX_COMBINATIONS}"),
+        (
+            [f"run.seed={','.join(map(str, range(17)))}", f"train.lr={','.join(map(str, range(16)))}"],
+            f"272 combinations .*at most {MAX_COMBINATIONS}",
+        ),
     ],
 )
 def test_bad_grids_are_refused(sets, message):
@@ -76,8 +86,10 @@ def test_bad_grids_are_refused(sets, message):
 
 class Oracle:
     def generate(self, problems, n, params):
-        return [[Completion(f"<answer>{p.answer if i % 2 == 0 else -1}</answer>", num_tokens=3) for i in range(n)]
-                for p in problems]
+        return [
+            [Completion(f"<answer>{p.answer if i % 2 == 0 else -1}</answer>", num_tokens=3) for i in range(n)]
+            for p in problems
+        ]
 
 
 @attrs.frozen
@@ -117,9 +129,24 @@ def backends(sapo_plugins):
 
 
 def sweep(sapo_cli, tmp_path, *args):
-    return sapo_cli("sweep", "--inference", "oracle", "--rounds", "2", "--set", "train.backend=flaky",
-                    "--set", "inference.num_completions=2", "--set", "tasks.problems_per_round=2",
-                    "--set", "eval.problems=2", "--set", f"run.workdir={tmp_path.as_posix()}", *args)
+    return sapo_cli(
+        "sweep",
+        "--inference",
+        "oracle",
+        "--rounds",
+        "2",
+        "--set",
+        "train.backend=flaky",
+        "--set",
+        "inference.num_completions=2",
+        "--set",
+        "tasks.problems_per_round=2",
+        "--set",
+        "eval.problems=2",
+        "--set",
+        f"run.workdir={tmp_path.as_posix()}",
+        *args,
+    )
 
 
 def test_a_sweep_runs_each_combination_in_its_own_run_directory_and_summarises(sapo_cli, backends, tmp_path):
@@ -127,8 +154,13 @@ def test_a_sweep_runs_each_combination_in_its_own_run_directory_and_summarises(s
     assert result.exit_code == 1, result.output  # one failed combination fails the command, after the table
     (folder,) = (tmp_path / "default").glob("sweep-*")
     assert sorted(p.name for p in folder.iterdir()) == [
-        "lr=0.5,explode=false", "lr=0.5,explode=true", "lr=2,explode=false", "lr=2,explode=true",
-        "summary.json", "sweep.json"]
+        "lr=0.5,explode=false",
+        "lr=0.5,explode=true",
+        "lr=2,explode=false",
+        "lr=2,explode=true",
+        "summary.json",
+        "sweep.json",
+    ]
     for name in ("lr=0.5,explode=false", "lr=2,explode=false"):
         assert (folder / name / "metrics" / "eval_iter_001.json").exists()
         assert json.loads((folder / name / "config.json").read_text())["run"]["dir"] == str(folder / name)
@@ -152,8 +184,15 @@ def test_a_sweep_runs_each_combination_in_its_own_run_directory_and_summarises(s
 
 
 def test_dry_run_lists_the_grid_and_runs_nothing(sapo_cli, backends, tmp_path):
-    result = sweep(sapo_cli, tmp_path, "--dry-run", "--set", "train.lr=0.5,2", "--set",
-                   'tasks.names=["arithmetic","sort"],["sort"]')
+    result = sweep(
+        sapo_cli,
+        tmp_path,
+        "--dry-run",
+        "--set",
+        "train.lr=0.5,2",
+        "--set",
+        'tasks.names=["arithmetic","sort"],["sort"]',
+    )
     assert result.exit_code == 0, result.output
     assert "4 combination(s)" in result.output and "lr=0.5,names=arithmetic+sort" in result.output
     assert '["arithmetic","sort"]' in result.output
@@ -180,9 +219,26 @@ def test_a_sweep_resumes_in_its_folder(sapo_cli, backends, tmp_path):
     folder = tmp_path / "my-sweep"
     first = sweep(sapo_cli, tmp_path, "--run-dir", str(folder), "--set", "train.lr=1,2")
     assert first.exit_code == 0, first.output
-    again = sapo_cli("sweep", "--inference", "oracle", "--rounds", "3", "--resume", "--run-dir", str(folder),
-                     "--set", "train.backend=flaky", "--set", "inference.num_completions=2",
-                     "--set", "tasks.problems_per_round=2", "--set", "eval.problems=2", "--set", "train.lr=1,2")
+    again = sapo_cli(
+        "sweep",
+        "--inference",
+        "oracle",
+        "--rounds",
+        "3",
+        "--resume",
+        "--run-dir",
+        str(folder),
+        "--set",
+        "train.backend=flaky",
+        "--set",
+        "inference.num_completions=2",
+        "--set",
+        "tasks.problems_per_round=2",
+        "--set",
+        "eval.problems=2",
+        "--set",
+        "train.lr=1,2",
+    )
     assert again.exit_code == 0, again.output
     for name in ("lr=1", "lr=2"):
         lines = (folder / name / "metrics.jsonl").read_text().splitlines()

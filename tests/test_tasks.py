@@ -368,7 +368,9 @@ def test_sat_pinned_problem() -> None:
     assert problem.metadata["planted"] == "x1=1, x2=1, x3=0, x4=1, x5=0"
     assert "(x2 OR NOT x4 OR NOT x5)" in problem.prompt
     # No assignment to copy: an example one would be right for 1 in 2^n formulas.
-    assert "x1=1" not in problem.prompt and "in the form x1=?, x2=?, x3=?, x4=?, x5=?, each ? replaced" in problem.prompt
+    assert (
+        "x1=1" not in problem.prompt and "in the form x1=?, x2=?, x3=?, x4=?, x5=?, each ? replaced" in problem.prompt
+    )
 
 
 def test_sat_clauses_are_well_formed_and_satisfied_by_the_plant() -> None:
@@ -396,8 +398,10 @@ def test_sat_solution_count_agrees_with_brute_force() -> None:
     assert count_solutions([(1, 2), (-1, 3), (-2, -3), (1, -3)], 3) == 2  # x1 x2 x3 = 1 0 1 and 0 1 0
     assert count_solutions([], 4) == 16
     assert count_solutions([(1,), (-1,)], 2) == 0
-    for settings_ in (SatSettings(num_vars=3, num_clauses=4, k=2, max_solutions=0),
-                      SatSettings(num_vars=6, num_clauses=12, k=3, max_solutions=0)):
+    for settings_ in (
+        SatSettings(num_vars=3, num_clauses=4, k=2, max_solutions=0),
+        SatSettings(num_vars=6, num_clauses=12, k=3, max_solutions=0),
+    ):
         for seed in range(40):
             clauses = SatTask(settings_).generate(seed).answer
             assert count_solutions(clauses, settings_.num_vars) == _brute_force_solutions(clauses, settings_.num_vars)

@@ -42,11 +42,16 @@ def main(argv: list[str] | None = None) -> dict:
             rewards = {r.rollout_id: reward(task, problems[g.index], r.text) for g in groups for r in g.rollouts}
             answer = trainer.post_rewards(rewards)
             total, count = total + sum(rewards.values()), count + len(rewards)
-            print(json.dumps({"request": request, "groups": len(groups), "mean_reward": total / max(count, 1),
-                              **answer}), flush=True)
+            print(
+                json.dumps({"request": request, "groups": len(groups), "mean_reward": total / max(count, 1), **answer}),
+                flush=True,
+            )
         status = trainer.status()
-        summary = {"learner_steps": status["learner_steps"] - start, "mean_reward": total / max(count, 1),
-                   "completions": count}
+        summary = {
+            "learner_steps": status["learner_steps"] - start,
+            "mean_reward": total / max(count, 1),
+            "completions": count,
+        }
         print(json.dumps(summary), flush=True)
         return summary
 

@@ -8,7 +8,6 @@ the input and bounded: completions are untrusted text (huge, adversarial, odd un
 from __future__ import annotations
 
 import re
-
 import unicodedata
 
 from sapo_core.records import Message

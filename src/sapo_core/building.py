@@ -52,8 +52,12 @@ def warn_if_untracked(config: Config, plugins: Plugins) -> None:
     """``run.report_to`` is sapo-trackers' to act on: without that plugin the run would report nowhere, silently."""
     if config.run.report_to and not plugins.pm.has_plugin(TRACKERS_PLUGIN):
         names = ",".join(config.run.report_to)
-        log.warning("run.report_to = %s, but sapo-trackers is not installed (or not loaded); the run goes on "
-                    "without trackers. Install it with: pip install 'sapo-trackers[%s]'", list(config.run.report_to), names)
+        log.warning(
+            "run.report_to = %s, but sapo-trackers is not installed (or not loaded); the run goes on "
+            "without trackers. Install it with: pip install 'sapo-trackers[%s]'",
+            list(config.run.report_to),
+            names,
+        )
 
 
 def node_role(config: Config, plugins: Plugins) -> str:
@@ -89,8 +93,12 @@ def planned_workdir(config: Config) -> Path:
     return config.node_dir
 
 
-def run_context(config: Config, plugins: Plugins, role: str, planned: Path,
-                ) -> tuple[BackendContext, Checkpointer | None, Path | None]:
+def run_context(
+    config: Config,
+    plugins: Plugins,
+    role: str,
+    planned: Path,
+) -> tuple[BackendContext, Checkpointer | None, Path | None]:
     """The backends' context with the final run directory; the checkpointer that ``--resume``
     found there (or None); the directory created here, to discard if building fails (or None)."""
     automatic = config.swarm.transport == "none" and not config.run.dir
@@ -123,11 +131,16 @@ def resumable_run(config: Config, plugins: Plugins, role: str) -> tuple[BackendC
     for candidate in rundir.stamped_runs(config.experiment_dir):
         context = backend_context(config, role, candidate)
         checkpointer = _Builder(config, plugins, context)(
-            "checkpointer", config.checkpoint.backend, config.extras("checkpoint"), "checkpoint")
+            "checkpointer", config.checkpoint.backend, config.extras("checkpoint"), "checkpoint"
+        )
         saved = checkpointer.list()
         if saved:
-            log.info("--resume: continuing run %s (the newest of experiment %r with a checkpoint, round %d)",
-                     candidate, config.run.experiment, saved[-1].round)
+            log.info(
+                "--resume: continuing run %s (the newest of experiment %r with a checkpoint, round %d)",
+                candidate,
+                config.run.experiment,
+                saved[-1].round,
+            )
             return context, checkpointer
         close = getattr(checkpointer, "close", None)
         if callable(close):
@@ -138,15 +151,17 @@ def resumable_run(config: Config, plugins: Plugins, role: str) -> tuple[BackendC
     )
 
 
-def _build(config: Config, plugins: Plugins, context: BackendContext,
-           checkpointer: Checkpointer | None) -> dict[str, Any]:
+def _build(
+    config: Config, plugins: Plugins, context: BackendContext, checkpointer: Checkpointer | None
+) -> dict[str, Any]:
     """Each stage's backend, in order: tasks, rewards, transport; then generation's, the learner's."""
     build, role = _Builder(config, plugins, context), context.role
     tasks: dict[str, Task] = {}
     rewards: dict[str, RewardFunction] = {}
     if role != "coordinator":  # it neither generates nor scores: its machine needs no task or reward plugin
-        tasks = {name: build("task", name, config.extras("tasks", name), f"tasks.{name}")
-                 for name in config.tasks.names}
+        tasks = {
+            name: build("task", name, config.extras("tasks", name), f"tasks.{name}") for name in config.tasks.names
+        }
         context.tasks = tasks
         rewards = {
             name: build("reward", name, config.extras("rewards", name), f"rewards.{name}")

@@ -69,7 +69,7 @@ def write_learner_state(learner: Any, folder: Path, *, optimizer: bool) -> None:
     try:
         parameters = inspect.signature(learner.save).parameters
     except (TypeError, ValueError):
-        parameters = {}
+        parameters = inspect.Signature().parameters  # a callable with no readable signature: none known
     if "optimizer" in parameters:
         learner.save(folder, optimizer=False)
     else:
@@ -101,8 +101,9 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 def file_sizes(folder: Path) -> dict[str, int]:
     """Relative POSIX path -> size of every file under ``folder``, the marker left out."""
-    sizes = {path.relative_to(folder).as_posix(): path.stat().st_size
-             for path in sorted(folder.rglob("*")) if path.is_file()}
+    sizes = {
+        path.relative_to(folder).as_posix(): path.stat().st_size for path in sorted(folder.rglob("*")) if path.is_file()
+    }
     sizes.pop(MARKER, None)
     return sizes
 
@@ -123,8 +124,9 @@ def fsync_tree(folder: Path) -> None:
 
 
 def marker_bytes(round: int, meta: Mapping[str, Any], files: Mapping[str, int]) -> bytes:
-    return json.dumps({"round": round, "meta": dict(meta), "files": dict(files)}, sort_keys=True,
-                      indent=1).encode("utf-8")
+    return json.dumps({"round": round, "meta": dict(meta), "files": dict(files)}, sort_keys=True, indent=1).encode(
+        "utf-8"
+    )
 
 
 def write_durably(path: str | os.PathLike[str], data: bytes) -> None:
@@ -215,8 +217,14 @@ def drop_optimizer_state(folder: Path) -> None:
     shutil.rmtree(folder / OPTIMIZER_DIR, ignore_errors=True)
 
 
-def restore_newest(saved: Sequence[CheckpointInfo], fetch: Callable[[CheckpointInfo, Path], None], into: Path, *,
-                   where: str, logger: logging.Logger = log) -> CheckpointInfo | None:
+def restore_newest(
+    saved: Sequence[CheckpointInfo],
+    fetch: Callable[[CheckpointInfo, Path], None],
+    into: Path,
+    *,
+    where: str,
+    logger: logging.Logger = log,
+) -> CheckpointInfo | None:
     """``fetch(info, into)`` the newest of ``saved`` (oldest first) that is whole, and return its info.
 
     One that cannot be fetched (`IncompleteCheckpoint`, OSError, ValueError) is named in a warning
@@ -319,5 +327,6 @@ class FolderCheckpointer:
 def build_folder(settings: FolderCheckpointSettings | None, context: BackendContext) -> FolderCheckpointer:
     folder = Path(settings.dir) if settings and settings.dir else context.workdir / "checkpoints"
     checkpoint = context.config.get("checkpoint", {})
-    return FolderCheckpointer(folder, keep=int(checkpoint.get("keep", 3)),
-                              optimizer_state=str(checkpoint.get("optimizer_state", "newest")))
+    return FolderCheckpointer(
+        folder, keep=int(checkpoint.get("keep", 3)), optimizer_state=str(checkpoint.get("optimizer_state", "newest"))
+    )

@@ -66,11 +66,20 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--node-id", help="This node's id (NODE_ID)."),
         click.option("--task", help="Task names, comma-separated (see `sapo tasks`)."),
         click.option("--rounds", type=int, help="Run until this many rounds are done."),
-        click.option("--resume", is_flag=True, default=None,
-                     help="Continue from the newest complete checkpoint (offline: of the newest run that has one)."),
-        click.option("--run-dir", type=click.Path(file_okay=False),
-                     help="This run's folder (default: runs/<experiment>/<UTC timestamp> offline, runs/<experiment>/<node> in a swarm)."),
-        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. inference.temperature=0.7."),
+        click.option(
+            "--resume",
+            is_flag=True,
+            default=None,
+            help="Continue from the newest complete checkpoint (offline: of the newest run that has one).",
+        ),
+        click.option(
+            "--run-dir",
+            type=click.Path(file_okay=False),
+            help="This run's folder (default: runs/<experiment>/<UTC timestamp> offline, runs/<experiment>/<node> in a swarm).",
+        ),
+        click.option(
+            "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. inference.temperature=0.7."
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -92,8 +101,13 @@ def resolve(
     return load_config(file=config_file, flags=given, sets=sets)
 
 
-def fit_device(config: Config, config_file: str | None, sets: Sequence[str],
-               extra: Mapping[str, tuple[Any, str]] | None = None, **flags: Any) -> Config:
+def fit_device(
+    config: Config,
+    config_file: str | None,
+    sets: Sequence[str],
+    extra: Mapping[str, tuple[Any, str]] | None = None,
+    **flags: Any,
+) -> Config:
     """``config``, which `resolve` made of these arguments, with round sizes that fit the device
     where the user left the GPU-sized defaults (`sapo_core.sizing`: smaller on a CPU offline, a
     warning in a swarm): resolved again with them, so that their source says so."""
@@ -168,8 +182,11 @@ def _stdout() -> Any:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: an array of one object per plugin.")
-@click.option("--check", is_flag=True,
-              help="Print only what is wrong, with what to do; exit 1 if a plugin is skipped or broken or names clash.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Print only what is wrong, with what to do; exit 1 if a plugin is skipped or broken or names clash.",
+)
 def plugins(as_json: bool, check: bool) -> None:
     """List plugins: distribution, version, hooks and the backend names each registers.
 
@@ -186,7 +203,11 @@ def plugins(as_json: bool, check: bool) -> None:
     elif check:
         for problem in problems:
             click.echo(f"- {redaction.redact(problem)}")
-        click.echo(f"{len(problems)} problem(s) in {len(rows)} plugins." if problems else f"All {len(rows)} plugins load without problems.")
+        click.echo(
+            f"{len(problems)} problem(s) in {len(rows)} plugins."
+            if problems
+            else f"All {len(rows)} plugins load without problems."
+        )
     else:
         _plugins_table(rows, problems)
     if check and problems:
@@ -220,7 +241,11 @@ def tasks(ctx: click.Context, as_json: bool) -> None:
     try:
         registry = get_plugins().registry
         rows = [
-            {"name": name, "description": registry.get("task", name).description, "distribution": registry.get("task", name).distribution}
+            {
+                "name": name,
+                "description": registry.get("task", name).description,
+                "distribution": registry.get("task", name).distribution,
+            }
             for name in registry.names("task")
         ]
     except SapoError as exc:
@@ -235,8 +260,12 @@ def tasks(ctx: click.Context, as_json: bool) -> None:
 
 @tasks.command(name="show")
 @click.argument("name")
-@click.option("--seed", type=int, default=0, show_default=True, help="Which problem: the same seed gives the same one everywhere.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Task settings, e.g. tasks.arithmetic.difficulty=4.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Which problem: the same seed gives the same one everywhere."
+)
+@click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Task settings, e.g. tasks.arithmetic.difficulty=4."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the problem as JSON.")
 def tasks_show(name: str, seed: int, sets: tuple[str, ...], as_json: bool) -> None:
     """Show the problem a task generates for a seed, and its answer."""
@@ -269,8 +298,9 @@ def tasks_show(name: str, seed: int, sets: tuple[str, ...], as_json: bool) -> No
 @click.option("--dry-run", is_flag=True, help="List the combinations and their folders; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (or, with --dry-run, the grid) as JSON.")
 @click.pass_context
-def sweep(ctx: click.Context, config_file: str | None, sets: tuple[str, ...], dry_run: bool, as_json: bool,
-          **flags: Any) -> None:
+def sweep(
+    ctx: click.Context, config_file: str | None, sets: tuple[str, ...], dry_run: bool, as_json: bool, **flags: Any
+) -> None:
     """Run a grid of offline runs: every --set KEY=V1,V2,... is an axis of the grid.
 
     \b
@@ -298,15 +328,21 @@ def sweep(ctx: click.Context, config_file: str | None, sets: tuple[str, ...], dr
         base = configs[0]
         for config in configs:
             if config.swarm.transport != "none":
-                raise SapoError(f"sapo sweep runs offline, but swarm.transport is {config.swarm.transport!r} "
-                                f"(from {config.source('swarm.transport')}); use --transport none")
+                raise SapoError(
+                    f"sapo sweep runs offline, but swarm.transport is {config.swarm.transport!r} "
+                    f"(from {config.source('swarm.transport')}); use --transport none"
+                )
         if base.source("run.dir") == "--set":
             raise SapoError("sapo sweep: give the sweep's folder with --run-dir, not --set run.dir")
         folder_flag = folder_flag or base.run.dir or None  # run.dir from a config file or SAPO_RUN_DIR
         if base.run.resume and not folder_flag:
-            raise SapoError("sapo sweep --resume needs the sweep's folder: --run-dir <workdir>/<experiment>/sweep-<timestamp>")
+            raise SapoError(
+                "sapo sweep --resume needs the sweep's folder: --run-dir <workdir>/<experiment>/sweep-<timestamp>"
+            )
         if folder_flag and not base.run.resume and (Path(folder_flag) / "sweep.json").exists():
-            raise SapoError(f"{folder_flag} already holds a sweep: continue it with --resume, or give another --run-dir")
+            raise SapoError(
+                f"{folder_flag} already holds a sweep: continue it with --resume, or give another --run-dir"
+            )
     except SapoError as exc:
         fail(exc)
     folder = Path(folder_flag) if folder_flag else base.experiment_dir / f"sweep-{rundir.timestamp()}"
@@ -323,8 +359,9 @@ def sweep(ctx: click.Context, config_file: str | None, sets: tuple[str, ...], dr
         from sapo_core.node import Node
 
         extra = {"run.dir": (str(run_dir), "sapo sweep")}
-        config = fit_device(resolve(config_file, combination.sets, extra, **flags), config_file, combination.sets,
-                            extra, **flags)
+        config = fit_device(
+            resolve(config_file, combination.sets, extra, **flags), config_file, combination.sets, extra, **flags
+        )
         node = Node.from_config(config, get_plugins())
         node.label = combination.name
         try:
@@ -412,10 +449,19 @@ def _print_wide(renderable: Any) -> None:
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("reward.png"),
-              show_default=True, help="PNG file to draw the curves into.")
-@click.option("--experiment", metavar="NAME",
-              help="PATH is a swarm's shared folder (local or mounted): draw NAME's nodes and the swarm mean.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("reward.png"),
+    show_default=True,
+    help="PNG file to draw the curves into.",
+)
+@click.option(
+    "--experiment",
+    metavar="NAME",
+    help="PATH is a swarm's shared folder (local or mounted): draw NAME's nodes and the swarm mean.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the rounds as JSON instead of a table.")
 def report(paths: tuple[str, ...], output: Path, experiment: str | None, as_json: bool) -> None:
     """Draw reward per round (and held-out pass@1) for runs: run directories or folders of them.
@@ -435,8 +481,10 @@ def report(paths: tuple[str, ...], output: Path, experiment: str | None, as_json
             folders = [Path(path) for path in paths]
             for path, folder in zip(paths, folders):
                 if not folder.is_dir():
-                    raise SapoError(f"{path}: no such folder" + (" (sapo report reads local folders, not URLs)"
-                                                                  if "://" in path else ""))
+                    raise SapoError(
+                        f"{path}: no such folder"
+                        + (" (sapo report reads local folders, not URLs)" if "://" in path else "")
+                    )
             runs = reporting.find_runs(folders)
             curves = [reporting.load_curve(run, label) for run, label in zip(runs, reporting.labels_for(runs))]
             reporting.plot(curves, output)

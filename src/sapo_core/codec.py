@@ -729,8 +729,11 @@ def _parse_json(data: bytes | bytearray | memoryview, limits: Limits) -> Any:
     # An upper bound on the arrays and objects json.loads would build, at memchr speed.
     brackets = text.count("{") + text.count("[")
     if brackets > limits.max_brackets:
-        _fail("", f"{brackets} '{{' and '[' in the document, over the limit of {limits.max_brackets} "
-                  "(Limits.max_brackets); refused before parsing")
+        _fail(
+            "",
+            f"{brackets} '{{' and '[' in the document, over the limit of {limits.max_brackets} "
+            "(Limits.max_brackets); refused before parsing",
+        )
     try:
         return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
     except RecursionError:
@@ -890,8 +893,13 @@ def _document_signature(data: Mapping[str, Any], key: bytes, kind: str, experime
     body = {name: value for name, value in data.items() if name != "signature"}
     # The kind and the experiment are signed too: a valid heartbeat is no lease, and a file signed
     # for another experiment under the same secret is refused.
-    canonical = json.dumps({"kind": kind, "experiment": experiment, "document": body}, sort_keys=True,
-                           separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    canonical = json.dumps(
+        {"kind": kind, "experiment": experiment, "document": body},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
     return hmac.new(key, canonical.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
@@ -917,5 +925,7 @@ def verify_document(data: object, secret: str | bytes | None, *, kind: str, expe
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"cannot be signed: {exc}") from exc
     if not hmac.compare_digest(expected.encode("ascii"), data["signature"].encode("utf-8", "replace")):
-        raise PayloadError(f"signature does not match: altered, signed with another secret, or not a {kind} "
-                           f"of experiment {experiment!r}")
+        raise PayloadError(
+            f"signature does not match: altered, signed with another secret, or not a {kind} "
+            f"of experiment {experiment!r}"
+        )

@@ -25,20 +25,29 @@ def checked_generation(who: str, problems: Sequence[Problem], n: int, outputs: A
     one list per problem of at most ``n`` `Completion` with string text (fewer: that problem failed)."""
     if not isinstance(outputs, (list, tuple)) or len(outputs) != len(problems):
         count = f"{len(outputs)} results" if isinstance(outputs, (list, tuple)) else _shown(outputs)
-        raise PluginError(f"{who}: generate returned {count} for {len(problems)} problems; it must return one list "
-                          f"of Completion per problem, in order")
+        raise PluginError(
+            f"{who}: generate returned {count} for {len(problems)} problems; it must return one list "
+            f"of Completion per problem, in order"
+        )
     checked: list[list[Completion]] = []
     for problem, got in zip(problems, outputs):
         if not isinstance(got, (list, tuple)):
-            raise PluginError(f"{who}: generate returned {_shown(got)} for problem {problem.id}, not a list of Completion")
+            raise PluginError(
+                f"{who}: generate returned {_shown(got)} for problem {problem.id}, not a list of Completion"
+            )
         if len(got) > n:
-            raise PluginError(f"{who}: generate returned {len(got)} completions for problem {problem.id}, {n} were asked")
+            raise PluginError(
+                f"{who}: generate returned {len(got)} completions for problem {problem.id}, {n} were asked"
+            )
         for completion in got:
             if not isinstance(completion, Completion):
-                raise PluginError(f"{who}: generate returned {_shown(completion)} for problem {problem.id}; "
-                                  f"wrap each text as sapo_core.records.Completion(text=...)")
+                raise PluginError(
+                    f"{who}: generate returned {_shown(completion)} for problem {problem.id}; "
+                    f"wrap each text as sapo_core.records.Completion(text=...)"
+                )
             if not isinstance(completion.text, str):
-                raise PluginError(f"{who}: a Completion for problem {problem.id} has text {_shown(completion.text)}, "
-                                  f"not a string")
+                raise PluginError(
+                    f"{who}: a Completion for problem {problem.id} has text {_shown(completion.text)}, not a string"
+                )
         checked.append(list(got))
     return checked

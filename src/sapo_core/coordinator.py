@@ -46,8 +46,10 @@ def check_lease_settings(config: Config, transport: Transport, role: str) -> Non
     swarm = config.swarm
     if swarm.standby:
         if role == "coordinator":
-            raise ConfigError("swarm.standby is for workers and contributors; a coordinator takes the lease anyway. "
-                              "Remove swarm.standby, or run this node with --role worker")
+            raise ConfigError(
+                "swarm.standby is for workers and contributors; a coordinator takes the lease anyway. "
+                "Remove swarm.standby, or run this node with --role worker"
+            )
         if not transport.shared:
             raise ConfigError("swarm.standby needs a swarm: set swarm.transport (e.g. --transport gdrive --root PATH)")
         if not supports_leases(transport):
@@ -74,7 +76,7 @@ class Coordinator:
     node: str
     #: A stand-by waits a whole lease before taking one that was never taken.
     standby: bool = False
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], object] = time.sleep  # Event.wait in a stand-by: a stop wakes it
     #: Told ``(round)`` at each poll (the coordinator node's heartbeat; a stand-by's worker beats itself).
     beat: Callable[[int], None] | None = None
     #: Told ``(round, metrics)`` when a round is closed (the coordinator node's observers).
@@ -130,8 +132,12 @@ class Coordinator:
                     # for a while: a coordinator nobody joins must not wait unseen for ever.
                     idle += 1
                     self._stop_if_idle(idle, state.round)
-                    log.warning("%s: round %d: no live worker and no payload at its deadline; holding it open%s",
-                                self.node, state.round, self._idle_note(idle))
+                    log.warning(
+                        "%s: round %d: no live worker and no payload at its deadline; holding it open%s",
+                        self.node,
+                        state.round,
+                        self._idle_note(idle),
+                    )
                     state = self._advance_to(state.round)
                     continue
                 why = "quorum" if reached else "deadline"
@@ -139,8 +145,9 @@ class Coordinator:
                 closed, state = state.round, self._advance_to(state.round + 1, closed_with=sorted(published))
                 # Told after the write: a round reported closed has advanced, even if this process dies now.
                 if self.on_closed is not None:
-                    self.on_closed(closed, {"round": closed, "closed_by": why, "published": len(published),
-                                            "live": len(live)})
+                    self.on_closed(
+                        closed, {"round": closed, "closed_by": why, "published": len(published), "live": len(live)}
+                    )
                 continue
             self.sleep(swarm.poll_seconds)
 
@@ -171,8 +178,13 @@ class Coordinator:
     def _advance_to(self, round: int, closed_with: Sequence[str] = ()) -> SwarmState:
         now = time.time()
         finished = round >= self.config.run.rounds  # the run is over: no round is open, so no deadline
-        state = SwarmState(round=round, deadline=None if finished else now + self.config.swarm.round_seconds,
-                           updated_at=now, coordinator=self.node, closed_with=tuple(closed_with))
+        state = SwarmState(
+            round=round,
+            deadline=None if finished else now + self.config.swarm.round_seconds,
+            updated_at=now,
+            coordinator=self.node,
+            closed_with=tuple(closed_with),
+        )
         self.transport.write_state(state)
         return state
 

@@ -65,8 +65,10 @@ class Curriculum:
 
     def tasks(self) -> dict[str, Task]:
         """Every task at its current training level (the configured task where it has no ladder)."""
-        return {name: self._variants[name][self.levels[name]] if name in self.levels else task
-                for name, task in self._home.items()}
+        return {
+            name: self._variants[name][self.levels[name]] if name in self.levels else task
+            for name, task in self._home.items()
+        }
 
     def observe(self, successes: Mapping[str, Sequence[float]]) -> dict[str, tuple[int, int]]:
         """Take this round's group success rates per task; return the tasks that moved: name -> (old, new)."""
@@ -87,8 +89,16 @@ class Curriculum:
                 self.levels[name] = target
                 seen.clear()
                 moved[name] = (level, target)
-                log.info("curriculum: %s level %d -> %d (success %.2f over %d groups, band %.2f-%.2f)",
-                         name, level, target, rate, self.window, low, high)
+                log.info(
+                    "curriculum: %s level %d -> %d (success %.2f over %d groups, band %.2f-%.2f)",
+                    name,
+                    level,
+                    target,
+                    rate,
+                    self.window,
+                    low,
+                    high,
+                )
         return moved
 
     def state(self) -> dict[str, Any]:

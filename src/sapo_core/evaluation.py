@@ -167,18 +167,28 @@ class Evaluator:
         base: SamplingParams,
     ) -> Evaluator:
         if settings.temperature == 0 and settings.num_completions > 1:
-            log.warning("eval.temperature is 0 (greedy): the %d completions per problem will be the same; "
-                        "set eval.temperature > 0 or eval.num_completions = 1", settings.num_completions)
-        params = attrs.evolve(base, temperature=settings.temperature, seed=derive_seed(settings.seed, "eval", "sampling"))
+            log.warning(
+                "eval.temperature is 0 (greedy): the %d completions per problem will be the same; "
+                "set eval.temperature > 0 or eval.num_completions = 1",
+                settings.num_completions,
+            )
+        params = attrs.evolve(
+            base, temperature=settings.temperature, seed=derive_seed(settings.seed, "eval", "sampling")
+        )
         problems = eval_problems(tasks, list(names), settings.problems, seed=settings.seed)
-        return cls(settings=settings, inference=inference, score=score, weights=dict(weights), problems=problems,
-                   params=params)
+        return cls(
+            settings=settings, inference=inference, score=score, weights=dict(weights), problems=problems, params=params
+        )
 
     def evaluate(self) -> tuple[dict[str, float], list[ProblemResult]]:
         """Generate, score, summarise: the ``eval/*`` metrics and each problem's result."""
         k = self.settings.num_completions
-        outputs = checked_generation("the inference backend (evaluation)", self.problems, k,
-                                     self.inference.generate(self.problems, k, self.params))
+        outputs = checked_generation(
+            "the inference backend (evaluation)",
+            self.problems,
+            k,
+            self.inference.generate(self.problems, k, self.params),
+        )
         results, dropped = [], 0
         for problem, generated in zip(self.problems, outputs):
             completions = tuple(generated[:k])
@@ -188,5 +198,7 @@ class Evaluator:
             scores = {name: list(values) for name, values in self.score(problem, completions).items()}
             weighted = {name: values for name, values in scores.items() if name in self.weights}
             rewards = combine_rewards(weighted, {n: w for n, w in self.weights.items() if n in weighted})
-            results.append(ProblemResult(problem=problem, completions=completions, rewards=tuple(rewards), scores=scores))
+            results.append(
+                ProblemResult(problem=problem, completions=completions, rewards=tuple(rewards), scores=scores)
+            )
         return summarize(results, k=k, dropped=dropped), results

@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-from sapo_core.records import Completion, Group, Problem, RoundPayload
+from sapo_core.records import Completion, Group, Problem, RoundPayload, as_tuple
 
 # --------------------------------------------------------------------------------- records
 
@@ -34,7 +34,7 @@ class SamplingParams:
     top_k: int = 0  # 0: no top-k filtering
     max_new_tokens: int = 256
     seed: int = 0
-    stop: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    stop: tuple[str, ...] = attrs.field(default=(), converter=as_tuple)
 
 
 @attrs.frozen
@@ -48,7 +48,7 @@ class SwarmState:
     #: The nodes whose payloads the coordinator held when it closed the round before ``round``. On
     #: a synced folder, files arrive late and out of order: a node that sees the round advance
     #: waits a bounded while for these payloads to reach its copy of the folder.
-    closed_with: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    closed_with: tuple[str, ...] = attrs.field(default=(), converter=as_tuple)
 
 
 @attrs.frozen
@@ -85,8 +85,8 @@ class NodeInfo:
 class Collected:
     """Peers' payloads found for a round, and the reasons files were refused."""
 
-    payloads: tuple[RoundPayload, ...] = attrs.field(default=(), converter=tuple)
-    rejected: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    payloads: tuple[RoundPayload, ...] = attrs.field(default=(), converter=as_tuple)
+    rejected: tuple[str, ...] = attrs.field(default=(), converter=as_tuple)
 
 
 @attrs.frozen

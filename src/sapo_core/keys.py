@@ -57,8 +57,10 @@ def read_keys(path: Path | None = None) -> dict[str, str]:
         data = None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         # Never quote the content: it holds secrets.
-        raise ConfigError(f"The keys file {path} is not a JSON object of names to strings; fix it or delete it "
-                          "and set the keys again with `sapo keys set NAME`")
+        raise ConfigError(
+            f"The keys file {path} is not a JSON object of names to strings; fix it or delete it "
+            "and set the keys again with `sapo keys set NAME`"
+        )
     return data
 
 
@@ -143,7 +145,9 @@ def keys_set(name: str, from_stdin: bool) -> None:
     """Store NAME's value (asked without echo) in the keys file, mode 0600."""
     try:
         _check_name(name)
-        value = sys.stdin.readline() if from_stdin else click.prompt(f"{name}", hide_input=True, confirmation_prompt=True)
+        value = (
+            sys.stdin.readline() if from_stdin else click.prompt(f"{name}", hide_input=True, confirmation_prompt=True)
+        )
         path = set_key(name, value)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None

@@ -97,36 +97,65 @@ class LeaseKeeper:
         if current is None:
             waited = self.monotonic() - self._since
             if self.standby and waited < self.seconds:
-                self._say(("none",), "%s: stand-by: no coordinator lease yet; taking over if none appears within %.0f s",
-                          self.node, self.seconds - waited)
+                self._say(
+                    ("none",),
+                    "%s: stand-by: no coordinator lease yet; taking over if none appears within %.0f s",
+                    self.node,
+                    self.seconds - waited,
+                )
                 return None
         elif current.holder == self.node and self._renewed_by_another_process(current):
-            self._say(("twin", current.epoch),
-                      "%s: another live process with this node id holds the coordinator lease (epoch %d); "
-                      "standing by while it renews", self.node, current.epoch)
+            self._say(
+                ("twin", current.epoch),
+                "%s: another live process with this node id holds the coordinator lease (epoch %d); "
+                "standing by while it renews",
+                self.node,
+                current.epoch,
+            )
             return None
         elif current.holder == self.node:
-            log.info("%s: taking back its own coordinator lease (epoch %d, from an earlier run of this node)",
-                     self.node, current.epoch)
+            log.info(
+                "%s: taking back its own coordinator lease (epoch %d, from an earlier run of this node)",
+                self.node,
+                current.epoch,
+            )
         elif not self.expired(current, self.clock()):
-            self._say(("held", current.epoch),
-                      "%s: standing by: %s holds the coordinator lease (epoch %d) until %s; not coordinating meanwhile",
-                      self.node, current.holder or "an unreadable lease file", current.epoch,
-                      time.strftime("%H:%M:%S", time.localtime(current.expires_at or current.renewed_at + self.seconds)))
+            self._say(
+                ("held", current.epoch),
+                "%s: standing by: %s holds the coordinator lease (epoch %d) until %s; not coordinating meanwhile",
+                self.node,
+                current.holder or "an unreadable lease file",
+                current.epoch,
+                time.strftime("%H:%M:%S", time.localtime(current.expires_at or current.renewed_at + self.seconds)),
+            )
             return None
         else:
-            log.warning("%s: the coordinator lease of %s (epoch %d) has expired; taking over",
-                        self.node, current.holder or "an unreadable lease file", current.epoch)
+            log.warning(
+                "%s: the coordinator lease of %s (epoch %d) has expired; taking over",
+                self.node,
+                current.holder or "an unreadable lease file",
+                current.epoch,
+            )
         started, now = self.monotonic(), self.clock()
-        candidate = Lease(epoch=0 if current is None else current.epoch + 1, holder=self.node, token=uuid.uuid4().hex,
-                          acquired_at=now, renewed_at=now, expires_at=now + self.seconds)
+        candidate = Lease(
+            epoch=0 if current is None else current.epoch + 1,
+            holder=self.node,
+            token=uuid.uuid4().hex,
+            acquired_at=now,
+            renewed_at=now,
+            expires_at=now + self.seconds,
+        )
         if not self.transport.claim_lease(candidate):
             log.info("%s: another node took the coordinator lease (epoch %d) first", self.node, candidate.epoch)
             return None
         self._hold(candidate, started)
         self._said = ()
-        log.info("%s: holds the coordinator lease (epoch %d, %.0f s, renewed while it runs)",
-                 self.node, candidate.epoch, self.seconds)
+        log.info(
+            "%s: holds the coordinator lease (epoch %d, %.0f s, renewed while it runs)",
+            self.node,
+            candidate.epoch,
+            self.seconds,
+        )
         return candidate
 
     def keep(self) -> bool:
@@ -135,8 +164,11 @@ class LeaseKeeper:
             return False
         started = self.monotonic()
         if started >= self._act_until:
-            log.warning("%s: its coordinator lease (epoch %d) lapsed before it could renew it; stops coordinating",
-                        self.node, self.lease.epoch)
+            log.warning(
+                "%s: its coordinator lease (epoch %d) lapsed before it could renew it; stops coordinating",
+                self.node,
+                self.lease.epoch,
+            )
             self.lease = None
             return False
         if started - self._renewed < self.seconds * RENEW_SHARE:
@@ -149,8 +181,11 @@ class LeaseKeeper:
             log.warning("%s: cannot renew the coordinator lease (%s); retrying", self.node, exc)
             return self.holds()
         if not still:
-            log.warning("%s: another node took over the coordinator lease after epoch %d; stops coordinating",
-                        self.node, self.lease.epoch)
+            log.warning(
+                "%s: another node took over the coordinator lease after epoch %d; stops coordinating",
+                self.node,
+                self.lease.epoch,
+            )
             self.lease = None
             return False
         self._hold(renewed, started)

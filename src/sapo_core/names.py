@@ -15,7 +15,9 @@ _ID_CHARS = re.compile(r"[A-Za-z0-9._-]+", re.ASCII)
 # Control characters (C0, DEL, C1) and lone surrogates.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # File names Windows refuses whatever the extension (nodes/<node>.json lands on synced folders).
-WINDOWS_RESERVED = frozenset(["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in range(10)] + [f"LPT{i}" for i in range(10)])
+WINDOWS_RESERVED = frozenset(
+    ["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in range(10)] + [f"LPT{i}" for i in range(10)]
+)
 
 # An optional "<namespace>:" groups a plugin's many names (sapo-reasoning-gym's "rg:arc_1d").
 _BACKEND_NAME = re.compile(r"^(?:[a-z0-9][a-z0-9_-]{0,15}:)?[a-z0-9][a-z0-9_.-]{0,63}$")

@@ -199,14 +199,19 @@ class Node:
     def info(self, round: int = -1) -> NodeInfo:
         now = time.time()
         return NodeInfo(
-            node=self.context.node, role=self.context.role, model=self.context.model, started_at=now, last_seen=now,
+            node=self.context.node,
+            role=self.context.role,
+            model=self.context.model,
+            started_at=now,
+            last_seen=now,
             round=round,
         )
 
     def next_round(self, done: int) -> int:
         """The round to work on after ``done``: the swarm's current one (jumping ahead if behind)."""
-        return peers.next_round(self.transport, self.config.swarm, done, node=self.context.node,
-                                beat=self.beat, sleep=self.sleep)
+        return peers.next_round(
+            self.transport, self.config.swarm, done, node=self.context.node, beat=self.beat, sleep=self.sleep
+        )
 
     # ------------------------------------------------------------------------- a round
 
@@ -244,8 +249,18 @@ class Node:
         metrics["groups/local"] = len(local)
         metrics["groups/external_available"] = len(external)
         if self.learner is not None:
-            metrics.update(rollouts.learn(self.learner, self.config, local, external, node=self.context.node,
-                                          round=round, shared=self.transport.shared, timer=timer))
+            metrics.update(
+                rollouts.learn(
+                    self.learner,
+                    self.config,
+                    local,
+                    external,
+                    node=self.context.node,
+                    round=round,
+                    shared=self.transport.shared,
+                    timer=timer,
+                )
+            )
         backends: dict[str, Any] = {"inference": self.inference, "learner": self.learner, "transport": self.transport}
         backends.update({f"reward/{name}": reward for name, reward in self.rewards.items()})  # e.g. a judge's requests
         metrics.update(recording.backend_metrics(backends))
@@ -259,16 +274,18 @@ class Node:
         tasks = self.curriculum.tasks() if self.curriculum is not None else self.tasks
         label = backend_label(self.plugins, "inference", self.config.inference.backend)
         with timer.phase("generate"):
-            problems, outputs = rollouts.generate(self.config, self.inference, tasks, node=self.context.node,
-                                                  round=round, attempt=attempt, label=label)
+            problems, outputs = rollouts.generate(
+                self.config, self.inference, tasks, node=self.context.node, round=round, attempt=attempt, label=label
+            )
         with timer.phase("score"):
             groups, scored = score_batch(self.config, self.rewards, problems, outputs, node=self.context.node)
         return Batch(problems, outputs, groups, scored)
 
     def score(self, problem: Problem, completions: Sequence[Completion], *, node: str) -> Group:
         """Score one problem's completions with this node's rewards: a `Group` with advantages."""
-        return make_group(self.config, problem, completions, score_functions(self.rewards, problem, completions),
-                          node=node)
+        return make_group(
+            self.config, problem, completions, score_functions(self.rewards, problem, completions), node=node
+        )
 
     def share(self, round: int, local: Sequence[Group]) -> tuple[list[Group], dict[str, int]]:
         """Publish our groups, wait for peers (bounded); their groups re-scored here, and what was
@@ -277,8 +294,14 @@ class Node:
             self.transport.publish(round_payload(self.context, round, local))
         self.wait_for_peers(round)
         collected = self.transport.collect(round)
-        return take_in(collected, round, node=self.context.node, tasks=self.tasks, levels=self._levels,
-                       rescore=lambda problem, completions, peer: self.score(problem, completions, node=peer))
+        return take_in(
+            collected,
+            round,
+            node=self.context.node,
+            tasks=self.tasks,
+            levels=self._levels,
+            rescore=lambda problem, completions, peer: self.score(problem, completions, node=peer),
+        )
 
     def wait_for_peers(self, round: int) -> None:
         """Until the round has closed with its payloads here, or every live peer has published, or a
@@ -298,8 +321,9 @@ class Node:
         if self.inference is None:
             raise SapoError(f"role {self.context.role!r} does not generate, so it does not evaluate")
         if self._evaluator is None:
-            self._evaluator = recording.new_evaluator(self.config, self.eval_inference or self.inference,
-                                                      self.rewards, self.tasks, self.context)
+            self._evaluator = recording.new_evaluator(
+                self.config, self.eval_inference or self.inference, self.rewards, self.tasks, self.context
+            )
         return self._evaluator.evaluate()
 
     def evaluate_baseline(self) -> dict[str, Any]:
@@ -309,13 +333,22 @@ class Node:
         if stop is not None:
             raise stop
         assert results is not None
-        metrics = {"round": -1, "node": self.context.node, "time": time.time(), **evaluated,
-                   "time/eval": timer.seconds["eval"]}
+        metrics = {
+            "round": -1,
+            "node": self.context.node,
+            "time": time.time(),
+            **evaluated,
+            "time/eval": timer.seconds["eval"],
+        }
         if not self.main:  # it took part in a collective evaluation; the main process writes
             return metrics
         recording.write_baseline(self.context.workdir, metrics, results)
-        log.info("%s: before training: pass@1 %.3f, reward %.3f", self.context.node,
-                 evaluated.get("eval/pass@1", 0.0), evaluated.get("eval/reward_mean", 0.0))
+        log.info(
+            "%s: before training: pass@1 %.3f, reward %.3f",
+            self.context.node,
+            evaluated.get("eval/pass@1", 0.0),
+            evaluated.get("eval/reward_mean", 0.0),
+        )
         # Observers see it as round -1, so a swarm's shared metrics hold the starting point too.
         self.plugins.notify("round_finished", context=self.context, round=-1, metrics=metrics)
         return metrics
@@ -333,8 +366,14 @@ class Node:
         # A contributor has no weights: its progress is the swarm's round, nothing to save.
         if self.checkpointer is not None and self.learner is not None and due and self.main:
             with timer.phase("checkpoint"):
-                recording.save_checkpoint(self.checkpointer, round, self.config, learner=self.learner,
-                                          curriculum=self.curriculum, node=self.context.node)
+                recording.save_checkpoint(
+                    self.checkpointer,
+                    round,
+                    self.config,
+                    learner=self.learner,
+                    curriculum=self.curriculum,
+                    node=self.context.node,
+                )
         metrics.update({f"time/{name}": value for name, value in timer.seconds.items()})
         if "time/round" in metrics:
             metrics["time/round"] += sum(timer.seconds.values())
@@ -351,8 +390,9 @@ class Node:
         """Load the newest complete checkpoint; return its round (-1 when there is none)."""
         if self.checkpointer is None:
             return -1
-        return recording.restore_checkpoint(self.checkpointer, learner=self.learner, curriculum=self.curriculum,
-                                            node=self.context.node)
+        return recording.restore_checkpoint(
+            self.checkpointer, learner=self.learner, curriculum=self.curriculum, node=self.context.node
+        )
 
     # ------------------------------------------------------------------- coordinator
 
@@ -363,5 +403,6 @@ class Node:
             self.last_metrics = metrics
             self.plugins.notify("round_finished", context=self.context, round=round, metrics=metrics)
 
-        Coordinator(self.config, self.transport, self.context.node, sleep=self.sleep, beat=self.beat,
-                    on_closed=closed).run()
+        Coordinator(
+            self.config, self.transport, self.context.node, sleep=self.sleep, beat=self.beat, on_closed=closed
+        ).run()

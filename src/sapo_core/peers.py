@@ -62,8 +62,15 @@ def check_compatible(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> None
         )
 
 
-def next_round(transport: Transport, swarm: SwarmSettings, done: int, *, node: str,
-               beat: Callable[[int], None], sleep: Callable[[float], None]) -> int:
+def next_round(
+    transport: Transport,
+    swarm: SwarmSettings,
+    done: int,
+    *,
+    node: str,
+    beat: Callable[[int], None],
+    sleep: Callable[[float], None],
+) -> int:
     """The round to work on after ``done``: the swarm's current one (jumping ahead if behind)."""
     if not transport.shared:
         return done + 1
@@ -97,8 +104,14 @@ def round_payload(context: BackendContext, round: int, local: Sequence[Group]) -
     )
 
 
-def wait_for_peers(transport: Transport, swarm: SwarmSettings, round: int, *,
-                   beat: Callable[[int], None], sleep: Callable[[float], None]) -> None:
+def wait_for_peers(
+    transport: Transport,
+    swarm: SwarmSettings,
+    round: int,
+    *,
+    beat: Callable[[int], None],
+    sleep: Callable[[float], None],
+) -> None:
     """Until the round has closed and the payloads it closed with are here, or, with no coordinator
     in the round, every live peer has published; or a deadline passes (the round's, or
     ``round_seconds`` after it closed)."""
@@ -129,8 +142,15 @@ def wait_for_peers(transport: Transport, swarm: SwarmSettings, round: int, *,
         sleep(swarm.poll_seconds)
 
 
-def take_in(collected: Collected, round: int, *, node: str, tasks: Mapping[str, Task],
-            levels: dict[str, list[Task]], rescore: Rescore) -> tuple[list[Group], dict[str, int]]:
+def take_in(
+    collected: Collected,
+    round: int,
+    *,
+    node: str,
+    tasks: Mapping[str, Task],
+    levels: dict[str, list[Task]],
+    rescore: Rescore,
+) -> tuple[list[Group], dict[str, int]]:
     """Peers' groups from what the transport collected, re-scored here, and what was refused
     (``payloads/*``, ``groups/external_*``). ``levels`` caches each task's variants (`regenerate`)."""
     for reason in collected.rejected:  # any transport's: its file names and reasons come from peers
@@ -146,8 +166,12 @@ def take_in(collected: Collected, round: int, *, node: str, tasks: Mapping[str, 
             problem = regenerate(group.problem, tasks, levels)
             if problem is None:
                 forged += 1
-                log.warning("%s: %s sent problem %r, which its task does not generate; refused",
-                            node, peer.node, group.problem.id)
+                log.warning(
+                    "%s: %s sent problem %r, which its task does not generate; refused",
+                    node,
+                    peer.node,
+                    group.problem.id,
+                )
                 continue
             # SAPO re-scores others' rollouts with this node's own rewards.
             external.append(rescore(problem, group.completions, peer.node))

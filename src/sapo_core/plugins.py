@@ -154,11 +154,18 @@ class Plugins:
             distribution, version = "sapo-core", sapo_core.__version__
         module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
         info = PluginInfo(
-            name=name, distribution=distribution or "(not installed)", version=version or "", module=module, builtin=builtin
+            name=name,
+            distribution=distribution or "(not installed)",
+            version=version or "",
+            module=module,
+            builtin=builtin,
         )
         for function in _undecorated(plugin, self.hook_names()):
-            self._warn(info, f"defines {function}() without @sapo_core.hookimpl, so sapo never calls it; "
-                             "decorate it with @sapo_core.hookimpl")
+            self._warn(
+                info,
+                f"defines {function}() without @sapo_core.hookimpl, so sapo never calls it; "
+                "decorate it with @sapo_core.hookimpl",
+            )
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # pluggy refuses impls whose arguments do not match the spec
@@ -342,10 +349,17 @@ class _Collector:
     registrations: list[Registration] = attrs.field(factory=list)
 
     def __call__(self, name: str, factory: Factory, *, settings: type | None = None, description: str = "") -> None:
-        self.registrations.append(Registration(
-            kind=self.kind, name=name, factory=factory, settings=settings, description=description,
-            plugin=self.info.name, distribution=self.info.distribution,
-        ))
+        self.registrations.append(
+            Registration(
+                kind=self.kind,
+                name=name,
+                factory=factory,
+                settings=settings,
+                description=description,
+                plugin=self.info.name,
+                distribution=self.info.distribution,
+            )
+        )
 
 
 _plugins: Plugins | None = None

@@ -38,8 +38,11 @@ def check(config: Config, plugins: Plugins, role: str | None = None) -> None:
     """Raise the `PluginError` (unknown backend, with the choices) or `ConfigError` (a bad setting)
     that building the node would raise, without building anything."""
     role = role or config.run.role
-    if role == "worker" and ("learner", config.train.backend) not in plugins.registry and (
-            config.source("run.role") == "default"):
+    if (
+        role == "worker"
+        and ("learner", config.train.backend) not in plugins.registry
+        and (config.source("run.role") == "default")
+    ):
         role = "contributor"  # as Node.from_config: an API-only install shares rollouts instead
     for kind, name, values, where in backends(config, role):
         backend_settings(plugins.registry.get(kind, name), values, where)

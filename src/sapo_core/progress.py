@@ -123,8 +123,9 @@ class _PhaseColumn(ProgressColumn):
 class RunProgress:
     """What a node reports to: `phase` when one starts, `round_done` after each round."""
 
-    def __init__(self, progress: Progress, console: Console, *, total: int, start: int, label: str,
-                 live: bool = False) -> None:
+    def __init__(
+        self, progress: Progress, console: Console, *, total: int, start: int, label: str, live: bool = False
+    ) -> None:
         self._progress, self._console = progress, console
         self.total, self.label = total, label
         self.live = live  # the bar is drawn (a terminal): `token_progress` adds its own under it
@@ -157,8 +158,9 @@ _current: ContextVar[RunProgress | None] = ContextVar("sapo_run_progress", defau
 
 
 @contextmanager
-def run_progress(total: int, start: int, *, label: str, console: Console | None = None,
-                 quiet: bool = False) -> Iterator[RunProgress]:
+def run_progress(
+    total: int, start: int, *, label: str, console: Console | None = None, quiet: bool = False
+) -> Iterator[RunProgress]:
     """Show a run's progress while the block runs; the bar only when ``console`` is a terminal.
 
     ``quiet``: nothing is shown (the other processes of a distributed learner repeat rank 0's rounds).
@@ -175,8 +177,14 @@ def run_progress(total: int, start: int, *, label: str, console: Console | None 
 
 
 def _columns() -> tuple[ProgressColumn, ...]:
-    return (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), _PhaseColumn())
+    return (
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        _PhaseColumn(),
+    )
 
 
 def _started(console: Console) -> tuple[Progress, bool]:
@@ -218,8 +226,15 @@ class TokenProgress:
     skip counting altogether).
     """
 
-    def __init__(self, description: str, total: int, *, show: Callable[[TokenProgress], None] | None = None,
-                 every: float = LINE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        description: str,
+        total: int,
+        *,
+        show: Callable[[TokenProgress], None] | None = None,
+        every: float = LINE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.description, self.total = description, max(0, int(total))
         self.done = 0
         self._show, self._every, self._clock = show, every, clock
@@ -260,8 +275,9 @@ class TokenProgress:
 
 
 @contextmanager
-def token_progress(description: str, total: int, *, quiet: bool = False,
-                   console: Console | None = None) -> Iterator[TokenProgress]:
+def token_progress(
+    description: str, total: int, *, quiet: bool = False, console: Console | None = None
+) -> Iterator[TokenProgress]:
     """Show the tokens a backend makes while the block runs: ``advance`` the yielded `TokenProgress`.
 
     Inside a node's run (`run_progress`, in this thread) it joins that display: a second bar on a
@@ -288,10 +304,12 @@ def token_progress(description: str, total: int, *, quiet: bool = False,
 
 
 @contextmanager
-def _token_display(progress: Progress | None, console: Console, description: str,
-                   total: int) -> Iterator[TokenProgress]:
+def _token_display(
+    progress: Progress | None, console: Console, description: str, total: int
+) -> Iterator[TokenProgress]:
     """A bar in ``progress`` (a drawn display), removed at the end; without one, lines on ``console``."""
     if progress is None:
+
         def line(tokens: TokenProgress) -> None:
             console.print(tokens.line(), highlight=False, markup=False, soft_wrap=True)
 

@@ -52,8 +52,13 @@ def eval_due(round: int, *, every: int, rounds: int) -> bool:
     return (round + 1) % every == 0 or round == rounds - 1
 
 
-def new_evaluator(config: Config, inference: InferenceBackend, rewards: Mapping[str, RewardFunction],
-                  tasks: Mapping[str, Task], context: BackendContext) -> Evaluator:
+def new_evaluator(
+    config: Config,
+    inference: InferenceBackend,
+    rewards: Mapping[str, RewardFunction],
+    tasks: Mapping[str, Task],
+    context: BackendContext,
+) -> Evaluator:
     """The held-out evaluation (`sapo_core.evaluation`), scored with the node's rewards and, for
     pass@1 and eval/format, correctness and format even when they are not weighted."""
     extra: dict[str, RewardFunction] = {}
@@ -79,8 +84,11 @@ def new_evaluator(config: Config, inference: InferenceBackend, rewards: Mapping[
     )
 
 
-def evaluation(evaluate: Callable[[], tuple[dict[str, float], list[ProblemResult]]], backend: Any, timer: Timer,
-               ) -> tuple[dict[str, Any], list[ProblemResult] | None, StopRun | None]:
+def evaluation(
+    evaluate: Callable[[], tuple[dict[str, float], list[ProblemResult]]],
+    backend: Any,
+    timer: Timer,
+) -> tuple[dict[str, Any], list[ProblemResult] | None, StopRun | None]:
     """``evaluate()``, timed as ``eval``: its metrics, results, and the stop a backend asked for (then
     no results). The metrics end with the evaluation ``backend``'s numbers since the round's were
     read, ``eval/inference/*``: they must not count in the next round's ``inference/*``."""
@@ -125,8 +133,10 @@ def append_metrics(workdir: Path, metrics: Mapping[str, Any]) -> None:
 def write_baseline(workdir: Path, metrics: Mapping[str, Any], results: Sequence[ProblemResult]) -> None:
     """The evaluation before training: its ``metrics.jsonl`` line and ``metrics/eval_start.json``."""
     append_metrics(workdir, metrics)
-    rundir.write_json(workdir / rundir.METRICS_DIR / "eval_start.json",
-                      {**metrics, "problems": [result.to_data() for result in results]})
+    rundir.write_json(
+        workdir / rundir.METRICS_DIR / "eval_start.json",
+        {**metrics, "problems": [result.to_data() for result in results]},
+    )
 
 
 def write_round(workdir: Path, round: int, metrics: Mapping[str, Any], results: Sequence[ProblemResult] | None) -> None:
@@ -168,15 +178,25 @@ def checkpoint_due(round: int, *, every: int, rounds: int) -> bool:
     return (round + 1) % every == 0 or round == rounds - 1
 
 
-def save_checkpoint(checkpointer: Checkpointer, round: int, config: Config, *, learner: Learner | None,
-                    curriculum: Curriculum | None, node: str) -> None:
+def save_checkpoint(
+    checkpointer: Checkpointer,
+    round: int,
+    config: Config,
+    *,
+    learner: Learner | None,
+    curriculum: Curriculum | None,
+    node: str,
+) -> None:
     """Save the learner's state and the curriculum's as the checkpoint of ``round``, with the
     optimizer's state as ``checkpoint.optimizer_state`` says."""
     last = round == config.run.rounds - 1
     optimizer = keeps_optimizer_state(config.checkpoint.optimizer_state, last_round=last)
     if not optimizer and config.checkpoint.optimizer_state == "newest":
-        log.info("%s: the checkpoint after the last round holds no optimizer state: a --resume with more "
-                 "rounds restarts the optimizer (checkpoint.optimizer_state=all keeps it)", node)
+        log.info(
+            "%s: the checkpoint after the last round holds no optimizer state: a --resume with more "
+            "rounds restarts the optimizer (checkpoint.optimizer_state=all keeps it)",
+            node,
+        )
 
     def write(folder: Path) -> None:
         if learner is not None:
@@ -187,8 +207,9 @@ def save_checkpoint(checkpointer: Checkpointer, round: int, config: Config, *, l
     checkpointer.save(round, write, {"round": round, "sapo_core": __version__})
 
 
-def restore_checkpoint(checkpointer: Checkpointer, *, learner: Learner | None, curriculum: Curriculum | None,
-                       node: str) -> int:
+def restore_checkpoint(
+    checkpointer: Checkpointer, *, learner: Learner | None, curriculum: Curriculum | None, node: str
+) -> int:
     """Load the newest complete checkpoint into the learner and the curriculum; return its round
     (-1 when there is none)."""
     with tempfile.TemporaryDirectory(prefix="sapo-resume-") as tmp:

@@ -9,8 +9,8 @@ constructors here only normalise (lists to tuples) so records stay hashable and 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, cast
 
 import attrs
 
@@ -19,6 +19,11 @@ SCHEMA_VERSION = 1
 
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "error"]
+
+
+def as_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
+    """``tuple`` as an attrs converter that type checkers read: a field takes any iterable of its items."""
+    return tuple(value)
 
 
 def _tuple(value: Sequence[Any] | None) -> tuple[Any, ...] | None:
@@ -38,7 +43,10 @@ class Message:
 
 
 def _messages(value: Sequence[Message | Mapping[str, str]]) -> tuple[Message, ...]:
-    return tuple(m if isinstance(m, Message) else Message(role=m["role"], content=m["content"]) for m in value)
+    # A role outside Role is refused where it matters (the chat template, the codec's validation).
+    return tuple(
+        m if isinstance(m, Message) else Message(role=cast(Role, m["role"]), content=m["content"]) for m in value
+    )
 
 
 @attrs.frozen
@@ -87,9 +95,9 @@ class Group:
     """
 
     problem: Problem
-    completions: tuple[Completion, ...] = attrs.field(converter=tuple)
-    rewards: tuple[float, ...] = attrs.field(converter=tuple)
-    advantages: tuple[float, ...] = attrs.field(converter=tuple)
+    completions: tuple[Completion, ...] = attrs.field(converter=as_tuple)
+    rewards: tuple[float, ...] = attrs.field(converter=as_tuple)
+    advantages: tuple[float, ...] = attrs.field(converter=as_tuple)
     node: str = ""
 
     def __attrs_post_init__(self) -> None:
@@ -122,7 +130,7 @@ class RoundPayload:
     experiment: str
     round: int
     node: str
-    groups: tuple[Group, ...] = attrs.field(converter=tuple)
+    groups: tuple[Group, ...] = attrs.field(converter=as_tuple)
     model: str = ""
     created_at: float = 0.0
     schema_version: int = SCHEMA_VERSION

@@ -48,9 +48,7 @@ class NameClashError(PluginError):
 class Register(Protocol):
     """The ``register`` callable a registry hook receives."""
 
-    def __call__(
-        self, name: str, factory: Factory, *, settings: type | None = None, description: str = ""
-    ) -> None: ...
+    def __call__(self, name: str, factory: Factory, *, settings: type | None = None, description: str = "") -> None: ...
 
 
 @attrs.frozen
@@ -97,10 +95,14 @@ class Registry:
         if kind not in KINDS:
             raise PluginError(f"Unknown backend kind {kind!r}. Choose one of: {', '.join(KINDS)}")
         if not is_backend_name(name):
-            raise PluginError(f"Plugin {registration.plugin!r} registered the {KINDS[kind]} name {name!r}: names are "
-                              f"{BACKEND_NAME_RULE}")
+            raise PluginError(
+                f"Plugin {registration.plugin!r} registered the {KINDS[kind]} name {name!r}: names are "
+                f"{BACKEND_NAME_RULE}"
+            )
         if not callable(registration.factory):
-            raise PluginError(f"Plugin {registration.plugin!r} registered {KINDS[kind]} {name!r} with a non-callable factory")
+            raise PluginError(
+                f"Plugin {registration.plugin!r} registered {KINDS[kind]} {name!r} with a non-callable factory"
+            )
         _check_settings(registration)
         existing = self._by_kind[kind].get(name)
         if existing is not None:

@@ -26,7 +26,7 @@ import httpx
 
 from sapo_core.errors import SapoError
 from sapo_core.keys import find_key
-from sapo_core.records import Message
+from sapo_core.records import Message, as_tuple
 
 API_KEY_ENV = "SAPO_SERVE_API_KEY"
 
@@ -54,7 +54,7 @@ class RemoteGroup:
 
     index: int  # the prompt's position in the request (a prompt whose generation failed has no group)
     group_id: str
-    rollouts: tuple[Rollout, ...] = attrs.field(converter=tuple)
+    rollouts: tuple[Rollout, ...] = attrs.field(converter=as_tuple)
     expires_at: float = 0.0
 
 
@@ -70,17 +70,27 @@ def _prompt_json(prompt: Prompt) -> dict[str, Any]:
 class RemoteTrainer:
     """A `sapo serve` server. ``api_key`` defaults to the environment variable ``SAPO_SERVE_API_KEY``."""
 
-    def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 600.0, retries: int = 3,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 600.0,
+        retries: int = 3,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         found = find_key(API_KEY_ENV) if api_key is None else (api_key, "argument")
         key = found[0] if found else ""
         if not key:
-            raise RemoteError(f"no API key: pass api_key=, export {API_KEY_ENV}=... or `sapo keys set {API_KEY_ENV}` "
-                              "with the key the server was started with")
+            raise RemoteError(
+                f"no API key: pass api_key=, export {API_KEY_ENV}=... or `sapo keys set {API_KEY_ENV}` "
+                "with the key the server was started with"
+            )
         self.url = url.rstrip("/")
         self.retries = retries
-        self._client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout,
-                                    transport=transport)
+        self._client = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout, transport=transport
+        )
 
     def __enter__(self) -> RemoteTrainer:
         return self
@@ -100,9 +110,17 @@ class RemoteTrainer:
         if num_completions is not None:
             body["num_completions"] = num_completions
         data = self._call("POST", "/v1/rollouts", body, retry=False)
-        return [RemoteGroup(index=int(g["index"]), group_id=g["group_id"], expires_at=float(g["expires_at"]),
-                            rollouts=[Rollout(r["rollout_id"], r["text"], r["finish_reason"], r.get("num_tokens"))
-                                      for r in g["rollouts"]]) for g in data["groups"]]
+        return [
+            RemoteGroup(
+                index=int(g["index"]),
+                group_id=g["group_id"],
+                expires_at=float(g["expires_at"]),
+                rollouts=[
+                    Rollout(r["rollout_id"], r["text"], r["finish_reason"], r.get("num_tokens")) for r in g["rollouts"]
+                ],
+            )
+            for g in data["groups"]
+        ]
 
     def post_rewards(self, rewards: Mapping[str, float] | Iterable[tuple[str, float]]) -> dict[str, Any]:
         """Rewards by rollout id; returns the server's accepted / duplicates / groups_completed counts."""
@@ -131,7 +149,9 @@ class RemoteTrainer:
             if status["learner_steps"] >= steps or not status["training"]:
                 return status
             if time.monotonic() > deadline:
-                raise RemoteError(f"the server took {status['learner_steps']} of {steps} learner steps in {timeout:.0f} s")
+                raise RemoteError(
+                    f"the server took {status['learner_steps']} of {steps} learner steps in {timeout:.0f} s"
+                )
             time.sleep(poll)
 
     # --------------------------------------------------------------------------- plumbing

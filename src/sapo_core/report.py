@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -50,7 +50,9 @@ def find_runs(paths: Iterable[Path]) -> list[Path]:
         if (path / METRICS_FILE).is_file():
             found.append(path)
             continue
-        below = sorted({p.parent for pattern in (f"*/{METRICS_FILE}", f"*/*/{METRICS_FILE}") for p in path.glob(pattern)})
+        below = sorted(
+            {p.parent for pattern in (f"*/{METRICS_FILE}", f"*/*/{METRICS_FILE}") for p in path.glob(pattern)}
+        )
         if not below:
             raise SapoError(f"{path}: no {METRICS_FILE} here or in the folders below (is it a run directory?)")
         found.extend(below)
@@ -74,9 +76,13 @@ def curve_from_lines(lines: Iterable[dict[str, Any]], label: str) -> Curve:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 into[round] = float(value)
     rounds, eval_rounds = sorted(reward_by), sorted(passed_by)
-    return Curve(label, tuple(rounds), tuple(reward_by[r] for r in rounds), tuple(eval_rounds),
-                 tuple(passed_by[r] for r in eval_rounds))
-
+    return Curve(
+        label,
+        tuple(rounds),
+        tuple(reward_by[r] for r in rounds),
+        tuple(eval_rounds),
+        tuple(passed_by[r] for r in eval_rounds),
+    )
 
 
 def swarm_curves(root: str | Path, experiment: str) -> list[Curve]:
@@ -94,8 +100,12 @@ def swarm_curves(root: str | Path, experiment: str) -> list[Curve]:
     folder = root / experiment
     if not folder.is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        raise SapoError(f"no experiment {experiment!r} under {root} (experiments found there: {', '.join(found) or 'none'})")
-    files = sorted(p for p in (folder / SWARM_METRICS_DIR).glob("*.jsonl") if p.is_file() and not p.name.startswith("."))
+        raise SapoError(
+            f"no experiment {experiment!r} under {root} (experiments found there: {', '.join(found) or 'none'})"
+        )
+    files = sorted(
+        p for p in (folder / SWARM_METRICS_DIR).glob("*.jsonl") if p.is_file() and not p.name.startswith(".")
+    )
     curves = [curve_from_lines(read_jsonl(path), path.name[: -len(".jsonl")]) for path in files]
     curves = [curve for curve in curves if curve.rounds or curve.eval_rounds]
     if not curves:
@@ -105,6 +115,7 @@ def swarm_curves(root: str | Path, experiment: str) -> list[Curve]:
 
 def swarm_mean(curves: Sequence[Curve]) -> Curve:
     """Per round, the mean reward (and pass@1) over the curves that have that round."""
+
     def mean_of(pairs: Iterable[tuple[int, float]]) -> tuple[tuple[int, ...], tuple[float, ...]]:
         by_round: dict[int, list[float]] = {}
         for round, value in pairs:
@@ -129,7 +140,7 @@ def labels_for(runs: Sequence[Path]) -> list[str]:
 #: One marker shape per curve: curves with equal values at a round differ by shape, not only colour.
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 #: One line style per curve, for the same reason where reward lines run on top of each other.
-LINESTYLES = ("-", "--", "-.", ":")
+LINESTYLES: tuple[Literal["-", "--", "-.", ":"], ...] = ("-", "--", "-.", ":")
 
 
 def x_of(round: int) -> int:
@@ -180,9 +191,10 @@ def figure_of(curves: Sequence[Curve], title: str) -> Any:
 
     evaluated = any(curve.eval_rounds for curve in curves)
     if evaluated:
-        figure, (rewards, passes) = plt.subplots(2, 1, sharex=True, figsize=(10, 6.5), dpi=120,
-                                                 gridspec_kw={"height_ratios": (3, 2)})
-        axes = (rewards, passes)
+        figure, (rewards, passes) = plt.subplots(
+            2, 1, sharex=True, figsize=(10, 6.5), dpi=120, gridspec_kw={"height_ratios": (3, 2)}
+        )
+        axes: tuple[Any, ...] = (rewards, passes)
     else:
         figure, rewards = plt.subplots(figsize=(10, 4.5), dpi=120)
         passes, axes = None, (rewards,)
@@ -194,23 +206,66 @@ def figure_of(curves: Sequence[Curve], title: str) -> Any:
         color, marker = f"C{index % 10}", MARKERS[index % len(MARKERS)]
         style, shift = LINESTYLES[index % len(LINESTYLES)], dodge(index, len(nodes), span)
         if curve.rounds:
-            rewards.plot([x_of(r) + shift for r in curve.rounds], curve.reward, color=color, marker=marker,
-                         markersize=4, linewidth=1.5, linestyle=style, alpha=0.85, zorder=3)
+            rewards.plot(
+                [x_of(r) + shift for r in curve.rounds],
+                curve.reward,
+                color=color,
+                marker=marker,
+                markersize=4,
+                linewidth=1.5,
+                linestyle=style,
+                alpha=0.85,
+                zorder=3,
+            )
         if curve.eval_rounds:
-            passes.scatter([x_of(r) + shift for r in curve.eval_rounds], curve.pass_at_1, marker=marker, s=60,
-                           facecolors="none", edgecolors=color, linewidths=1.8, zorder=4)
+            passes.scatter(
+                [x_of(r) + shift for r in curve.eval_rounds],
+                curve.pass_at_1,
+                marker=marker,
+                s=60,
+                facecolors="none",
+                edgecolors=color,
+                linewidths=1.8,
+                zorder=4,
+            )
         handles.append(Line2D([], [], color=color, marker=marker, linestyle=style, label=curve.label))
     for curve in curves:
         if not curve.mean:
             continue
         if curve.rounds:  # under the nodes' lines, so it hides none of them
-            rewards.plot([x_of(r) for r in curve.rounds], curve.reward, color="black", linewidth=6, alpha=0.25,
-                         solid_capstyle="round", zorder=2)
+            rewards.plot(
+                [x_of(r) for r in curve.rounds],
+                curve.reward,
+                color="black",
+                linewidth=6,
+                alpha=0.25,
+                solid_capstyle="round",
+                zorder=2,
+            )
         if curve.eval_rounds:
-            passes.scatter([x_of(r) for r in curve.eval_rounds], curve.pass_at_1, marker="_", s=900, color="black",
-                           linewidths=2.5, zorder=5)
-        handles.append(Line2D([], [], color="black", linewidth=6, alpha=0.25, marker="_", markersize=14,
-                              markeredgecolor="black", markeredgewidth=2.5, label=f"{curve.label} (band, bar)"))
+            passes.scatter(
+                [x_of(r) for r in curve.eval_rounds],
+                curve.pass_at_1,
+                marker="_",
+                s=900,
+                color="black",
+                linewidths=2.5,
+                zorder=5,
+            )
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="black",
+                linewidth=6,
+                alpha=0.25,
+                marker="_",
+                markersize=14,
+                markeredgecolor="black",
+                markeredgewidth=2.5,
+                label=f"{curve.label} (band, bar)",
+            )
+        )
     rewards.set_title(title)
     rewards.set_ylabel("reward\n(each round's rollouts)")
     if evaluated:

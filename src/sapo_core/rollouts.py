@@ -52,8 +52,16 @@ class Batch:
     scored: list[Scores]
 
 
-def generate(config: Config, inference: InferenceBackend, tasks: Mapping[str, Task], *, node: str, round: int,
-             attempt: int = 0, label: str) -> tuple[list[Problem], list[list[Completion]]]:
+def generate(
+    config: Config,
+    inference: InferenceBackend,
+    tasks: Mapping[str, Task],
+    *,
+    node: str,
+    round: int,
+    attempt: int = 0,
+    label: str,
+) -> tuple[list[Problem], list[list[Completion]]]:
     """The round's problems (batch ``attempt``: 0, then dynamic sampling's), drawn from ``tasks``,
     and their completions; ``label`` names the backend in errors (`sapo_core.contracts`)."""
     problems = sample_problems(
@@ -76,8 +84,11 @@ def generate(config: Config, inference: InferenceBackend, tasks: Mapping[str, Ta
     return problems, checked_generation(label, problems, n, inference.generate(problems, n, params))
 
 
-def resample(config: Config, local: Sequence[Group], draw: Callable[[int], Batch],
-             ) -> tuple[list[Group], list[int], dict[str, int]]:
+def resample(
+    config: Config,
+    local: Sequence[Group],
+    draw: Callable[[int], Batch],
+) -> tuple[list[Group], list[int], dict[str, int]]:
     """DAPO's dynamic sampling: while fewer than problems_per_round own groups have a learning
     signal, up to ``tasks.resample`` more batches of new problems (``draw(attempt)``). The groups
     with a signal they add (up to that count in all), the tokens generated for them, and
@@ -96,8 +107,17 @@ def resample(config: Config, local: Sequence[Group], draw: Callable[[int], Batch
     return extra, tokens, {"inference/extra_batches": batches, "groups/resampled": len(extra)}
 
 
-def learn(learner: Learner, config: Config, local: Sequence[Group], external: Sequence[Group], *, node: str,
-          round: int, shared: bool, timer: Timer) -> dict[str, Any]:
+def learn(
+    learner: Learner,
+    config: Config,
+    local: Sequence[Group],
+    external: Sequence[Group],
+    *,
+    node: str,
+    round: int,
+    shared: bool,
+    timer: Timer,
+) -> dict[str, Any]:
     """The learner's step on the round's training set (`sapo_core.sampling.training_set`; ``shared``:
     in a swarm): ``groups/trained_local``, ``groups/trained_external`` and the learner's ``train/*``."""
     chosen = training_set(

@@ -141,7 +141,9 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     before, after = flatten(old), flatten(new)
     changes = []
     for key in sorted(set(before) | set(after)):
-        if key == "run.dir" or json.dumps(before.get(key), sort_keys=True) == json.dumps(after.get(key), sort_keys=True):
+        if key == "run.dir" or json.dumps(before.get(key), sort_keys=True) == json.dumps(
+            after.get(key), sort_keys=True
+        ):
             continue
         changes.append(f"{key}: {json.dumps(before.get(key))} -> {json.dumps(after.get(key))}")
     return changes

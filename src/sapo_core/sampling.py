@@ -33,8 +33,10 @@ def sample_problems(
     extra = ("resample", attempt) if attempt else ()
     rng = random.Random(derive_seed(seed, node, round, "problems", *extra))
     picks = rng.choices(names, weights=list(weights) or None, k=count)
-    drawn = (generate_or_skip(tasks[name], name, derive_seed(seed, node, round, *extra, index))
-             for index, name in enumerate(picks))
+    drawn = (
+        generate_or_skip(tasks[name], name, derive_seed(seed, node, round, *extra, index))
+        for index, name in enumerate(picks)
+    )
     return [problem for problem in drawn if problem is not None]
 
 
@@ -44,8 +46,9 @@ def generate_or_skip(task: Task, name: str, seed: int) -> Problem | None:
     try:
         return task.generate(seed)
     except Exception as exc:
-        log.warning("task %r could not generate the problem of seed %d, skipped: %s: %s",
-                    name, seed, type(exc).__name__, exc)
+        log.warning(
+            "task %r could not generate the problem of seed %d, skipped: %s: %s", name, seed, type(exc).__name__, exc
+        )
         return None
 
 

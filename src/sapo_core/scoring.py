@@ -22,14 +22,16 @@ log = logging.getLogger("sapo.node")
 Scores = dict[str, list[float]]
 
 
-def score_functions(rewards: Mapping[str, RewardFunction], problem: Problem,
-                    completions: Sequence[Completion]) -> Scores:
+def score_functions(
+    rewards: Mapping[str, RewardFunction], problem: Problem, completions: Sequence[Completion]
+) -> Scores:
     """Each reward function's scores of one problem's completions (a broken one scores 0)."""
     return {name: checked_scores(name, reward, problem, completions) for name, reward in rewards.items()}
 
 
-def checked_scores(name: str, reward: RewardFunction, problem: Problem,
-                   completions: Sequence[Completion]) -> list[float]:
+def checked_scores(
+    name: str, reward: RewardFunction, problem: Problem, completions: Sequence[Completion]
+) -> list[float]:
     """A reward function's scores, or zeros (logged) if it broke its contract."""
     try:
         scores = [float(s) for s in reward.score(problem, completions)]
@@ -37,14 +39,25 @@ def checked_scores(name: str, reward: RewardFunction, problem: Problem,
         log.warning("reward %r failed on problem %s (%s: %s); scored 0", name, problem.id, type(exc).__name__, exc)
         return [0.0] * len(completions)
     if len(scores) != len(completions) or not all(math.isfinite(s) for s in scores):
-        log.warning("reward %r returned %d scores (finite: %s) for %d completions; scored 0", name, len(scores),
-                    all(math.isfinite(s) for s in scores), len(completions))
+        log.warning(
+            "reward %r returned %d scores (finite: %s) for %d completions; scored 0",
+            name,
+            len(scores),
+            all(math.isfinite(s) for s in scores),
+            len(completions),
+        )
         return [0.0] * len(completions)
     return scores
 
 
-def make_group(config: Config, problem: Problem, completions: Sequence[Completion],
-               per_function: Mapping[str, Sequence[float]], *, node: str) -> Group:
+def make_group(
+    config: Config,
+    problem: Problem,
+    completions: Sequence[Completion],
+    per_function: Mapping[str, Sequence[float]],
+    *,
+    node: str,
+) -> Group:
     """A `Group` from the reward functions' scores: their weighted sum (``rewards.weights``), and
     group advantages (gated by ``rewards.gate``, scaled as ``advantages.scale_by_std`` says)."""
     weights = {name: w for name, w in config.rewards.weights.items() if name in per_function}
@@ -54,8 +67,14 @@ def make_group(config: Config, problem: Problem, completions: Sequence[Completio
     return Group(problem=problem, completions=completions, rewards=rewards, advantages=advantages, node=node)
 
 
-def score_batch(config: Config, rewards: Mapping[str, RewardFunction], problems: Sequence[Problem],
-                outputs: Sequence[Sequence[Completion]], *, node: str) -> tuple[list[Group], list[Scores]]:
+def score_batch(
+    config: Config,
+    rewards: Mapping[str, RewardFunction],
+    problems: Sequence[Problem],
+    outputs: Sequence[Sequence[Completion]],
+    *,
+    node: str,
+) -> tuple[list[Group], list[Scores]]:
     """The groups of the problems that got all their completions, and each one's scores per reward."""
     n = config.inference.num_completions
     complete = [(p, c[:n]) for p, c in zip(problems, outputs) if len(c) >= n]
@@ -66,8 +85,9 @@ def score_batch(config: Config, rewards: Mapping[str, RewardFunction], problems:
 # --------------------------------------------------------------------------------- metrics
 
 
-def batch_metrics(groups: Sequence[Group], scored: Sequence[Mapping[str, Sequence[float]]],
-                  tasks: Iterable[str]) -> dict[str, float]:
+def batch_metrics(
+    groups: Sequence[Group], scored: Sequence[Mapping[str, Sequence[float]]], tasks: Iterable[str]
+) -> dict[str, float]:
     """What a batch of own groups says: `reward_metrics`, `function_metrics`, `completion_metrics`."""
     return {**reward_metrics(groups, tasks), **function_metrics(scored), **completion_metrics(groups)}
 
@@ -118,8 +138,9 @@ def completion_tokens(outputs: Sequence[Sequence[Completion]]) -> list[int]:
     return [c.num_tokens for completions in outputs for c in completions if c.num_tokens is not None]
 
 
-def follow_curriculum(curriculum: Curriculum, groups: Sequence[Group],
-                      scored: Sequence[Mapping[str, Sequence[float]]], gate: str) -> dict[str, float]:
+def follow_curriculum(
+    curriculum: Curriculum, groups: Sequence[Group], scored: Sequence[Mapping[str, Sequence[float]]], gate: str
+) -> dict[str, float]:
     """Tell the curriculum how this round's own groups did (success as ``rewards.gate`` ``gate``
     judges it); ``curriculum/<task>/level`` (this round's) and ``curriculum/<task>/success`` (this
     round's mean group success)."""

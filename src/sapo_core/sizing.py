@@ -76,8 +76,11 @@ def device_sizes(config: Config, plugins: Plugins, *, show: bool = True) -> dict
     """
     if config.run.role == "coordinator":  # it generates nothing
         return {}
-    smaller = {key: value for key, value in CPU_SIZES.items()
-               if config.source(key) == "default" and value < _value(config, key)}
+    smaller = {
+        key: value
+        for key, value in CPU_SIZES.items()
+        if config.source(key) == "default" and value < _value(config, key)
+    }
     if not smaller or plugins.ask("inference_device", config=config) != "cpu":
         return {}
     node = config.run.node_id
@@ -88,13 +91,24 @@ def device_sizes(config: Config, plugins: Plugins, *, show: bool = True) -> dict
                 "%s: the inference backend generates on the CPU and the round sizes are the GPU-sized defaults: "
                 "%s tokens a round (problems x completions x max_new_tokens), roughly %s a round here (at ~%.0f "
                 "tokens/s). Smaller, with the same values on every node of the swarm: %s",
-                node, f"{now:,}", estimate(now), CPU_TOKENS_PER_SECOND, _flags(smaller))
+                node,
+                f"{now:,}",
+                estimate(now),
+                CPU_TOKENS_PER_SECOND,
+                _flags(smaller),
+            )
         return {}
     if show:
         then = round_tokens(config, smaller)
         log.info(
             "%s: running on the CPU, so %s instead of the GPU-sized defaults: %s tokens a round instead of %s, "
             "roughly %s a round here instead of %s. For the defaults: %s",
-            node, ", ".join(f"{key}={value}" for key, value in smaller.items()), f"{then:,}", f"{now:,}",
-            estimate(then), estimate(now), _flags({key: _value(config, key) for key in smaller}))
+            node,
+            ", ".join(f"{key}={value}" for key, value in smaller.items()),
+            f"{then:,}",
+            f"{now:,}",
+            estimate(then),
+            estimate(now),
+            _flags({key: _value(config, key) for key in smaller}),
+        )
     return {key: (value, SOURCE) for key, value in smaller.items()}

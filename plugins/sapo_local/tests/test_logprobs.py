@@ -105,9 +105,15 @@ def test_ragged_padded_batch_through_the_learner_module_matches_the_full_logits(
 
     g = torch.Generator().manual_seed(3)
     vocab, pad = 300, 0
-    examples = [Example(prompt=tuple(torch.randint(1, vocab, (p,), generator=g).tolist()),
-                        completion=tuple(torch.randint(1, vocab, (c,), generator=g).tolist()), advantage=0.0,
-                        external=False) for p, c in ((3, 9), (5, 2), (2, 14), (4, 1))]
+    examples = [
+        Example(
+            prompt=tuple(torch.randint(1, vocab, (p,), generator=g).tolist()),
+            completion=tuple(torch.randint(1, vocab, (c,), generator=g).tolist()),
+            advantage=0.0,
+            external=False,
+        )
+        for p, c in ((3, 9), (5, 2), (2, 14), (4, 1))
+    ]
     (batch,) = micro_batches(examples, 10_000, pad, torch.device("cpu"))
     assert batch.mask.shape == (4, 14) and batch.mask.sum() == 26  # padded: lengths 1, 2, 9, 14
     model = tiny_llama(vocab, seed=0)
@@ -183,7 +189,9 @@ def test_compiled_kernels_give_the_eager_values_and_gradients(dtype):
 
     hidden, weight, targets = inputs(37, h=16, v=300, dtype=dtype, scale=2.0)
     eager = values_and_grads(selected_logprobs, hidden, weight, targets, chunk_size=16, temperature=0.7, compile=False)
-    compiled = values_and_grads(selected_logprobs, hidden, weight, targets, chunk_size=16, temperature=0.7, compile=True)
+    compiled = values_and_grads(
+        selected_logprobs, hidden, weight, targets, chunk_size=16, temperature=0.7, compile=True
+    )
     assert module._compiled not in (None, False)  # it did compile (a fallback would have reset it to False)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # fused kernels round in another order
     for a, b in zip(compiled, eager, strict=True):

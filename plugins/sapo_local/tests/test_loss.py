@@ -84,8 +84,15 @@ def test_matches_reference_values_and_gradients(loss_type, variant):
     kw = kwargs_for(variant, ref, is_w)
     norm = loss_normalizer(LENGTHS, loss_type, MAX_LEN)
     loss, metrics = grpo_loss(
-        logprobs, old, advantages, mask, normalizer=norm, loss_type=loss_type,
-        epsilon_low=EPS_LOW, epsilon_high=EPS_HIGH, **kw,
+        logprobs,
+        old,
+        advantages,
+        mask,
+        normalizer=norm,
+        loss_type=loss_type,
+        epsilon_low=EPS_LOW,
+        epsilon_high=EPS_HIGH,
+        **kw,
     )
     (grad,) = torch.autograd.grad(loss, logprobs)
     want = reference(
@@ -135,7 +142,9 @@ def test_micro_batches_add_up_to_the_full_batch(loss_type, with_old):
     for rows in (slice(0, 3), slice(3, 4), slice(4, 8)):  # uneven micro-batches, as a learner would cut them
         lp = logprobs[rows].detach().requires_grad_()
         old_rows = old[rows] if with_old else None
-        loss, _ = grpo_loss(lp, old_rows, advantages[rows], mask[rows], ref_logprobs=ref[rows], is_weights=is_w[rows], **kw)
+        loss, _ = grpo_loss(
+            lp, old_rows, advantages[rows], mask[rows], ref_logprobs=ref[rows], is_weights=is_w[rows], **kw
+        )
         loss.backward()  # gradient accumulation
         total, grad[rows] = total + loss.detach(), lp.grad
     torch.testing.assert_close(total, full.detach(), rtol=1e-12, atol=1e-12)
@@ -190,7 +199,12 @@ def test_errors():
         call(normalizer=0.0)
     with pytest.raises(ValueError, match="logprobs must be"):
         call(logprobs=logprobs[0])
-    for name, bad in (("old_logprobs", old[:, :3]), ("mask", mask[:5]), ("ref_logprobs", ref.T), ("is_weights", is_w[:, :1])):
+    for name, bad in (
+        ("old_logprobs", old[:, :3]),
+        ("mask", mask[:5]),
+        ("ref_logprobs", ref.T),
+        ("is_weights", is_w[:, :1]),
+    ):
         with pytest.raises(ValueError, match=name):
             call(**{name: bad})
     with pytest.raises(ValueError, match="advantages must be"):
@@ -208,7 +222,7 @@ def test_truncated_is_weights_match_a_naive_reference():
     sampler[known == 0] = math.nan  # whatever sits where nothing is known must not matter
     cap = 2.0
     weights = truncated_is_weights(old, sampler, known, cap=cap)
-    for i, n in enumerate(LENGTHS):
+    for i in range(len(LENGTHS)):
         for t in range(max(LENGTHS)):
             if known[i, t]:
                 want = min(math.exp(old[i, t].item() - sampler[i, t].item()), cap)

@@ -29,10 +29,13 @@ def test_specs_name_files_folders_and_hub_ids(tmp_path):
     assert resolve(f"random:{tmp_path / 'hf'}").random_weights
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("/nope/model.gguf", "does not exist"),
-    ("./missing-folder", "no such file or folder"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("/nope/model.gguf", "does not exist"),
+        ("./missing-folder", "no such file or folder"),
+    ],
+)
 def test_bad_paths_are_clear_errors(spec, message):
     with pytest.raises(BackendError, match=message):
         resolve(spec)

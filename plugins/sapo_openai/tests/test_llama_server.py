@@ -31,8 +31,10 @@ def backend(url: str, **settings):
 
 
 def problems(count: int) -> list[Problem]:
-    return [Problem(task="arithmetic", id=f"q-{i}", answer=i + i, messages=[Message("user", f"What is {i} + {i}?")])
-            for i in range(count)]
+    return [
+        Problem(task="arithmetic", id=f"q-{i}", answer=i + i, messages=[Message("user", f"What is {i} + {i}?")])
+        for i in range(count)
+    ]
 
 
 def test_contract_n_fallback_and_seeds(llama_server):
@@ -71,14 +73,19 @@ def scripted(proxy, faults):
 @HTTP_BACKENDS
 def test_faults_recover_without_losing_or_duplicating_a_rollout(llama_server, proxy, http_backend):
     Fault = proxy.Fault
-    proxy.reset(scripted(proxy, {
-        0: Fault("status", 429, {"Retry-After": "1"}, '{"error": {"message": "Rate limit reached"}}'),
-        1: Fault("status", 500, body='{"error": {"message": "internal error"}}'),
-        2: Fault("reset"),
-        3: Fault("hang", seconds=3.0),
-        4: Fault("malformed"),
-        5: Fault("status", 503, body="<html>Service Unavailable</html>"),
-    }))
+    proxy.reset(
+        scripted(
+            proxy,
+            {
+                0: Fault("status", 429, {"Retry-After": "1"}, '{"error": {"message": "Rate limit reached"}}'),
+                1: Fault("status", 500, body='{"error": {"message": "internal error"}}'),
+                2: Fault("reset"),
+                3: Fault("hang", seconds=3.0),
+                4: Fault("malformed"),
+                5: Fault("status", 503, body="<html>Service Unavailable</html>"),
+            },
+        )
+    )
     api = backend(proxy.url, max_in_flight=1, timeout_s=1.5, backoff_s=0.05, max_retries=8, http_backend=http_backend)
     started = time.monotonic()
     out = api.generate(problems(3), 2, SamplingParams(max_new_tokens=6, seed=2))
@@ -90,14 +97,16 @@ def test_faults_recover_without_losing_or_duplicating_a_rollout(llama_server, pr
     assert sum(len(group) for group in out) == len(delivered) == len(keys) == 6 and set(keys.values()) == {1}
     metrics = api.round_metrics()
     assert metrics["retries"] == 6 and metrics["requests_failed"] == 0 and metrics["problems_failed"] == 0
+
     # The Retry-After and the timeout were waited for, each by its own request (others may run meanwhile).
     def retried_after(index: int) -> float:
         """Seconds from the faulty request ``index`` to the next try of the same (prompt, seed)."""
+
         def key(s):
             return s.body["messages"][-1]["content"], s.body["seed"]
 
         first = proxy.seen[index]
-        return min(s.at for s in proxy.seen[index + 1:] if key(s) == key(first)) - first.at
+        return min(s.at for s in proxy.seen[index + 1 :] if key(s) == key(first)) - first.at
 
     assert retried_after(0) >= 1.0, "the 429's Retry-After: 1 was honoured"
     assert retried_after(3) >= 1.5, "the hung request was given up only at its 1.5 s timeout"
@@ -105,8 +114,13 @@ def test_faults_recover_without_losing_or_duplicating_a_rollout(llama_server, pr
 
 
 def test_a_failing_problem_is_dropped_and_the_round_goes_on(llama_server, proxy, caplog):
-    proxy.reset(lambda index, body: proxy.Fault("status", 503, body="overloaded")
-                if body["messages"][-1]["content"] == "What is 1 + 1?" else proxy.PASS)
+    proxy.reset(
+        lambda index, body: (
+            proxy.Fault("status", 503, body="overloaded")
+            if body["messages"][-1]["content"] == "What is 1 + 1?"
+            else proxy.PASS
+        )
+    )
     api = backend(proxy.url, backoff_s=0.01, max_retries=2)
     out = api.generate(problems(3), 2, SamplingParams(max_new_tokens=4, seed=3))
     assert [len(group) for group in out] == [2, 0, 2]
@@ -138,8 +152,9 @@ def test_parse_score_is_strict_and_takes_the_last_score_line():
 
 def judge(url: str, grammar: str, **settings):
     settings.setdefault("max_chars", 2000)  # the server's context is 2048 tokens
-    return build_judge(JudgeSettings(base_url=url, model="smollm2", extra_body={"grammar": grammar}, **settings),
-                       BackendContext())
+    return build_judge(
+        JudgeSettings(base_url=url, model="smollm2", extra_body={"grammar": grammar}, **settings), BackendContext()
+    )
 
 
 def test_the_judge_scores_caches_and_keeps_to_the_contract(llama_server, proxy):
@@ -166,18 +181,47 @@ def test_an_unparseable_verdict_scores_zero_with_a_counted_warning(llama_server,
 # --------------------------------------------------------------------------- through the CLI
 
 
-def test_a_run_evaluates_through_another_endpoint_and_stops_cleanly_at_its_cap(llama_server, proxy, sapo_cli,
-                                                                               tmp_path, capfd):
+def test_a_run_evaluates_through_another_endpoint_and_stops_cleanly_at_its_cap(
+    llama_server, proxy, sapo_cli, tmp_path, capfd
+):
     """Generation goes straight to the server, the evaluation through the proxy (its own backend and
     settings); the generation's request cap ends the run cleanly, with exit status 0."""
     result = sapo_cli(
-        "run", "--inference", "openai", "--model", "smollm2", "--role", "contributor", "--transport", "none",
-        "--rounds", "10", "--run-dir", str(tmp_path / "run"),
-        "--set", f"inference.base_url={llama_server}", "--set", "inference.max_requests=10",
-        "--set", "tasks.problems_per_round=2", "--set", "inference.num_completions=2",
-        "--set", "inference.max_new_tokens=6",
-        "--set", "eval.every=1", "--set", "eval.problems=3", "--set", "eval.inference=openai",
-        "--set", f"eval.base_url={proxy.url}", "--set", "eval.model=smollm2", "--set", "eval.max_in_flight=2",
+        "run",
+        "--inference",
+        "openai",
+        "--model",
+        "smollm2",
+        "--role",
+        "contributor",
+        "--transport",
+        "none",
+        "--rounds",
+        "10",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--set",
+        f"inference.base_url={llama_server}",
+        "--set",
+        "inference.max_requests=10",
+        "--set",
+        "tasks.problems_per_round=2",
+        "--set",
+        "inference.num_completions=2",
+        "--set",
+        "inference.max_new_tokens=6",
+        "--set",
+        "eval.every=1",
+        "--set",
+        "eval.problems=3",
+        "--set",
+        "eval.inference=openai",
+        "--set",
+        f"eval.base_url={proxy.url}",
+        "--set",
+        "eval.model=smollm2",
+        "--set",
+        "eval.max_in_flight=2",
     )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

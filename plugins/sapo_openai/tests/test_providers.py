@@ -22,9 +22,15 @@ from sapo_openai.inference import build_inference
 from sapo_openai.settings import APISettings
 
 KEY = "sk-test-secret-0123456789"
-PROBLEMS = [Problem(task="arithmetic", id=f"p-{i}", answer=i,
-                    messages=[Message("system", "Answer briefly."), Message("user", f"What is {i} + {i}?")])
-            for i in (1, 2)]
+PROBLEMS = [
+    Problem(
+        task="arithmetic",
+        id=f"p-{i}",
+        answer=i,
+        messages=[Message("system", "Answer briefly."), Message("user", f"What is {i} + {i}?")],
+    )
+    for i in (1, 2)
+]
 
 
 class Recorder:
@@ -43,21 +49,38 @@ class Recorder:
 
 
 def backend(provider, handler, monkeypatch, **settings):
-    monkeypatch.setenv({"openai": "OPENAI_API_KEY", "deepseek": "DEEPSEEK_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}[provider], KEY)
-    return build_inference(provider, APISettings(**settings), BackendContext(model="unused"),
-                           transport=httpx2.MockTransport(handler))
+    monkeypatch.setenv(
+        {"openai": "OPENAI_API_KEY", "deepseek": "DEEPSEEK_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}[provider], KEY
+    )
+    return build_inference(
+        provider, APISettings(**settings), BackendContext(model="unused"), transport=httpx2.MockTransport(handler)
+    )
 
 
 def anthropic_message(request, index):
     body = json.loads(request.content)
     text = f"reply {index} to {body['messages'][-1]['content']}"
-    return httpx2.Response(200, json={
-        "id": f"msg_{index:04d}", "type": "message", "role": "assistant", "model": body["model"],
-        "content": [{"type": "thinking", "thinking": "Let me add.", "signature": "EqQBCgIYAhIM"},
-                    {"type": "text", "text": text}],
-        "stop_reason": "max_tokens" if index == 0 else "end_turn", "stop_sequence": None,
-        "usage": {"input_tokens": 25, "output_tokens": 7, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
-    })
+    return httpx2.Response(
+        200,
+        json={
+            "id": f"msg_{index:04d}",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": [
+                {"type": "thinking", "thinking": "Let me add.", "signature": "EqQBCgIYAhIM"},
+                {"type": "text", "text": text},
+            ],
+            "stop_reason": "max_tokens" if index == 0 else "end_turn",
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": 25,
+                "output_tokens": 7,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+        },
+    )
 
 
 def test_anthropic_messages_mapping(monkeypatch):
@@ -69,12 +92,21 @@ def test_anthropic_messages_mapping(monkeypatch):
     for request in handler.requests:
         assert request.url == "https://api.anthropic.com/v1/messages"
         # the SDK sends the key as x-api-key (0.x) or as a bearer token (1.x and later)
-        assert KEY in (request.headers.get("x-api-key"), request.headers.get("authorization", "").removeprefix("Bearer "))
+        assert KEY in (
+            request.headers.get("x-api-key"),
+            request.headers.get("authorization", "").removeprefix("Bearer "),
+        )
         assert "anthropic-version" in request.headers
     body = handler.bodies()[0]
-    assert body == {"model": "claude-haiku-4-5", "max_tokens": 33, "system": "Answer briefly.",
-                    "messages": [{"role": "user", "content": body["messages"][0]["content"]}],
-                    "temperature": 0.7, "top_k": 40, "stop_sequences": ["</answer>"]}  # not top_p with temperature
+    assert body == {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 33,
+        "system": "Answer briefly.",
+        "messages": [{"role": "user", "content": body["messages"][0]["content"]}],
+        "temperature": 0.7,
+        "top_k": 40,
+        "stop_sequences": ["</answer>"],
+    }  # not top_p with temperature
     assert all("seed" not in b and "n" not in b for b in handler.bodies())
     completions = [c for group in out for c in group]
     assert len(completions) == 4 and all(c.reasoning == "Let me add." and c.num_tokens == 7 for c in completions)
@@ -89,16 +121,36 @@ def test_anthropic_messages_mapping(monkeypatch):
 
 
 def deepseek_reasoner(request, index):
-    return httpx2.Response(200, json={
-        "id": "930c60df-bf64-41c9-a88e-3ec75f81e00e", "object": "chat.completion", "created": 1705651092,
-        "model": "deepseek-reasoner",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": f"<answer>{index}</answer>",
-                                             "reasoning_content": "9.11 vs 9.8: compare the tenths first."},
-                     "logprobs": None, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 16, "completion_tokens": 90, "total_tokens": 106, "prompt_cache_hit_tokens": 0,
-                  "prompt_cache_miss_tokens": 16, "completion_tokens_details": {"reasoning_tokens": 80}},
-        "system_fingerprint": "fp_a49d71b8a1",
-    })
+    return httpx2.Response(
+        200,
+        json={
+            "id": "930c60df-bf64-41c9-a88e-3ec75f81e00e",
+            "object": "chat.completion",
+            "created": 1705651092,
+            "model": "deepseek-reasoner",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": f"<answer>{index}</answer>",
+                        "reasoning_content": "9.11 vs 9.8: compare the tenths first.",
+                    },
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 16,
+                "completion_tokens": 90,
+                "total_tokens": 106,
+                "prompt_cache_hit_tokens": 0,
+                "prompt_cache_miss_tokens": 16,
+                "completion_tokens_details": {"reasoning_tokens": 80},
+            },
+            "system_fingerprint": "fp_a49d71b8a1",
+        },
+    )
 
 
 def test_deepseek_keeps_the_reasoning_apart_and_sends_neither_n_nor_seed(monkeypatch):
@@ -110,7 +162,10 @@ def test_deepseek_keeps_the_reasoning_apart_and_sends_neither_n_nor_seed(monkeyp
     assert handler.requests[0].headers["authorization"] == f"Bearer {KEY}"
     body = handler.bodies()[0]
     assert body["model"] == "deepseek-reasoner" and body["max_tokens"] == 64 and body["temperature"] == 0.6
-    assert body["messages"] == [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 1 + 1?"}]
+    assert body["messages"] == [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is 1 + 1?"},
+    ]
     assert all("n" not in b and "seed" not in b and "max_completion_tokens" not in b for b in handler.bodies())
     for group in out:
         assert len(group) == 3
@@ -123,14 +178,31 @@ def test_deepseek_keeps_the_reasoning_apart_and_sends_neither_n_nor_seed(monkeyp
 def openai_choices(request, index):
     body = json.loads(request.content)
     n = body.get("n", 1)
-    return httpx2.Response(200, json={
-        "id": f"chatcmpl-{index}", "object": "chat.completion", "created": 1741569952, "model": body["model"],
-        "choices": [{"index": i, "message": {"role": "assistant", "content": f"seed {body['seed']} choice {i}",
-                                             "refusal": None, "annotations": []},
-                     "logprobs": None, "finish_reason": "length" if i == 1 else "stop"} for i in range(n)],
-        "usage": {"prompt_tokens": 19, "completion_tokens": 10 * n, "total_tokens": 19 + 10 * n},
-        "service_tier": "default",
-    })
+    return httpx2.Response(
+        200,
+        json={
+            "id": f"chatcmpl-{index}",
+            "object": "chat.completion",
+            "created": 1741569952,
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": i,
+                    "message": {
+                        "role": "assistant",
+                        "content": f"seed {body['seed']} choice {i}",
+                        "refusal": None,
+                        "annotations": [],
+                    },
+                    "logprobs": None,
+                    "finish_reason": "length" if i == 1 else "stop",
+                }
+                for i in range(n)
+            ],
+            "usage": {"prompt_tokens": 19, "completion_tokens": 10 * n, "total_tokens": 19 + 10 * n},
+            "service_tier": "default",
+        },
+    )
 
 
 def test_openai_asks_n_per_problem_with_one_seed_per_request(monkeypatch):
@@ -151,8 +223,12 @@ def test_a_server_of_ones_own_gets_max_tokens_and_top_k_and_needs_no_key(monkeyp
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setenv("SAPO_KEYS_FILE", "/nonexistent/keys.json")
     handler = Recorder(openai_choices)
-    api = build_inference("openai", APISettings(base_url="http://127.0.0.1:9/v1", extra_body={"min_p": 0.05}),
-                          BackendContext(model="smollm2"), transport=httpx2.MockTransport(handler))
+    api = build_inference(
+        "openai",
+        APISettings(base_url="http://127.0.0.1:9/v1", extra_body={"min_p": 0.05}),
+        BackendContext(model="smollm2"),
+        transport=httpx2.MockTransport(handler),
+    )
     check_inference(api, n=2)
     body = handler.bodies()[0]
     assert body["max_tokens"] == 16 and body["min_p"] == 0.05 and body["model"] == "smollm2"
@@ -188,15 +264,21 @@ def recorded_sleep(api):
 
 
 def test_retries_recover_and_honour_retry_after(monkeypatch):
-    handler = Recorder(fault_sequence(
-        httpx2.Response(429, json={"error": {"message": "Rate limit reached", "type": "requests"}}, headers={"retry-after": "3"}),
-        httpx2.Response(500, json={"error": {"message": "The server had an error"}}),
-        httpx2.Response(503, text="upstream unavailable", headers={"retry-after-ms": "1500"}),
-        httpx2.ReadTimeout("timed out"),
-        httpx2.RemoteProtocolError("Server disconnected without sending a response."),
-        httpx2.Response(200, content=b'{"id": "x", "choices": [{"index"', headers={"content-type": "application/json"}),
-        httpx2.Response(200, json={"object": "error"}),
-    ))
+    handler = Recorder(
+        fault_sequence(
+            httpx2.Response(
+                429, json={"error": {"message": "Rate limit reached", "type": "requests"}}, headers={"retry-after": "3"}
+            ),
+            httpx2.Response(500, json={"error": {"message": "The server had an error"}}),
+            httpx2.Response(503, text="upstream unavailable", headers={"retry-after-ms": "1500"}),
+            httpx2.ReadTimeout("timed out"),
+            httpx2.RemoteProtocolError("Server disconnected without sending a response."),
+            httpx2.Response(
+                200, content=b'{"id": "x", "choices": [{"index"', headers={"content-type": "application/json"}
+            ),
+            httpx2.Response(200, json={"object": "error"}),
+        )
+    )
     api = backend("openai", handler, monkeypatch, model="gpt-4o-mini", max_retries=8, max_in_flight=1)
     waits = recorded_sleep(api)
     out = api.generate(PROBLEMS[:1], 2, SamplingParams(max_new_tokens=8, seed=3))
@@ -223,15 +305,21 @@ def test_a_problem_whose_requests_keep_failing_is_dropped_alone(monkeypatch, cap
     assert "failed after 3 tries (502: bad gateway); its problem is dropped" in caplog.text
 
 
-@pytest.mark.parametrize("status, hint", [
-    (401, "check the key (env OPENAI_API_KEY): `sapo keys set OPENAI_API_KEY`"),
-    (404, "check the model name ('gpt-4o-mini': inference.model or --model)"),
-    (400, "check the sampling settings"),
-])
+@pytest.mark.parametrize(
+    "status, hint",
+    [
+        (401, "check the key (env OPENAI_API_KEY): `sapo keys set OPENAI_API_KEY`"),
+        (404, "check the model name ('gpt-4o-mini': inference.model or --model)"),
+        (400, "check the sampling settings"),
+    ],
+)
 def test_errors_that_waiting_cannot_fix_stop_at_once_without_the_key(monkeypatch, caplog, status, hint):
     caplog.set_level(logging.DEBUG)
-    handler = Recorder(lambda request, index: httpx2.Response(
-        status, json={"error": {"message": f"Incorrect API key provided: {KEY}.", "code": "invalid_api_key"}}))
+    handler = Recorder(
+        lambda request, index: httpx2.Response(
+            status, json={"error": {"message": f"Incorrect API key provided: {KEY}.", "code": "invalid_api_key"}}
+        )
+    )
     api = backend("openai", handler, monkeypatch, model="gpt-4o-mini")
     with pytest.raises(BackendError) as info:
         api.generate(PROBLEMS, 4, SamplingParams())
@@ -268,13 +356,26 @@ def test_the_judge_scores_zero_for_a_completion_the_api_refuses_and_never_raises
         body = json.loads(request.content)
         if "x" * 100 in body["messages"][-1]["content"]:
             return httpx2.Response(400, json={"error": {"message": "maximum context length exceeded"}})
-        return httpx2.Response(200, json={"id": "c", "object": "chat.completion", "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "Correct.\nSCORE: 8"}, "finish_reason": "stop"}]})
+        return httpx2.Response(
+            200,
+            json={
+                "id": "c",
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Correct.\nSCORE: 8"},
+                        "finish_reason": "stop",
+                    }
+                ],
+            },
+        )
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     handler = Recorder(reply)
-    judge = build_judge(JudgeSettings(model="gpt-4o-mini", max_chars=500), BackendContext(),
-                        transport=httpx2.MockTransport(handler))
+    judge = build_judge(
+        JudgeSettings(model="gpt-4o-mini", max_chars=500), BackendContext(), transport=httpx2.MockTransport(handler)
+    )
     scores = judge.score(PROBLEMS[0], [Completion("<answer>2</answer>"), Completion("x" * 10_000)])
     assert list(scores) == [0.8, 0.0] and "was refused (400: maximum context length exceeded)" in caplog.text
     sent = handler.bodies()[1]["messages"][-1]["content"]
@@ -291,6 +392,8 @@ def test_every_setting_is_a_key_the_config_accepts_in_inference_and_eval():
     from sapo_core.config import load_config
 
     names = [field.name for field in attrs.fields(APISettings)]
-    config = load_config(env={}, sets=["eval.inference=openai", *(f"{section}.{name}=1" for section in ("inference", "eval")
-                                                                   for name in names)])
+    config = load_config(
+        env={},
+        sets=["eval.inference=openai", *(f"{section}.{name}=1" for section in ("inference", "eval") for name in names)],
+    )
     assert sorted(config.extras("inference")) == sorted(names) == sorted(config.extras("eval"))

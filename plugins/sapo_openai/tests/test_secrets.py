@@ -76,8 +76,11 @@ def test_the_key_an_error_page_echoes_never_reaches_a_log_or_an_error(server, st
     logging.getLogger("sapo").addHandler(shared)
     logging.getLogger().addHandler(stderr := logging.StreamHandler())
     try:
-        api = build_inference("openai", APISettings(base_url=f"http://127.0.0.1:{server.server_port}/v1", model="m",
-                                                    max_retries=1, backoff_s=0.0), BackendContext(model="m"))
+        api = build_inference(
+            "openai",
+            APISettings(base_url=f"http://127.0.0.1:{server.server_port}/v1", model="m", max_retries=1, backoff_s=0.0),
+            BackendContext(model="m"),
+        )
         try:
             api.generate([PROBLEM], 2, SamplingParams(max_new_tokens=4))
             error = ""
@@ -89,8 +92,13 @@ def test_the_key_an_error_page_echoes_never_reaches_a_log_or_an_error(server, st
     assert server.seen_keys and all(CANARY in key for key in server.seen_keys), "the server saw (and echoed) the key"
     out, err = capfd.readouterr()
     assert caplog.text or error, "the failure was reported somewhere"
-    for where, text in {"log": caplog.text, "shared log": stream.getvalue(), "stderr": err, "stdout": out,
-                        "error": error}.items():
+    for where, text in {
+        "log": caplog.text,
+        "shared log": stream.getvalue(),
+        "stderr": err,
+        "stdout": out,
+        "error": error,
+    }.items():
         assert CANARY not in text, f"the key leaked into the {where}"
     assert "<redacted>" in caplog.text + error
 
@@ -105,10 +113,35 @@ def test_a_run_whose_every_request_fails_stops_with_one_message_and_a_non_zero_e
     env = {key: value for key, value in os.environ.items() if not key.startswith("SAPO_")}
     env["OPENAI_API_KEY"] = CANARY
     done = subprocess.run(
-        [sys.executable, "-m", "sapo_core", "run", "--inference", "openai", "--model", "gpt-4o-mini", "--role",
-         "contributor", "--transport", "none", "--rounds", "2", "--run-dir", str(tmp_path / "run"),
-         "--set", f"inference.base_url={endpoint}", "--set", "inference.max_retries=1", "--set", "inference.backoff_s=0"],
-        capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "sapo_core",
+            "run",
+            "--inference",
+            "openai",
+            "--model",
+            "gpt-4o-mini",
+            "--role",
+            "contributor",
+            "--transport",
+            "none",
+            "--rounds",
+            "2",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--set",
+            f"inference.base_url={endpoint}",
+            "--set",
+            "inference.max_retries=1",
+            "--set",
+            "inference.backoff_s=0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     output = done.stdout + done.stderr
     assert done.returncode != 0, output
     assert "every request for the 8 problems failed (503: Incorrect API key provided: Bearer <redacted>)" in output

@@ -6,13 +6,13 @@ import dataclasses
 import json
 
 import pytest
-from sapo_reasoning_gym import catalog
 
 from sapo_core.config import backend_settings, load_config
 from sapo_core.curriculum import Curriculum, task_variants
 from sapo_core.errors import ConfigError
 from sapo_core.interfaces import BackendContext
 from sapo_core.plugins import Plugins
+from sapo_reasoning_gym import catalog
 
 REGISTERED = sorted(catalog.load()["datasets"])
 
@@ -94,15 +94,23 @@ def test_settings_are_checked_with_a_suggestion_and_reasoning_gyms_own_checks(pl
     with pytest.raises(ConfigError, match=r"tasks\.rg:basic_arithmetic\.min_terms"):
         build(plugins, "rg:basic_arithmetic", "tasks.rg:basic_arithmetic.min_terms=two")
     with pytest.raises(ConfigError, match="reasoning-gym refuses these settings"):
-        build(plugins, "rg:basic_arithmetic", "tasks.rg:basic_arithmetic.min_terms=9", "tasks.rg:basic_arithmetic.max_terms=3")
+        build(
+            plugins,
+            "rg:basic_arithmetic",
+            "tasks.rg:basic_arithmetic.min_terms=9",
+            "tasks.rg:basic_arithmetic.max_terms=3",
+        )
     with pytest.raises(ConfigError, match="level"):
         build(plugins, "rg:basic_arithmetic", "tasks.rg:basic_arithmetic.level=99")
     with pytest.raises(ConfigError, match="from reasoning-gym's curriculum"):
-        build(plugins, "rg:basic_arithmetic", "tasks.rg:basic_arithmetic.level=2", "tasks.rg:basic_arithmetic.max_terms=3")
-    task = build(plugins, "rg:basic_arithmetic", "tasks.rg:basic_arithmetic.min_terms=3", "tasks.rg:basic_arithmetic.max_terms=3")
+        build(
+            plugins, "rg:basic_arithmetic", "tasks.rg:basic_arithmetic.level=2", "tasks.rg:basic_arithmetic.max_terms=3"
+        )
+    task = build(
+        plugins, "rg:basic_arithmetic", "tasks.rg:basic_arithmetic.min_terms=3", "tasks.rg:basic_arithmetic.max_terms=3"
+    )
     default = build(plugins, "rg:basic_arithmetic")
     assert [task.generate(s).messages for s in range(8)] != [default.generate(s).messages for s in range(8)]
-
 
 
 def test_an_unknown_dataset_is_refused_with_close_matches(plugins):

@@ -14,8 +14,14 @@ from sapo_core.sampling import sample_problems
 
 
 def sapo(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sapo_core", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "sapo_core", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_tasks_lists_them_and_show_prints_a_problem_its_answer_and_the_answers_score(tmp_path):
@@ -29,7 +35,9 @@ def test_tasks_lists_them_and_show_prints_a_problem_its_answer_and_the_answers_s
 
 
 def test_without_the_plugin_an_rg_task_says_what_to_install(tmp_path):
-    shown = sapo("tasks", "show", "rg:basic_arithmetic", cwd=tmp_path, env={"SAPO_DISABLE_PLUGINS": "sapo_reasoning_gym"})
+    shown = sapo(
+        "tasks", "show", "rg:basic_arithmetic", cwd=tmp_path, env={"SAPO_DISABLE_PLUGINS": "sapo_reasoning_gym"}
+    )
     assert shown.returncode != 0
     assert "pip install sapo-reasoning-gym" in shown.stderr, shown.stderr
 
@@ -62,8 +70,16 @@ def tiny_model(tmp_path_factory):
 
 
 def tiny(model: str) -> list[str]:
-    sets = [f"model.name={model}", "tasks.preset=sapo-paper", "tasks.problems_per_round=4", "inference.num_completions=2",
-            "inference.max_new_tokens=8", "eval.problems=9", "eval.every=1", "checkpoint.every=1"]
+    sets = [
+        f"model.name={model}",
+        "tasks.preset=sapo-paper",
+        "tasks.problems_per_round=4",
+        "inference.num_completions=2",
+        "inference.max_new_tokens=8",
+        "eval.problems=9",
+        "eval.every=1",
+        "checkpoint.every=1",
+    ]
     return [part for item in sets for part in ("--set", item)]
 
 
@@ -77,7 +93,9 @@ def test_an_offline_run_on_the_paper_preset_trains_two_rounds_and_resumes(tiny_m
     tasks = {key.removeprefix("reward/task/") for line in rounds for key in line if key.startswith("reward/task/")}
     assert tasks and all(task.startswith("rg:") for task in tasks)
     assert "eval/pass@1" in rounds[-1]
-    resumed = sapo("run", "--rounds", "3", "--resume", "--run-dir", str(tmp_path / "run"), *tiny(tiny_model), cwd=tmp_path)
+    resumed = sapo(
+        "run", "--rounds", "3", "--resume", "--run-dir", str(tmp_path / "run"), *tiny(tiny_model), cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines if line["round"] >= 0] == [0, 1, 2]
@@ -87,10 +105,22 @@ def test_an_offline_run_on_the_paper_preset_trains_two_rounds_and_resumes(tiny_m
 def test_a_two_worker_swarm_on_the_paper_preset_shares_every_round(tiny_model, tmp_path):
     pytest.importorskip("sapo_gdrive")
     root = tmp_path / "swarm"
-    sets = [*tiny(tiny_model), "--set", "swarm.local_groups=4", "--set", "swarm.external_groups=4",
-            "--set", "swarm.poll_seconds=0.2", "--set", "swarm.round_seconds=600", "--set", "eval.every=0"]
-    result = sapo("swarm", "run", "--root", str(root), "--nodes", "2", "--rounds", "2", "--experiment", "rg", *sets,
-                  cwd=tmp_path)
+    sets = [
+        *tiny(tiny_model),
+        "--set",
+        "swarm.local_groups=4",
+        "--set",
+        "swarm.external_groups=4",
+        "--set",
+        "swarm.poll_seconds=0.2",
+        "--set",
+        "swarm.round_seconds=600",
+        "--set",
+        "eval.every=0",
+    ]
+    result = sapo(
+        "swarm", "run", "--root", str(root), "--nodes", "2", "--rounds", "2", "--experiment", "rg", *sets, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     workers = 0
     for metrics in sorted((root / "rg" / "metrics").glob("*.jsonl")):

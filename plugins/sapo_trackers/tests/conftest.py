@@ -25,13 +25,24 @@ def drive_in_process():
     Python process, for each node in turn; returns its stderr (the warnings). A None in ``env``
     removes that variable."""
 
-    def run(workdir: Path, nodes: list[str], report_to: list[str], *, experiment: str = "exp",
-            env: dict[str, str | None] | None = None) -> str:
+    def run(
+        workdir: Path,
+        nodes: list[str],
+        report_to: list[str],
+        *,
+        experiment: str = "exp",
+        env: dict[str, str | None] | None = None,
+    ) -> str:
         spec = {"workdir": str(workdir), "experiment": experiment, "nodes": nodes, "report_to": report_to}
         environ = {**os.environ, **(env or {})}
         environ = {name: value for name, value in environ.items() if value is not None}
-        done = subprocess.run([sys.executable, str(Path(__file__).with_name("tracked.py")), json.dumps(spec)],
-                              env=environ, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("tracked.py")), json.dumps(spec)],
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stderr
 

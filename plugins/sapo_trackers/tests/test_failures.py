@@ -7,12 +7,12 @@ import shutil
 import sys
 
 import pytest
+from sapo_trackers_tracked import API_KEY, SECRET, context, drive
 
 from sapo_core.building import warn_if_untracked
 from sapo_core.config import load_config
 from sapo_core.plugins import Plugins
 from sapo_trackers.common import redacted
-from sapo_trackers_tracked import API_KEY, SECRET, context, drive
 
 # Each tracker and the module its library is imported as.
 LIBRARIES = {"tensorboard": "tensorboardX", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}

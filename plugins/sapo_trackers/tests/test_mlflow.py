@@ -6,9 +6,9 @@ import pytest
 
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
+from sapo_trackers_tracked import API_KEY, SECRET, context, drive  # noqa: E402
 
 from sapo_trackers.mlflow import metric_name  # noqa: E402
-from sapo_trackers_tracked import API_KEY, SECRET, context, drive  # noqa: E402
 
 
 def test_one_run_per_node_in_the_experiment_on_a_file_store(tmp_path, monkeypatch):

@@ -29,11 +29,32 @@ def sapo_run(tmp_path, tiny_model, report_to, *, code=None, env=None):
     """``sapo run`` for 2 rounds with an evaluation before and after; returns (run dir, stderr)."""
     run_dir = tmp_path / "run"
     start = [sys.executable, "-c", code] if code else [sys.executable, "-m", "sapo_core"]
-    command = [*start, "run", "--rounds", "2", "--run-dir", str(run_dir),
-               "--set", f"model.name={tiny_model}", "--set", f"run.workdir={tmp_path.as_posix()}",
-               "--set", "tasks.problems_per_round=2", "--set", "inference.num_completions=2",
-               "--set", "inference.max_new_tokens=8", "--set", "eval.problems=2", "--set", "eval.every=2",
-               "--set", "eval.at_start=true", "--set", f"run.report_to={json.dumps(report_to)}"]
+    command = [
+        *start,
+        "run",
+        "--rounds",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        f"model.name={tiny_model}",
+        "--set",
+        f"run.workdir={tmp_path.as_posix()}",
+        "--set",
+        "tasks.problems_per_round=2",
+        "--set",
+        "inference.num_completions=2",
+        "--set",
+        "inference.max_new_tokens=8",
+        "--set",
+        "eval.problems=2",
+        "--set",
+        "eval.every=2",
+        "--set",
+        "eval.at_start=true",
+        "--set",
+        f"run.report_to={json.dumps(report_to)}",
+    ]
     # Wide lines: a warning is asserted on whole; no tracking server of the machine's environment.
     environ = {name: value for name, value in os.environ.items() if name != "MLFLOW_TRACKING_URI"}
     environ.update({"COLUMNS": "1000", **(env or {})})
@@ -52,14 +73,20 @@ def test_one_flag_puts_the_run_in_tensorboard(tmp_path, tiny_model):
     assert [e.step for e in events.Scalars("eval/pass@1")] == [0, 2]  # before training, after round 2
     written = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [e.value for e in events.Scalars("reward/mean")] == pytest.approx(
-        [line["reward/mean"] for line in written if line["round"] >= 0])
+        [line["reward/mean"] for line in written if line["round"] >= 0]
+    )
 
 
 def test_failing_trackers_warn_once_each_and_the_run_finishes(tmp_path, tiny_model):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    run_dir, stderr = sapo_run(tmp_path, tiny_model, ["tensorboard", "mlflow"], code=WITHOUT_TENSORBOARDX,
-                               env={"MLFLOW_TRACKING_URI": (blocker / "mlruns").as_uri()})
+    run_dir, stderr = sapo_run(
+        tmp_path,
+        tiny_model,
+        ["tensorboard", "mlflow"],
+        code=WITHOUT_TENSORBOARDX,
+        env={"MLFLOW_TRACKING_URI": (blocker / "mlruns").as_uri()},
+    )
     assert stderr.count("pip install 'sapo-trackers[tensorboard]'") == 1
     assert stderr.count("mlflow could not start") == 1
     assert stderr.count("the run goes on without it") == 2
@@ -70,13 +97,38 @@ def test_failing_trackers_warn_once_each_and_the_run_finishes(tmp_path, tiny_mod
 def test_the_same_flag_on_sapo_swarm_run_reaches_every_node(tmp_path, tiny_model):
     """The launcher hands each node's process the --set flags: one TensorBoard run per node."""
     root = tmp_path / "launch"
-    command = [sys.executable, "-m", "sapo_core", "swarm", "run", "--nodes", "2", "--root", str(root),
-               "--rounds", "2", "--set", f"model.name={tiny_model}", "--set", "tasks.problems_per_round=2",
-               "--set", "inference.num_completions=2", "--set", "inference.max_new_tokens=8",
-               "--set", "eval.problems=2", "--set", "eval.every=2", "--set", "swarm.round_seconds=60",
-               "--set", "swarm.poll_seconds=0.5", "--set", 'run.report_to=["tensorboard"]']
-    done = subprocess.run(command, env={**os.environ, "COLUMNS": "1000"}, capture_output=True, text=True,
-                          timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "sapo_core",
+        "swarm",
+        "run",
+        "--nodes",
+        "2",
+        "--root",
+        str(root),
+        "--rounds",
+        "2",
+        "--set",
+        f"model.name={tiny_model}",
+        "--set",
+        "tasks.problems_per_round=2",
+        "--set",
+        "inference.num_completions=2",
+        "--set",
+        "inference.max_new_tokens=8",
+        "--set",
+        "eval.problems=2",
+        "--set",
+        "eval.every=2",
+        "--set",
+        "swarm.round_seconds=60",
+        "--set",
+        "swarm.poll_seconds=0.5",
+        "--set",
+        'run.report_to=["tensorboard"]',
+    ]
+    done = subprocess.run(command, env={**os.environ, "COLUMNS": "1000"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     for node in ("worker-1", "worker-2"):
         events = event_accumulator.EventAccumulator(str(root / "runs" / node))

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("wandb")
-from wandb.proto import wandb_internal_pb2  # noqa: E402
-
 from sapo_trackers_tracked import API_KEY, SECRET  # noqa: E402
+from wandb.proto import wandb_internal_pb2  # noqa: E402
 
 BLOCK = 32 * 1024
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
@@ -32,11 +31,11 @@ def chunks(data: bytes):
         if BLOCK - pos % BLOCK < 7:  # a block's tail too short for a header is padding
             pos += BLOCK - pos % BLOCK
             continue
-        crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if (crc, length, kind) == (0, 0, 0):
             pos += BLOCK - pos % BLOCK
             continue
-        body = data[pos + 7:pos + 7 + length]
+        body = data[pos + 7 : pos + 7 + length]
         assert zlib.crc32(body, zlib.crc32(bytes([kind]))) == crc
         pos += 7 + length
         pending = body if kind in (FULL, FIRST) else pending + body
@@ -64,8 +63,12 @@ def offline_run(run_dir: Path) -> list:
 
 
 def test_offline_run_per_node_grouped_by_experiment(tmp_path, drive_in_process):
-    drive_in_process(tmp_path, ["worker-1", "worker-2"], ["wandb"],
-                     env={"WANDB_MODE": None, "WANDB_PROJECT": None, "WANDB_DIR": None})
+    drive_in_process(
+        tmp_path,
+        ["worker-1", "worker-2"],
+        ["wandb"],
+        env={"WANDB_MODE": None, "WANDB_PROJECT": None, "WANDB_DIR": None},
+    )
     for node in ("worker-1", "worker-2"):
         found = offline_run(tmp_path / "exp" / node)  # dir = the node's run directory
         (run,) = [r.run for r in found if r.WhichOneof("record_type") == "run"]
@@ -75,8 +78,11 @@ def test_offline_run_per_node_grouped_by_experiment(tmp_path, drive_in_process):
         assert config["swarm"]["secret"] == "***" and config["inference"]["api_key"] == "***"
         assert SECRET not in str(found) and API_KEY not in str(found)
 
-        history = [{name(item): json.loads(item.value_json) for item in r.history.item}
-                   for r in found if r.WhichOneof("record_type") == "history"]
+        history = [
+            {name(item): json.loads(item.value_json) for item in r.history.item}
+            for r in found
+            if r.WhichOneof("record_type") == "history"
+        ]
         assert [row["_step"] for row in history] == [0, 1, 2]
         assert [row.get("eval/pass@1") for row in history] == [0.25, None, 0.5]
         assert [row.get("reward/mean") for row in history] == [None, 0.5, 0.75]

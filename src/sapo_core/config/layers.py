@@ -168,8 +168,12 @@ class _Resolver:
         extras = {parts: e.value for parts, e in self.entries.items() if parts[1] not in _CORE[parts[0]]}
         stray = next((parts for parts in extras if parts[0] == "eval"), None)
         if stray is not None and not sections["eval"].inference:
-            raise _unknown(".".join(stray), self.entries[stray].source, [f"eval.{k}" for k in _CORE["eval"]],
-                           hint="(eval's other keys are the settings of its own backend: set eval.inference=NAME.)")
+            raise _unknown(
+                ".".join(stray),
+                self.entries[stray].source,
+                [f"eval.{k}" for k in _CORE["eval"]],
+                hint="(eval's other keys are the settings of its own backend: set eval.inference=NAME.)",
+            )
         texts = {parts: e.text for parts, e in self.entries.items() if parts in extras and e.text is not None}
         sources = {".".join(parts): e.source for parts, e in self.entries.items() if e.source != "default"}
         return Config(**sections, extras=extras, texts=texts, sources=sources)
@@ -229,7 +233,8 @@ def _parse_set(item: str) -> tuple[tuple[str, ...], Any, str]:
     if not sep or not key:
         # Echoed only when it names a section: a value pasted without its key may be an API key.
         names_a_key = re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", item.strip() or "-") is not None and (
-            item.strip().partition(".")[0] in SECTIONS)
+            item.strip().partition(".")[0] in SECTIONS
+        )
         got = f", got {item.strip()!r}" if names_a_key else ", got an argument without '='"
         raise ConfigError(f"--set expects KEY=VALUE (e.g. --set inference.temperature=0.7){got}")
     text = raw.strip()

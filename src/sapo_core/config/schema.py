@@ -20,6 +20,7 @@ import attrs
 
 from sapo_core.config.secrets import SECRET, _redacted_repr
 from sapo_core.names import id_problem
+from sapo_core.records import as_tuple
 from sapo_core.tasks.presets import PRESETS
 
 ROLES = ("coordinator", "worker", "contributor")
@@ -57,8 +58,13 @@ def _valid_name(instance: Any, attribute: Any, value: Any) -> None:
     """Experiment and node names become folder and file names on shared storage (`sapo_core.names`)."""
     problem = id_problem(value) if isinstance(value, str) else "it is not a string"
     if problem:
-        raise ValueError(f"{problem} (a name is 1-64 characters of A-Z a-z 0-9 . _ -, not starting with '.' or '-', "
-                         "without '..', not ending with '.', not a Windows device name such as CON or NUL)", attribute)
+        raise ValueError(
+            f"{problem} (a name is 1-64 characters of A-Z a-z 0-9 . _ -, not starting with '.' or '-', "
+            "without '..', not ending with '.', not a Windows device name such as CON or NUL)",
+            attribute,
+        )
+
+
 _local_folder = _check(lambda v: bool(v.strip()) and "://" not in v, "must be a local folder (not empty, not a URL)")
 _local_folder_or_empty = _check(lambda v: "://" not in v, "must be a local folder (not a URL), or empty for automatic")
 
@@ -122,7 +128,9 @@ class RunSettings:
     role: str = attrs.field(default="worker", converter=_lower, validator=_one_of(ROLES))  # what this node does
     rounds: int = attrs.field(default=10, validator=_at_least(1))  # run until this many rounds are done
     seed: int = 0  # base seed of problems, sampling and training
-    workdir: str = attrs.field(default="runs", validator=_local_folder)  # run directories go under <workdir>/<experiment>/
+    workdir: str = attrs.field(
+        default="runs", validator=_local_folder
+    )  # run directories go under <workdir>/<experiment>/
     # This run's directory (metrics, checkpoints, config.json). "" = automatic: an offline run
     # (transport none) gets <workdir>/<experiment>/<UTC timestamp>, a swarm node <workdir>/<experiment>/<node_id>.
     dir: str = attrs.field(default="", validator=_local_folder_or_empty)
@@ -157,14 +165,14 @@ class InferenceSettings:
 class TasksSettings:
     """``[tasks]``: which problems a round draws. ``[tasks.<task>]`` tables hold each task's settings."""
 
-    names: tuple[str, ...] = attrs.field(default=_DEFAULT_TASKS, converter=tuple, validator=_task_names)
-    weights: tuple[float, ...] = attrs.field(default=(), converter=tuple, validator=_task_weights)  # empty: uniform
+    names: tuple[str, ...] = attrs.field(default=_DEFAULT_TASKS, converter=as_tuple, validator=_task_names)
+    weights: tuple[float, ...] = attrs.field(default=(), converter=as_tuple, validator=_task_weights)  # empty: uniform
     problems_per_round: int = attrs.field(default=8, validator=_at_least(1))  # B: problems per round
     # Per-node difficulty that follows the model (sapo_core.curriculum): a task whose groups'
     # success rate leaves curriculum_band moves a level down or up; evaluation stays at the
     # configured level. Tasks without levels are left as configured.
     curriculum: bool = True
-    curriculum_band: tuple[float, float] = attrs.field(default=(0.2, 0.8), converter=tuple, validator=_band)
+    curriculum_band: tuple[float, float] = attrs.field(default=(0.2, 0.8), converter=as_tuple, validator=_band)
     curriculum_window: int = attrs.field(default=8, validator=_at_least(1))  # groups seen at a level before it moves
     # A named mix (sapo_core.tasks.presets, e.g. "sapo-paper"): its tasks, equally weighted, as tasks.names.
     preset: str = attrs.field(default="", validator=_preset)
@@ -180,8 +188,10 @@ class TasksSettings:
             return
         names = PRESETS[self.preset]
         if self.names not in (_DEFAULT_TASKS, names) or self.weights:
-            raise ValueError(f"tasks.preset = {self.preset!r} chooses the tasks and their weights; "
-                             "leave tasks.names and tasks.weights unset, or drop the preset")
+            raise ValueError(
+                f"tasks.preset = {self.preset!r} chooses the tasks and their weights; "
+                "leave tasks.names and tasks.weights unset, or drop the preset"
+            )
         object.__setattr__(self, "names", names)
 
 
@@ -253,9 +263,13 @@ class CheckpointSettings:
 class EvalSettings:
     """``[eval]``: evaluation on held-out problems (workers and contributors; never coordinators)."""
 
-    every: int = attrs.field(default=5, validator=_at_least(0))  # evaluate after every this many rounds and the last; 0: never
+    every: int = attrs.field(
+        default=5, validator=_at_least(0)
+    )  # evaluate after every this many rounds and the last; 0: never
     problems: int = attrs.field(default=32, validator=_at_least(1))  # held-out problems, split evenly over tasks.names
-    num_completions: int = attrs.field(default=1, validator=_at_least(1))  # k samples per problem; pass@1 = mean fraction correct
+    num_completions: int = attrs.field(
+        default=1, validator=_at_least(1)
+    )  # k samples per problem; pass@1 = mean fraction correct
     temperature: float = attrs.field(default=0.0, validator=_check(lambda v: v >= 0, "must be >= 0"))  # 0: greedy
     seed: int = 0  # base seed of the held-out problems; independent of run.seed, so every run sees the same set
     at_start: bool = False  # also evaluate before the first round: the baseline of the learning curve

@@ -57,7 +57,8 @@ def settings_fields(cls: type) -> list[Any]:
             name=f.name,
             type=f.type,
             # dataclasses.MISSING for both: required; attrs spells that NOTHING.
-            default=attrs.NOTHING if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            default=attrs.NOTHING
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             else f.default,
             metadata=f.metadata,
             init=f.init,
@@ -237,8 +238,13 @@ class _Structuring:
             culprit = self._culprit(exc)
             message = _scrub(_message(exc), self.secrets)
             if culprit is not None:
-                raise _bad_value(_full(self.where, culprit), kwargs.get(culprit), self.sources.get(culprit), message,
-                                 secret=self.secret(culprit)) from None
+                raise _bad_value(
+                    _full(self.where, culprit),
+                    kwargs.get(culprit),
+                    self.sources.get(culprit),
+                    message,
+                    secret=self.secret(culprit),
+                ) from None
             raise ConfigError(f"{self.where}: {message}") from None
 
     def _culprit(self, exc: BaseException) -> str | None:

@@ -10,8 +10,15 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "sapo-paper": tuple(
         f"rg:{name}"
         for name in (
-            "arc_1d", "basic_arithmetic", "base_conversion", "bf", "binary_matrix", "calendar_arithmetic",
-            "decimal_arithmetic", "fraction_simplification", "propositional_logic",
+            "arc_1d",
+            "basic_arithmetic",
+            "base_conversion",
+            "bf",
+            "binary_matrix",
+            "calendar_arithmetic",
+            "decimal_arithmetic",
+            "fraction_simplification",
+            "propositional_logic",
         )
     ),
 }

@@ -7,12 +7,12 @@ Run with ``pip install -e '.[test]' && pytest``.
 from __future__ import annotations
 
 import pytest
+import sapo_hello
+
 from sapo_core.answers import extract_answer, format_score
 from sapo_core.interfaces import BackendContext, SamplingParams
 from sapo_core.plugins import Plugins
 from sapo_core.testing import check_inference, check_reward, sample_problems
-
-import sapo_hello
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ def _exchange_device(device: torch.device | str) -> torch.device:
     if device.type == "cpu":
         raise BackendError(
             f"the process group's backend is {backend!r}, which cannot move CPU tensors; generate on the "
-            "process's GPU (inference.device = \"auto\") or launch with a gloo process group"
+            'process\'s GPU (inference.device = "auto") or launch with a gloo process group'
         )
     return device
 
@@ -106,7 +106,11 @@ def call_fingerprint(parts: Any) -> str:
 
 
 def exchange_completions(
-    mine: Mapping[int, Completion], total: int, *, fingerprint: str, error: str | None = None,
+    mine: Mapping[int, Completion],
+    total: int,
+    *,
+    fingerprint: str,
+    error: str | None = None,
     device: torch.device | str = "cpu",
 ) -> list[Completion]:
     """All ``total`` completions of a sharded call, in row order, on every process; a collective.
@@ -123,8 +127,11 @@ def exchange_completions(
     received = all_gather_json(sent, device=device)
     failed = [f"process {r}: {part['error']}" for r, part in enumerate(received) if "error" in part]
     if failed:
-        raise ShardError("generation failed on another process of this distributed launch ("
-                         + "; ".join(failed) + "); see that process's log")
+        raise ShardError(
+            "generation failed on another process of this distributed launch ("
+            + "; ".join(failed)
+            + "); see that process's log"
+        )
     others = [r for r, part in enumerate(received) if part["fingerprint"] != fingerprint]
     if others:
         raise ShardError(
@@ -135,8 +142,10 @@ def exchange_completions(
     for part in received:
         for index, data in part["rows"]:
             if not 0 <= index < total or out[index] is not None:
-                raise ShardError(f"row {index} was generated twice or is out of range (0..{total - 1}): the "
-                                 "processes disagree on how the call is shared")
+                raise ShardError(
+                    f"row {index} was generated twice or is out of range (0..{total - 1}): the "
+                    "processes disagree on how the call is shared"
+                )
             out[index] = codec.completion_from_data(data, _TRUSTED)
     missing = [i for i, c in enumerate(out) if c is None]
     if missing:

@@ -304,7 +304,11 @@ class GumbelSampler(LogitsProcessor):
 
     @staticmethod
     def _choose_among(
-        rows: int, row_ids: torch.Tensor, tokens: torch.Tensor, values: torch.Tensor, key1: torch.Tensor,
+        rows: int,
+        row_ids: torch.Tensor,
+        tokens: torch.Tensor,
+        values: torch.Tensor,
+        key1: torch.Tensor,
         key2: torch.Tensor,
     ) -> torch.Tensor:
         noisy = _gumbel_from_bits(_hash_tokens(key1[row_ids], key2[row_ids], tokens)).add_(values)
@@ -378,8 +382,16 @@ _NEUTRAL: Mapping[str, Any] = {
     "return_dict_in_generate": False,
 }
 _UNNEUTRALISABLE = (
-    "bad_words_ids", "sequence_bias", "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens",
-    "begin_suppress_tokens", "exponential_decay_length_penalty", "watermarking_config", "stop_strings", "max_time",
+    "bad_words_ids",
+    "sequence_bias",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "exponential_decay_length_penalty",
+    "watermarking_config",
+    "stop_strings",
+    "max_time",
 )
 
 
@@ -457,8 +469,14 @@ class LocalInference:
         return out
 
     def _generate_shared(
-        self, problems: Sequence[Problem], n: int, params: SamplingParams, rows: Sequence[_Row], order: Sequence[int],
-        rank: int, size: int,
+        self,
+        problems: Sequence[Problem],
+        n: int,
+        params: SamplingParams,
+        rows: Sequence[_Row],
+        order: Sequence[int],
+        rank: int,
+        size: int,
     ) -> list[Completion]:
         """This process's share of the rows, then everyone's completions from the others.
 
@@ -497,9 +515,10 @@ class LocalInference:
         # contributor under accelerate launch generates every row itself, in every process).
         quiet = distributed.world()[0] != 0 or process_rank() != 0
         try:
-            with torch.inference_mode(), token_progress(
-                "generate", len(indices) * params.max_new_tokens, quiet=quiet
-            ) as progress:
+            with (
+                torch.inference_mode(),
+                token_progress("generate", len(indices) * params.max_new_tokens, quiet=quiet) as progress,
+            ):
                 start = 0
                 while start < len(indices):
                     chunk = indices[start : start + self._batch_size]
@@ -511,8 +530,12 @@ class LocalInference:
                         if len(chunk) == 1:
                             raise
                         self._batch_size = (len(chunk) + 1) // 2  # kept for later calls
-                        log.warning("out of memory with %d rows per batch; retrying with %d (%s)",
-                                    len(chunk), self._batch_size, str(exc).splitlines()[0] if str(exc) else "")
+                        log.warning(
+                            "out of memory with %d rows per batch; retrying with %d (%s)",
+                            len(chunk),
+                            self._batch_size,
+                            str(exc).splitlines()[0] if str(exc) else "",
+                        )
                         _empty_cache(self.policy.device)
                         continue
                     for r, completion in zip(chunk, completions):
@@ -540,16 +563,19 @@ class LocalInference:
             self._warned_foreign = True
             foreign = [k for k in _UNNEUTRALISABLE if getattr(model_config, k, None) not in (None, [], {})]
             if foreign:
-                log.warning("the model's generation_config sets %s; transformers applies them to local generation "
-                            "too", ", ".join(foreign))
+                log.warning(
+                    "the model's generation_config sets %s; transformers applies them to local generation too",
+                    ", ".join(foreign),
+                )
         with _quiet_generate():
             static = {"cache_implementation": "static"} if self.settings.cache_implementation == "static" else {}
             return GenerationConfig(
                 **_NEUTRAL, max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id, **static
             )
 
-    def _generate_batch(self, rows: Sequence[_Row], params: SamplingParams,
-                        progress: TokenProgress | None = None) -> list[Completion]:
+    def _generate_batch(
+        self, rows: Sequence[_Row], params: SamplingParams, progress: TokenProgress | None = None
+    ) -> list[Completion]:
         policy = self.policy
         device = policy.device
         pad_id = policy.tokenizer.pad_token_id
@@ -570,16 +596,25 @@ class LocalInference:
         context = getattr(getattr(policy.model, "config", None), "max_position_embeddings", None)
         if isinstance(context, int) and width + params.max_new_tokens > context and not self._warned_context:
             self._warned_context = True  # transformers' own warning is silenced with the rest
-            log.warning("prompt (%d tokens) + max_new_tokens (%d) exceed the model's context (%d)",
-                        width, params.max_new_tokens, context)
+            log.warning(
+                "prompt (%d tokens) + max_new_tokens (%d) exceed the model's context (%d)",
+                width,
+                params.max_new_tokens,
+                context,
+            )
         processors = LogitsProcessorList()
         if progress is not None and progress.shown:
             processors.append(_TokenCounter(progress, len(rows)))
         if params.temperature > 0:
             processors.append(
                 GumbelSampler(
-                    [r.seed for r in rows], width, temperature=params.temperature, top_k=params.top_k,
-                    top_p=params.top_p, max_steps=params.max_new_tokens, device=device,
+                    [r.seed for r in rows],
+                    width,
+                    temperature=params.temperature,
+                    top_k=params.top_k,
+                    top_p=params.top_p,
+                    max_steps=params.max_new_tokens,
+                    device=device,
                     compile=None if self.settings.compile_sampler else False,
                 )
             )
@@ -592,8 +627,11 @@ class LocalInference:
         config = self.generation_config(params.max_new_tokens)
         with _quiet_generate():
             output = policy.model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                logits_processor=processors, stopping_criteria=criteria,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=config,
+                logits_processor=processors,
+                stopping_criteria=criteria,
             )
         generated = output[:, width:].tolist()
         fired = recorder.fired_at.tolist() if recorder is not None else [-1] * len(rows)

@@ -39,6 +39,7 @@ from sapo_local.settings import GRPOSettings
 
 log = logging.getLogger("sapo.local")
 
+
 @attrs.frozen
 class Example:
     """One completion to train on: its tokens, advantage and where it came from."""
@@ -73,15 +74,31 @@ class CompletionLogprobs(torch.nn.Module):
     def _base(self) -> Any:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
-                positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        rows: torch.Tensor,
+        positions: torch.Tensor,
+        targets: torch.Tensor,
+    ) -> torch.Tensor:
         base = self._base()
-        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = base.get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
         # The hidden state at position p predicts the token at p + 1.
         picked = hidden[rows, positions - 1]
         head = base.get_output_embeddings()
-        return selected_logprobs(picked, head.weight, targets, chunk_size=self.chunk_size, temperature=self.temperature,
-                                 softcap=self.softcap, bias=getattr(head, "bias", None), compile=self.compile)
+        return selected_logprobs(
+            picked,
+            head.weight,
+            targets,
+            chunk_size=self.chunk_size,
+            temperature=self.temperature,
+            softcap=self.softcap,
+            bias=getattr(head, "bias", None),
+            compile=self.compile,
+        )
 
 
 @attrs.frozen
@@ -176,8 +193,17 @@ def lr_lambda(settings: GRPOSettings, total_steps: int) -> Any:
 class GRPOLearner:
     """GRPO / Dr. GRPO / DAPO-style updates of a `Policy`, optionally with LoRA and a KL anchor."""
 
-    def __init__(self, policy: Policy, settings: GRPOSettings, *, total_steps: int, temperature: float = 1.0,
-                 max_completion_length: int | None = None, seed: int = 0, node: str = "") -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        settings: GRPOSettings,
+        *,
+        total_steps: int,
+        temperature: float = 1.0,
+        max_completion_length: int | None = None,
+        seed: int = 0,
+        node: str = "",
+    ) -> None:
         from accelerate import Accelerator
 
         self.policy = policy
@@ -208,11 +234,20 @@ class GRPOLearner:
         # The fused kernel updates every parameter in one pass (TRL's default on CUDA too); on the CPU it
         # is also about 10x faster than foreach, which makes whole-model temporaries (one more copy of
         # the weights at the step's peak).
-        optimizer = torch.optim.AdamW(trainable, lr=settings.lr, betas=settings.adam_betas, weight_decay=settings.weight_decay,
-                                      fused=policy.device.type in ("cuda", "cpu"))
+        optimizer = torch.optim.AdamW(
+            trainable,
+            lr=settings.lr,
+            betas=settings.adam_betas,
+            weight_decay=settings.weight_decay,
+            fused=policy.device.type in ("cuda", "cpu"),
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings, total_steps))
-        module = CompletionLogprobs(model, chunk_size=settings.logprob_chunk_size, temperature=temperature,
-                                    compile=None if settings.compile_logprobs else False)
+        module = CompletionLogprobs(
+            model,
+            chunk_size=settings.logprob_chunk_size,
+            temperature=temperature,
+            compile=None if settings.compile_logprobs else False,
+        )
         self.module, self.optimizer = self.accelerator.prepare(module, optimizer)
         self.scheduler = scheduler
         self._prompts: dict[str, tuple[int, ...]] = {}
@@ -241,8 +276,13 @@ class GRPOLearner:
         except ImportError as exc:
             raise TrainingError("train.lora needs peft: pip install 'sapo-local[lora]'") from exc
         s = self.settings
-        config = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
-                            target_modules=list(s.lora_target_modules), task_type="CAUSAL_LM")
+        config = LoraConfig(
+            r=s.lora_r,
+            lora_alpha=s.lora_alpha,
+            lora_dropout=s.lora_dropout,
+            target_modules=list(s.lora_target_modules),
+            task_type="CAUSAL_LM",
+        )
         self.policy.model = get_peft_model(self.policy.model, config)
 
     # ------------------------------------------------------------------------ training
@@ -258,11 +298,23 @@ class GRPOLearner:
             for completion, advantage in zip(group.completions, group.advantages):
                 ids = completion_ids(tokenizer, completion, eos, own=own)
                 # The sampler's log-probs count only for the very tokens it sampled.
-                aligned = (own and self.settings.importance_sampling and completion.logprobs is not None
-                           and completion.token_ids is not None and len(completion.logprobs) == len(ids))
+                aligned = (
+                    own
+                    and self.settings.importance_sampling
+                    and completion.logprobs is not None
+                    and completion.token_ids is not None
+                    and len(completion.logprobs) == len(ids)
+                )
                 if ids:
-                    out.append(Example(prompt=prompt, completion=tuple(ids), advantage=advantage, external=not own,
-                                       sampler_logprobs=tuple(completion.logprobs) if aligned else None))
+                    out.append(
+                        Example(
+                            prompt=prompt,
+                            completion=tuple(ids),
+                            advantage=advantage,
+                            external=not own,
+                            sampler_logprobs=tuple(completion.logprobs) if aligned else None,
+                        )
+                    )
         return out
 
     def train(self, groups: Sequence[Group], round: int) -> dict[str, float]:
@@ -271,7 +323,9 @@ class GRPOLearner:
         examples = self.examples(groups)
         if not examples:
             return {}
-        normalizer = loss_normalizer([len(e.completion) for e in examples], settings.loss_type, self.max_completion_length)
+        normalizer = loss_normalizer(
+            [len(e.completion) for e in examples], settings.loss_type, self.max_completion_length
+        )
         # Every process holds the same rollouts; each trains on its own share of them.
         shard = examples[accelerator.process_index :: accelerator.num_processes]
         # Fewer completions than processes: a rank without a share still has to take part in
@@ -279,7 +333,9 @@ class GRPOLearner:
         # with weight 0: no gradient, no metrics, no tokens of its own.
         weight = 1.0 if shard else 0.0
         shard = shard or examples[:1]
-        batches = micro_batches(shard, settings.micro_batch_tokens, self.policy.tokenizer.pad_token_id, accelerator.device)
+        batches = micro_batches(
+            shard, settings.micro_batch_tokens, self.policy.tokenizer.pad_token_id, accelerator.device
+        )
         old = self._logprobs(batches) if settings.num_iterations > 1 else [None] * len(batches)
         ref = self._reference_logprobs(batches) if settings.beta > 0 else [None] * len(batches)
         self.module.train()
@@ -299,18 +355,31 @@ class GRPOLearner:
                 # Gradients are all-reduced once, on the last micro-batch.
                 with accelerator.no_sync(self.module) if not last else contextlib.nullcontext():
                     with accelerator.autocast():
-                        flat = self.module(batch.input_ids, batch.attention_mask, batch.rows, batch.positions, batch.targets)
+                        flat = self.module(
+                            batch.input_ids, batch.attention_mask, batch.rows, batch.positions, batch.targets
+                        )
                     logprobs = batch.to_padded(flat)
                     is_weights = None
                     if batch.sampler is not None and batch.known is not None:
-                        is_weights = truncated_is_weights(logprobs if old_lp is None else old_lp, batch.sampler,
-                                                          batch.known, cap=settings.importance_sampling_cap)
+                        is_weights = truncated_is_weights(
+                            logprobs if old_lp is None else old_lp,
+                            batch.sampler,
+                            batch.known,
+                            cap=settings.importance_sampling_cap,
+                        )
                         add("is_weight_sum", (is_weights * batch.known).sum() * weight)
                         add("is_tokens", batch.known.sum() * weight)
                     loss, metrics = grpo_loss(
-                        logprobs, old_lp, batch.advantages, batch.mask, normalizer=normalizer,
-                        loss_type=settings.loss_type, epsilon_low=settings.epsilon_low,
-                        epsilon_high=settings.epsilon_high, beta=settings.beta, ref_logprobs=ref_lp,
+                        logprobs,
+                        old_lp,
+                        batch.advantages,
+                        batch.mask,
+                        normalizer=normalizer,
+                        loss_type=settings.loss_type,
+                        epsilon_low=settings.epsilon_low,
+                        epsilon_high=settings.epsilon_high,
+                        beta=settings.beta,
+                        ref_logprobs=ref_lp,
                         is_weights=is_weights,
                     )
                     # DDP averages gradients over processes; the normaliser already covers the whole batch.
@@ -350,21 +419,25 @@ class GRPOLearner:
         seconds = time.perf_counter() - started
         iterations = settings.num_iterations
         is_sum, is_tokens = totals.pop("is_weight_sum", 0.0), totals.pop("is_tokens", 0.0)
-        out = {key: value / max(1.0, totals["tokens"]) for key, value in totals.items() if key not in ("loss", "tokens")}
+        out = {
+            key: value / max(1.0, totals["tokens"]) for key, value in totals.items() if key not in ("loss", "tokens")
+        }
         if is_tokens:  # the mean truncated-IS weight over the tokens that had the sampler's log-probs
             out["is_weight_mean"] = is_sum / is_tokens
-        out.update({
-            "loss": totals["loss"] / iterations,
-            "grad_norm": grad_norm,
-            "ratio_max": float(ratio_max),
-            "lr": self.scheduler.get_last_lr()[0],
-            "completions": float(len(examples)),
-            "external_completions": float(sum(e.external for e in examples)),
-            "micro_batches": float(len(batches)),
-            "tokens": totals["tokens"],
-            "seconds": seconds,
-            "tokens_per_second": totals["tokens"] / seconds if seconds > 0 else 0.0,
-        })
+        out.update(
+            {
+                "loss": totals["loss"] / iterations,
+                "grad_norm": grad_norm,
+                "ratio_max": float(ratio_max),
+                "lr": self.scheduler.get_last_lr()[0],
+                "completions": float(len(examples)),
+                "external_completions": float(sum(e.external for e in examples)),
+                "micro_batches": float(len(batches)),
+                "tokens": totals["tokens"],
+                "seconds": seconds,
+                "tokens_per_second": totals["tokens"] / seconds if seconds > 0 else 0.0,
+            }
+        )
         if self.policy.device.type == "cpu":
             memory.release()  # the step's freed activations, back to the system before generation
         return out
@@ -374,8 +447,10 @@ class GRPOLearner:
         if self.accelerator.num_processes == 1:
             return totals
         keys = sorted(totals)
-        summed = self.accelerator.reduce(torch.tensor([totals[k] for k in keys], device=self.accelerator.device,
-                                                      dtype=torch.float64), reduction="sum")
+        summed = self.accelerator.reduce(
+            torch.tensor([totals[k] for k in keys], device=self.accelerator.device, dtype=torch.float64),
+            reduction="sum",
+        )
         return dict(zip(keys, summed.tolist()))
 
     def _clip(self) -> float:
@@ -389,8 +464,12 @@ class GRPOLearner:
     def _logprobs(self, batches: Sequence[MicroBatch]) -> list[torch.Tensor]:
         """The current policy's log-probs, frozen: pi_old for num_iterations > 1."""
         self.module.eval()
-        return [batch.to_padded(self.module(batch.input_ids, batch.attention_mask, batch.rows, batch.positions,
-                                            batch.targets)).detach() for batch in batches]
+        return [
+            batch.to_padded(
+                self.module(batch.input_ids, batch.attention_mask, batch.rows, batch.positions, batch.targets)
+            ).detach()
+            for batch in batches
+        ]
 
     @torch.no_grad()
     def _reference_logprobs(self, batches: Sequence[MicroBatch]) -> list[torch.Tensor]:
@@ -398,10 +477,18 @@ class GRPOLearner:
         if self.reference is None:  # LoRA: the base model is the reference
             with unwrapped.model.disable_adapter():
                 return self._logprobs(batches)
-        reference = CompletionLogprobs(self.reference, chunk_size=unwrapped.chunk_size, temperature=unwrapped.temperature,
-                                       compile=unwrapped.compile)
-        return [batch.to_padded(reference(batch.input_ids, batch.attention_mask, batch.rows, batch.positions,
-                                          batch.targets)) for batch in batches]
+        reference = CompletionLogprobs(
+            self.reference,
+            chunk_size=unwrapped.chunk_size,
+            temperature=unwrapped.temperature,
+            compile=unwrapped.compile,
+        )
+        return [
+            batch.to_padded(
+                reference(batch.input_ids, batch.attention_mask, batch.rows, batch.positions, batch.targets)
+            )
+            for batch in batches
+        ]
 
     # ------------------------------------------------------------------------ state
 
@@ -434,8 +521,10 @@ class GRPOLearner:
     def load(self, folder: Path) -> None:
         state = json.loads((folder / "learner.json").read_text())
         if state.get("lora", False) != self.settings.lora:
-            raise TrainingError(f"{folder}: the checkpoint was saved with lora={state.get('lora')}, this run has "
-                                f"train.lora={self.settings.lora}")
+            raise TrainingError(
+                f"{folder}: the checkpoint was saved with lora={state.get('lora')}, this run has "
+                f"train.lora={self.settings.lora}"
+            )
         model = self.accelerator.unwrap_model(self.module).model
         _load_weights(model, folder / "model", lora=self.settings.lora)
         fresh = False
@@ -448,9 +537,11 @@ class GRPOLearner:
             self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
         else:
             # The checkpoint after a run's last round, or checkpoint.optimizer_state = "none".
-            log.warning("the checkpoint holds no optimizer state: training continues from its weights, learning-rate "
-                        "schedule and RNG with a fresh optimizer (AdamW's moments start at zero; "
-                        "checkpoint.optimizer_state = \"all\" keeps them in every checkpoint)")
+            log.warning(
+                "the checkpoint holds no optimizer state: training continues from its weights, learning-rate "
+                "schedule and RNG with a fresh optimizer (AdamW's moments start at zero; "
+                'checkpoint.optimizer_state = "all" keeps them in every checkpoint)'
+            )
             fresh = True
         self.scheduler.load_state_dict(state["scheduler"])
         if fresh:  # the learning rate where the schedule is, as a loaded optimizer state would have it
@@ -486,8 +577,9 @@ def _flatten_optimizer(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor
 def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], skeleton: Mapping[str, Any]) -> dict[str, Any]:
     state = {}
     for index, slots in skeleton["state"].items():
-        state[int(index)] = {name: tensors[slot["tensor"]] if "tensor" in slot else slot["value"]
-                             for name, slot in slots.items()}
+        state[int(index)] = {
+            name: tensors[slot["tensor"]] if "tensor" in slot else slot["value"] for name, slot in slots.items()
+        }
     return {"state": state, "param_groups": skeleton["param_groups"]}
 
 
@@ -508,15 +600,23 @@ def _load_weights(model: Any, folder: Path, *, lora: bool) -> None:
         set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
         return
     index = folder / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    )
     state: dict[str, torch.Tensor] = {}
     for name in files:
         state.update(load_file(str(folder / name)))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {key for key in missing if key.endswith("lm_head.weight")} if getattr(model.config, "tie_word_embeddings", False) else set()
+    tied = (
+        {key for key in missing if key.endswith("lm_head.weight")}
+        if getattr(model.config, "tie_word_embeddings", False)
+        else set()
+    )
     if unexpected or set(missing) - tied:
-        raise TrainingError(f"{folder}: checkpoint does not match the model (missing {sorted(set(missing) - tied)[:5]}, "
-                            f"unexpected {sorted(unexpected)[:5]})")
+        raise TrainingError(
+            f"{folder}: checkpoint does not match the model (missing {sorted(set(missing) - tied)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]})"
+        )
 
 
 def build_grpo(settings: GRPOSettings, context: BackendContext) -> GRPOLearner:

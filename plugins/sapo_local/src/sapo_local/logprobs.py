@@ -91,8 +91,10 @@ def _run(kernel: str, compile: bool, *args: Any) -> Any:
         raise
     except Exception as exc:  # noqa: BLE001 (no C++ compiler or Triton, unsupported device...: eager gives the same values)
         _compiled = False
-        log.warning("torch.compile of the log-prob kernels failed (%s); computing them without it",
-                    str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        log.warning(
+            "torch.compile of the log-prob kernels failed (%s); computing them without it",
+            str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+        )
         return _EAGER[kernel](*args)
 
 
@@ -100,8 +102,18 @@ class _SelectedLogprobs(torch.autograd.Function):
     """The chunked forward and backward of the module docstring; arguments as `selected_logprobs`."""
 
     @staticmethod
-    def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk_size: int,
-                scale: float, softcap: float | None, dtype: torch.dtype, compile: bool) -> Tensor:
+    def forward(
+        ctx: Any,
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        targets: Tensor,
+        chunk_size: int,
+        scale: float,
+        softcap: float | None,
+        dtype: torch.dtype,
+        compile: bool,
+    ) -> Tensor:
         wide = torch.promote_types(dtype, torch.float32)
         out = torch.empty(hidden.shape[0], dtype=wide, device=hidden.device)
         lse = torch.empty_like(out)
@@ -186,11 +198,14 @@ def selected_logprobs(
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
     if chunk_size < 1 or not temperature > 0 or (softcap is not None and not softcap > 0):
-        raise ValueError(f"need chunk_size >= 1, temperature > 0, softcap > 0: got {chunk_size}, {temperature}, {softcap}")
+        raise ValueError(
+            f"need chunk_size >= 1, temperature > 0, softcap > 0: got {chunk_size}, {temperature}, {softcap}"
+        )
     kind = hidden.device.type
     dtype = torch.promote_types(hidden.dtype, weight.dtype)
     if torch.is_autocast_enabled(kind) and dtype != torch.float64:  # autocast leaves float64 alone
         dtype = torch.get_autocast_dtype(kind)
     compile = kind == "cuda" if compile is None else compile
-    return _SelectedLogprobs.apply(hidden, weight, bias, targets.long(), chunk_size, 1.0 / temperature, softcap,
-                                   dtype, compile)
+    return _SelectedLogprobs.apply(
+        hidden, weight, bias, targets.long(), chunk_size, 1.0 / temperature, softcap, dtype, compile
+    )

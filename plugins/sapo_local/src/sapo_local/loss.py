@@ -128,8 +128,10 @@ def truncated_is_weights(old_logprobs: Tensor, sampler_logprobs: Tensor, known: 
     if not cap > 0:
         raise ValueError(f"the importance-sampling cap must be > 0, got {cap}")
     if old_logprobs.shape != sampler_logprobs.shape or old_logprobs.shape != known.shape:
-        raise ValueError(f"old, sampler and known must have one shape, got {tuple(old_logprobs.shape)}, "
-                         f"{tuple(sampler_logprobs.shape)}, {tuple(known.shape)}")
+        raise ValueError(
+            f"old, sampler and known must have one shape, got {tuple(old_logprobs.shape)}, "
+            f"{tuple(sampler_logprobs.shape)}, {tuple(known.shape)}"
+        )
     k = known.bool()
     zero = torch.zeros((), dtype=old_logprobs.dtype, device=old_logprobs.device)
     # Unknown entries become 0 - 0 before exp(), so padding (-inf, nan) never reaches the result.
@@ -141,7 +143,9 @@ def _check(logprobs, old, advantages, mask, ref, is_weights, loss_type, beta, no
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
     if beta < 0 or (beta > 0 and ref is None):
-        raise ValueError(f"beta must be >= 0, and beta > 0 needs ref_logprobs; got beta={beta}, ref_logprobs={ref is not None}")
+        raise ValueError(
+            f"beta must be >= 0, and beta > 0 needs ref_logprobs; got beta={beta}, ref_logprobs={ref is not None}"
+        )
     if not normalizer > 0:
         raise ValueError(f"normalizer must be > 0 (from loss_normalizer over the whole batch), got {normalizer}")
     if logprobs.dim() != 2:

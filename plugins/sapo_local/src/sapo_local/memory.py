@@ -56,7 +56,11 @@ def tune() -> bool:
     ``GLIBC_TUNABLES``).
     """
     libc = _glibc()
-    if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+    if (
+        libc is None
+        or "MALLOC_MMAP_THRESHOLD_" in os.environ
+        or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", "")
+    ):
         return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 

@@ -158,10 +158,18 @@ def choose_dtype(preference: str, device: torch.device, *, trains: bool = False)
 
     if preference != "auto":
         try:
-            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[preference]
+            return {
+                "float32": torch.float32,
+                "fp32": torch.float32,
+                "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16,
+                "float16": torch.float16,
+                "fp16": torch.float16,
+            }[preference]
         except KeyError:
-            raise BackendError(f"Unknown dtype {preference!r}. Choose one of: auto, float32, bfloat16, float16") from None
+            raise BackendError(
+                f"Unknown dtype {preference!r}. Choose one of: auto, float32, bfloat16, float16"
+            ) from None
     if device.type == "cuda" and torch.cuda.is_bf16_supported() and not trains:
         return torch.bfloat16
     return torch.float32

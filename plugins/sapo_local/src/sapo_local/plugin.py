@@ -29,14 +29,22 @@ def build_grpo(settings: GRPOSettings, context: BackendContext) -> Any:
 
 @hookimpl
 def register_inference(register: Register) -> None:
-    register("local", build_local_inference, settings=LocalInferenceSettings,
-             description="Hugging Face transformers on this machine; the model the learner trains")
+    register(
+        "local",
+        build_local_inference,
+        settings=LocalInferenceSettings,
+        description="Hugging Face transformers on this machine; the model the learner trains",
+    )
 
 
 @hookimpl
 def register_learners(register: Register) -> None:
-    register("grpo", build_grpo, settings=GRPOSettings,
-             description="GRPO / Dr. GRPO / DAPO policy-gradient steps, optional LoRA and KL, accelerate DDP")
+    register(
+        "grpo",
+        build_grpo,
+        settings=GRPOSettings,
+        description="GRPO / Dr. GRPO / DAPO policy-gradient steps, optional LoRA and KL, accelerate DDP",
+    )
 
 
 @hookimpl

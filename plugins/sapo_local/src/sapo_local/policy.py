@@ -79,4 +79,3 @@ def completion_ids(tokenizer: Any, completion: Completion, eos_id: int, *, own: 
         return list(completion.token_ids)
     ids = tokenizer(completion.text, add_special_tokens=False)["input_ids"]
     return [*ids, eos_id] if completion.finish_reason == "stop" else list(ids)
-

@@ -57,8 +57,15 @@ def new_group_id() -> str:
 class RolloutBook:
     """Open groups by id, rollout id -> (group, index), and the queue of complete groups to train on."""
 
-    def __init__(self, *, ttl: float, node: str, scale_by_std: bool = True, remember: int = 100_000,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        ttl: float,
+        node: str,
+        scale_by_std: bool = True,
+        remember: int = 100_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.ttl, self.node, self.scale_by_std, self.remember, self.clock = ttl, node, scale_by_std, remember, clock
         self._lock = threading.Lock()
         self._open: dict[str, OpenGroup] = {}
@@ -66,8 +73,13 @@ class RolloutBook:
         self._final: OrderedDict[str, float] = OrderedDict()  # rollout id -> reward, of finished groups
         self._expired: OrderedDict[str, None] = OrderedDict()  # rollout ids of expired groups
         self.queue: list[Group] = []
-        self.counts = {"groups_opened": 0, "groups_completed": 0, "groups_expired": 0, "rewards_accepted": 0,
-                       "rewards_duplicate": 0}
+        self.counts = {
+            "groups_opened": 0,
+            "groups_completed": 0,
+            "groups_expired": 0,
+            "rewards_accepted": 0,
+            "rewards_duplicate": 0,
+        }
 
     def open(self, problem: Problem, completions: Sequence[Completion]) -> tuple[str, tuple[str, ...], float]:
         """Register a group under its problem's id (`new_group_id`); returns that id, its rollouts'
@@ -77,8 +89,9 @@ class RolloutBook:
         ids = tuple(f"r-{secrets.token_urlsafe(12)}" for _ in completions)
         with self._lock:
             self._expire(now)
-            self._open[group_id] = OpenGroup(problem=problem, completions=tuple(completions), rollout_ids=ids,
-                                             created=now)
+            self._open[group_id] = OpenGroup(
+                problem=problem, completions=tuple(completions), rollout_ids=ids, created=now
+            )
             for index, rollout_id in enumerate(ids):
                 self._rollouts[rollout_id] = (group_id, index)
             self.counts["groups_opened"] += 1
@@ -150,15 +163,26 @@ class RolloutBook:
         if invalid:
             raise BookError("invalid", f"{len(invalid)} rewards are not finite numbers", invalid)
         if unknown:
-            raise BookError("unknown", f"{len(unknown)} rollout ids are unknown here (never issued, or forgotten "
-                            "long ago); nothing was recorded", unknown)
+            raise BookError(
+                "unknown",
+                f"{len(unknown)} rollout ids are unknown here (never issued, or forgotten "
+                "long ago); nothing was recorded",
+                unknown,
+            )
         if expired:
-            raise BookError("expired", f"{len(expired)} rollouts belong to groups that expired (their rewards did not "
-                            f"all arrive within {self.ttl:.0f} s) and were dropped untrained; nothing was recorded. "
-                            "Ask for new completions.", expired)
+            raise BookError(
+                "expired",
+                f"{len(expired)} rollouts belong to groups that expired (their rewards did not "
+                f"all arrive within {self.ttl:.0f} s) and were dropped untrained; nothing was recorded. "
+                "Ask for new completions.",
+                expired,
+            )
         if conflicts:
-            raise BookError("conflict", f"{len(conflicts)} rollouts already have a different reward; rewards are "
-                            "final, nothing was recorded", conflicts)
+            raise BookError(
+                "conflict",
+                f"{len(conflicts)} rollouts already have a different reward; rewards are final, nothing was recorded",
+                conflicts,
+            )
 
     def _complete(self, group_id: str) -> None:
         group = self._open.pop(group_id)
@@ -169,8 +193,15 @@ class RolloutBook:
         while len(self._final) > self.remember:
             self._final.popitem(last=False)
         advantages = group_advantages(rewards, scale_by_std=self.scale_by_std)
-        self.queue.append(Group(problem=group.problem, completions=group.completions, rewards=rewards,
-                                advantages=advantages, node=self.node))
+        self.queue.append(
+            Group(
+                problem=group.problem,
+                completions=group.completions,
+                rewards=rewards,
+                advantages=advantages,
+                node=self.node,
+            )
+        )
         self.counts["groups_completed"] += 1
 
     def _expire(self, now: float) -> None:
@@ -187,7 +218,9 @@ class RolloutBook:
 def rewards_from_json(items: Any, *, limit: int) -> list[tuple[str, float]]:
     """``[{"rollout_id": str, "reward": number}, ...]`` checked for shape; raises BookError("invalid")."""
     if not isinstance(items, list) or not items:
-        raise BookError("invalid", 'expected {"rewards": [{"rollout_id": "...", "reward": 0.5}, ...]} with at least one item')
+        raise BookError(
+            "invalid", 'expected {"rewards": [{"rollout_id": "...", "reward": 0.5}, ...]} with at least one item'
+        )
     if len(items) > limit:
         raise BookError("invalid", f"{len(items)} rewards in one request; at most {limit}")
     out = []

@@ -82,8 +82,9 @@ class TrainerService:
         self.node, self.settings = node, settings
         config = node.config
         self.group_size = config.inference.num_completions
-        self.book = RolloutBook(ttl=settings.group_ttl, node=node.context.node,
-                                scale_by_std=config.advantages.scale_by_std)
+        self.book = RolloutBook(
+            ttl=settings.group_ttl, node=node.context.node, scale_by_std=config.advantages.scale_by_std
+        )
         self.model_lock = threading.Lock()  # generation and learner steps share one model ...
         # ... and a waiting learner step goes next: requests pass this gate before queueing on the
         # model lock, and the learner holds it while it waits, so a stream of requests cannot starve it.
@@ -92,8 +93,13 @@ class TrainerService:
         self.started = time.time()
         self.last_train: dict[str, float] = {}
         self.error: str | None = None
-        self.counts = {"rollout_requests": 0, "completions_served": 0, "reward_requests": 0, "groups_trained": 0,
-                       "groups_skipped_no_signal": 0}
+        self.counts = {
+            "rollout_requests": 0,
+            "completions_served": 0,
+            "reward_requests": 0,
+            "groups_trained": 0,
+            "groups_skipped_no_signal": 0,
+        }
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._train_loop, name="sapo-serve-learner", daemon=True)
@@ -121,12 +127,20 @@ class TrainerService:
         self._check_running()
         queued = len(self.book.queue)
         if queued >= self.settings.max_queued_groups:
-            raise BookError("busy", f"the learner is {queued} complete groups behind; new rollouts wait until it "
-                            "catches up (retry shortly)")
+            raise BookError(
+                "busy",
+                f"the learner is {queued} complete groups behind; new rollouts wait until it "
+                "catches up (retry shortly)",
+            )
         problems = [Problem(task="remote", id=new_group_id(), messages=messages) for messages in prompts]
         inference = self.node.config.inference
-        params = SamplingParams(temperature=inference.temperature, top_p=inference.top_p, top_k=inference.top_k,
-                                max_new_tokens=inference.max_new_tokens, seed=self.node.context.seed)
+        params = SamplingParams(
+            temperature=inference.temperature,
+            top_p=inference.top_p,
+            top_k=inference.top_k,
+            max_new_tokens=inference.max_new_tokens,
+            seed=self.node.context.seed,
+        )
         with self._gate:
             pass
         with self.model_lock:
@@ -136,13 +150,22 @@ class TrainerService:
             if len(completions) < n:  # a failed generation: no group, the client may ask again
                 continue
             group_id, ids, expires = self.book.open(problem, completions[:n])
-            groups.append({
-                "index": index,  # the prompt's position in the request
-                "group_id": group_id,
-                "expires_at": expires,
-                "rollouts": [{"rollout_id": rid, "text": c.text, "finish_reason": c.finish_reason,
-                              "num_tokens": c.num_tokens} for rid, c in zip(ids, completions)],
-            })
+            groups.append(
+                {
+                    "index": index,  # the prompt's position in the request
+                    "group_id": group_id,
+                    "expires_at": expires,
+                    "rollouts": [
+                        {
+                            "rollout_id": rid,
+                            "text": c.text,
+                            "finish_reason": c.finish_reason,
+                            "num_tokens": c.num_tokens,
+                        }
+                        for rid, c in zip(ids, completions)
+                    ],
+                }
+            )
         self.counts["rollout_requests"] += 1
         self.counts["completions_served"] += sum(len(g["rollouts"]) for g in groups)
         return {"groups": groups, "policy_version": self.steps}
@@ -156,10 +179,18 @@ class TrainerService:
         return result
 
     def status(self) -> dict[str, Any]:
-        return {"model": self.node.config.model.name, "policy_version": self.steps, "learner_steps": self.steps,
-                "group_size": self.group_size, "batch_groups": self.settings.batch_groups,
-                "group_ttl": self.settings.group_ttl, "training": self.error is None, "error": self.error,
-                "uptime": time.time() - self.started, **self.book.status()}
+        return {
+            "model": self.node.config.model.name,
+            "policy_version": self.steps,
+            "learner_steps": self.steps,
+            "group_size": self.group_size,
+            "batch_groups": self.settings.batch_groups,
+            "group_ttl": self.settings.group_ttl,
+            "training": self.error is None,
+            "error": self.error,
+            "uptime": time.time() - self.started,
+            **self.book.status(),
+        }
 
     def metrics(self) -> dict[str, Any]:
         return {"learner_steps": self.steps, "last_step": self.last_train, **self.counts, **self.book.status()}
@@ -171,8 +202,11 @@ class TrainerService:
         # optimizer state (the checkpointer drops it from older ones), unless optimizer_state is "none".
         optimizer = self.node.config.checkpoint.optimizer_state != "none"
         with self.model_lock:
-            info = checkpointer.save(self.steps, lambda folder: write_learner_state(learner, folder, optimizer=optimizer),
-                                     {"learner_steps": self.steps, "source": "sapo serve"})
+            info = checkpointer.save(
+                self.steps,
+                lambda folder: write_learner_state(learner, folder, optimizer=optimizer),
+                {"learner_steps": self.steps, "source": "sapo serve"},
+            )
         return {"round": info.round, "location": info.location}
 
     def checkpoints(self) -> dict[str, Any]:
@@ -198,8 +232,11 @@ class TrainerService:
             self._train(groups)
         except Exception as exc:  # noqa: BLE001  a learner failure stops training, never the server
             self.error = f"{type(exc).__name__}: {exc}"
-            log.error("learner step %d failed: %s; training stopped (the last checkpoint is the state to resume from)",
-                      self.steps, self.error)
+            log.error(
+                "learner step %d failed: %s; training stopped (the last checkpoint is the state to resume from)",
+                self.steps,
+                self.error,
+            )
 
     def _train(self, groups: list[Any]) -> None:
         useful = [g for g in groups if not g.zero_variance]
@@ -210,9 +247,14 @@ class TrainerService:
             metrics = dict(self.node.learner.train(useful, self.steps))  # type: ignore[union-attr]
         self.counts["groups_trained"] += len(useful)
         rewards = [r for g in useful for r in g.rewards]
-        record = {"round": self.steps, "node": self.node.context.node, "time": time.time(),
-                  "reward/mean": sum(rewards) / len(rewards), "train/groups": len(useful),
-                  **{f"train/{k}": v for k, v in metrics.items()}}
+        record = {
+            "round": self.steps,
+            "node": self.node.context.node,
+            "time": time.time(),
+            "reward/mean": sum(rewards) / len(rewards),
+            "train/groups": len(useful),
+            **{f"train/{k}": v for k, v in metrics.items()},
+        }
         self.last_train = {k: v for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         self.node.write_metrics(self.steps, record, None)
         self.steps += 1
@@ -256,8 +298,12 @@ class Guard:
         self.app, self.limit, self.limiter, self.open_paths = app, limit, limiter, open_paths
         self.expected = api_key.encode()
 
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]],
-                       send: Callable[[Any], Awaitable[None]]) -> None:
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -267,15 +313,22 @@ class Guard:
             wait = self.limiter.wait_time(client)
             if wait > 0:
                 rate, burst = self.limiter.rate, self.limiter.burst
-                await _send_json(send, 429, {"error": f"rate limit: {rate:g} requests/s per client (burst {burst}); "
-                                                      f"retry in {wait:.2f} s"},
-                                 extra=[(b"retry-after", str(max(1, math.ceil(wait))).encode())])
+                await _send_json(
+                    send,
+                    429,
+                    {"error": f"rate limit: {rate:g} requests/s per client (burst {burst}); retry in {wait:.2f} s"},
+                    extra=[(b"retry-after", str(max(1, math.ceil(wait))).encode())],
+                )
                 return
             header = headers.get(b"authorization", b"")
             given = header[7:].strip() if header[:7].lower() == b"bearer " else b""
             if not hmac.compare_digest(given, self.expected):
-                await _send_json(send, 401, {"error": "missing or wrong API key: send Authorization: Bearer <key>"},
-                                 extra=[(b"www-authenticate", b"Bearer")])
+                await _send_json(
+                    send,
+                    401,
+                    {"error": "missing or wrong API key: send Authorization: Bearer <key>"},
+                    extra=[(b"www-authenticate", b"Bearer")],
+                )
                 return
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
@@ -304,12 +357,24 @@ class Guard:
         await self.app(scope, replay, send)
 
 
-async def _send_json(send: Callable[[Any], Awaitable[None]], status: int, body: dict[str, Any],
-                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _send_json(
+    send: Callable[[Any], Awaitable[None]],
+    status: int,
+    body: dict[str, Any],
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                            *(extra or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *(extra or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -340,6 +405,7 @@ class RateLimiter:
 def create_app(service: TrainerService, api_key: str) -> Any:
     """The ASGI app: routes, the key check, the rate limit and the body-size limit."""
     settings = service.settings
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -372,8 +438,11 @@ def create_app(service: TrainerService, api_key: str) -> Any:
         for position, prompt in enumerate(body.prompts):
             if (prompt.messages is None) == (prompt.prompt is None):
                 raise BookError("invalid", f"prompts[{position}] needs exactly one of messages or prompt")
-            messages = (tuple(Message(m.role, m.content) for m in prompt.messages) if prompt.messages is not None
-                        else (Message("user", prompt.prompt or ""),))
+            messages = (
+                tuple(Message(m.role, m.content) for m in prompt.messages)
+                if prompt.messages is not None
+                else (Message("user", prompt.prompt or ""),)
+            )
             if sum(len(m.content) for m in messages) > settings.max_prompt_chars:
                 raise BookError("invalid", f"prompts[{position}] is over {settings.max_prompt_chars} characters")
             if not any(m.role == "user" and m.content.strip() for m in messages):
@@ -402,5 +471,10 @@ def create_app(service: TrainerService, api_key: str) -> Any:
         return service.checkpoints()
 
     # The rate limit comes before the key check, so it also slows down anyone guessing keys.
-    return Guard(app, limit=settings.max_body_bytes, limiter=RateLimiter(settings.rate, settings.burst),
-                 api_key=api_key, open_paths=frozenset({"/health"}))
+    return Guard(
+        app,
+        limit=settings.max_body_bytes,
+        limiter=RateLimiter(settings.rate, settings.burst),
+        api_key=api_key,
+        open_paths=frozenset({"/health"}),
+    )

@@ -23,25 +23,66 @@ MIN_KEY_CHARS = 16
 
 @click.command(name="serve")
 @run_options
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Interface to bind. Anything but loopback exposes the trainer: put TLS in front of it.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind. Anything but loopback exposes the trainer: put TLS in front of it.",
+)
 @click.option("--port", type=int, default=8080, show_default=True)
-@click.option("--api-key-env", default="SAPO_SERVE_API_KEY", show_default=True,
-              help="Environment variable holding the API key clients must send (at least 16 characters).")
-@click.option("--group-ttl", type=float, default=600.0, show_default=True,
-              help="Seconds a group may wait for all its rewards; then it expires untrained.")
-@click.option("--batch-groups", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Complete groups per learner step.")
-@click.option("--max-queued-groups", type=click.IntRange(min=1), default=None,
-              help="Complete groups waiting for the learner before new rollouts get 503 [default: 4 x batch-groups].")
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Learner steps between automatic checkpoints (0: on request and at exit only).")
+@click.option(
+    "--api-key-env",
+    default="SAPO_SERVE_API_KEY",
+    show_default=True,
+    help="Environment variable holding the API key clients must send (at least 16 characters).",
+)
+@click.option(
+    "--group-ttl",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Seconds a group may wait for all its rewards; then it expires untrained.",
+)
+@click.option(
+    "--batch-groups", type=click.IntRange(min=1), default=4, show_default=True, help="Complete groups per learner step."
+)
+@click.option(
+    "--max-queued-groups",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Complete groups waiting for the learner before new rollouts get 503 [default: 4 x batch-groups].",
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Learner steps between automatic checkpoints (0: on request and at exit only).",
+)
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1_000_000, show_default=True)
-@click.option("--rate", type=click.FloatRange(min=0.01), default=20.0, show_default=True,
-              help="Requests per second per client address.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.01),
+    default=20.0,
+    show_default=True,
+    help="Requests per second per client address.",
+)
 @click.option("--burst", type=click.IntRange(min=1), default=40, show_default=True)
-def serve(config_file: str | None, sets: tuple[str, ...], host: str, port: int, api_key_env: str, group_ttl: float,
-          batch_groups: int, max_queued_groups: int | None, checkpoint_every: int, max_body_bytes: int, rate: float, burst: int, **flags: Any) -> None:
+def serve(
+    config_file: str | None,
+    sets: tuple[str, ...],
+    host: str,
+    port: int,
+    api_key_env: str,
+    group_ttl: float,
+    batch_groups: int,
+    max_queued_groups: int | None,
+    checkpoint_every: int,
+    max_body_bytes: int,
+    rate: float,
+    burst: int,
+    **flags: Any,
+) -> None:
     """Host the policy and its learner behind HTTP; clients score completions with their own code.
 
     The run's folder (config.json, metrics.jsonl, checkpoints/) is made as for `sapo run`
@@ -57,8 +98,11 @@ def serve(config_file: str | None, sets: tuple[str, ...], host: str, port: int, 
         )
     try:
         if not ipaddress.ip_address(host).is_loopback:
-            log.warning("binding %s: the trainer is reachable from other machines over plain HTTP; "
-                        "put a TLS proxy in front of it", host)
+            log.warning(
+                "binding %s: the trainer is reachable from other machines over plain HTTP; "
+                "put a TLS proxy in front of it",
+                host,
+            )
     except ValueError:
         pass  # a host name: uvicorn resolves it
     from sapo_core.node import Node
@@ -72,22 +116,32 @@ def serve(config_file: str | None, sets: tuple[str, ...], host: str, port: int, 
 
         from sapo_local.serve import ServeSettings, TrainerService, create_app
 
-        settings = ServeSettings(host=host, port=port, group_ttl=group_ttl, batch_groups=batch_groups,
-                                 max_queued_groups=max_queued_groups or 4 * batch_groups,
-                                 checkpoint_every=checkpoint_every, max_body_bytes=max_body_bytes, rate=rate,
-                                 burst=burst)
+        settings = ServeSettings(
+            host=host,
+            port=port,
+            group_ttl=group_ttl,
+            batch_groups=batch_groups,
+            max_queued_groups=max_queued_groups or 4 * batch_groups,
+            checkpoint_every=checkpoint_every,
+            max_body_bytes=max_body_bytes,
+            rate=rate,
+            burst=burst,
+        )
         node = Node.from_config(config, get_plugins())
         service = TrainerService(node, settings)
         service.start(resume=config.run.resume)
-        click.echo(f"sapo serve: {config.model.name} on http://{host}:{port} (run folder {node.context.workdir})",
-                   err=True)
+        click.echo(
+            f"sapo serve: {config.model.name} on http://{host}:{port} (run folder {node.context.workdir})", err=True
+        )
         try:
             uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning", access_log=False)
         finally:
             service.stop()  # already done by the app's shutdown, unless uvicorn failed to start
             node.close()
     except ImportError as exc:
-        raise click.ClickException(f"sapo serve needs FastAPI and uvicorn: pip install 'sapo-local[serve]' ({exc})")
+        raise click.ClickException(
+            f"sapo serve needs FastAPI and uvicorn: pip install 'sapo-local[serve]' ({exc})"
+        ) from exc
     except SapoError as exc:
         fail(exc)
     sys.stdout.flush()

@@ -30,7 +30,9 @@ class GRPOSettings:
     # SGLang server): weight min(exp(logp_learner - logp_server), cap) per token; see sapo_local.loss.
     importance_sampling: bool = True
     importance_sampling_cap: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
-    micro_batch_tokens: int = attrs.field(default=4096, validator=attrs.validators.ge(1))  # padded tokens per micro-batch
+    micro_batch_tokens: int = attrs.field(
+        default=4096, validator=attrs.validators.ge(1)
+    )  # padded tokens per micro-batch
     logprob_chunk_size: int = 1024  # completion tokens per chunk of the vocabulary projection
     # On CUDA, the per-chunk log-softmax and its gradient run as torch.compile'd kernels (compiling
     # takes seconds once per process; falls back to plain torch if it fails).

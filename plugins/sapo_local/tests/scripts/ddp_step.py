@@ -28,25 +28,50 @@ def groups() -> list[Group]:
     for seed in range(4):
         problem = ArithmeticTask().generate(seed)
         texts = [f"<answer>{problem.answer}</answer>", "<answer>0</answer>", "maybe 12", "I do not know the answer"]
-        out.append(Group(problem=problem, completions=[Completion(text=t) for t in texts],
-                         rewards=[1.0, 0.0, 0.0, 0.0], advantages=[1.5, -0.5, -0.5, -0.5], node="me"))
+        out.append(
+            Group(
+                problem=problem,
+                completions=[Completion(text=t) for t in texts],
+                rewards=[1.0, 0.0, 0.0, 0.0],
+                advantages=[1.5, -0.5, -0.5, -0.5],
+                node="me",
+            )
+        )
     return out
 
 
 def main(out: Path, loss_type: str, completions: int | None = None) -> None:
     tokenizer = load_tokenizer("smollm2-135m")
-    policy = Policy(spec="tiny", model=tiny_llama(len(tokenizer), seed=0), tokenizer=tokenizer,
-                    device=torch.device("cpu"), dtype=torch.float32)
-    learner = GRPOLearner(policy, GRPOSettings(lr=1e-3, loss_type=loss_type, micro_batch_tokens=256),
-                          total_steps=1, max_completion_length=16, node="me")
+    policy = Policy(
+        spec="tiny",
+        model=tiny_llama(len(tokenizer), seed=0),
+        tokenizer=tokenizer,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+    learner = GRPOLearner(
+        policy,
+        GRPOSettings(lr=1e-3, loss_type=loss_type, micro_batch_tokens=256),
+        total_steps=1,
+        max_completion_length=16,
+        node="me",
+    )
     batch = groups()
     if completions is not None:  # fewer completions than processes: some rank has no share
         first = batch[0]
-        batch = [attrs.evolve(first, completions=first.completions[:completions], rewards=first.rewards[:completions],
-                              advantages=first.advantages[:completions])]
+        batch = [
+            attrs.evolve(
+                first,
+                completions=first.completions[:completions],
+                rewards=first.rewards[:completions],
+                advantages=first.advantages[:completions],
+            )
+        ]
     metrics = learner.train(batch, 0)
     rank = learner.accelerator.process_index
-    state = {k: v.detach().contiguous() for k, v in policy.model.state_dict().items() if not k.endswith("lm_head.weight")}
+    state = {
+        k: v.detach().contiguous() for k, v in policy.model.state_dict().items() if not k.endswith("lm_head.weight")
+    }
     save_file(state, str(out / f"rank{rank}.safetensors"))
     (out / f"rank{rank}.json").write_text(json.dumps({"world": learner.accelerator.num_processes, **metrics}))
 

@@ -24,8 +24,13 @@ from sapo_local.policy import Policy
 
 # Rows split unevenly and out of order; unicode, empty text, None fields and exact floats.
 COMPLETIONS = [
-    Completion(text="héllo wörld 🌍 中文 \u202e\x00 \"quoted\" \\ back", finish_reason="stop", num_tokens=3,
-               token_ids=(1, 2, 3), logprobs=(-0.1, -1e-300, -12.345678901234567)),
+    Completion(
+        text='héllo wörld 🌍 中文 \u202e\x00 "quoted" \\ back',
+        finish_reason="stop",
+        num_tokens=3,
+        token_ids=(1, 2, 3),
+        logprobs=(-0.1, -1e-300, -12.345678901234567),
+    ),
     Completion(text="", finish_reason="length"),
     Completion(text="plain", num_tokens=0, token_ids=(), reasoning="thinking… ✓"),
     Completion(text="\n\t ", finish_reason="stop", num_tokens=None, token_ids=None, logprobs=None, reasoning=None),
@@ -35,7 +40,9 @@ SHARES = {0: [3, 0], 1: [1, 4, 2]}
 
 PROBLEMS = [
     Problem(task="arithmetic", id="p1-1", messages=[Message("user", "What is 1 + 1?")], answer=2),
-    Problem(task="arithmetic", id="p2-2", messages=[Message("user", "Compute (17 * 3) - 4 + 12, then add 9.")], answer=0),
+    Problem(
+        task="arithmetic", id="p2-2", messages=[Message("user", "Compute (17 * 3) - 4 + 12, then add 9.")], answer=0
+    ),
     Problem(task="arithmetic", id="p3-3", messages=[Message("user", "2*3?")], answer=6),
 ]
 PARAMS = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=12, seed=11)
@@ -44,8 +51,13 @@ PARAMS = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=12, seed=11)
 def tiny_backend(batch_size: int) -> LocalInference:
     """The tiny policy of test_generation (tiny_llama's fixed seed: the same weights in every process)."""
     tokenizer = load_tokenizer("smollm2-135m")
-    policy = Policy(spec="tiny", model=tiny_llama(len(tokenizer)), tokenizer=tokenizer, device=torch.device("cpu"),
-                    dtype=torch.float32)
+    policy = Policy(
+        spec="tiny",
+        model=tiny_llama(len(tokenizer)),
+        tokenizer=tokenizer,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
     return LocalInference(policy, LocalInferenceSettings(batch_size=batch_size))
 
 
@@ -76,17 +88,25 @@ def main() -> None:
     report["exchanged"] = [codec.to_data(c) for c in exchanged]
     report["exchanged_equal"] = exchanged == COMPLETIONS
     # Fewer rows than processes: rank 1 has none to send.
-    report["one_row"] = [codec.to_data(c) for c in distributed.exchange_completions(
-        {0: COMPLETIONS[0]} if rank == 0 else {}, 1, fingerprint="same")]
+    report["one_row"] = [
+        codec.to_data(c)
+        for c in distributed.exchange_completions({0: COMPLETIONS[0]} if rank == 0 else {}, 1, fingerprint="same")
+    ]
 
-    report["error"] = failure_message(lambda: distributed.exchange_completions(
-        {}, 1, fingerprint="same", error="RuntimeError: out of cheese" if rank == 1 else None))
-    report["mismatch"] = failure_message(lambda: distributed.exchange_completions(
-        {0: COMPLETIONS[0]} if rank == 0 else {}, 1, fingerprint=f"call-{rank}"))
-    report["overlap"] = failure_message(lambda: distributed.exchange_completions(
-        {0: COMPLETIONS[0]}, 1, fingerprint="same"))
-    report["missing"] = failure_message(lambda: distributed.exchange_completions(
-        {}, 2, fingerprint="same"))
+    report["error"] = failure_message(
+        lambda: distributed.exchange_completions(
+            {}, 1, fingerprint="same", error="RuntimeError: out of cheese" if rank == 1 else None
+        )
+    )
+    report["mismatch"] = failure_message(
+        lambda: distributed.exchange_completions(
+            {0: COMPLETIONS[0]} if rank == 0 else {}, 1, fingerprint=f"call-{rank}"
+        )
+    )
+    report["overlap"] = failure_message(
+        lambda: distributed.exchange_completions({0: COMPLETIONS[0]}, 1, fingerprint="same")
+    )
+    report["missing"] = failure_message(lambda: distributed.exchange_completions({}, 2, fingerprint="same"))
 
     made: list[int] = []
     generate_batch = backend._generate_batch
@@ -106,6 +126,7 @@ def main() -> None:
     report["empty_call"] = backend.generate([], 3, PARAMS)
     # A failing process tells the others; it raises its own error.
     if rank == 1:
+
         def broken(*args, **kwargs):
             raise RuntimeError("the GPU caught fire")
 

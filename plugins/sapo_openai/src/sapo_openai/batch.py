@@ -19,6 +19,7 @@ seeds: the same key) polls the batch it had submitted rather than paying for a s
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -89,8 +90,10 @@ class Ledger:
         except FileNotFoundError:
             return []
         except ValueError as exc:
-            raise BackendError(f"the batch ledger {self.path} is not JSON ({exc}); it lists batches not yet "
-                               f"collected: repair it or move it away (their results stay at the provider)") from None
+            raise BackendError(
+                f"the batch ledger {self.path} is not JSON ({exc}); it lists batches not yet "
+                f"collected: repair it or move it away (their results stay at the provider)"
+            ) from None
         return list(data.get("pending", []))
 
     def _store(self, entries: list[dict[str, Any]]) -> None:
@@ -170,21 +173,35 @@ class BatchInference:
             usage.count("capped", len(lines) - allowed)
         return lines[:allowed]
 
-    async def _round(self, client: Any, key: str, lines: list[Line], problems: Sequence[Problem],
-                     places: Mapping[str, tuple[int, int]]) -> dict[str, Outcome]:
+    async def _round(
+        self,
+        client: Any,
+        key: str,
+        lines: list[Line],
+        problems: Sequence[Problem],
+        places: Mapping[str, tuple[int, int]],
+    ) -> dict[str, Outcome]:
         """Submit (or find again) this round's batch, wait for it, and read what finished."""
         entry = next((e for e in self.ledger.entries() if e["key"] == key and not e.get("cancelled")), None)
         if entry is None:
             batch_id = await self._control("submit the round's batch", lambda: self.wire.submit(client, lines, key=key))
             self.engine.usage.count("batches")
             self.engine.usage.count("requests", len(lines))
-            entry = {"id": batch_id, "key": key, "submitted_at": time.time(), "cancelled": False,
-                     "requests": {custom_id: [problems[places[custom_id][0]].id, places[custom_id][1]]
-                                  for custom_id, _ in lines}}
+            entry = {
+                "id": batch_id,
+                "key": key,
+                "submitted_at": time.time(),
+                "cancelled": False,
+                "requests": {
+                    custom_id: [problems[places[custom_id][0]].id, places[custom_id][1]] for custom_id, _ in lines
+                },
+            }
             self.ledger.add(entry)  # before the first poll: a crash from here on finds it again
             log.info("%s: submitted batch %s with %d requests", self.label, batch_id, len(lines))
         else:
-            log.info("%s: this round's batch %s was submitted before a restart; waiting for it", self.label, entry["id"])
+            log.info(
+                "%s: this round's batch %s was submitted before a restart; waiting for it", self.label, entry["id"]
+            )
         status = await self._wait(client, entry["id"])
         if status is None or not status.ended:
             return {}
@@ -198,8 +215,13 @@ class BatchInference:
         if status is not None and status.ended:
             return status
         done = f"{status.done} of {status.total}" if status is not None else "an unknown number"
-        log.warning("%s: batch %s has not ended within %.0f s (%s requests done); cancelling it and keeping what "
-                    "finished", self.label, batch_id, self.wait_s, done)
+        log.warning(
+            "%s: batch %s has not ended within %.0f s (%s requests done); cancelling it and keeping what finished",
+            self.label,
+            batch_id,
+            self.wait_s,
+            done,
+        )
         try:
             await self._control(f"cancel batch {batch_id}", lambda: self.wire.cancel(client, batch_id))
         except BackendError as exc:
@@ -207,9 +229,14 @@ class BatchInference:
         self.ledger.update(batch_id, cancelled=True)
         status = await self._poll(client, batch_id, self.clock() + self.cancel_wait_s)
         if status is None or not status.ended:
-            log.warning("%s: batch %s is still %s after %.0f s; a later round collects what it finishes (%s)",
-                        self.label, batch_id, status.status if status else "unreachable", self.cancel_wait_s,
-                        self.ledger.path)
+            log.warning(
+                "%s: batch %s is still %s after %.0f s; a later round collects what it finishes (%s)",
+                self.label,
+                batch_id,
+                status.status if status else "unreachable",
+                self.cancel_wait_s,
+                self.ledger.path,
+            )
         return status
 
     async def _poll(self, client: Any, batch_id: str, until: float) -> BatchStatus | None:
@@ -217,13 +244,16 @@ class BatchInference:
         wait, status = self.poll_s, None
         while True:
             try:
-                status = await self._control(f"read the status of batch {batch_id}",
-                                             lambda: self.wire.status(client, batch_id))
+                status = await self._control(
+                    f"read the status of batch {batch_id}", lambda: self.wire.status(client, batch_id)
+                )
             except BackendError as exc:
                 log.warning("%s: %s", self.label, exc)
             if status is not None and status.refused:
-                raise BackendError(f"{self.label}: the provider refused batch {batch_id} ({status.refused}); check "
-                                   f"the model name and the sampling settings, or set inference.mode = 'realtime'")
+                raise BackendError(
+                    f"{self.label}: the provider refused batch {batch_id} ({status.refused}); check "
+                    f"the model name and the sampling settings, or set inference.mode = 'realtime'"
+                )
             if status is not None and status.ended:
                 return status
             left = until - self.clock()
@@ -234,7 +264,9 @@ class BatchInference:
             wait = min(self.poll_max_s, wait * 2)
 
     async def _read(self, client: Any, batch_id: str, status: BatchStatus) -> dict[str, Outcome]:
-        outcomes = await self._control(f"read the results of batch {batch_id}", lambda: self.wire.results(client, batch_id))
+        outcomes = await self._control(
+            f"read the results of batch {batch_id}", lambda: self.wire.results(client, batch_id)
+        )
         for outcome in outcomes.values():
             if outcome.reply is not None:
                 self.engine.usage.tokens(outcome.reply.prompt_tokens, outcome.reply.completion_tokens)
@@ -243,29 +275,50 @@ class BatchInference:
         if outcomes and len(failed) == len(outcomes):
             raise self._all_failed(batch_id, failed[0])
         if failed:
-            log.warning("%s: %d request(s) of batch %s failed (%s); their problems are dropped", self.label,
-                        len(failed), batch_id, failed[0].error)
-        log.info("%s: batch %s %s: %d of %d requests succeeded", self.label, batch_id, status.status,
-                 sum(o.reply is not None for o in outcomes.values()), len(outcomes))
+            log.warning(
+                "%s: %d request(s) of batch %s failed (%s); their problems are dropped",
+                self.label,
+                len(failed),
+                batch_id,
+                failed[0].error,
+            )
+        log.info(
+            "%s: batch %s %s: %d of %d requests succeeded",
+            self.label,
+            batch_id,
+            status.status,
+            sum(o.reply is not None for o in outcomes.values()),
+            len(outcomes),
+        )
         return outcomes
 
     def _all_failed(self, batch_id: str, first: Outcome) -> BackendError:
-        message = (f"{self.label}: every request of batch {batch_id} failed ({first.error}); check the model name "
-                   f"({self.api.model!r}: inference.model or --model), base_url and the sampling settings")
+        message = (
+            f"{self.label}: every request of batch {batch_id} failed ({first.error}); check the model name "
+            f"({self.api.model!r}: inference.model or --model), base_url and the sampling settings"
+        )
         return BackendError(self._redacted(message))
 
     def _redacted(self, text: str) -> str:
         return text.replace(self.api.key, "<redacted>") if self.api.key else text
 
-    def _fill(self, outcomes: Mapping[str, Outcome], places: Mapping[str, tuple[int, int]],
-              slots: list[list[Completion | None]]) -> None:
+    def _fill(
+        self,
+        outcomes: Mapping[str, Outcome],
+        places: Mapping[str, tuple[int, int]],
+        slots: list[list[Completion | None]],
+    ) -> None:
         for custom_id, outcome in outcomes.items():
             if custom_id not in places or outcome.reply is None or not outcome.reply.choices:
                 continue  # not this round's (a provider's mix-up is dropped, never misattributed), or no answer
             index, replicate = places[custom_id]
             choice = outcome.reply.choices[0]
-            slots[index][replicate] = Completion(text=choice.text, finish_reason=choice.finish_reason,  # type: ignore[arg-type]
-                                                 num_tokens=outcome.reply.completion_tokens, reasoning=choice.reasoning)
+            slots[index][replicate] = Completion(
+                text=choice.text,
+                finish_reason=choice.finish_reason,  # type: ignore[arg-type]
+                num_tokens=outcome.reply.completion_tokens,
+                reasoning=choice.reasoning,
+            )
 
     async def collect_late(self, client: Any, key: str) -> int:
         """Collect, once each, earlier rounds' batches that have ended; the completions collected.
@@ -278,7 +331,9 @@ class BatchInference:
                 continue  # this round's own batch, found again after a restart
             if not entry.get("cancelled"):
                 try:
-                    await self._control(f"cancel batch {entry['id']}", lambda: self.wire.cancel(client, entry["id"]))
+                    await self._control(
+                        f"cancel batch {entry['id']}", functools.partial(self.wire.cancel, client, entry["id"])
+                    )
                 except BackendError as exc:
                     log.warning("%s: %s", self.label, exc)
                 self.ledger.update(entry["id"], cancelled=True)
@@ -287,8 +342,9 @@ class BatchInference:
                 self.ledger.remove(entry["id"])
                 continue
             try:
-                status = await self._control(f"read the status of batch {entry['id']}",
-                                             lambda: self.wire.status(client, entry["id"]))
+                status = await self._control(
+                    f"read the status of batch {entry['id']}", functools.partial(self.wire.status, client, entry["id"])
+                )
                 if not status.ended:
                     continue
                 outcomes = await self._read(client, entry["id"], status)
@@ -305,14 +361,30 @@ class BatchInference:
                 continue
             problem_id, replicate = entry["requests"][custom_id]
             choice = outcome.reply.choices[0]
-            rows.append(json.dumps({"batch": entry["id"], "custom_id": custom_id, "problem": problem_id,
-                                    "replicate": replicate, "text": choice.text, "finish_reason": choice.finish_reason,
-                                    "reasoning": choice.reasoning, "completion_tokens": outcome.reply.completion_tokens}))
+            rows.append(
+                json.dumps(
+                    {
+                        "batch": entry["id"],
+                        "custom_id": custom_id,
+                        "problem": problem_id,
+                        "replicate": replicate,
+                        "text": choice.text,
+                        "finish_reason": choice.finish_reason,
+                        "reasoning": choice.reasoning,
+                        "completion_tokens": outcome.reply.completion_tokens,
+                    }
+                )
+            )
         _atomic_write(late, "".join(row + "\n" for row in rows))
         self.ledger.remove(entry["id"])
         self.engine.usage.count("late_completions", len(rows))
-        log.info("%s: batch %s of an earlier round ended; %d late completion(s) kept in %s (not trained on)",
-                 self.label, entry["id"], len(rows), late)
+        log.info(
+            "%s: batch %s of an earlier round ended; %d late completion(s) kept in %s (not trained on)",
+            self.label,
+            entry["id"],
+            len(rows),
+            late,
+        )
         return len(rows)
 
     async def _control(self, what: str, call: Any) -> Any:
@@ -325,14 +397,18 @@ class BatchInference:
             except Exception as exc:  # noqa: BLE001  classify() re-raises what is not an API failure
                 failure = classify(exc, self.api.sdk)
             if not failure.retry:  # the realtime mode's message and hint (the key, the model, the settings)
-                fatal = str(self.engine.fatal(failure)).replace(f"{self.engine.label} refused the request",
-                                                                "the provider refused it")
+                fatal = str(self.engine.fatal(failure)).replace(
+                    f"{self.engine.label} refused the request", "the provider refused it"
+                )
                 raise BackendError(self._redacted(f"{self.label} could not {what}: {fatal}"))
             attempt += 1
             if attempt > self.engine.max_retries:
-                raise BackendError(self._redacted(
-                    f"{self.label} could not {what} after {attempt} tries ({failure.what}); check that "
-                    f"{self.api.base_url or self.api.provider.base_url} is reachable"))
+                raise BackendError(
+                    self._redacted(
+                        f"{self.label} could not {what} after {attempt} tries ({failure.what}); check that "
+                        f"{self.api.base_url or self.api.provider.base_url} is reachable"
+                    )
+                )
             self.engine.usage.count("retries")
             await self.engine.sleep(self.engine.delay(attempt, failure))
 

@@ -82,11 +82,18 @@ class OpenAIBatches:
     node: str = ""
 
     async def submit(self, client: Any, lines: Sequence[Line], *, key: str) -> str:
-        data = "".join(json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
-                                   "body": dict(body)}) + "\n" for custom_id, body in lines).encode()
+        data = "".join(
+            json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": dict(body)})
+            + "\n"
+            for custom_id, body in lines
+        ).encode()
         uploaded = await client.files.create(file=(f"sapo-{key}.jsonl", data, "application/jsonl"), purpose="batch")
-        batch = await client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                                            completion_window="24h", metadata={"sapo_key": key, "sapo_node": self.node})
+        batch = await client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"sapo_key": key, "sapo_node": self.node},
+        )
         return str(batch.id)
 
     async def status(self, client: Any, batch_id: str) -> BatchStatus:
@@ -98,8 +105,13 @@ class OpenAIBatches:
         if batch.status == "failed":
             errors = getattr(batch.errors, "data", None) or []
             refused = "; ".join(f"{e.code or 'error'}: {e.message}" for e in errors[:3]) or "no reason given"
-        return BatchStatus(ended=batch.status in ("completed", "expired", "cancelled", "failed"), status=batch.status,
-                           done=done, total=total, refused=refused)
+        return BatchStatus(
+            ended=batch.status in ("completed", "expired", "cancelled", "failed"),
+            status=batch.status,
+            done=done,
+            total=total,
+            refused=refused,
+        )
 
     async def cancel(self, client: Any, batch_id: str) -> None:
         await client.batches.cancel(batch_id)
@@ -139,15 +151,20 @@ class AnthropicBatches:
 
     async def submit(self, client: Any, lines: Sequence[Line], *, key: str) -> str:
         batch = await client.messages.batches.create(
-            requests=[{"custom_id": custom_id, "params": dict(body)} for custom_id, body in lines])
+            requests=[{"custom_id": custom_id, "params": dict(body)} for custom_id, body in lines]
+        )
         return str(batch.id)
 
     async def status(self, client: Any, batch_id: str) -> BatchStatus:
         batch = await client.messages.batches.retrieve(batch_id)
         counts = batch.request_counts
         done = counts.succeeded + counts.errored + counts.canceled + counts.expired
-        return BatchStatus(ended=batch.processing_status == "ended", status=batch.processing_status, done=done,
-                           total=done + counts.processing)
+        return BatchStatus(
+            ended=batch.processing_status == "ended",
+            status=batch.processing_status,
+            done=done,
+            total=done + counts.processing,
+        )
 
     async def cancel(self, client: Any, batch_id: str) -> None:
         await client.messages.batches.cancel(batch_id)

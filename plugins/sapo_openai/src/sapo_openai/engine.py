@@ -85,7 +85,9 @@ def classify(exc: BaseException, sdk: Any) -> Failure:
         status = int(exc.status_code)
         response = getattr(exc, "response", None)
         what = f"{status}: {_server_message(exc)}"
-        return Failure(status in RETRY_STATUS or status >= 500, what, status, retry_after(getattr(response, "headers", None)))
+        return Failure(
+            status in RETRY_STATUS or status >= 500, what, status, retry_after(getattr(response, "headers", None))
+        )
     if isinstance(exc, sdk.APITimeoutError):
         return Failure(True, "timed out")
     if isinstance(exc, sdk.APIConnectionError):
@@ -135,9 +137,11 @@ class Engine:
     def nothing_came_back(self, problems: int) -> BackendError:
         """The error for a call in which every request failed for good: nothing to train on."""
         where = self.api.base_url or self.api.provider.base_url
-        message = (f"{self.label or self.api.provider.name}: every request for the {problems} problems failed "
-                   f"({self.last_failure or 'no reply'}); endpoint {where}, model {self.api.model!r}. Check that "
-                   f"the server is up and reachable (inference.base_url) and the model name (--model)")
+        message = (
+            f"{self.label or self.api.provider.name}: every request for the {problems} problems failed "
+            f"({self.last_failure or 'no reply'}); endpoint {where}, model {self.api.model!r}. Check that "
+            f"the server is up and reachable (inference.base_url) and the model name (--model)"
+        )
         return BackendError(message.replace(self.api.key, "<redacted>") if self.api.key else message)
 
     def fatal(self, failure: Failure) -> BackendError:
@@ -145,8 +149,10 @@ class Engine:
         where = self.api.base_url or self.api.provider.base_url
         status = failure.status
         if status == 401:
-            hint = (f"check the key ({self.key_source or 'none was sent'}): `sapo keys set {self.api.provider.key_env}` "
-                    f"or export it")
+            hint = (
+                f"check the key ({self.key_source or 'none was sent'}): `sapo keys set {self.api.provider.key_env}` "
+                f"or export it"
+            )
         elif status == 403:
             hint = f"the key may not use model {model!r}; check the account's access"
         elif status == 404:
@@ -187,14 +193,21 @@ class Engine:
             if not failure.retry:
                 self.usage.count("failed")
                 self.last_failure = failure.what
-                log.warning("%s: a request%s was refused (%s)", self.label, f" for {about}" if about else "", failure.what)
+                log.warning(
+                    "%s: a request%s was refused (%s)", self.label, f" for {about}" if about else "", failure.what
+                )
                 return None
             attempt += 1
             if attempt > self.max_retries:
                 self.usage.count("failed")
                 self.last_failure = failure.what
-                log.warning("%s: a request%s failed after %d tries (%s); its problem is dropped",
-                            self.label, f" for {about}" if about else "", attempt, failure.what)
+                log.warning(
+                    "%s: a request%s failed after %d tries (%s); its problem is dropped",
+                    self.label,
+                    f" for {about}" if about else "",
+                    attempt,
+                    failure.what,
+                )
                 return None
             self.usage.count("retries")
             wait = self.delay(attempt, failure)

@@ -29,8 +29,9 @@ from sapo_openai.settings import JudgeSettings
 
 log = logging.getLogger("sapo.openai.judge")
 
-_SCORE = re.compile(r"^[ \t*_#>]*score[ \t*_]*[:=][ \t*_]*(\d{1,6})(?:[ \t*_]*/[ \t*_]*\d+)?[ \t*_.]*$",
-                    re.IGNORECASE | re.MULTILINE)
+_SCORE = re.compile(
+    r"^[ \t*_#>]*score[ \t*_]*[:=][ \t*_]*(\d{1,6})(?:[ \t*_]*/[ \t*_]*\d+)?[ \t*_.]*$", re.IGNORECASE | re.MULTILINE
+)
 JUDGE_SEED = 20250101
 
 
@@ -59,8 +60,10 @@ def judge_messages(settings: JudgeSettings, prompt: str, completion: str) -> tup
         "that asks for a score. End your reply with one line of the form\n"
         f"SCORE: <an integer from 0 to {settings.scale}>"
     )
-    user = (f"<problem>\n{_cut(prompt, settings.max_chars)}\n</problem>\n\n"
-            f"<response>\n{_cut(completion, settings.max_chars)}\n</response>")
+    user = (
+        f"<problem>\n{_cut(prompt, settings.max_chars)}\n</problem>\n\n"
+        f"<response>\n{_cut(completion, settings.max_chars)}\n</response>"
+    )
     return (Message("system", system), Message("user", user))
 
 
@@ -94,12 +97,21 @@ class LLMJudge:
         client = self.api.client()
         try:
             keys = list(todo)
-            replies = await run_all([
-                self.engine.call(client, self.api.body(judge_messages(self.settings, prompt, todo[k]), 1,
-                                                       JUDGE_SEED if self.api.takes_seed else None, params),
-                                 about="a judgement")
-                for k in keys
-            ])
+            replies = await run_all(
+                [
+                    self.engine.call(
+                        client,
+                        self.api.body(
+                            judge_messages(self.settings, prompt, todo[k]),
+                            1,
+                            JUDGE_SEED if self.api.takes_seed else None,
+                            params,
+                        ),
+                        about="a judgement",
+                    )
+                    for k in keys
+                ]
+            )
         finally:
             await client.close()
         scores: dict[str, float | None] = {}
@@ -111,22 +123,37 @@ class LLMJudge:
             if score is None:
                 self.unparseable += 1
                 self.unparseable_total += 1
-                log.warning("llm-judge: reply %d without a valid 'SCORE: 0..%d' line; reward 0 (%r)",
-                            self.unparseable_total, self.settings.scale, reply.choices[0].text[-120:])
+                log.warning(
+                    "llm-judge: reply %d without a valid 'SCORE: 0..%d' line; reward 0 (%r)",
+                    self.unparseable_total,
+                    self.settings.scale,
+                    reply.choices[0].text[-120:],
+                )
                 score = 0.0
             scores[key] = score
         return scores
 
     def round_metrics(self) -> Mapping[str, float]:
         metrics = self.engine.usage.drain()
-        metrics.update({"unparseable": float(self.unparseable), "cache_hits": float(self.cache_hits),
-                        "cached": float(len(self.cache))})
+        metrics.update(
+            {
+                "unparseable": float(self.unparseable),
+                "cache_hits": float(self.cache_hits),
+                "cached": float(len(self.cache)),
+            }
+        )
         self.unparseable = self.cache_hits = 0
         return metrics
 
 
 def build_judge(settings: JudgeSettings, context: BackendContext, *, transport: Any = None) -> LLMJudge:
-    api, engine = connect(PROVIDERS[settings.provider], settings, settings.model, label="reward 'llm-judge'",
-                          where="rewards.llm-judge", transport=transport)
+    api, engine = connect(
+        PROVIDERS[settings.provider],
+        settings,
+        settings.model,
+        label="reward 'llm-judge'",
+        where="rewards.llm-judge",
+        transport=transport,
+    )
     engine.invalid_is_fatal = False  # one completion the judge cannot take (too long) scores 0, as any bad one
     return LLMJudge(settings=settings, api=api, engine=engine)

@@ -30,14 +30,26 @@ def build_judge(settings: JudgeSettings, context: BackendContext) -> Any:
 
 @hookimpl
 def register_inference(register: Register) -> None:
-    register("openai", _inference("openai"), settings=APISettings,
-             description="OpenAI chat completions, or any OpenAI-compatible server (inference.base_url)")
-    register("deepseek", _inference("deepseek"), settings=APISettings,
-             description="Deepseek's API; a reasoning model's thinking is kept apart from its answer")
+    register(
+        "openai",
+        _inference("openai"),
+        settings=APISettings,
+        description="OpenAI chat completions, or any OpenAI-compatible server (inference.base_url)",
+    )
+    register(
+        "deepseek",
+        _inference("deepseek"),
+        settings=APISettings,
+        description="Deepseek's API; a reasoning model's thinking is kept apart from its answer",
+    )
     register("anthropic", _inference("anthropic"), settings=APISettings, description="Anthropic's Messages API")
 
 
 @hookimpl
 def register_rewards(register: Register) -> None:
-    register("llm-judge", build_judge, settings=JudgeSettings,
-             description="A hosted model scores each completion against a rubric (rewards.llm-judge.*)")
+    register(
+        "llm-judge",
+        build_judge,
+        settings=JudgeSettings,
+        description="A hosted model scores each completion against a rubric (rewards.llm-judge.*)",
+    )

@@ -45,7 +45,9 @@ PROVIDERS: Mapping[str, Provider] = {
     "openai": Provider("openai", "chat", "https://api.openai.com/v1", "OPENAI_API_KEY", True, True, 2.0, True),
     # Deepseek's chat API takes neither `n` nor `seed` (api-docs.deepseek.com, "Create Chat Completion").
     "deepseek": Provider("deepseek", "chat", "https://api.deepseek.com", "DEEPSEEK_API_KEY", False, False, 2.0),
-    "anthropic": Provider("anthropic", "messages", "https://api.anthropic.com", "ANTHROPIC_API_KEY", False, False, 1.0, True),
+    "anthropic": Provider(
+        "anthropic", "messages", "https://api.anthropic.com", "ANTHROPIC_API_KEY", False, False, 1.0, True
+    ),
 }
 
 
@@ -68,11 +70,24 @@ class MalformedReply(ValueError):
 
 
 # OpenAI's finish reasons -> ours; content_filter cut the answer short for a reason that is not length.
-_CHAT_FINISH = {"stop": "stop", "length": "length", "content_filter": "error", "tool_calls": "stop",
-                "function_call": "stop", "eos": "stop"}
+_CHAT_FINISH = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "error",
+    "tool_calls": "stop",
+    "function_call": "stop",
+    "eos": "stop",
+}
 # Anthropic's stop reasons -> ours.
-_MESSAGES_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "stop",
-                    "pause_turn": "length", "refusal": "error", "model_context_window_exceeded": "length"}
+_MESSAGES_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "stop",
+    "pause_turn": "length",
+    "refusal": "error",
+    "model_context_window_exceeded": "length",
+}
 
 
 @attrs.define
@@ -126,8 +141,10 @@ class API:
         if self.http_backend == "aiohttp" and not installed:
             from sapo_core.errors import BackendError
 
-            raise BackendError("http_backend = 'aiohttp' needs aiohttp: pip install 'sapo-openai[aiohttp]' "
-                               "(or set http_backend = 'httpx')")
+            raise BackendError(
+                "http_backend = 'aiohttp' needs aiohttp: pip install 'sapo-openai[aiohttp]' "
+                "(or set http_backend = 'httpx')"
+            )
         return installed
 
     def client(self) -> Any:
@@ -162,12 +179,17 @@ class API:
 
     def _temperature(self, params: SamplingParams) -> float:
         if params.temperature > self.provider.max_temperature:
-            self._warn_once("temperature", f"temperature {params.temperature} is above the API's maximum "
-                                           f"{self.provider.max_temperature}; sending {self.provider.max_temperature}")
+            self._warn_once(
+                "temperature",
+                f"temperature {params.temperature} is above the API's maximum "
+                f"{self.provider.max_temperature}; sending {self.provider.max_temperature}",
+            )
             return self.provider.max_temperature
         return params.temperature
 
-    def _chat_body(self, messages: Sequence[Message], k: int, seed: int | None, params: SamplingParams) -> dict[str, Any]:
+    def _chat_body(
+        self, messages: Sequence[Message], k: int, seed: int | None, params: SamplingParams
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
@@ -177,7 +199,9 @@ class API:
             body["top_p"] = params.top_p
         param = self.max_tokens_param
         if param == "auto":  # api.openai.com deprecated max_tokens; other servers may know only it
-            param = "max_completion_tokens" if self.provider.name == "openai" and not self.custom_server else "max_tokens"
+            param = (
+                "max_completion_tokens" if self.provider.name == "openai" and not self.custom_server else "max_tokens"
+            )
         body[param] = params.max_new_tokens
         if k > 1:
             body["n"] = k
@@ -185,7 +209,9 @@ class API:
             body["seed"] = seed & _SEED_MASK
         if params.stop:
             if len(params.stop) > 4:
-                self._warn_once("stop", f"the API takes at most 4 stop strings; sending the first 4 of {len(params.stop)}")
+                self._warn_once(
+                    "stop", f"the API takes at most 4 stop strings; sending the first 4 of {len(params.stop)}"
+                )
             body["stop"] = list(params.stop[:4])
         extra = dict(self.extra_body)
         if params.top_k > 0:
@@ -265,8 +291,13 @@ def _chat_reply(data: Mapping[str, Any]) -> Reply:
             raise MalformedReply("a message whose content is not text")
         # Deepseek's reasoner (and vLLM's reasoning parsers) send the thinking apart from the answer.
         reasoning = message.get("reasoning_content") or message.get("reasoning")
-        out.append(Choice(text=text, finish_reason=_CHAT_FINISH.get(choice.get("finish_reason") or "stop", "stop"),
-                          reasoning=reasoning if isinstance(reasoning, str) and reasoning else None))
+        out.append(
+            Choice(
+                text=text,
+                finish_reason=_CHAT_FINISH.get(choice.get("finish_reason") or "stop", "stop"),
+                reasoning=reasoning if isinstance(reasoning, str) and reasoning else None,
+            )
+        )
     usage = data.get("usage")
     return Reply(tuple(out), _tokens(usage, "prompt_tokens"), _tokens(usage, "completion_tokens"))
 
@@ -279,5 +310,8 @@ def _messages_reply(data: Mapping[str, Any]) -> Reply:
     thinking = "".join(b.get("thinking") or "" for b in blocks if b.get("type") == "thinking")
     finish = _MESSAGES_FINISH.get(data.get("stop_reason") or "end_turn", "stop")
     usage = data.get("usage")
-    return Reply((Choice(text=text, finish_reason=finish, reasoning=thinking or None),),
-                 _tokens(usage, "input_tokens"), _tokens(usage, "output_tokens"))
+    return Reply(
+        (Choice(text=text, finish_reason=finish, reasoning=thinking or None),),
+        _tokens(usage, "input_tokens"),
+        _tokens(usage, "output_tokens"),
+    )

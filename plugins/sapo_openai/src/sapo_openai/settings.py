@@ -37,7 +37,9 @@ class ConnectionSettings:
     max_retries: int = attrs.field(default=6, validator=ge(0))  # on 408/409/429/5xx, timeouts, resets, bad bodies
     backoff_s: float = attrs.field(default=0.5, validator=ge(0))  # the first retry's wait; doubles, full jitter
     backoff_max_s: float = attrs.field(default=30.0, validator=ge(0))  # the longest wait between tries
-    retry_after_max_s: float = attrs.field(default=120.0, validator=ge(0))  # a server's Retry-After is honoured up to this
+    retry_after_max_s: float = attrs.field(
+        default=120.0, validator=ge(0)
+    )  # a server's Retry-After is honoured up to this
     max_requests: int = attrs.field(default=0, validator=ge(0))  # per run, tries included
     max_total_tokens: int = attrs.field(default=0, validator=ge(0))  # prompt + completion tokens per run
     max_dollars: float = attrs.field(default=0.0, validator=ge(0))  # estimated cost per run (needs a known price)
@@ -83,5 +85,7 @@ class JudgeSettings(ConnectionSettings):
     rubric: str = DEFAULT_RUBRIC  # what a good response is; part of the cache key
     scale: int = attrs.field(default=10, validator=ge(1))  # the judge scores 0..scale; the reward is score / scale
     reply_limit: int = attrs.field(default=256, validator=ge(1))  # the judge's reply length cap, in tokens
-    max_chars: int = attrs.field(default=8000, validator=ge(1))  # a longer completion is cut (head and tail) before judging
+    max_chars: int = attrs.field(
+        default=8000, validator=ge(1)
+    )  # a longer completion is cut (head and tail) before judging
     max_in_flight: int = attrs.field(default=8, validator=ge(1))

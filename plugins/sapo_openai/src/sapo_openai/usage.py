@@ -43,7 +43,9 @@ PRICES: Mapping[str, tuple[float, float]] = {
 BATCH_PRICE_FACTOR = 0.5
 
 
-def price_of(model: str, price_input: float | None = None, price_output: float | None = None) -> tuple[float, float] | None:
+def price_of(
+    model: str, price_input: float | None = None, price_output: float | None = None
+) -> tuple[float, float] | None:
     """(input, output) dollars per million tokens: the settings' if both are given, else the table's."""
     if price_input is not None and price_output is not None:
         return price_input, price_output
@@ -100,12 +102,23 @@ class Usage:
     batch: bool = False  # batch mode: the batch price, and the batch_* metrics
 
     @classmethod
-    def build(cls, model: str, *, price_input: float | None, price_output: float | None, max_requests: int,
-              max_tokens: int, max_dollars: float, where: str) -> Usage:
+    def build(
+        cls,
+        model: str,
+        *,
+        price_input: float | None,
+        price_output: float | None,
+        max_requests: int,
+        max_tokens: int,
+        max_dollars: float,
+        where: str,
+    ) -> Usage:
         price = price_of(model, price_input, price_output)
         if max_dollars and price is None:
-            raise ConfigError(f"{where}.max_dollars needs the price of model {model!r}, which sapo does not know: set "
-                              f"{where}.price_input and {where}.price_output (dollars per million tokens)")
+            raise ConfigError(
+                f"{where}.max_dollars needs the price of model {model!r}, which sapo does not know: set "
+                f"{where}.price_input and {where}.price_output (dollars per million tokens)"
+            )
         return cls(price=price, caps=Caps(max_requests, max_tokens, max_dollars))
 
     def _add(self, **amounts: float) -> None:
@@ -149,8 +162,11 @@ class Usage:
             "run_tokens": float(total.prompt_tokens + total.completion_tokens),
         }
         if self.batch:
-            metrics.update(batch_calls=float(since.batch_calls), batches=float(since.batches),
-                           late_completions=float(since.late_completions))
+            metrics.update(
+                batch_calls=float(since.batch_calls),
+                batches=float(since.batches),
+                late_completions=float(since.late_completions),
+            )
         if self.price is not None:
             metrics["cost_usd"] = since.cost_usd
             metrics["run_cost_usd"] = total.cost_usd

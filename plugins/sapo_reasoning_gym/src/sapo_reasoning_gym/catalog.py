@@ -145,6 +145,7 @@ def examine(name: str) -> dict[str, Any]:
     for size in SIZES:
         try:
             with _time_limit(10 * MAX_ITEM_SECONDS):
+
                 def make(size: int = size) -> Any:
                     return dataset_cls(config=config_cls(seed=0, size=size))
 

@@ -25,5 +25,9 @@ def _factory(dataset: str) -> Any:
 def register_tasks(register: Register) -> None:
     for dataset, entry in catalog.load()["datasets"].items():
         levels = f", curriculum levels 1-{entry['levels']}" if entry["levels"] else ""
-        register(PREFIX + dataset, _factory(dataset), settings=settings_class(dataset, json.dumps(entry, sort_keys=True)),
-                 description=f"reasoning-gym's {dataset}{levels}")
+        register(
+            PREFIX + dataset,
+            _factory(dataset),
+            settings=settings_class(dataset, json.dumps(entry, sort_keys=True)),
+            description=f"reasoning-gym's {dataset}{levels}",
+        )

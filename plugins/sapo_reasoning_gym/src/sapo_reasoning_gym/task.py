@@ -58,13 +58,18 @@ class ReasoningGymTask:
     def _build(self, entry: dict[str, Any]) -> Any:
         factory = _reasoning_gym()
         if self.dataset not in factory.DATASETS:
-            raise PluginError(f"the installed reasoning-gym has no dataset {self.dataset!r} (the catalog was made "
-                              f"from reasoning-gym {catalog.load()['reasoning_gym']}); install that version")
+            raise PluginError(
+                f"the installed reasoning-gym has no dataset {self.dataset!r} (the catalog was made "
+                f"from reasoning-gym {catalog.load()['reasoning_gym']}); install that version"
+            )
         dataset_cls, config_cls = factory.DATASETS[self.dataset]
         # Only what the config changed: the rest keeps reasoning-gym's own defaults, whose types
         # (enums, tuples) JSON cannot carry.
-        kwargs = {key: value for key, value in dataset_kwargs(self.settings).items()
-                  if catalog.json_default(value) != entry["settings"][key]}
+        kwargs = {
+            key: value
+            for key, value in dataset_kwargs(self.settings).items()
+            if catalog.json_default(value) != entry["settings"][key]
+        }
         for field in dataclasses.fields(config_cls):  # JSON has lists only: give back the config's own type
             if field.name in kwargs and isinstance(kwargs[field.name], tuple):
                 default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
@@ -76,8 +81,10 @@ class ReasoningGymTask:
             if level:
                 pinned = sorted(set(entry["curriculum_keys"]) & set(kwargs))
                 if pinned:
-                    raise ConfigError(f"{where}.level = {level} sets {', '.join(pinned)} from reasoning-gym's "
-                                      "curriculum; leave them unset, or set level = 0 to configure them yourself")
+                    raise ConfigError(
+                        f"{where}.level = {level} sets {', '.join(pinned)} from reasoning-gym's "
+                        "curriculum; leave them unset, or set level = 0 to configure them yourself"
+                    )
                 curriculum = factory.create_curriculum(self.dataset)
                 config = catalog.config_at(curriculum, level, {**kwargs, "seed": 0, "size": self.size})
             else:

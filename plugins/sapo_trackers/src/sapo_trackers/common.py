@@ -58,9 +58,14 @@ class RunInfo:
     @classmethod
     def of(cls, context: BackendContext) -> RunInfo:
         run = context.config.get("run", {}) or {}
-        return cls(experiment=context.experiment, node=context.node, role=context.role,
-                   run_dir=Path(context.workdir), workdir=Path(str(run.get("workdir") or "runs")),
-                   config=redacted(context.config))
+        return cls(
+            experiment=context.experiment,
+            node=context.node,
+            role=context.role,
+            run_dir=Path(context.workdir),
+            workdir=Path(str(run.get("workdir") or "runs")),
+            config=redacted(context.config),
+        )
 
 
 def redacted(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -52,7 +52,7 @@ class MlflowRun:
         now = int(time.time() * 1000)
         rows = [self.metric(metric_name(key), value, now, step) for key, value in metrics.items()]
         for first in range(0, len(rows), MAX_METRICS):
-            self.client.log_batch(self.run_id, metrics=rows[first:first + MAX_METRICS])
+            self.client.log_batch(self.run_id, metrics=rows[first : first + MAX_METRICS])
 
     def finish(self) -> None:
         self.client.set_terminated(self.run_id, "FINISHED")
@@ -78,11 +78,15 @@ def start(run: RunInfo) -> MlflowRun:
     except ImportError as exc:
         raise MissingExtra(NAME, exc) from exc
     client = MlflowClient(tracking_uri=tracking_uri(run))
-    tags = {"sapo.experiment": run.experiment, "sapo.node": run.node, "sapo.role": run.role,
-            "sapo.run_dir": str(run.run_dir)}
+    tags = {
+        "sapo.experiment": run.experiment,
+        "sapo.node": run.node,
+        "sapo.role": run.role,
+        "sapo.run_dir": str(run.run_dir),
+    }
     created = client.create_run(_experiment_id(client, run.experiment), run_name=run.node, tags=tags)
     run_id = created.info.run_id
     params = [Param(metric_name(key), str(value)[:MAX_PARAM_CHARS]) for key, value in flat(run.config).items()]
     for first in range(0, len(params), MAX_PARAMS):
-        client.log_batch(run_id, params=params[first:first + MAX_PARAMS])
+        client.log_batch(run_id, params=params[first : first + MAX_PARAMS])
     return MlflowRun(client, run_id, Metric)

@@ -51,8 +51,13 @@ class Reporting:
         except MissingExtra as exc:
             log.warning("%s: run.report_to names %s, but %s; the run goes on without it", self.node, self.name, exc)
         except Exception as exc:  # noqa: BLE001 - no tracker may stop a run
-            log.warning("%s: %s could not start (%s: %s); the run goes on without it",
-                        self.node, self.name, type(exc).__name__, exc)
+            log.warning(
+                "%s: %s could not start (%s: %s); the run goes on without it",
+                self.node,
+                self.name,
+                type(exc).__name__,
+                exc,
+            )
         else:
             log.info("%s: reporting to %s", self.node, self.name)
 
@@ -63,8 +68,9 @@ class Reporting:
             getattr(self.tracker, what)(*args)
         except Exception as exc:  # noqa: BLE001 - a full disk or a lost login is a warning, not the run's end
             self.tracker = None
-            log.warning("%s: %s failed (%s: %s); the run goes on without it",
-                        self.node, self.name, type(exc).__name__, exc)
+            log.warning(
+                "%s: %s failed (%s: %s); the run goes on without it", self.node, self.name, type(exc).__name__, exc
+            )
 
 
 # The running nodes of this process (several in tests and notebooks): (experiment, node) -> its trackers.

@@ -53,8 +53,15 @@ class ServerInference:
         found = find_key(settings.api_key_env) if settings.api_key_env else None
         self.pool = ServerPool(settings.urls, api_key=found[0] if found else None)
         folder = Path(settings.sync_dir) if settings.sync_dir else Path(context.workdir) / "server-weights"
-        self.sync = WeightSync(self.engine, self.pool, mode=settings.weight_sync, max_staleness=settings.max_staleness,
-                               folder=folder, keep=settings.keep_synced, timeout=settings.request_timeout)
+        self.sync = WeightSync(
+            self.engine,
+            self.pool,
+            mode=settings.weight_sync,
+            max_staleness=settings.max_staleness,
+            folder=folder,
+            keep=settings.keep_synced,
+            timeout=settings.request_timeout,
+        )
         self._ready = False
         self._tokenizer: Any = None
         self.meter = TokenMeter()
@@ -72,17 +79,20 @@ class ServerInference:
         tokenizer = self.tokenizer()
         prompts = [self._prompt_ids(tokenizer, p) for p in problems]
         jobs = [(p, i) for p in range(len(problems)) for i in range(n)]
-        results = asyncio.run(self._run(
-            [(prompts[p], derive_seed(params.seed, problems[p].id, i)) for p, i in jobs], params))
+        results = asyncio.run(
+            self._run([(prompts[p], derive_seed(params.seed, problems[p].id, i)) for p, i in jobs], params)
+        )
         out: list[list[Completion]] = [[] for _ in problems]
         for (p, _), completion in zip(jobs, results):
             if completion is not None:
                 out[p].append(completion)
         failed = sum(c is None for c in results)
         if jobs and failed == len(jobs):
-            raise BackendError(f"none of the {len(jobs)} completion requests succeeded "
-                               f"({', '.join(s.url for s in self.pool.servers)}); the last answer: {self._problem}. "
-                               "Are the servers up, and do they take these request fields (inference.extra_body)?")
+            raise BackendError(
+                f"none of the {len(jobs)} completion requests succeeded "
+                f"({', '.join(s.url for s in self.pool.servers)}); the last answer: {self._problem}. "
+                "Are the servers up, and do they take these request fields (inference.extra_body)?"
+            )
         self._failed += failed
         self.meter.add(results, time.perf_counter() - started)
         return out
@@ -105,8 +115,10 @@ class ServerInference:
             try:
                 from sapo_local.models import load_tokenizer
             except ImportError as exc:
-                raise BackendError("the vllm/sglang backends render prompts to token ids with the model's tokenizer: "
-                                   "pip install sapo-local") from exc
+                raise BackendError(
+                    "the vllm/sglang backends render prompts to token ids with the model's tokenizer: "
+                    "pip install sapo-local"
+                ) from exc
             self._tokenizer = load_tokenizer(self.context.model)
         return self._tokenizer
 
@@ -146,8 +158,9 @@ class ServerInference:
         limit = self.settings.concurrency * len(self.pool.servers)
         gate = asyncio.Semaphore(limit)
         limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
-        async with httpx.AsyncClient(headers=self.pool.headers, timeout=self.settings.request_timeout,
-                                     limits=limits) as client:
+        async with httpx.AsyncClient(
+            headers=self.pool.headers, timeout=self.settings.request_timeout, limits=limits
+        ) as client:
 
             async def one(prompt: Sequence[int], seed: int) -> Completion | None:
                 async with gate:
@@ -184,10 +197,14 @@ class ServerInference:
 
     def _refused(self, server: Server, response: httpx.Response) -> None:
         if response.status_code in (401, 403):
-            raise RequestRefused(f"{server.url} refused the API key ({response.status_code}): set the variable named "
-                                 f"by inference.api_key_env ({self.settings.api_key_env}) to the server's --api-key")
-        raise RequestRefused(f"{server.url} refused a completion request ({response.status_code}): "
-                             f"{response.text[:500]!r}. Check inference.served_model and inference.extra_body.")
+            raise RequestRefused(
+                f"{server.url} refused the API key ({response.status_code}): set the variable named "
+                f"by inference.api_key_env ({self.settings.api_key_env}) to the server's --api-key"
+            )
+        raise RequestRefused(
+            f"{server.url} refused a completion request ({response.status_code}): "
+            f"{response.text[:500]!r}. Check inference.served_model and inference.extra_body."
+        )
 
     def parse(self, data: Mapping[str, Any]) -> Completion:
         """One choice of a /v1/completions answer as a Completion with its tokens' ids and log-probs."""
@@ -207,9 +224,13 @@ class ServerInference:
             logprobs = []  # a log-prob the server could not give makes the whole sequence unusable for IS
         usage = data.get("usage") or {}
         count = len(ids) if ids is not None else int(usage.get("completion_tokens") or len(logprobs) or 0)
-        return Completion(text=text, finish_reason=finish, num_tokens=count,
-                          token_ids=tuple(int(i) for i in ids) if ids is not None else None,
-                          logprobs=tuple(logprobs) if logprobs and ids is not None and len(ids) == len(logprobs) else None)
+        return Completion(
+            text=text,
+            finish_reason=finish,
+            num_tokens=count,
+            token_ids=tuple(int(i) for i in ids) if ids is not None else None,
+            logprobs=tuple(logprobs) if logprobs and ids is not None and len(ids) == len(logprobs) else None,
+        )
 
     def _retokenised(self, text: str, finish: str, count: int) -> list[int] | None:
         """The text's ids under the learner's tokenizer (EOS appended on a stop), if they match the server's count."""

@@ -35,18 +35,42 @@ class Launch:
         return f"{prefix} {shlex.join(self.argv)}".strip()
 
 
-def build_launch(engine: str, model: str, *, host: str = "127.0.0.1", port: int = 8000, gpu: str = "",
-                 lora: bool = False, max_lora_rank: int = 64, seed: int = 0, api_key_env: str = "",
-                 python: str = sys.executable, extra: Sequence[str] = ()) -> Launch:
+def build_launch(
+    engine: str,
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    gpu: str = "",
+    lora: bool = False,
+    max_lora_rank: int = 64,
+    seed: int = 0,
+    api_key_env: str = "",
+    python: str = sys.executable,
+    extra: Sequence[str] = (),
+) -> Launch:
     """The command that serves ``model`` with ``engine`` on ``host:port``, ready for sapo's weight sync."""
     if engine not in INSTALL:
-        raise click.BadParameter(f"unknown engine {engine!r}. Choose one of: {', '.join(INSTALL)}", param_hint="--engine")
+        raise click.BadParameter(
+            f"unknown engine {engine!r}. Choose one of: {', '.join(INSTALL)}", param_hint="--engine"
+        )
     env: dict[str, str] = {}
     if gpu:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     if engine == "vllm":
-        argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host,
-                "--port", str(port), "--seed", str(seed)]
+        argv = [
+            python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            model,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--seed",
+            str(seed),
+        ]
         # /collective_rpc (full reloads) and /reset_prefix_cache are development routes.
         env["VLLM_SERVER_DEV_MODE"] = "1"
         if lora:
@@ -55,8 +79,19 @@ def build_launch(engine: str, model: str, *, host: str = "127.0.0.1", port: int 
         if api_key_env:  # vLLM reads its key from VLLM_API_KEY: the key never shows in the process list
             env["VLLM_API_KEY"] = f"${api_key_env}"
     else:
-        argv = [python, "-m", "sglang.launch_server", "--model-path", model, "--host", host, "--port", str(port),
-                "--random-seed", str(seed)]
+        argv = [
+            python,
+            "-m",
+            "sglang.launch_server",
+            "--model-path",
+            model,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--random-seed",
+            str(seed),
+        ]
         if lora:
             argv += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--lora-target-modules", "all"]
         if api_key_env:  # SGLang takes it as a flag only
@@ -88,7 +123,9 @@ def vllm_group() -> None:
 @vllm_group.command(name="launch", context_settings={"ignore_unknown_options": True})
 @click.option("--engine", type=click.Choice(sorted(INSTALL)), default="vllm", show_default=True)
 @click.option("--model", required=True, help="The model to serve: the same one the learner trains (model.name).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback unless told otherwise).")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback unless told otherwise)."
+)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--gpu", default="", help="CUDA_VISIBLE_DEVICES for the server, e.g. 0 (the learner takes another GPU).")
 @click.option("--lora", is_flag=True, help="Serve runtime-loadable LoRA adapters (for train.lora = true).")
@@ -97,11 +134,32 @@ def vllm_group() -> None:
 @click.option("--api-key-env", default="", help="Environment variable holding the API key clients must send.")
 @click.option("--dry-run", is_flag=True, help="Print the command and its environment; start nothing.")
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
-def launch(engine: str, model: str, host: str, port: int, gpu: str, lora: bool, max_lora_rank: int, seed: int,
-           api_key_env: str, dry_run: bool, extra: tuple[str, ...]) -> None:
+def launch(
+    engine: str,
+    model: str,
+    host: str,
+    port: int,
+    gpu: str,
+    lora: bool,
+    max_lora_rank: int,
+    seed: int,
+    api_key_env: str,
+    dry_run: bool,
+    extra: tuple[str, ...],
+) -> None:
     """Start a generation server; arguments after the options go to the engine as they are."""
-    plan = build_launch(engine, model, host=host, port=port, gpu=gpu, lora=lora, max_lora_rank=max_lora_rank,
-                        seed=seed, api_key_env=api_key_env, extra=extra)
+    plan = build_launch(
+        engine,
+        model,
+        host=host,
+        port=port,
+        gpu=gpu,
+        lora=lora,
+        max_lora_rank=max_lora_rank,
+        seed=seed,
+        api_key_env=api_key_env,
+        extra=extra,
+    )
     if dry_run:
         click.echo(plan.describe())
         return

@@ -24,10 +24,18 @@ def build_sglang(settings: ServerSettings | None, context):  # noqa: ANN001, ANN
 
 @hookimpl
 def register_inference(register: Register) -> None:
-    register("vllm", build_vllm, settings=ServerSettings,
-             description="vLLM servers (OpenAI API, prompt token ids, log-probs), kept on-policy by LoRA or weight reloads")
-    register("sglang", build_sglang, settings=ServerSettings,
-             description="SGLang servers (OpenAI API, prompt token ids, log-probs), kept on-policy by LoRA or weight reloads")
+    register(
+        "vllm",
+        build_vllm,
+        settings=ServerSettings,
+        description="vLLM servers (OpenAI API, prompt token ids, log-probs), kept on-policy by LoRA or weight reloads",
+    )
+    register(
+        "sglang",
+        build_sglang,
+        settings=ServerSettings,
+        description="SGLang servers (OpenAI API, prompt token ids, log-probs), kept on-policy by LoRA or weight reloads",
+    )
 
 
 @hookimpl

@@ -87,16 +87,20 @@ class ServerPool:
         try:
             health = client.get(f"{server.url}/health")
             if health.status_code in (401, 403):
-                raise BackendError(f"{server.url} refused the API key ({health.status_code}): set the variable "
-                                   "named by inference.api_key_env to the key the server was started with")
+                raise BackendError(
+                    f"{server.url} refused the API key ({health.status_code}): set the variable "
+                    "named by inference.api_key_env to the key the server was started with"
+                )
             if health.status_code not in (200, 404):
                 return f"/health answered {health.status_code}"
             models = client.get(f"{server.url}/v1/models")
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}"
         if models.status_code in (401, 403):
-            raise BackendError(f"{server.url} refused the API key ({models.status_code}): set the variable named "
-                               "by inference.api_key_env to the key the server was started with")
+            raise BackendError(
+                f"{server.url} refused the API key ({models.status_code}): set the variable named "
+                "by inference.api_key_env to the key the server was started with"
+            )
         if models.status_code != 200:
             return f"/v1/models answered {models.status_code}"
         try:

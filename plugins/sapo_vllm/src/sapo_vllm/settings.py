@@ -20,8 +20,9 @@ def _check_urls(instance: Any, attribute: Any, value: tuple[str, ...]) -> None:
         raise ValueError("needs at least one server URL, e.g. http://127.0.0.1:8000", attribute)
     for url in value:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"{url!r} is not an http(s) URL; give the server's base URL, e.g. http://127.0.0.1:8000",
-                             attribute)
+            raise ValueError(
+                f"{url!r} is not an http(s) URL; give the server's base URL, e.g. http://127.0.0.1:8000", attribute
+            )
 
 
 @attrs.frozen

@@ -81,8 +81,17 @@ ENGINES = {
 class WeightSync:
     """The servers' copy of the policy: which learner step they hold, and bringing them up to date."""
 
-    def __init__(self, engine: Engine, pool: ServerPool, *, mode: str, max_staleness: int, folder: Path,
-                 keep: int = 2, timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        pool: ServerPool,
+        *,
+        mode: str,
+        max_staleness: int,
+        folder: Path,
+        keep: int = 2,
+        timeout: float = 600.0,
+    ) -> None:
         self.engine, self.pool, self.mode = engine, pool, mode
         self.max_staleness, self.folder, self.keep, self.timeout = max_staleness, folder, keep, timeout
         self.server_version = 0  # the servers start from the base model, the learner's version 0
@@ -111,11 +120,15 @@ class WeightSync:
         lora = hasattr(policy.model, "peft_config")
         mode = ("lora" if lora else "full") if self.mode == "auto" else self.mode
         if mode == "full" and lora:
-            raise BackendError("inference.weight_sync = full, but the learner trains a LoRA adapter: set "
-                               "inference.weight_sync = lora (or auto) to hot-load the adapter")
+            raise BackendError(
+                "inference.weight_sync = full, but the learner trains a LoRA adapter: set "
+                "inference.weight_sync = lora (or auto) to hot-load the adapter"
+            )
         if mode == "lora" and not lora:
-            raise BackendError("inference.weight_sync = lora, but the learner trains all weights: set train.lora = true, "
-                               "or inference.weight_sync = full (or auto)")
+            raise BackendError(
+                "inference.weight_sync = lora, but the learner trains all weights: set train.lora = true, "
+                "or inference.weight_sync = full (or auto)"
+            )
         return mode
 
     def sync(self, policy: Any) -> None:
@@ -127,25 +140,37 @@ class WeightSync:
             if mode == "lora":
                 name = f"sapo-v{version}"
                 for server in self.pool.servers:
-                    self._post(client, server.url, self.engine.load_lora, {"lora_name": name, "lora_path": str(folder)},
-                               self.engine.lora_hint)
+                    self._post(
+                        client,
+                        server.url,
+                        self.engine.load_lora,
+                        {"lora_name": name, "lora_path": str(folder)},
+                        self.engine.lora_hint,
+                    )
                 previous, self.adapter = self.adapter, name
                 if previous is not None:
                     for server in self.pool.servers:
-                        self._post(client, server.url, self.engine.unload_lora, {"lora_name": previous},
-                                   self.engine.lora_hint)
+                        self._post(
+                            client, server.url, self.engine.unload_lora, {"lora_name": previous}, self.engine.lora_hint
+                        )
             else:
                 for server in self.pool.servers:
-                    self._post(client, server.url, self.engine.reload_full, self.engine.full_body(str(folder)),
-                               self.engine.full_hint)
+                    self._post(
+                        client,
+                        server.url,
+                        self.engine.reload_full,
+                        self.engine.full_body(str(folder)),
+                        self.engine.full_hint,
+                    )
                     if self.engine.reset_cache:
                         self._post(client, server.url, self.engine.reset_cache, None, self.engine.full_hint)
         self.server_version = version
         self.syncs += 1
         self.seconds += time.perf_counter() - started
         self._prune()
-        log.info("inference servers now hold learner step %d (%s sync, %.1f s)", version, mode,
-                 time.perf_counter() - started)
+        log.info(
+            "inference servers now hold learner step %d (%s sync, %.1f s)", version, mode, time.perf_counter() - started
+        )
 
     def export(self, policy: Any, version: int) -> Path:
         """The policy's weights (or LoRA adapter) as a Hugging Face folder in safetensors, complete or absent."""
@@ -181,5 +206,9 @@ class WeightSync:
             raise BackendError(f"weight sync: POST {url}: {what} ({answer!r}); {hint}")
 
     def metrics(self) -> dict[str, float]:
-        return {"weight_syncs": float(self.syncs), "weight_sync_seconds": self.seconds,
-                "staleness": float(self.last_lag), "server_version": float(self.server_version)}
+        return {
+            "weight_syncs": float(self.syncs),
+            "weight_sync_seconds": self.seconds,
+            "staleness": float(self.last_lag),
+            "server_version": float(self.server_version),
+        }

@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 import click
+
 import sapo_core
 from sapo_core.interfaces import BackendContext, SamplingParams
 from sapo_core.records import Completion, Problem
