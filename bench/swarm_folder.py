@@ -2,6 +2,8 @@
 
     python bench/swarm_folder.py                       # 1, 2, 4, ..., 256 publishers; local, local+hmac, memory
     python bench/swarm_folder.py --max-nodes 64 --variant local+hmac --markdown
+    python bench/swarm_folder.py --max-nodes 64 --variant local --variant s3 --moto   # S3: moto's server on 127.0.0.1
+    python bench/swarm_folder.py --variant s3 --s3-root s3://bucket/bench             # any S3 store (AWS_* environment)
 
 For each variant, simulated nodes (one transport each, as separate machines would have) publish
 one realistic payload each into a fresh folder, one after another: 8 groups x 8 completions of
@@ -20,6 +22,7 @@ the largest N relative to the 1-publisher run of the same variant (1.0 is consta
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import random
@@ -36,9 +39,9 @@ from rich import box
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-from sapo_gdrive.folder import FolderTransport
 
 from sapo_core.records import Completion, Group, Message, Problem, RoundPayload
+from sapo_gdrive.folder import FolderTransport
 
 EXPERIMENT = "bench"
 #: Variant -> (storage, swarm secret).
@@ -47,6 +50,8 @@ VARIANTS = {
     "local+hmac": ("local", "bench-secret"),
     "memory": ("memory", ""),
     "memory+hmac": ("memory", "bench-secret"),
+    "s3": ("s3", ""),
+    "s3+hmac": ("s3", "bench-secret"),
 }
 # A small model's answers reuse a small vocabulary: text compresses about as well as real output.
 _WORDS = (
@@ -69,18 +74,31 @@ def build_payload(node: str, shape: Shape, rng: random.Random) -> RoundPayload:
     groups = []
     for g in range(shape.groups):
         a, b = rng.randrange(1000), rng.randrange(1000)
-        problem = Problem(task="arithmetic", id=f"arithmetic-{node}-{g}-{rng.randrange(10**9)}",
-                          messages=[Message("user", f"What is {a} + {b}? Think, then answer in <answer> tags.")],
-                          answer=a + b)
+        problem = Problem(
+            task="arithmetic",
+            id=f"arithmetic-{node}-{g}-{rng.randrange(10**9)}",
+            messages=[Message("user", f"What is {a} + {b}? Think, then answer in <answer> tags.")],
+            answer=a + b,
+        )
         completions = [
-            Completion(" ".join(rng.choices(_WORDS, k=shape.tokens)), num_tokens=shape.tokens,
-                       token_ids=rng.choices(range(_VOCAB), k=shape.tokens))
+            Completion(
+                " ".join(rng.choices(_WORDS, k=shape.tokens)),
+                num_tokens=shape.tokens,
+                token_ids=rng.choices(range(_VOCAB), k=shape.tokens),
+            )
             for _ in range(shape.completions)
         ]
         rewards = [float(rng.random() < 0.5) for _ in completions]
         mean = statistics.fmean(rewards)
-        groups.append(Group(problem=problem, completions=completions, rewards=rewards,
-                            advantages=[r - mean for r in rewards], node=node))
+        groups.append(
+            Group(
+                problem=problem,
+                completions=completions,
+                rewards=rewards,
+                advantages=[r - mean for r in rewards],
+                node=node,
+            )
+        )
     return RoundPayload(experiment=EXPERIMENT, round=0, node=node, groups=groups, model="bench", created_at=time.time())
 
 
@@ -104,16 +122,29 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def collect_rows(storage: str, secret: str, payloads: Sequence[RoundPayload], sizes: Sequence[int], workdir: Path,
-                 repeat: int, advance: Callable[[], None]) -> list[dict[str, float]]:
+def collect_rows(
+    storage: str,
+    secret: str,
+    payloads: Sequence[RoundPayload],
+    sizes: Sequence[int],
+    workdir: Path,
+    repeat: int,
+    advance: Callable[[], None],
+    s3_root: str = "",
+) -> list[dict[str, float]]:
     """Publish ``payloads`` one node at a time (a transport each) into one fresh root; at each size in
     ``sizes``, collect the round from ``repeat`` newcomers, each collecting twice."""
-    root = (workdir / uuid.uuid4().hex).as_posix() if storage == "local" else f"memory://bench-{uuid.uuid4().hex}"
+    if storage == "local":
+        root = (workdir / uuid.uuid4().hex).as_posix()
+    elif storage == "s3":
+        root = f"{s3_root.rstrip('/')}/{uuid.uuid4().hex}"
+    else:
+        root = f"memory://bench-{uuid.uuid4().hex}"
     per_node: list[float] = []
     rows = []
     for payload in payloads:
         publisher = FolderTransport(root, EXPERIMENT, secret=secret)
-        per_node.append(timed(lambda: publisher.publish(payload))[0])
+        per_node.append(timed(functools.partial(publisher.publish, payload))[0])
         n = len(per_node)
         if n not in sizes:
             continue
@@ -122,37 +153,95 @@ def collect_rows(storage: str, secret: str, payloads: Sequence[RoundPayload], si
         for _ in range(repeat):
             reader = FolderTransport(root, EXPERIMENT, secret=secret)
             for attempt in range(2):
-                seconds, result = timed(lambda: reader.collect(0))
+                seconds, result = timed(functools.partial(reader.collect, 0))
                 if len(result.payloads) != n or result.rejected:  # a benchmark of a broken collect measures nothing
-                    raise SystemExit(f"collect returned {len(result.payloads)} of {n} payloads; "
-                                     f"refused: {result.rejected[:3]}")
+                    raise SystemExit(
+                        f"collect returned {len(result.payloads)} of {n} payloads; refused: {result.rejected[:3]}"
+                    )
                 if attempt == 0:
                     collect_s = min(collect_s, seconds)
                 else:
                     recollect_s = min(recollect_s, seconds)
         size = sum(int(entry["size"]) for entry in reader.fs.ls(reader.path("rounds", "0"), detail=True))
-        rows.append({"nodes": n, "publish_s": sum(per_node), "publish_node_ms": 1000 * statistics.median(per_node),
-                     "collect_s": collect_s, "recollect_s": recollect_s, "bytes": size})
+        rows.append(
+            {
+                "nodes": n,
+                "publish_s": sum(per_node),
+                "publish_node_ms": 1000 * statistics.median(per_node),
+                "collect_s": collect_s,
+                "recollect_s": recollect_s,
+                "bytes": size,
+            }
+        )
         advance()
     reader.fs.rm(reader.folder, recursive=True)
     return rows
 
 
+def start_moto() -> str:
+    """moto's S3 server on a free port of 127.0.0.1 (a thread of this process), a fresh bucket in it, and
+    the environment s3fs reads (as a user's would be); the bucket's s3:// URL."""
+    import logging
+    import os
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=f"http://{host}:{port}",
+    )
+    bucket = f"bench-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/swarm"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-nodes", type=int, default=256, help="largest swarm (sizes double from 1 up to this, rounded down to a power of 2)")
+    parser.add_argument(
+        "--max-nodes",
+        type=int,
+        default=256,
+        help="largest swarm (sizes double from 1 up to this, rounded down to a power of 2)",
+    )
     parser.add_argument("--groups", type=int, default=8)
     parser.add_argument("--completions", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--variant", action="append", choices=sorted(VARIANTS),
-                        help="storage[+hmac] (repeatable; default: local, local+hmac, memory)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        choices=sorted(VARIANTS),
+        help="storage[+hmac] (repeatable; default: local, local+hmac, memory)",
+    )
     parser.add_argument("--repeat", type=int, default=2, help="collects per size; the fastest counts")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for docs/benchmarks.md)")
     parser.add_argument("--json", dest="json_path", type=Path, help="also write every row as JSON lines here")
+    parser.add_argument(
+        "--s3-root",
+        default="",
+        help="s3://bucket/prefix for the s3 variants (credentials and "
+        "endpoint from the environment: AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL...)",
+    )
+    parser.add_argument(
+        "--moto",
+        action="store_true",
+        help="for the s3 variants, start moto's S3 server on "
+        "127.0.0.1 with a fresh bucket (pip install -e 'plugins/sapo_gdrive[test]')",
+    )
     args = parser.parse_args()
     if args.max_nodes < 1 or args.repeat < 1:
         parser.error("--max-nodes and --repeat must be at least 1")
     variants = args.variant or ["local", "local+hmac", "memory"]
+    if any(VARIANTS[v][0] == "s3" for v in variants) and not (args.s3_root or args.moto):
+        parser.error("the s3 variants need --s3-root s3://bucket/prefix or --moto")
+    if args.moto:
+        args.s3_root = start_moto()
     sizes = [2**i for i in range(int(math.log2(args.max_nodes)) + 1)]
     shape = Shape(args.groups, args.completions, args.tokens)
     # Wide enough for the table when the output is a file or a pipe.
@@ -169,22 +258,48 @@ def main() -> None:
         for variant in variants:
             storage, secret = VARIANTS[variant]
             progress.update(running, description=variant)
-            rows[variant] = collect_rows(storage, secret, payloads, sizes, Path(tmp), args.repeat,
-                                         lambda: progress.advance(running))
+            rows[variant] = collect_rows(
+                storage,
+                secret,
+                payloads,
+                sizes,
+                Path(tmp),
+                args.repeat,
+                lambda: progress.advance(running),
+                args.s3_root,
+            )
 
-    console.print(f"{shape.groups} groups x {shape.completions} completions x {shape.tokens} tokens per payload; "
-                  f"one payload per node; the collecting node is a newcomer (cold), then polls again (re-collect)")
+    console.print(
+        f"{shape.groups} groups x {shape.completions} completions x {shape.tokens} tokens per payload; "
+        f"one payload per node; the collecting node is a newcomer (cold), then polls again (re-collect)"
+    )
     table = Table(box=box.MARKDOWN if args.markdown else box.SIMPLE_HEAD)
-    for header in ("variant", "nodes", "publish ms/node", "publish s (all)", "collect s", "collect ms/node",
-                   "re-collect s", "MiB"):
+    for header in (
+        "variant",
+        "nodes",
+        "publish ms/node",
+        "publish s (all)",
+        "collect s",
+        "collect ms/node",
+        "re-collect s",
+        "MiB",
+    ):
         table.add_column(header, justify="left" if header == "variant" else "right")
     summary = []
     for variant, measured in rows.items():
         for m in measured:
             n = m["nodes"]
-            table.add_row(variant, f"{n:.0f}", f"{m['publish_node_ms']:.1f}", f"{m['publish_s']:.3f}",
-                          f"{m['collect_s']:.3f}", f"{1000 * m['collect_s'] / n:.2f}", f"{m['recollect_s']:.4f}",
-                          f"{m['bytes'] / 2**20:.2f}", end_section=m is measured[-1])
+            table.add_row(
+                variant,
+                f"{n:.0f}",
+                f"{m['publish_node_ms']:.1f}",
+                f"{m['publish_s']:.3f}",
+                f"{m['collect_s']:.3f}",
+                f"{1000 * m['collect_s'] / n:.2f}",
+                f"{m['recollect_s']:.4f}",
+                f"{m['bytes'] / 2**20:.2f}",
+                end_section=m is measured[-1],
+            )
         ns = [m["nodes"] for m in measured]
         last, first = measured[-1], measured[0]
         # max(): a listing of one file can take less than the clock's resolution

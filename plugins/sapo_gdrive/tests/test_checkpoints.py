@@ -10,7 +10,6 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from sapo_gdrive.checkpoints import FolderCheckpointer, build_folder_checkpointer
 
 from sapo_core import codec
 from sapo_core.checkpoints import OPTIMIZER_DIR
@@ -19,6 +18,7 @@ from sapo_core.errors import ConfigError
 from sapo_core.interfaces import BackendContext, Checkpointer
 from sapo_core.node import Node
 from sapo_core.plugins import Plugins
+from sapo_gdrive.checkpoints import FolderCheckpointer, build_folder_checkpointer
 
 
 def memory_root() -> str:
@@ -203,7 +203,9 @@ def test_registered_as_gdrive_and_fs_and_usable_through_the_registry(monkeypatch
     plugins = Plugins()
     plugins.load()
     root = memory_root()
-    context = BackendContext(experiment="exp", node="alice", config={"swarm": {"root": root}, "checkpoint": {"keep": 2}})
+    context = BackendContext(
+        experiment="exp", node="alice", config={"swarm": {"root": root}, "checkpoint": {"keep": 2}}
+    )
     for name in ("gdrive", "fs"):
         registration = plugins.registry.get("checkpointer", name)
         assert registration.factory is build_folder_checkpointer and registration.description
@@ -211,7 +213,9 @@ def test_registered_as_gdrive_and_fs_and_usable_through_the_registry(monkeypatch
         cp.save(3 if name == "gdrive" else 4, writer(name), {"by": name})
     cp = plugins.registry.get("checkpointer", "fs").factory(None, context)
     assert [(i.round, i.meta) for i in cp.list()] == [(3, {"by": "gdrive"}), (4, {"by": "fs"})]
-    assert fsspec.filesystem("memory").exists(root.removeprefix("memory://") + "/exp/checkpoints/alice/round-000004/checkpoint.json")
+    assert fsspec.filesystem("memory").exists(
+        root.removeprefix("memory://") + "/exp/checkpoints/alice/round-000004/checkpoint.json"
+    )
 
 
 # ------------------------------------------------------------ resume on another machine
@@ -222,13 +226,25 @@ def test_a_node_resumes_on_another_machine_from_the_shared_folder(tmp_path, swar
     shared = (tmp_path / "drive").as_posix()
 
     def cfg(machine, *sets):
-        return load_config(env={}, sets=[
-            "inference.backend=oracle", "train.backend=recorder", "inference.num_completions=4",
-            "tasks.problems_per_round=4", f"run.workdir={(tmp_path / machine).as_posix()}",
-            "swarm.transport=memory", f"swarm.root={shared}", "checkpoint.backend=gdrive", "checkpoint.every=1",
-            "run.node_id=alice", "run.role=worker", "swarm.poll_seconds=0.01", "swarm.round_seconds=0.2",
-            *sets,
-        ])
+        return load_config(
+            env={},
+            sets=[
+                "inference.backend=oracle",
+                "train.backend=recorder",
+                "inference.num_completions=4",
+                "tasks.problems_per_round=4",
+                f"run.workdir={(tmp_path / machine).as_posix()}",
+                "swarm.transport=memory",
+                f"swarm.root={shared}",
+                "checkpoint.backend=gdrive",
+                "checkpoint.every=1",
+                "run.node_id=alice",
+                "run.role=worker",
+                "swarm.poll_seconds=0.01",
+                "swarm.round_seconds=0.2",
+                *sets,
+            ],
+        )
 
     Node.from_config(cfg("machine-a", "run.rounds=2"), plugins).run()
     first = backends.learners.pop("alice").trained

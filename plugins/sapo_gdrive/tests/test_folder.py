@@ -13,7 +13,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-from sapo_gdrive.folder import FolderTransport, build_folder_transport, parse_name
+from sapo_gdrive_swarm_doubles import files_under, run_threads  # loaded by conftest.py
 
 from sapo_core import codec
 from sapo_core.config import load_config
@@ -24,7 +24,7 @@ from sapo_core.node import Node
 from sapo_core.plugins import Plugins
 from sapo_core.records import Completion, Group, Message, Problem, RoundPayload
 from sapo_core.testing import check_transport
-from sapo_gdrive_swarm_doubles import files_under, run_threads  # loaded by conftest.py
+from sapo_gdrive.folder import FolderTransport, build_folder_transport, parse_name
 
 # ------------------------------------------------------------------------------- helpers
 
@@ -33,10 +33,17 @@ def memory_root() -> str:
     return f"memory://sapo-gdrive-{uuid.uuid4().hex}"
 
 
-def payload(node: str, round: int = 0, *, created_at: float = 1.0, reward: float = 1.0, text: str = "2") -> RoundPayload:
+def payload(
+    node: str, round: int = 0, *, created_at: float = 1.0, reward: float = 1.0, text: str = "2"
+) -> RoundPayload:
     problem = Problem(task="arithmetic", id=f"p-{node}-{round}", messages=[Message("user", "1 + 1?")], answer=2)
-    group = Group(problem=problem, completions=[Completion(text), Completion("3")], rewards=[reward, 0.0],
-                  advantages=[1.0, -1.0], node=node)
+    group = Group(
+        problem=problem,
+        completions=[Completion(text), Completion("3")],
+        rewards=[reward, 0.0],
+        advantages=[1.0, -1.0],
+        node=node,
+    )
     return RoundPayload(experiment="exp", round=round, node=node, groups=[group], created_at=created_at)
 
 
@@ -104,8 +111,14 @@ def test_unsafe_names_never_reach_the_filesystem(tmp_path):
 
 
 def test_conflict_copy_names_belong_to_their_node():
-    for name in ("alice.json.gz", "alice (1).json.gz", "alice(2).json.gz", "alice (conflicted copy 2026-11-25).json.gz",
-                 "alice (Bob's conflicted copy 2026-11-25).json.gz", "alice.json (1).gz"):
+    for name in (
+        "alice.json.gz",
+        "alice (1).json.gz",
+        "alice(2).json.gz",
+        "alice (conflicted copy 2026-11-25).json.gz",
+        "alice (Bob's conflicted copy 2026-11-25).json.gz",
+        "alice.json (1).gz",
+    ):
         parsed = parse_name(name, payload=True)
         assert parsed is not None and parsed.node == "alice", name
         assert parsed.canonical == (name == "alice.json.gz")
@@ -145,7 +158,9 @@ def test_bad_files_are_refused_with_a_reason_and_valid_ones_still_returned(tmp_p
         "corrupt.json.gz": b"\x1f\x8b not really gzip at all",
         "truncated.json.gz": codec.write_gz(signed(payload("truncated")))[:30],
         "schema.json.gz": gz_json({**good, "node": "schema", "schema_version": 999}),
-        "nan.json.gz": gzip.compress(json.dumps({**good, "node": "nan"}).replace('"rewards": [1.0', '"rewards": [NaN').encode()),
+        "nan.json.gz": gzip.compress(
+            json.dumps({**good, "node": "nan"}).replace('"rewards": [1.0', '"rewards": [NaN').encode()
+        ),
         "big.json.gz": codec.write_gz(signed(payload("big", text="x" * 2000))),
         "a..b.json.gz": codec.write_gz(signed(payload("alice"))),
         "liar.json.gz": codec.write_gz(signed(payload("dave"))),
@@ -201,7 +216,9 @@ def test_corrupt_state_and_heartbeats_are_skipped(tmp_path, caplog):
     t.heartbeat(NodeInfo(node="alice", role="worker"))
     (tmp_path / "exp/state.json").write_text('{"round": ')
     (tmp_path / "exp/nodes/bob.json").write_text("garbage")
-    (tmp_path / "exp/nodes/carol.json").write_text(json.dumps({"node": "mallory", "role": "worker", "last_seen": time.time()}))
+    (tmp_path / "exp/nodes/carol.json").write_text(
+        json.dumps({"node": "mallory", "role": "worker", "last_seen": time.time()})
+    )
     (tmp_path / "exp/nodes/.dave.json.1.tmp").write_text("{")
     assert t.read_state() is None
     (tmp_path / "exp/state.json").write_text(json.dumps({"round": "three"}))
@@ -240,7 +257,9 @@ def test_a_half_synced_heartbeat_does_not_make_its_node_gone(tmp_path, caplog):
     time.sleep(0.3)
     t.heartbeat(NodeInfo(node="alice", role="worker"))
     assert [n.node for n in t.live_nodes(0.2)] == ["alice"], "bob's last good heartbeat expired"
-    assert [n.node for n in FolderTransport(str(tmp_path), "exp").live_nodes(60)] == ["alice"], "a new reader knows only what it read"
+    assert [n.node for n in FolderTransport(str(tmp_path), "exp").live_nodes(60)] == ["alice"], (
+        "a new reader knows only what it read"
+    )
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this OS")
@@ -334,10 +353,22 @@ def test_in_a_signed_swarm_a_forged_lease_of_a_higher_epoch_deposes_no_one(tmp_p
     now = time.time()
     mine = Lease(epoch=0, holder="coord", token="t", acquired_at=now, renewed_at=now, expires_at=now + 30)
     assert t.claim_lease(mine)
-    (tmp_path / "exp/lease/1000.json").write_text(json.dumps(
-        {"epoch": 1000, "holder": "mallory", "token": "m", "acquired_at": now, "renewed_at": now, "expires_at": now + 1e6}))
+    (tmp_path / "exp/lease/1000.json").write_text(
+        json.dumps(
+            {
+                "epoch": 1000,
+                "holder": "mallory",
+                "token": "m",
+                "acquired_at": now,
+                "renewed_at": now,
+                "expires_at": now + 1e6,
+            }
+        )
+    )
     assert t.renew_lease(attrs.evolve(mine, renewed_at=now + 1, expires_at=now + 31)), "the holder renews on"
-    assert t.read_lease().epoch == 1000 and t.read_lease().holder == "", "read as unreadable: the next claim goes above it"
+    assert t.read_lease().epoch == 1000 and t.read_lease().holder == "", (
+        "read as unreadable: the next claim goes above it"
+    )
     unsigned = FolderTransport(str(tmp_path), "exp")
     assert not unsigned.renew_lease(attrs.evolve(mine, renewed_at=now + 2)), "without a secret a higher epoch wins"
 
@@ -425,13 +456,26 @@ def test_a_swarm_over_a_folder_trains_each_worker_on_its_peer(tmp_path, swarm_pl
     root = tmp_path / "drive"
 
     def cfg(node, role):
-        return load_config(env={}, sets=[
-            "inference.backend=oracle", "train.backend=recorder", "inference.num_completions=4",
-            "tasks.problems_per_round=6", f"run.workdir={(tmp_path / 'work').as_posix()}",
-            f"swarm.transport={transport}", f"swarm.root={root.as_posix()}", "swarm.secret=s3cret",
-            f"run.node_id={node}", f"run.role={role}", "swarm.poll_seconds=0.01", "swarm.round_seconds=20",
-            "swarm.local_groups=3", "swarm.external_groups=3", "run.rounds=2",
-        ])
+        return load_config(
+            env={},
+            sets=[
+                "inference.backend=oracle",
+                "train.backend=recorder",
+                "inference.num_completions=4",
+                "tasks.problems_per_round=6",
+                f"run.workdir={(tmp_path / 'work').as_posix()}",
+                f"swarm.transport={transport}",
+                f"swarm.root={root.as_posix()}",
+                "swarm.secret=s3cret",
+                f"run.node_id={node}",
+                f"run.role={role}",
+                "swarm.poll_seconds=0.01",
+                "swarm.round_seconds=20",
+                "swarm.local_groups=3",
+                "swarm.external_groups=3",
+                "run.rounds=2",
+            ],
+        )
 
     nodes = [Node.from_config(cfg("coord", "coordinator"), plugins)]
     nodes += [Node.from_config(cfg(name, "worker"), plugins) for name in ("alice", "bob")]
@@ -444,9 +488,16 @@ def test_a_swarm_over_a_folder_trains_each_worker_on_its_peer(tmp_path, swarm_pl
     assert state is not None and state.round == 2
     # logs/ and metrics/ (the observers' shared files) are checked in test_status.py
     assert sorted(f for f in files_under(root / "default") if not f.startswith(("logs/", "metrics/"))) == [
-        "lease/0.json", "nodes/alice.json", "nodes/bob.json", "nodes/coord.json",
-        "rounds/0/alice.json.gz", "rounds/0/bob.json.gz", "rounds/1/alice.json.gz", "rounds/1/bob.json.gz",
-        "state.json", "swarm.json",
+        "lease/0.json",
+        "nodes/alice.json",
+        "nodes/bob.json",
+        "nodes/coord.json",
+        "rounds/0/alice.json.gz",
+        "rounds/0/bob.json.gz",
+        "rounds/1/alice.json.gz",
+        "rounds/1/bob.json.gz",
+        "state.json",
+        "swarm.json",
     ]
 
 
@@ -461,12 +512,24 @@ def test_file_names_with_a_newline_and_a_terminal_escape_log_as_one_quoted_line(
     (root / "default/rounds/0" / evil_payload).write_bytes(codec.write_gz(payload("bob")))
     (root / "default/nodes").mkdir()
     (root / "default/nodes" / evil_beat).write_text("not json")
-    cfg = load_config(env={}, sets=[
-        "inference.backend=oracle", "train.backend=recorder", "inference.num_completions=2",
-        "tasks.problems_per_round=2", f"run.workdir={(tmp_path / 'work').as_posix()}", "swarm.transport=gdrive",
-        f"swarm.root={root.as_posix()}", "run.node_id=alice", "swarm.poll_seconds=0.05", "swarm.round_seconds=0.3",
-        "swarm.local_groups=2", "swarm.external_groups=2", "run.rounds=1",
-    ])
+    cfg = load_config(
+        env={},
+        sets=[
+            "inference.backend=oracle",
+            "train.backend=recorder",
+            "inference.num_completions=2",
+            "tasks.problems_per_round=2",
+            f"run.workdir={(tmp_path / 'work').as_posix()}",
+            "swarm.transport=gdrive",
+            f"swarm.root={root.as_posix()}",
+            "run.node_id=alice",
+            "swarm.poll_seconds=0.05",
+            "swarm.round_seconds=0.3",
+            "swarm.local_groups=2",
+            "swarm.external_groups=2",
+            "run.rounds=1",
+        ],
+    )
     with caplog.at_level(logging.WARNING, logger="sapo"):
         metrics = Node.from_config(cfg, plugins).run()
     assert metrics["payloads/rejected"] == 1

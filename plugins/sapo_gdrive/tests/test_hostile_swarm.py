@@ -21,15 +21,14 @@ import time
 from pathlib import Path
 
 import attrs
-from sapo_gdrive.folder import FolderTransport
+from sapo_gdrive_swarm_doubles import Oracle, run_threads  # loaded by conftest.py
 
 from sapo_core import codec, hookimpl, rundir
 from sapo_core.config import load_config
 from sapo_core.logsafe import quoted
 from sapo_core.node import Node
 from sapo_core.records import Completion, Group, Message, Problem, RoundPayload
-
-from sapo_gdrive_swarm_doubles import Oracle, run_threads  # loaded by conftest.py
+from sapo_gdrive.folder import FolderTransport
 
 SECRET = "s3cret"
 ROUNDS = 3
@@ -39,9 +38,16 @@ PROBLEMS = 4
 
 def forged(node: str, round: int, *, text: str = "<answer>2</answer>") -> RoundPayload:
     """A well-formed payload of ``node`` that no worker of the swarm wrote."""
-    problem = Problem(task="arithmetic", id=f"arithmetic-forged-{round}-1", messages=[Message("user", "1 + 1?")], answer=2)
-    group = Group(problem=problem, completions=[Completion(text), Completion("3")], rewards=[1.0, 0.0],
-                  advantages=[1.0, -1.0], node=node)
+    problem = Problem(
+        task="arithmetic", id=f"arithmetic-forged-{round}-1", messages=[Message("user", "1 + 1?")], answer=2
+    )
+    group = Group(
+        problem=problem,
+        completions=[Completion(text), Completion("3")],
+        rewards=[1.0, 0.0],
+        advantages=[1.0, -1.0],
+        node=node,
+    )
     return RoundPayload(experiment="default", round=round, node=node, groups=[group], created_at=time.time())
 
 
@@ -64,12 +70,17 @@ class Adversary:
         signed = codec.to_data(codec.sign_payload(forged("mallory", round), SECRET))
         files = {
             "mallory-corrupt.json.gz": b"\x1f\x8b\x08\x00 this is not deflate data",
-            "mallory-truncated.json.gz": codec.write_gz(codec.sign_payload(forged("mallory-truncated", round), SECRET))[:40],
+            "mallory-truncated.json.gz": codec.write_gz(codec.sign_payload(forged("mallory-truncated", round), SECRET))[
+                :40
+            ],
             "mallory-schema.json.gz": gz({**signed, "node": "mallory-schema", "schema_version": 99}),
             "mallory-nan.json.gz": gzip.compress(
-                json.dumps({**signed, "node": "mallory-nan"}).replace('"rewards": [1.0', '"rewards": [NaN').encode()),
-            "mallory-big.json.gz": codec.write_gz(codec.sign_payload(forged("mallory-big", round, text="x" * 200_001), SECRET),
-                                                  codec.Limits(max_text_chars=10**6)),
+                json.dumps({**signed, "node": "mallory-nan"}).replace('"rewards": [1.0', '"rewards": [NaN').encode()
+            ),
+            "mallory-big.json.gz": codec.write_gz(
+                codec.sign_payload(forged("mallory-big", round, text="x" * 200_001), SECRET),
+                codec.Limits(max_text_chars=10**6),
+            ),
             "mallory-escape.json.gz": gz({**signed, "node": "../alice"}),
             "..alice.json.gz": codec.write_gz(codec.sign_payload(forged("mallory", round), SECRET)),
             "mallory-unsigned.json.gz": codec.write_gz(forged("mallory-unsigned", round)),
@@ -144,7 +155,8 @@ class Hostile:
 
 
 def test_bad_files_injected_into_a_running_swarm_are_refused_and_nothing_valid_is_lost(
-        tmp_path, swarm_plugins, caplog, monkeypatch):
+    tmp_path, swarm_plugins, caplog, monkeypatch
+):
     plugins, backends = swarm_plugins
     monkeypatch.setattr(logging.getLogger("sapo"), "propagate", True)  # the CLI's set-up turns it off
     root = tmp_path / "drive"
@@ -152,13 +164,26 @@ def test_bad_files_injected_into_a_running_swarm_are_refused_and_nothing_valid_i
     plugins.register(Hostile(adversary), name="hostile")
 
     def cfg(node, role):
-        return load_config(env={}, sets=[
-            "inference.backend=waiting-oracle", "train.backend=recorder", "inference.num_completions=4",
-            f"tasks.problems_per_round={PROBLEMS}", f"run.workdir={(tmp_path / 'work').as_posix()}",
-            "swarm.transport=gdrive", f"swarm.root={root.as_posix()}", f"swarm.secret={SECRET}",
-            f"run.node_id={node}", f"run.role={role}", "swarm.poll_seconds=0.01", "swarm.round_seconds=30",
-            f"swarm.local_groups={PROBLEMS}", f"swarm.external_groups={PROBLEMS * len(WORKERS)}", f"run.rounds={ROUNDS}",
-        ])
+        return load_config(
+            env={},
+            sets=[
+                "inference.backend=waiting-oracle",
+                "train.backend=recorder",
+                "inference.num_completions=4",
+                f"tasks.problems_per_round={PROBLEMS}",
+                f"run.workdir={(tmp_path / 'work').as_posix()}",
+                "swarm.transport=gdrive",
+                f"swarm.root={root.as_posix()}",
+                f"swarm.secret={SECRET}",
+                f"run.node_id={node}",
+                f"run.role={role}",
+                "swarm.poll_seconds=0.01",
+                "swarm.round_seconds=30",
+                f"swarm.local_groups={PROBLEMS}",
+                f"swarm.external_groups={PROBLEMS * len(WORKERS)}",
+                f"run.rounds={ROUNDS}",
+            ],
+        )
 
     nodes = [Node.from_config(cfg("coord", "coordinator"), plugins)]
     nodes += [Node.from_config(cfg(name, "worker"), plugins) for name in WORKERS]
@@ -174,8 +199,11 @@ def test_bad_files_injected_into_a_running_swarm_are_refused_and_nothing_valid_i
     assert sorted(adversary.injected) == list(range(ROUNDS))
     assert len(adversary.injected[1]) >= 14, "round 1 also holds bob's replayed and tampered copies"
 
-    valid = {(round, node): codec.read_gz((root / "default/rounds" / str(round) / f"{node}.json.gz").read_bytes())
-             for round in range(ROUNDS) for node in WORKERS}
+    valid = {
+        (round, node): codec.read_gz((root / "default/rounds" / str(round) / f"{node}.json.gz").read_bytes())
+        for round in range(ROUNDS)
+        for node in WORKERS
+    }
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     for me, node in zip(WORKERS, nodes[1:]):
         trained = backends.learners[me].trained
@@ -193,10 +221,23 @@ def test_bad_files_injected_into_a_running_swarm_are_refused_and_nothing_valid_i
             peers = [peer for peer in WORKERS if peer != me]
             assert metrics[round]["payloads/peers"] == len(peers)
             assert metrics[round]["groups/external_available"] == PROBLEMS * len(peers)
-            expected = {(peer, g.problem.id) for peer in peers for g in valid[(round, peer)].groups if not g.zero_variance}
+            expected = {
+                (peer, g.problem.id) for peer in peers for g in valid[(round, peer)].groups if not g.zero_variance
+            }
             external = {(node_, pid) for node_, pid in entry["groups"] if node_ != me}
             assert external == expected, (me, round)
     reasons = " | ".join(warnings)
-    for words in ("gzip", "truncated", "schema_version", "NaN", "max_text_chars", "exceeds", "'../alice'",
-                  "not signed", "signature does not match", "not a regular file", "payload is for round 0, not 1"):
+    for words in (
+        "gzip",
+        "truncated",
+        "schema_version",
+        "NaN",
+        "max_text_chars",
+        "exceeds",
+        "'../alice'",
+        "not signed",
+        "signature does not match",
+        "not a regular file",
+        "payload is for round 0, not 1",
+    ):
         assert words in reasons, words

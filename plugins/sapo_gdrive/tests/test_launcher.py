@@ -35,9 +35,18 @@ def tiny_model(tmp_path_factory):
 
 def tiny(model: str) -> list[str]:
     """Settings for rounds of a second or two: two problems, two short completions each."""
-    sets = [f"model.name={model}", "tasks.problems_per_round=2", "inference.num_completions=2",
-            "inference.max_new_tokens=8", "swarm.local_groups=2", "swarm.external_groups=2", "swarm.poll_seconds=0.2",
-            "swarm.round_seconds=600", "eval.every=0", "checkpoint.every=2"]
+    sets = [
+        f"model.name={model}",
+        "tasks.problems_per_round=2",
+        "inference.num_completions=2",
+        "inference.max_new_tokens=8",
+        "swarm.local_groups=2",
+        "swarm.external_groups=2",
+        "swarm.poll_seconds=0.2",
+        "swarm.round_seconds=600",
+        "eval.every=0",
+        "checkpoint.every=2",
+    ]
     return [part for item in sets for part in ("--set", item)]
 
 
@@ -77,8 +86,13 @@ def metrics(folder: Path, node: str) -> list[dict]:
 @pytest.mark.slow
 def test_a_swarm_of_processes_runs_its_rounds_and_draws_the_report(tiny_model, tmp_path):
     root = tmp_path / "launch"
-    result = subprocess.run(launcher(root, "--nodes", "2", "--rounds", "2", "--experiment", "e2e", *tiny(tiny_model)),
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        launcher(root, "--nodes", "2", "--rounds", "2", "--experiment", "e2e", *tiny(tiny_model)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     folder = root / "e2e"
     for node in ("worker-1", "worker-2"):
@@ -110,8 +124,14 @@ def test_without_matplotlib_a_finished_swarm_warns_names_the_extra_and_exits_0(t
     (shadow / "__init__.py").write_text("raise ImportError('No module named matplotlib (hidden by the test)')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", "")])}
     root = tmp_path / "launch"
-    result = subprocess.run(launcher(root, "--nodes", "1", "--rounds", "1", "--experiment", "plain", *tiny(tiny_model)),
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    result = subprocess.run(
+        launcher(root, "--nodes", "1", "--rounds", "1", "--experiment", "plain", *tiny(tiny_model)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     out = " ".join(result.stdout.split())
     assert "the reward curves were not drawn: matplotlib is not installed" in out
@@ -128,8 +148,13 @@ def test_a_failing_node_stops_the_swarm_and_is_named(tiny_model, tmp_path):
     root = tmp_path / "launch"
     missing = tmp_path / "no-such-model"
     started = time.monotonic()
-    result = subprocess.run(launcher(root, "--nodes", "2", *tiny(tiny_model), "--set", f"model.name=random:{missing}"),
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        launcher(root, "--nodes", "2", *tiny(tiny_model), "--set", f"model.name=random:{missing}"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "worker-1 failed (exit code 1)" in result.stdout or "worker-2 failed (exit code 1)" in result.stdout
     assert str(missing) in result.stdout, "the end of the failed node's output is shown"
@@ -147,8 +172,14 @@ def test_stopping_the_launcher_stops_every_node(tiny_model, tmp_path, signum):
     root = tmp_path / "launch"
     # As on a terminal: the live table instead of lines.
     env = {**os.environ, "TTY_COMPATIBLE": "1"}
-    launch = subprocess.Popen(launcher(root, "--nodes", "2", "--rounds", "1000", *tiny(tiny_model)), cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    launch = subprocess.Popen(
+        launcher(root, "--nodes", "2", "--rounds", "1000", *tiny(tiny_model)),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 240
         workers = [root / "default" / "metrics" / f"worker-{i}.jsonl" for i in (1, 2)]
@@ -169,8 +200,9 @@ def test_stopping_the_launcher_stops_every_node(tiny_model, tmp_path, signum):
         assert "experiment default: round" in output and "swarm mean" in output  # the live table's last state
         # The nodes' own round lines may well be there, quoted in the table's "last output" column
         # (inside a row, after its border); a line the launcher prints for a pipe starts a line.
-        assert not re.search(r"^worker-\d (round \d+/1000|before training):", output, re.MULTILINE), \
+        assert not re.search(r"^worker-\d (round \d+/1000|before training):", output, re.MULTILINE), (
             "lines are for pipes; a terminal gets the table"
+        )
     else:  # no chance to clean up: the nodes learn of it from the kernel (parent-death signal)
         assert launch.returncode == -signal.SIGKILL
     no_process_left(root)
@@ -207,8 +239,9 @@ def node_process(tmp_path: Path, node: str, lines: list[dict], output: str):
     spec = NodeSpec(node, "coordinator" if node == "coordinator" else "worker", tmp_path / node, ("true",))
     spec.run_dir.mkdir(parents=True)
     spec.output.write_text(output)
-    return NodeProcess(spec, RunningPopen(), 0.0, JsonlTail(tmp_path / f"{node}.jsonl"),
-                       lines={line["round"]: line for line in lines})
+    return NodeProcess(
+        spec, RunningPopen(), 0.0, JsonlTail(tmp_path / f"{node}.jsonl"), lines={line["round"]: line for line in lines}
+    )
 
 
 def shown(renderable) -> str:
@@ -223,9 +256,12 @@ def test_the_live_table_counts_rounds_like_the_lines_and_shows_what_a_person_rea
     from sapo_gdrive.launcher import Plan, line_for, table
 
     before = {"round": -1, "eval/pass@1": 0.167}
-    worker = node_process(tmp_path, "worker-1", [before, {"round": 0, "reward/mean": 0.25},
-                                                 {"round": 1, "reward/mean": 0.5, "eval/pass@1": 0.083}],
-                          "loading the model\nworker-1 round 2/2: reward 0.500\n" + json.dumps(before) + "\n")
+    worker = node_process(
+        tmp_path,
+        "worker-1",
+        [before, {"round": 0, "reward/mean": 0.25}, {"round": 1, "reward/mean": 0.5, "eval/pass@1": 0.083}],
+        "loading the model\nworker-1 round 2/2: reward 0.500\n" + json.dumps(before) + "\n",
+    )
     fresh = node_process(tmp_path, "worker-2", [before], "worker-2 before training: pass@1 0.167\n")
     plan = Plan(root=tmp_path, experiment="e", rounds=2, threads=1, nodes=(worker.spec, fresh.spec))
     text = shown(table(plan, [worker, fresh], types.SimpleNamespace(round=1, deadline=None), time.time()))
@@ -235,8 +271,9 @@ def test_the_live_table_counts_rounds_like_the_lines_and_shows_what_a_person_rea
     assert "experiment e: round 2/2" in text
     rows = {line.split()[1]: line for line in text.splitlines() if line.split()[1:2] in (["worker-1"], ["worker-2"])}
     assert "0.250" in rows["worker-1"] and "0.167 -> 0.083" in rows["worker-1"]
-    assert "worker-1 round 2/2: reward 0.500" in rows["worker-1"] and "{" not in rows["worker-1"], \
+    assert "worker-1 round 2/2: reward 0.500" in rows["worker-1"] and "{" not in rows["worker-1"], (
         "the last line a person reads, not the metrics JSON printed after it"
+    )
     # What test_stopping_the_launcher_stops_every_node relies on: quoted inside a row, never at a line's start.
     assert not re.search(r"^worker-\d round", text, re.MULTILINE)
     assert "0.167" in rows["worker-2"] and "->" not in rows["worker-2"] and "running" in rows["worker-2"]

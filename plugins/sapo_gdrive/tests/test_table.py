@@ -53,22 +53,55 @@ def env(tmp_path_factory) -> dict[str, str]:
 
 def tiny(model: str) -> list[str]:
     """Rounds of a second or two; an evaluation before training and after the last round."""
-    sets = [f"model.name={model}", "rewards.weights={hash=1.0}", "tasks.problems_per_round=2",
-            "inference.num_completions=2", "inference.max_new_tokens=8", "swarm.poll_seconds=0.2",
-            "swarm.round_seconds=600", "eval.every=3", "eval.problems=2", "eval.at_start=true", "train.lr=0.05"]
+    sets = [
+        f"model.name={model}",
+        "rewards.weights={hash=1.0}",
+        "tasks.problems_per_round=2",
+        "inference.num_completions=2",
+        "inference.max_new_tokens=8",
+        "swarm.poll_seconds=0.2",
+        "swarm.round_seconds=600",
+        "eval.every=3",
+        "eval.problems=2",
+        "eval.at_start=true",
+        "train.lr=0.05",
+    ]
     return [part for item in sets for part in ("--set", item)]
 
 
 def table_command(out: Path, model: str, *extra: str) -> list[str]:
     splits = [part for split in SPLITS for part in ("--split", split)]
-    return [sys.executable, "-m", "sapo_core", "swarm", "table", "--workers", "2", *splits, "--seeds", "0",
-            "--rounds", str(ROUNDS), "--out", str(out), *tiny(model), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "sapo_core",
+        "swarm",
+        "table",
+        "--workers",
+        "2",
+        *splits,
+        "--seeds",
+        "0",
+        "--rounds",
+        str(ROUNDS),
+        "--out",
+        str(out),
+        *tiny(model),
+        *extra,
+    ]
 
 
 def run_table(out: Path, model: str, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
     """The table command, run to its end in the folder above ``out``."""
-    return subprocess.run(table_command(out, model, *extra), capture_output=True, text=True, check=False,
-                          timeout=300, env=env, cwd=out.parent)
+    return subprocess.run(
+        table_command(out, model, *extra),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env=env,
+        cwd=out.parent,
+    )
 
 
 def swarm_root(out: Path, split: str) -> Path:
@@ -99,8 +132,11 @@ def test_the_table_adds_up_the_run_folders_metrics(made):
     out, stdout = made
     data = json.loads((out / "table.json").read_text())
     assert data["splits"] == list(SPLITS) and data["reference"] == "2/0" and data["complete"]
-    assert data["equal_compute"] == {"tasks.problems_per_round": 2, "inference.num_completions": 2,
-                                     "inference.max_new_tokens": 8}
+    assert data["equal_compute"] == {
+        "tasks.problems_per_round": 2,
+        "inference.num_completions": 2,
+        "inference.max_new_tokens": 8,
+    }
     rows = {row["split"]: row for row in data["rows"]}
     cumulative: dict[str, float] = {}
     for split in SPLITS:
@@ -121,8 +157,11 @@ def test_the_table_adds_up_the_run_folders_metrics(made):
         assert row["final_pass_at_1"]["mean"] == pytest.approx(statistics.mean(passes))
         assert row["curve"]["mean"] == pytest.approx([statistics.mean(col) for col in zip(*curves)])
         assert (row["own_groups"], row["peer_groups"]) == tuple(map(int, split.split("/")))
-        trained = [(line["groups/trained_local"], line["groups/trained_external"])
-                   for line in node_lines(swarm_root(out, split) / "runs" / "worker-1") if line["round"] >= 0]
+        trained = [
+            (line["groups/trained_local"], line["groups/trained_external"])
+            for line in node_lines(swarm_root(out, split) / "runs" / "worker-1")
+            if line["round"] >= 0
+        ]
         assert max(trained) == (row["own_groups"], row["peer_groups"]), "each swarm trained on its split"
         assert not list(swarm_root(out, split).glob("runs/*/checkpoints")), "a finished swarm's checkpoints go"
         assert json.loads((swarm_root(out, split) / "done.json").read_text())["split"] == split
@@ -164,8 +203,14 @@ def wait_for(path: Path, launch: subprocess.Popen, within: float = 240.0) -> Non
 @pytest.mark.slow
 def test_an_interrupted_table_resumes_to_the_uninterrupted_one(made, tiny_model, env, tmp_path):
     out = tmp_path / "out"
-    launch = subprocess.Popen(table_command(out, tiny_model), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, env=env, cwd=tmp_path)
+    launch = subprocess.Popen(
+        table_command(out, tiny_model),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     try:
         wait_for(swarm_root(out, "2/0") / "done.json", launch)
         wait_for(swarm_root(out, "1/1") / "runs" / "worker-1" / "output.log", launch)  # the second one is running
@@ -205,22 +250,37 @@ def invoke(*args: str):
     return CliRunner().invoke(build_cli(), ["swarm", "table", *args], catch_exceptions=False)
 
 
-@pytest.mark.parametrize(("args", "exit_code", "says"), [
-    (["--split", "0/0"], 2, "trains on no group at all: give I + J >= 1"),
-    (["--split", "8-0"], 2, "'8-0' is not a split: write I/J, e.g. 4/4"),
-    (["--split", "-1/2"], 2, "I and J count groups, so they are 0 or more"),
-    (["--split", "4/4", "--split", "4/4"], 2, "a split is given twice"),
-    (["--workers", "1", "--split", "1/1"], 2, "a swarm of 1 worker has no peers: use --workers 2 or more, or J = 0"),
-    (["--split", "4/0", "--set", "tasks.problems_per_round=2"], 2, "--set tasks.problems_per_round=4 or more"),
-    (["--workers", "2", "--split", "0/5", "--set", "tasks.problems_per_round=2"], 2, "1 peers publish only 2 a round"),
-    (["--seeds", "0,x"], 2, "give whole numbers >= 0 separated by commas"),
-    (["--workers", "0"], 2, "give at least 1"),
-    (["--set", "swarm.local_groups=3"], 1, "--set swarm.local_groups: sapo swarm table sets it for each swarm from"),
-    (["--set", "run.seed=3"], 1, "sets it for each swarm from --seeds"),
-    (["--set", "swarm.root=/elsewhere"], 1, "swarm.root (from --set): sapo swarm table gives each swarm"),
-    (["--set", "inference.temprature=0.5"], 1, "inference.temperature"),
-    (["--set", "run.experiment=runs"], 1, "run.experiment 'runs' is the name of each swarm's folder"),
-])
+@pytest.mark.parametrize(
+    ("args", "exit_code", "says"),
+    [
+        (["--split", "0/0"], 2, "trains on no group at all: give I + J >= 1"),
+        (["--split", "8-0"], 2, "'8-0' is not a split: write I/J, e.g. 4/4"),
+        (["--split", "-1/2"], 2, "I and J count groups, so they are 0 or more"),
+        (["--split", "4/4", "--split", "4/4"], 2, "a split is given twice"),
+        (
+            ["--workers", "1", "--split", "1/1"],
+            2,
+            "a swarm of 1 worker has no peers: use --workers 2 or more, or J = 0",
+        ),
+        (["--split", "4/0", "--set", "tasks.problems_per_round=2"], 2, "--set tasks.problems_per_round=4 or more"),
+        (
+            ["--workers", "2", "--split", "0/5", "--set", "tasks.problems_per_round=2"],
+            2,
+            "1 peers publish only 2 a round",
+        ),
+        (["--seeds", "0,x"], 2, "give whole numbers >= 0 separated by commas"),
+        (["--workers", "0"], 2, "give at least 1"),
+        (
+            ["--set", "swarm.local_groups=3"],
+            1,
+            "--set swarm.local_groups: sapo swarm table sets it for each swarm from",
+        ),
+        (["--set", "run.seed=3"], 1, "sets it for each swarm from --seeds"),
+        (["--set", "swarm.root=/elsewhere"], 1, "swarm.root (from --set): sapo swarm table gives each swarm"),
+        (["--set", "inference.temprature=0.5"], 1, "inference.temperature"),
+        (["--set", "run.experiment=runs"], 1, "run.experiment 'runs' is the name of each swarm's folder"),
+    ],
+)
 def test_bad_input_is_refused_before_anything_starts(tmp_path, args, exit_code, says):
     out = tmp_path / "out"
     result = invoke("--out", str(out), *args)
@@ -255,9 +315,16 @@ def fake_table(out: Path, rewards: dict[tuple[str, int], list[list[float]]], *, 
     from sapo_gdrive.table import Table, parse_split
 
     splits = tuple(parse_split(text) for text in dict.fromkeys(split for split, _ in rewards))
-    table = Table(out=out, workers=2, splits=splits, seeds=tuple(seeds), rounds=2, config_file=None, sets=(),
-                  config={"tasks.problems_per_round": 8, "inference.num_completions": 8,
-                                                "inference.max_new_tokens": 96})
+    table = Table(
+        out=out,
+        workers=2,
+        splits=splits,
+        seeds=tuple(seeds),
+        rounds=2,
+        config_file=None,
+        sets=(),
+        config={"tasks.problems_per_round": 8, "inference.num_completions": 8, "inference.max_new_tokens": 96},
+    )
     for job in table.swarms:
         if (job.split.label, job.seed) not in rewards:
             continue
@@ -276,9 +343,16 @@ def test_spreads_and_ratios_over_seeds_and_a_partial_table(tmp_path):
 
     from sapo_gdrive.table import write_table
 
-    table = fake_table(tmp_path, {("8/0", 0): [[1, 1], [1, 3]], ("8/0", 1): [[2, 2], [2, 2]],
-                                  ("4/4", 0): [[2, 2], [4, 4]], ("4/4", 1): [[3, 3], [3, 3]],
-                                  ("2/6", 0): [[1, 0], [0, 0]]})
+    table = fake_table(
+        tmp_path,
+        {
+            ("8/0", 0): [[1, 1], [1, 3]],
+            ("8/0", 1): [[2, 2], [2, 2]],
+            ("4/4", 0): [[2, 2], [4, 4]],
+            ("4/4", 1): [[3, 3], [3, 3]],
+            ("2/6", 0): [[1, 0], [0, 0]],
+        },
+    )
     console = Console(file=io.StringIO(), width=200)
     write_table(table, console, command="sapo swarm table ...")
     data = json.loads((tmp_path / "table.json").read_text())

@@ -155,8 +155,9 @@ class FolderCheckpointer:
         self._prune(round)
         return CheckpointInfo(round=round, location=self._location(final), meta=meta)
 
-    def _save_local(self, round: int, write: Callable[[Path], None], meta: Mapping[str, Any],
-                    partial: str, final: str) -> None:
+    def _save_local(
+        self, round: int, write: Callable[[Path], None], meta: Mapping[str, Any], partial: str, final: str
+    ) -> None:
         os.makedirs(self.folder, exist_ok=True)
         os.mkdir(partial)
         try:
@@ -170,8 +171,9 @@ class FolderCheckpointer:
             shutil.rmtree(partial, ignore_errors=True)
             raise
 
-    def _save_remote(self, round: int, write: Callable[[Path], None], meta: Mapping[str, Any],
-                     partial: str, final: str) -> None:
+    def _save_remote(
+        self, round: int, write: Callable[[Path], None], meta: Mapping[str, Any], partial: str, final: str
+    ) -> None:
         with tempfile.TemporaryDirectory(prefix="sapo-checkpoint-") as tmp:
             local = Path(tmp)
             write(local)  # nothing is uploaded if the learner fails
@@ -308,5 +310,9 @@ def build_folder_checkpointer(settings: FolderCheckpointSettings | None, context
 def register_checkpointers(register: Register) -> None:
     description = "Checkpoints in the shared folder (<root>/<experiment>/checkpoints/<node>), so --resume works on another machine"
     register("gdrive", build_folder_checkpointer, settings=FolderCheckpointSettings, description=description)
-    register("fs", build_folder_checkpointer, settings=FolderCheckpointSettings,
-             description="Alias of gdrive: checkpoints in any folder or fsspec URL (file://, memory://, s3://...)")
+    register(
+        "fs",
+        build_folder_checkpointer,
+        settings=FolderCheckpointSettings,
+        description="Alias of gdrive: checkpoints in any folder or fsspec URL (file://, memory://, s3://...)",
+    )

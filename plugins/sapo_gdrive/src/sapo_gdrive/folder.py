@@ -196,9 +196,13 @@ def state_from_data(data: object) -> SwarmState:
     closed_with = data.get("closed_with", [])
     if not isinstance(closed_with, list) or not all(isinstance(node, str) for node in closed_with):
         _malformed("closed_with: expected a list of node ids")
-    return SwarmState(round=round_, deadline=None if deadline is None else float(deadline),
-                      updated_at=float(updated_at), coordinator=coordinator,
-                      closed_with=tuple(codec.validate_node_id(node) for node in closed_with))
+    return SwarmState(
+        round=round_,
+        deadline=None if deadline is None else float(deadline),
+        updated_at=float(updated_at),
+        coordinator=coordinator,
+        closed_with=tuple(codec.validate_node_id(node) for node in closed_with),
+    )
 
 
 def node_from_data(data: object) -> NodeInfo:
@@ -217,8 +221,14 @@ def node_from_data(data: object) -> NodeInfo:
     round_ = data.get("round", -1)
     if type(round_) is not int:
         _malformed("round: expected an integer")
-    return NodeInfo(node=node, role=role, model=model, started_at=float(numbers["started_at"]),
-                    last_seen=float(numbers["last_seen"]), round=round_)
+    return NodeInfo(
+        node=node,
+        role=role,
+        model=model,
+        started_at=float(numbers["started_at"]),
+        last_seen=float(numbers["last_seen"]),
+        round=round_,
+    )
 
 
 def lease_from_data(data: object) -> Lease:
@@ -369,7 +379,9 @@ class FolderTransport:
             blob = self.fs.cat_file(path, start=0, end=limit + 1)  # object stores hold no FIFOs or devices
         else:
             # No symlinks (a peer's link could point anywhere); O_NONBLOCK so a FIFO's open returns.
-            flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+            flags = (
+                os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+            )
             try:
                 fd = os.open(path, flags)
             except FileNotFoundError:
@@ -492,14 +504,18 @@ class FolderTransport:
             except FileNotFoundError:
                 continue  # replaced or removed since the listing
             except (ValueError, codec.PayloadError) as exc:
-                log.warning("unreadable heartbeat %s (the last good one still counts): %s", quoted(name),
-                            printable(exc))
+                log.warning(
+                    "unreadable heartbeat %s (the last good one still counts): %s", quoted(name), printable(exc)
+                )
                 continue
             # A time beyond the clock-skew bound is no evidence of life: it would keep a node live for ever.
             seen = max((t for t in (info.last_seen, _mtime(entry) or 0.0) if t <= future), default=None)
             if seen is None:
-                log.warning("ignoring heartbeat %s: seen in the future (clocks more than %.0f s apart?)",
-                            quoted(name), MAX_CLOCK_SKEW_SECONDS)
+                log.warning(
+                    "ignoring heartbeat %s: seen in the future (clocks more than %.0f s apart?)",
+                    quoted(name),
+                    MAX_CLOCK_SKEW_SECONDS,
+                )
                 continue
             info = attrs.evolve(info, last_seen=seen)
             if info.node not in best or info.last_seen > best[info.node].last_seen:
@@ -615,15 +631,19 @@ class FolderTransport:
         for found in examined.values():
             if found.payload is not None:
                 candidates.setdefault(found.payload.node, []).append(found)
-        payloads = [max(found, key=lambda c: (c.canonical, c.payload.created_at)).payload  # type: ignore[union-attr]
-                    for _, found in sorted(candidates.items())]
+        payloads = [
+            max(found, key=lambda c: (c.canonical, c.payload.created_at)).payload  # type: ignore[union-attr]
+            for _, found in sorted(candidates.items())
+        ]
         # Peers choose these names and much of the reasons: quoted, they log as one harmless line.
-        rejected = [f"{quoted(name)}: {printable(found.refused)}" for name, found in examined.items()
-                    if found.payload is None]
+        rejected = [
+            f"{quoted(name)}: {printable(found.refused)}" for name, found in examined.items() if found.payload is None
+        ]
         return Collected(payloads=payloads, rejected=rejected)
 
-    def _examine(self, entry: Mapping[str, Any], name: str, round: int, version: tuple[Any, ...] | None,
-                 now: float) -> _Examined | None:
+    def _examine(
+        self, entry: Mapping[str, Any], name: str, round: int, version: tuple[Any, ...] | None, now: float
+    ) -> _Examined | None:
         """Read and check one listed file of round ``round``; None when it vanished since the listing."""
         try:
             parsed = parse_name(name, payload=True)

@@ -100,29 +100,55 @@ class Plan:
         return tuple(spec for spec in self.nodes if spec.role != COORDINATOR)
 
 
-def plan_swarm(*, workers: int, root: Path, config_file: str | None, sets: Sequence[str], experiment: str | None,
-               rounds: int | None, threads: int | None) -> Plan:
+def plan_swarm(
+    *,
+    workers: int,
+    root: Path,
+    config_file: str | None,
+    sets: Sequence[str],
+    experiment: str | None,
+    rounds: int | None,
+    threads: int | None,
+) -> Plan:
     """Resolve the nodes' configuration once (bad settings fail here, before anything starts) and
     build each node's command. SapoError for what the user must change."""
     from sapo_core.cli import resolve
 
     label = "sapo swarm run"
-    extra: dict[str, tuple[Any, str]] = {"swarm.transport": ("gdrive", label), "swarm.root": (str(root), label),
-                                         "run.role": ("worker", label), "run.node_id": ("worker-1", label),
-                                         "run.dir": (str(root / RUNS_DIR / "worker-1"), label)}
+    extra: dict[str, tuple[Any, str]] = {
+        "swarm.transport": ("gdrive", label),
+        "swarm.root": (str(root), label),
+        "run.role": ("worker", label),
+        "run.node_id": ("worker-1", label),
+        "run.dir": (str(root / RUNS_DIR / "worker-1"), label),
+    }
     config = resolve(config_file, sets, extra=extra, experiment=experiment, rounds=rounds)
     overridden = [key for key in LAUNCHER_KEYS if key != "run.experiment" and config.source(key) != label]
     if overridden:
-        raise SapoError(f"sapo swarm run sets {', '.join(overridden)} itself (from {config.source(overridden[0])}); "
-                        "drop it, and use --root / --experiment for the folder and name")
+        raise SapoError(
+            f"sapo swarm run sets {', '.join(overridden)} itself (from {config.source(overridden[0])}); "
+            "drop it, and use --root / --experiment for the folder and name"
+        )
     name = config.run.experiment
     if name == RUNS_DIR:
-        raise SapoError(f"--experiment {RUNS_DIR!r} is the name of the launcher's folder of run directories; choose another")
+        raise SapoError(
+            f"--experiment {RUNS_DIR!r} is the name of the launcher's folder of run directories; choose another"
+        )
     if (root / name).exists():
         raise SapoError(f"{root / name} already exists (an earlier swarm): choose another --experiment or --root")
     threads = threads or max(1, cpu_count() // workers)
-    base = [sys.executable, "-m", "sapo_core", "run", "--transport", "gdrive", "--root", str(root),
-            "--experiment", name]
+    base = [
+        sys.executable,
+        "-m",
+        "sapo_core",
+        "run",
+        "--transport",
+        "gdrive",
+        "--root",
+        str(root),
+        "--experiment",
+        name,
+    ]
     if config_file:
         base += ["--config", config_file]
     if rounds is not None:
@@ -248,8 +274,13 @@ def start(plan: Plan, spec: NodeSpec, metrics_dir: Path) -> NodeProcess:
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     with open(spec.output, "ab") as output:
         popen = subprocess.Popen(
-            spec.command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=node_env(plan, spec),
-            start_new_session=True, preexec_fn=_in_child,
+            spec.command,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=node_env(plan, spec),
+            start_new_session=True,
+            preexec_fn=_in_child,
         )
     return NodeProcess(spec, popen, time.time(), JsonlTail(metrics_dir / f"{spec.node}.jsonl"))
 
@@ -301,6 +332,7 @@ class Interrupted(Exception):
 @contextmanager
 def signals_interrupt() -> Iterator[None]:
     """SIGINT and SIGTERM raise `Interrupted` in the main loop (so `finally` stops the nodes)."""
+
     def interrupt(signum: int, frame: Any) -> None:
         # Once: a second signal while the nodes are being stopped must not cut that short.
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -335,15 +367,19 @@ def _reward(line: Mapping[str, Any] | None) -> str:
 
 
 def round_mean(processes: Sequence[NodeProcess], round: int) -> float | None:
-    values = [p.lines[round]["reward/mean"] for p in processes
-              if isinstance(p.lines.get(round, {}).get("reward/mean"), (int, float))]
+    values = [
+        p.lines[round]["reward/mean"]
+        for p in processes
+        if isinstance(p.lines.get(round, {}).get("reward/mean"), (int, float))
+    ]
     return sum(values) / len(values) if values else None
 
 
 def pass_at_1(process: NodeProcess) -> str:
     """``0.167 -> 0.083``: held-out pass@1 before training, then at the newest evaluation."""
-    evaluated = [(r, line["eval/pass@1"]) for r, line in sorted(process.lines.items())
-                 if _is_number(line.get("eval/pass@1"))]
+    evaluated = [
+        (r, line["eval/pass@1"]) for r, line in sorted(process.lines.items()) if _is_number(line.get("eval/pass@1"))
+    ]
     before = [f"{value:.3f}" for r, value in evaluated if r < 0]
     since = [f"{value:.3f}" for r, value in evaluated if r >= 0]
     return " -> ".join(before + since[-1:])
@@ -368,9 +404,12 @@ def table(plan: Plan, processes: Sequence[NodeProcess], state: Any, started: flo
     else:
         deadline = "" if state.deadline is None else f", deadline in {duration(state.deadline - time.time())}"
         where = f"{round_name(state.round, plan.rounds)}{deadline}"
-    grid = Table(title=f"experiment {plan.experiment}: {where}, {duration(time.time() - started)} elapsed",
-                 title_justify="left", caption_justify="left",
-                 caption=f"reward/mean per round; held-out pass@1 {BEFORE_TRAINING} -> newest; folder {plan.folder}")
+    grid = Table(
+        title=f"experiment {plan.experiment}: {where}, {duration(time.time() - started)} elapsed",
+        title_justify="left",
+        caption_justify="left",
+        caption=f"reward/mean per round; held-out pass@1 {BEFORE_TRAINING} -> newest; folder {plan.folder}",
+    )
     grid.add_column("node")
     grid.add_column("status")
     for round in shown:
@@ -378,8 +417,13 @@ def table(plan: Plan, processes: Sequence[NodeProcess], state: Any, started: flo
     grid.add_column("pass@1", justify="right")
     grid.add_column("last output", overflow="ellipsis", no_wrap=True, max_width=60)
     for process in processes:
-        grid.add_row(process.spec.node, _status(process), *(_reward(process.lines.get(r)) for r in shown),
-                     pass_at_1(process), Text.from_ansi(last_words(process.spec.output)))
+        grid.add_row(
+            process.spec.node,
+            _status(process),
+            *(_reward(process.lines.get(r)) for r in shown),
+            pass_at_1(process),
+            Text.from_ansi(last_words(process.spec.output)),
+        )
     means = [round_mean(workers, r) for r in shown]
     grid.add_row("[bold]swarm mean[/]", "", *("" if m is None else f"[bold]{m:.3f}[/]" for m in means), "", "")
     return grid
@@ -390,8 +434,10 @@ def line_for(process: NodeProcess, round: int, total: int, metrics: Mapping[str,
     from sapo_core.progress import round_name, summary_line
 
     if process.spec.role == COORDINATOR:
-        return (f"{process.spec.node}: {round_name(round, total)} closed by {metrics.get('closed_by', '?')} "
-                f"({metrics.get('published', '?')} published)")
+        return (
+            f"{process.spec.node}: {round_name(round, total)} closed by {metrics.get('closed_by', '?')} "
+            f"({metrics.get('published', '?')} published)"
+        )
     return summary_line(process.spec.node, round, total, metrics)
 
 
@@ -427,8 +473,12 @@ def supervise(plan: Plan, console: Any, *, poll_seconds: float = 1.0) -> tuple[O
                     for line in process.metrics.read():
                         process.lines[line["round"]] = line
                         if live is None:
-                            console.print(line_for(process, line["round"], plan.rounds, line), highlight=False,
-                                          markup=False, soft_wrap=True)
+                            console.print(
+                                line_for(process, line["round"], plan.rounds, line),
+                                highlight=False,
+                                markup=False,
+                                soft_wrap=True,
+                            )
                 if coordinator and joined(transport, plan):
                     # Only now: a round the coordinator opened before every worker had loaded its
                     # model would close on the quorum of those already there, leaving the others behind.
@@ -468,14 +518,20 @@ def exit_reason(code: int, *, hint: bool = True) -> str:
         return f"exit code {code}"
     name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
     # Nobody here sends SIGKILL before the stop: the kernel's out-of-memory killer is the usual one.
-    why = "; out of memory? fewer --nodes or a smaller train.micro_batch_tokens" if hint and -code == signal.SIGKILL else ""
+    why = (
+        "; out of memory? fewer --nodes or a smaller train.micro_batch_tokens"
+        if hint and -code == signal.SIGKILL
+        else ""
+    )
     return f"killed by {name}{why}"
 
 
 def report_failure(console: Any, failed: Sequence[NodeProcess], lines: int = 25) -> None:
     for process in failed:
-        console.print(f"[red bold]{process.spec.node} failed[/] ({exit_reason(process.returncode or 0)}); "
-                      f"the end of its output, {process.spec.output}:")
+        console.print(
+            f"[red bold]{process.spec.node} failed[/] ({exit_reason(process.returncode or 0)}); "
+            f"the end of its output, {process.spec.output}:"
+        )
         for text in tail_lines(process.spec.output, lines):
             console.print(f"  {text}", markup=False, highlight=False)
 
@@ -488,8 +544,9 @@ def report_curves(plan: Plan) -> list[Any]:
     from sapo_core import report
     from sapo_core.rundir import METRICS_FILE
 
-    curves = [report.load_curve(spec.run_dir, spec.node) for spec in plan.workers
-              if (spec.run_dir / METRICS_FILE).is_file()]
+    curves = [
+        report.load_curve(spec.run_dir, spec.node) for spec in plan.workers if (spec.run_dir / METRICS_FILE).is_file()
+    ]
     curves = [curve for curve in curves if curve.rounds or curve.eval_rounds]
     if not curves:
         raise SapoError(f"no worker wrote metrics to {plan.root / RUNS_DIR}/<node>/{METRICS_FILE}")
@@ -508,8 +565,10 @@ def draw_report(plan: Plan, curves: Sequence[Any], output: Path, console: Any) -
         return report.plot(curves, output, title=f"sapo swarm, experiment {plan.experiment}: reward per round")
     except report.PlotUnavailable:
         advice = f"{report.PLOT_EXTRA}, then: sapo report {plan.root / RUNS_DIR} -o {output}"
-        console.print(f"[yellow]warning[/]: the reward curves were not drawn: matplotlib is not installed "
-                      f"({escape(advice)})", soft_wrap=True)  # escaped: "[plot]" is no markup
+        console.print(
+            f"[yellow]warning[/]: the reward curves were not drawn: matplotlib is not installed ({escape(advice)})",
+            soft_wrap=True,
+        )  # escaped: "[plot]" is no markup
         return None
 
 
@@ -519,19 +578,34 @@ def print_summary(console: Any, plan: Plan, curves: Sequence[Any], output: Path 
     def number(values: Sequence[float], index: int) -> str:
         return f"{values[index]:.3f}" if values else "-"
 
-    summary = Table("node", "rounds", "first reward", "last reward", "pass@1 before", "pass@1 after", box=None,
-                    title=f"experiment {plan.experiment}: {len(plan.workers)} workers, {duration(seconds)}",
-                    title_justify="left")
+    summary = Table(
+        "node",
+        "rounds",
+        "first reward",
+        "last reward",
+        "pass@1 before",
+        "pass@1 after",
+        box=None,
+        title=f"experiment {plan.experiment}: {len(plan.workers)} workers, {duration(seconds)}",
+        title_justify="left",
+    )
     for curve in curves:
         before = curve.eval_rounds[:1] == (-1,)
         after = curve.pass_at_1[1:] if before else curve.pass_at_1
-        summary.add_row(f"[bold]{curve.label}[/]" if curve.mean else curve.label, str(len(curve.rounds)),
-                        number(curve.reward, 0), number(curve.reward, -1),
-                        number(curve.pass_at_1, 0) if before else "-", number(after, -1))
+        summary.add_row(
+            f"[bold]{curve.label}[/]" if curve.mean else curve.label,
+            str(len(curve.rounds)),
+            number(curve.reward, 0),
+            number(curve.reward, -1),
+            number(curve.pass_at_1, 0) if before else "-",
+            number(after, -1),
+        )
     console.print(summary)
-    for line in (f"reward curves: {output or 'not drawn (no matplotlib)'}",
-                 f"swarm folder:  {plan.folder}  (sapo swarm status --root {plan.root} --experiment {plan.experiment})",
-                 f"node runs:     {plan.root / RUNS_DIR}/<node>/  ({OUTPUT_FILE}: each process's output)"):
+    for line in (
+        f"reward curves: {output or 'not drawn (no matplotlib)'}",
+        f"swarm folder:  {plan.folder}  (sapo swarm status --root {plan.root} --experiment {plan.experiment})",
+        f"node runs:     {plan.root / RUNS_DIR}/<node>/  ({OUTPUT_FILE}: each process's output)",
+    ):
         console.print(line, soft_wrap=True, markup=False)
 
 
@@ -543,21 +617,50 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
 
 
 @swarm.command(name="run")
-@click.option("--nodes", type=int, default=3, show_default=True, callback=_positive,
-              help="Worker processes to start (plus one coordinator).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
-              help="TOML config for every node, e.g. configs/swarm.toml (tiny settings for a CPU).")
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
-              help="The launch folder: swarm folder, node run directories, report (default: runs/swarm/<UTC timestamp>).")
+@click.option(
+    "--nodes",
+    type=int,
+    default=3,
+    show_default=True,
+    callback=_positive,
+    help="Worker processes to start (plus one coordinator).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="TOML config for every node, e.g. configs/swarm.toml (tiny settings for a CPU).",
+)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The launch folder: swarm folder, node run directories, report (default: runs/swarm/<UTC timestamp>).",
+)
 @click.option("--experiment", help="Experiment name (default: run.experiment of the config).")
 @click.option("--rounds", type=int, callback=_positive, help="Rounds to run (run.rounds).")
-@click.option("--threads", type=int, callback=_positive,
-              help="torch threads per worker (default: this machine's cores // --nodes, at least 1).")
+@click.option(
+    "--threads",
+    type=int,
+    callback=_positive,
+    help="torch threads per worker (default: this machine's cores // --nodes, at least 1).",
+)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key for every node.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="PNG of the reward curves (default: <root>/reward.png).")
-def run_swarm(nodes: int, config_file: str | None, root: Path | None, experiment: str | None, rounds: int | None,
-              threads: int | None, sets: tuple[str, ...], output: Path | None) -> None:
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PNG of the reward curves (default: <root>/reward.png).",
+)
+def run_swarm(
+    nodes: int,
+    config_file: str | None,
+    root: Path | None,
+    experiment: str | None,
+    rounds: int | None,
+    threads: int | None,
+    sets: tuple[str, ...],
+    output: Path | None,
+) -> None:
     """Start a coordinator and --nodes workers as processes on a local folder; show each node's
     reward per round; draw the reward curves at the end (without matplotlib, the ``plot``
     extra, a warning instead: the swarm's work is done, so the exit status stays 0).
@@ -572,19 +675,30 @@ def run_swarm(nodes: int, config_file: str | None, root: Path | None, experiment
         root = Path("runs") / "swarm" / rundir.timestamp()
     root = root.absolute()
     try:
-        plan = plan_swarm(workers=nodes, root=root, config_file=config_file, sets=sets, experiment=experiment,
-                          rounds=rounds, threads=threads)
+        plan = plan_swarm(
+            workers=nodes,
+            root=root,
+            config_file=config_file,
+            sets=sets,
+            experiment=experiment,
+            rounds=rounds,
+            threads=threads,
+        )
     except SapoError as exc:
         raise click.ClickException(str(exc)) from exc
     output = (output or root / "reward.png").absolute()
     console = Console() if sys.stdout.isatty() else Console(width=200)
-    console.print(f"sapo swarm: 1 coordinator + {nodes} workers, {plan.rounds} rounds, {plan.threads} torch "
-                  f"thread(s) per worker ({cpu_count()} cores), in {root}")
+    console.print(
+        f"sapo swarm: 1 coordinator + {nodes} workers, {plan.rounds} rounds, {plan.threads} torch "
+        f"thread(s) per worker ({cpu_count()} cores), in {root}"
+    )
     began = time.monotonic()
     outcome, processes = supervise(plan, console)
     if outcome.signum is not None:
-        console.print(f"[yellow]{signal.Signals(outcome.signum).name}[/]: stopped all {len(processes)} node processes; "
-                      f"what they wrote is in {root}")
+        console.print(
+            f"[yellow]{signal.Signals(outcome.signum).name}[/]: stopped all {len(processes)} node processes; "
+            f"what they wrote is in {root}"
+        )
         sys.exit(128 + outcome.signum)
     if outcome.failed:
         report_failure(console, outcome.failed)

@@ -89,8 +89,14 @@ def last_payloads(transport: FolderTransport, nodes: set[str]) -> tuple[dict[str
             size = sizes.get(name)
             if size is None:  # only conflict copies of this node's file
                 size = next((s for n, s in sizes.items() if _payload_node(n) == payload.node), None)
-            found[payload.node] = {"round": round, "file": name, "size": size, "valid": True, "reason": None,
-                                   "groups": len(payload.groups)}
+            found[payload.node] = {
+                "round": round,
+                "file": name,
+                "size": size,
+                "valid": True,
+                "reason": None,
+                "groups": len(payload.groups),
+            }
         valid_here = {p.node for p in collected.payloads}
         for rejection in collected.rejected:
             name, reason = unquoted(rejection)  # '"<file name>": <reason>'
@@ -101,13 +107,25 @@ def last_payloads(transport: FolderTransport, nodes: set[str]) -> tuple[dict[str
                 continue
             if node in found or node in valid_here:
                 continue
-            found[node] = {"round": round, "file": name, "size": sizes.get(name), "valid": False, "reason": reason,
-                           "groups": None}
+            found[node] = {
+                "round": round,
+                "file": name,
+                "size": sizes.get(name),
+                "valid": False,
+                "reason": reason,
+                "groups": None,
+            }
     return found, strays
 
 
-def swarm_status(root: str, experiment: str, *, live_seconds: float = DEFAULT_LIVE_SECONDS, secret: str = "",
-                 now: float | None = None) -> dict[str, Any]:
+def swarm_status(
+    root: str,
+    experiment: str,
+    *,
+    live_seconds: float = DEFAULT_LIVE_SECONDS,
+    secret: str = "",
+    now: float | None = None,
+) -> dict[str, Any]:
     """The status as plain data (what ``--json`` prints); click.ClickException for a missing experiment."""
     try:
         transport = FolderTransport(root, experiment, secret=secret)
@@ -116,9 +134,7 @@ def swarm_status(root: str, experiment: str, *, live_seconds: float = DEFAULT_LI
     if not transport.fs.isdir(transport.folder):
         found = _experiments(transport)
         listed = ", ".join(found) if found else "none"
-        raise click.ClickException(
-            f"no experiment {experiment!r} under {root} (experiments found there: {listed})"
-        )
+        raise click.ClickException(f"no experiment {experiment!r} under {root} (experiments found there: {listed})")
     now = time.time() if now is None else now
     state = transport.read_state()
     lease = transport.read_lease()
@@ -133,15 +149,31 @@ def swarm_status(root: str, experiment: str, *, live_seconds: float = DEFAULT_LI
     nodes = []
     for info in heartbeats:
         ago = now - info.last_seen
-        nodes.append({"node": info.node, "role": info.role, "model": info.model, "round": info.round,
-                      "last_seen": info.last_seen, "last_seen_ago": ago, "live": ago <= live_seconds})
+        nodes.append(
+            {
+                "node": info.node,
+                "role": info.role,
+                "model": info.model,
+                "round": info.round,
+                "last_seen": info.last_seen,
+                "last_seen_ago": ago,
+                "live": ago <= live_seconds,
+            }
+        )
     workers = {n["node"] for n in nodes if n["role"] != "coordinator"}
     payloads, strays = last_payloads(transport, workers)
     by_node = {n["node"]: n for n in nodes}
-    for node, found in payloads.items():
+    for node in payloads:
         if node not in by_node:  # a payload without a heartbeat: still worth showing
-            by_node[node] = {"node": node, "role": None, "model": None, "round": None, "last_seen": None,
-                             "last_seen_ago": None, "live": False}
+            by_node[node] = {
+                "node": node,
+                "role": None,
+                "model": None,
+                "round": None,
+                "last_seen": None,
+                "last_seen_ago": None,
+                "live": False,
+            }
     for node, entry in by_node.items():
         entry["last_payload"] = payloads.get(node)
     return {
@@ -150,14 +182,18 @@ def swarm_status(root: str, experiment: str, *, live_seconds: float = DEFAULT_LI
         "folder": transport.folder,
         "now": now,
         "live_seconds": live_seconds,
-        "state": None if state is None else {
+        "state": None
+        if state is None
+        else {
             "round": state.round,
             "deadline": state.deadline,
             "deadline_in": None if state.deadline is None else state.deadline - now,
             "updated_ago": now - state.updated_at,
             "coordinator": state.coordinator,
         },
-        "lease": None if lease is None else {
+        "lease": None
+        if lease is None
+        else {
             "epoch": lease.epoch,
             "holder": lease.holder or None,  # None: the lease file is unreadable
             "expires_in": lease.expires_at - now,
@@ -196,26 +232,44 @@ def print_status(data: Mapping[str, Any]) -> None:
     console = Console() if os.isatty(1) else Console(width=200)
     state = data["state"]
     if state is None:
-        console.print(f"[bold]{data['experiment']}[/] at {data['folder']}: no state.json yet (no coordinator has started)")
+        console.print(
+            f"[bold]{data['experiment']}[/] at {data['folder']}: no state.json yet (no coordinator has started)"
+        )
     else:
         deadline = state["deadline_in"]
-        when = "none (the run is over)" if deadline is None else (f"in {duration(deadline)}" if deadline >= 0 else
-                                               f"passed {duration(-deadline)} ago")
-        console.print(f"[bold]{data['experiment']}[/] at {data['folder']}: round {state['round']}, deadline {when}, "
-                      f"coordinator {state['coordinator'] or '-'} (state updated {duration(state['updated_ago'])} ago)")
+        when = (
+            "none (the run is over)"
+            if deadline is None
+            else (f"in {duration(deadline)}" if deadline >= 0 else f"passed {duration(-deadline)} ago")
+        )
+        console.print(
+            f"[bold]{data['experiment']}[/] at {data['folder']}: round {state['round']}, deadline {when}, "
+            f"coordinator {state['coordinator'] or '-'} (state updated {duration(state['updated_ago'])} ago)"
+        )
     lease = data["lease"]
     if lease is not None:
         left = lease["expires_in"]
-        console.print(f"coordinator lease: epoch {lease['epoch']}, held by {lease['holder'] or '(unreadable file)'}, "
-                      + (f"expires in {duration(left)}" if left > 0 else f"expired {duration(-left)} ago"))
+        console.print(
+            f"coordinator lease: epoch {lease['epoch']}, held by {lease['holder'] or '(unreadable file)'}, "
+            + (f"expires in {duration(left)}" if left > 0 else f"expired {duration(-left)} ago")
+        )
     settings = data["settings"]
     if isinstance(settings, dict):
         summary = ", ".join(f"{k}={v}" for k, v in sorted(settings.items()) if not isinstance(v, (dict, list)))
         console.print(f"swarm.json: {summary or '(empty)'}")
     else:
         console.print("swarm.json: missing")
-    table = Table("node", "role", "round", "last seen", "live", "last payload", "size", "payload status",
-                  title=f"{len(data['live'])} live of {len(data['nodes'])} (live = seen within {data['live_seconds']:g}s)")
+    table = Table(
+        "node",
+        "role",
+        "round",
+        "last seen",
+        "live",
+        "last payload",
+        "size",
+        "payload status",
+        title=f"{len(data['live'])} live of {len(data['nodes'])} (live = seen within {data['live_seconds']:g}s)",
+    )
     for node in data["nodes"]:
         payload = node["last_payload"]
         if payload is None:
@@ -225,9 +279,16 @@ def print_status(data: Mapping[str, Any]) -> None:
             verdict = "[green]valid[/]" if payload["valid"] else f"[red]refused[/]: {escape(payload['reason'])}"
         ago = node["last_seen_ago"]
         role = escape(printable(node["role"] or "-"))  # what a peer wrote: no markup, one line
-        table.add_row(node["node"], role, "-" if node["round"] is None else str(node["round"]),
-                      "-" if ago is None else f"{duration(ago)} ago", "[green]yes[/]" if node["live"] else "[red]no[/]",
-                      where, size, verdict)
+        table.add_row(
+            node["node"],
+            role,
+            "-" if node["round"] is None else str(node["round"]),
+            "-" if ago is None else f"{duration(ago)} ago",
+            "[green]yes[/]" if node["live"] else "[red]no[/]",
+            where,
+            size,
+            verdict,
+        )
     console.print(table)
     for stray in data["rejected_other"]:
         console.print(f"[yellow]refused[/] {escape(stray)}")  # a peer's file name is no markup
@@ -239,12 +300,26 @@ def swarm() -> None:
 
 
 @swarm.command(name="status")
-@click.option("--root", envvar="GDRIVE_PATH", required=True,
-              help="The swarm's shared folder or fsspec URL (default: env GDRIVE_PATH).")
-@click.option("--experiment", envvar="EXPERIMENT_NAME", default="default", show_default=True,
-              help="Experiment name (default: env EXPERIMENT_NAME, else 'default').")
-@click.option("--live-seconds", type=float, default=DEFAULT_LIVE_SECONDS, show_default=True,
-              help="A node is live if its heartbeat is this recent.")
+@click.option(
+    "--root",
+    envvar="GDRIVE_PATH",
+    required=True,
+    help="The swarm's shared folder or fsspec URL (default: env GDRIVE_PATH).",
+)
+@click.option(
+    "--experiment",
+    envvar="EXPERIMENT_NAME",
+    default="default",
+    show_default=True,
+    help="Experiment name (default: env EXPERIMENT_NAME, else 'default').",
+)
+@click.option(
+    "--live-seconds",
+    type=float,
+    default=DEFAULT_LIVE_SECONDS,
+    show_default=True,
+    help="A node is live if its heartbeat is this recent.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(root: str, experiment: str, live_seconds: float, as_json: bool) -> None:
     """Round, deadline, nodes (live or not) and each node's newest payload.

@@ -54,8 +54,11 @@ DONE_FILE = "done.json"
 #: Bumped when settings.json or table.json change shape.
 SCHEMA = 1
 #: Keys the table sets for each swarm, and the option that sets them.
-TABLE_KEYS: Mapping[str, str] = {"swarm.local_groups": "--split", "swarm.external_groups": "--split",
-                                 "run.seed": "--seeds"}
+TABLE_KEYS: Mapping[str, str] = {
+    "swarm.local_groups": "--split",
+    "swarm.external_groups": "--split",
+    "run.seed": "--seeds",
+}
 #: What a node generates a round: equal across splits (the table header says so).
 EQUAL_COMPUTE = ("tasks.problems_per_round", "inference.num_completions", "inference.max_new_tokens")
 #: Settings that do not change a table's numbers: a resume may change them.
@@ -118,8 +121,11 @@ class SwarmJob:
     @property
     def sets(self) -> tuple[str, ...]:
         """The ``--set`` items that make this swarm this split and seed."""
-        return (f"swarm.local_groups={self.split.own}", f"swarm.external_groups={self.split.peers}",
-                f"run.seed={self.seed}")
+        return (
+            f"swarm.local_groups={self.split.own}",
+            f"swarm.external_groups={self.split.peers}",
+            f"run.seed={self.seed}",
+        )
 
     @property
     def done_file(self) -> Path:
@@ -142,8 +148,11 @@ class Table:
     @property
     def swarms(self) -> tuple[SwarmJob, ...]:
         # Seed by seed: a table stopped half-way has every split of its first seeds, comparable rows.
-        return tuple(SwarmJob(split, seed, self.out / SWARMS_DIR / split.folder / f"seed-{seed}")
-                     for seed in self.seeds for split in self.splits)
+        return tuple(
+            SwarmJob(split, seed, self.out / SWARMS_DIR / split.folder / f"seed-{seed}")
+            for seed in self.seeds
+            for split in self.splits
+        )
 
     @property
     def equal_compute(self) -> dict[str, Any]:
@@ -151,19 +160,35 @@ class Table:
 
     def settings(self) -> dict[str, Any]:
         """What settings.json holds: what a resume must agree on."""
-        return {"schema": SCHEMA, "workers": self.workers, "splits": [s.label for s in self.splits],
-                "seeds": list(self.seeds), "rounds": self.rounds, "config": self.config}
+        return {
+            "schema": SCHEMA,
+            "workers": self.workers,
+            "splits": [s.label for s in self.splits],
+            "seeds": list(self.seeds),
+            "rounds": self.rounds,
+            "config": self.config,
+        }
 
 
-def plan_table(*, out: Path, workers: int, splits: Sequence[Split], seeds: Sequence[int], rounds: int | None,
-               config_file: str | None, sets: Sequence[str]) -> Table:
+def plan_table(
+    *,
+    out: Path,
+    workers: int,
+    splits: Sequence[Split],
+    seeds: Sequence[int],
+    rounds: int | None,
+    config_file: str | None,
+    sets: Sequence[str],
+) -> Table:
     """Resolve the settings the swarms share and check them against the splits. SapoError for
     what the user must change (`SplitError` for a split that cannot run)."""
     from sapo_core.cli import resolve
 
     first = SwarmJob(splits[0], seeds[0], out)
-    extra = {key: (value, TABLE_KEYS[key]) for key, value in
-             zip(TABLE_KEYS, (first.split.own, first.split.peers, first.seed))}
+    extra = {
+        key: (value, TABLE_KEYS[key])
+        for key, value in zip(TABLE_KEYS, (first.split.own, first.split.peers, first.seed))
+    }
     config = resolve(config_file, sets, extra=extra, rounds=rounds)
     for key, option in TABLE_KEYS.items():
         if config.source(key) == "--set":
@@ -172,19 +197,33 @@ def plan_table(*, out: Path, workers: int, splits: Sequence[Split], seeds: Seque
     given = [key for key in LAUNCHER_KEYS if key != "run.experiment" and config.source(key) != "default"]
     given += ["checkpoint.dir"] if "dir" in config.extras("checkpoint") else []
     if given:
-        raise SapoError(f"{given[0]} (from {config.source(given[0])}): sapo swarm table gives each swarm and node "
-                        "its own folders under --out; drop it")
+        raise SapoError(
+            f"{given[0]} (from {config.source(given[0])}): sapo swarm table gives each swarm and node "
+            "its own folders under --out; drop it"
+        )
     if config.run.experiment == RUNS_DIR:
-        raise SapoError(f"run.experiment {RUNS_DIR!r} is the name of each swarm's folder of run directories; "
-                        "choose another")
+        raise SapoError(
+            f"run.experiment {RUNS_DIR!r} is the name of each swarm's folder of run directories; choose another"
+        )
     # The experiment only names each swarm's folder: the numbers are read from runs/<node>/, whatever it is.
     flat = rundir.flatten(config.to_dict(redact=True))
-    shared = {key: value for key, value in flat.items()
-              if key not in TABLE_KEYS and key not in LAUNCHER_KEYS and key not in UNCOUNTED}
+    shared = {
+        key: value
+        for key, value in flat.items()
+        if key not in TABLE_KEYS and key not in LAUNCHER_KEYS and key not in UNCOUNTED
+    }
     for split in splits:
         check_split(split, workers=workers, problems=config.tasks.problems_per_round)
-    return Table(out=out, workers=workers, splits=tuple(splits), seeds=tuple(seeds), rounds=config.run.rounds,
-                 config_file=config_file, sets=tuple(sets), config=shared)
+    return Table(
+        out=out,
+        workers=workers,
+        splits=tuple(splits),
+        seeds=tuple(seeds),
+        rounds=config.run.rounds,
+        config_file=config_file,
+        sets=tuple(sets),
+        config=shared,
+    )
 
 
 class SplitError(SapoError):
@@ -194,17 +233,23 @@ class SplitError(SapoError):
 def check_split(split: Split, *, workers: int, problems: int) -> None:
     """A split the swarm can give: I own groups of the B a node draws, J of its peers' (N - 1) x B."""
     if split.peers and workers == 1:
-        raise SplitError(f"{split.label} trains on {split.peers} peers' groups, but a swarm of 1 worker has "
-                         "no peers: use --workers 2 or more, or J = 0")
+        raise SplitError(
+            f"{split.label} trains on {split.peers} peers' groups, but a swarm of 1 worker has "
+            "no peers: use --workers 2 or more, or J = 0"
+        )
     if split.own > problems:
-        raise SplitError(f"{split.label} trains on {split.own} own groups, but a node draws only "
-                         f"tasks.problems_per_round = {problems} problems (one group each) a round: "
-                         f"--set tasks.problems_per_round={split.own} or more (the same for every split)")
+        raise SplitError(
+            f"{split.label} trains on {split.own} own groups, but a node draws only "
+            f"tasks.problems_per_round = {problems} problems (one group each) a round: "
+            f"--set tasks.problems_per_round={split.own} or more (the same for every split)"
+        )
     offered = (workers - 1) * problems
     if split.peers > offered:
-        raise SplitError(f"{split.label} trains on {split.peers} peers' groups, but {workers - 1} peers "
-                         f"publish only {offered} a round ({problems} each): more --workers or a larger "
-                         "tasks.problems_per_round")
+        raise SplitError(
+            f"{split.label} trains on {split.peers} peers' groups, but {workers - 1} peers "
+            f"publish only {offered} a round ({problems} each): more --workers or a larger "
+            "tasks.problems_per_round"
+        )
 
 
 # ---------------------------------------------------------------------------------- the folder
@@ -224,7 +269,8 @@ def check_folder(table: Table) -> None:
             f"{table.out} holds a table made with other settings (stored -> this command):\n  "
             + "\n  ".join(changes)
             + f"\nTo resume that table, re-run its command ({table.out / COMMAND_FILE}); "
-              "for these settings, choose another --out.")
+            "for these settings, choose another --out."
+        )
 
 
 def _read_json(path: Path) -> Any:
@@ -275,9 +321,17 @@ def finished(table: Table, job: SwarmJob) -> bool:
 
 
 def mark_done(job: SwarmJob, *, command: Sequence[str], table_command: str, seconds: float) -> None:
-    rundir.write_json(job.done_file, {"split": job.split.label, "seed": job.seed, "seconds": round(seconds, 1),
-                                      "finished": rundir.timestamp(), "command": list(command),
-                                      "table_command": table_command})
+    rundir.write_json(
+        job.done_file,
+        {
+            "split": job.split.label,
+            "seed": job.seed,
+            "seconds": round(seconds, 1),
+            "finished": rundir.timestamp(),
+            "command": list(command),
+            "table_command": table_command,
+        },
+    )
 
 
 def write_table(table: Table, console: Any, *, command: str) -> None:
@@ -291,8 +345,11 @@ def write_table(table: Table, console: Any, *, command: str) -> None:
 
     results = [result for job in table.swarms if (result := result_of(table, job)) is not None]
     if not results:
-        console.print(f"no swarm has finished yet: no table written; the same command resumes ({table.out})",
-                      markup=False, soft_wrap=True)
+        console.print(
+            f"no swarm has finished yet: no table written; the same command resumes ({table.out})",
+            markup=False,
+            soft_wrap=True,
+        )
         return
     data = table_data(table, results, command=command)
     rundir.write_json(table.out / TABLE_JSON, data)
@@ -301,11 +358,18 @@ def write_table(table: Table, console: Any, *, command: str) -> None:
         png: Path | None = table_render.plot(data, table.out / PLOT_FILE)
     except report.PlotUnavailable:
         png = None
-        console.print(f"[yellow]warning[/]: {PLOT_FILE} was not drawn: matplotlib is not installed "
-                      f"({escape(report.PLOT_EXTRA)}, then the same command redraws it)", soft_wrap=True)
+        console.print(
+            f"[yellow]warning[/]: {PLOT_FILE} was not drawn: matplotlib is not installed "
+            f"({escape(report.PLOT_EXTRA)}, then the same command redraws it)",
+            soft_wrap=True,
+        )
     console.print(table_render.summary(data))
-    for label, path in (("table:", table.out / TABLE_MD), ("data:", table.out / TABLE_JSON),
-                        ("plot:", png or "not drawn (no matplotlib)"), ("command:", table.out / COMMAND_FILE)):
+    for label, path in (
+        ("table:", table.out / TABLE_MD),
+        ("data:", table.out / TABLE_JSON),
+        ("plot:", png or "not drawn (no matplotlib)"),
+        ("command:", table.out / COMMAND_FILE),
+    ):
         console.print(f"{label:<10}{path}", markup=False, highlight=False, soft_wrap=True)
 
 
@@ -336,27 +400,71 @@ def _seeds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 
 
 @swarm.command(name="table")
-@click.option("--workers", type=int, default=8, show_default=True, callback=_positive,
-              help="Workers per swarm (plus one coordinator each).")
-@click.option("--split", "splits", multiple=True, metavar="I/J", callback=_splits,
-              help="I own and J peers' groups trained on per round; repeat it (default: 8/0 6/2 4/4 2/6).")
-@click.option("--seeds", default=DEFAULT_SEEDS, show_default=True, callback=_seeds,
-              help="run.seed of the swarms, comma-separated: one swarm per split and seed.")
+@click.option(
+    "--workers",
+    type=int,
+    default=8,
+    show_default=True,
+    callback=_positive,
+    help="Workers per swarm (plus one coordinator each).",
+)
+@click.option(
+    "--split",
+    "splits",
+    multiple=True,
+    metavar="I/J",
+    callback=_splits,
+    help="I own and J peers' groups trained on per round; repeat it (default: 8/0 6/2 4/4 2/6).",
+)
+@click.option(
+    "--seeds",
+    default=DEFAULT_SEEDS,
+    show_default=True,
+    callback=_seeds,
+    help="run.seed of the swarms, comma-separated: one swarm per split and seed.",
+)
 @click.option("--rounds", type=int, callback=_positive, help="Rounds per swarm (run.rounds).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
-              help="TOML config for every node of every swarm.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="TOML config for every node of every swarm.",
+)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key for every node.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="The table's folder; the same command on it resumes (default: runs/table/<UTC timestamp>).")
-@click.option("--jobs", type=int, callback=_positive,
-              help="Swarms at once (default: as many as this machine's cores, memory and GPUs hold).")
-@click.option("--threads", type=int, callback=_positive,
-              help="torch threads per worker (default: cores // (workers x jobs), at least 1).")
-@click.option("--keep-checkpoints", is_flag=True,
-              help="Keep each finished swarm's checkpoints (default: removed; the table needs only the metrics).")
-def table_command(workers: int, splits: tuple[Split, ...], seeds: tuple[int, ...], rounds: int | None,
-                  config_file: str | None, sets: tuple[str, ...], out: Path | None, jobs: int | None,
-                  threads: int | None, keep_checkpoints: bool) -> None:
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The table's folder; the same command on it resumes (default: runs/table/<UTC timestamp>).",
+)
+@click.option(
+    "--jobs",
+    type=int,
+    callback=_positive,
+    help="Swarms at once (default: as many as this machine's cores, memory and GPUs hold).",
+)
+@click.option(
+    "--threads",
+    type=int,
+    callback=_positive,
+    help="torch threads per worker (default: cores // (workers x jobs), at least 1).",
+)
+@click.option(
+    "--keep-checkpoints",
+    is_flag=True,
+    help="Keep each finished swarm's checkpoints (default: removed; the table needs only the metrics).",
+)
+def table_command(
+    workers: int,
+    splits: tuple[Split, ...],
+    seeds: tuple[int, ...],
+    rounds: int | None,
+    config_file: str | None,
+    sets: tuple[str, ...],
+    out: Path | None,
+    jobs: int | None,
+    threads: int | None,
+    keep_checkpoints: bool,
+) -> None:
     """Run one swarm per split and seed and write the table: cumulative reward and final held-out
     pass@1 per split, and its ratio to the isolated split (J = 0), with their spread over seeds.
 
@@ -371,8 +479,9 @@ def table_command(workers: int, splits: tuple[Split, ...], seeds: tuple[int, ...
     out = (out or Path("runs") / "table" / rundir.timestamp()).absolute()
     config_file = str(Path(config_file).absolute()) if config_file else None
     try:
-        table = plan_table(out=out, workers=workers, splits=splits, seeds=seeds, rounds=rounds,
-                           config_file=config_file, sets=sets)
+        table = plan_table(
+            out=out, workers=workers, splits=splits, seeds=seeds, rounds=rounds, config_file=config_file, sets=sets
+        )
         check_folder(table)
     except SplitError as exc:
         raise click.BadParameter(str(exc), param_hint="--split") from exc
@@ -385,14 +494,24 @@ def table_command(workers: int, splits: tuple[Split, ...], seeds: tuple[int, ...
     jobs = jobs or machine.jobs(workers)
     threads = threads or max(1, machine.cores // (workers * jobs))
     try:
-        outcome = table_runs.run_table(table, console, jobs=jobs, threads=threads, command=command,
-                                       keep_checkpoints=keep_checkpoints, machine=machine)
+        outcome = table_runs.run_table(
+            table,
+            console,
+            jobs=jobs,
+            threads=threads,
+            command=command,
+            keep_checkpoints=keep_checkpoints,
+            machine=machine,
+        )
     except SapoError as exc:  # a swarm that could not start (its running peers were stopped)
         raise click.ClickException(str(exc)) from exc
     write_table(table, console, command=command)
     if outcome.signum is not None:
         sys.exit(128 + outcome.signum)
     if outcome.failed:
-        console.print(f"{len(outcome.failed)} swarm(s) failed: {', '.join(outcome.failed)}; the same command "
-                      "runs them again", markup=False, soft_wrap=True)
+        console.print(
+            f"{len(outcome.failed)} swarm(s) failed: {', '.join(outcome.failed)}; the same command runs them again",
+            markup=False,
+            soft_wrap=True,
+        )
         sys.exit(1)

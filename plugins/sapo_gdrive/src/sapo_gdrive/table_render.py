@@ -14,8 +14,18 @@ from sapo_core import report
 
 #: The SAPO paper's cumulative rewards (8 x Qwen2.5-0.5B, 2000 rounds, ReasoningGYM), for comparison.
 PAPER = {"8/0": 561.79, "6/2": 854.43, "4/4": 1093.31, "2/6": 945.87}
-COLUMNS = ("split I/J", "seeds", "cumulative reward", "± seeds", "± nodes", "pass@1 before", "final pass@1",
-           "± seeds", "ratio to {ref}", "± seeds")
+COLUMNS = (
+    "split I/J",
+    "seeds",
+    "cumulative reward",
+    "± seeds",
+    "± nodes",
+    "pass@1 before",
+    "final pass@1",
+    "± seeds",
+    "ratio to {ref}",
+    "± seeds",
+)
 
 
 def number(value: float | None, digits: int = 3) -> str:
@@ -31,22 +41,30 @@ def header(data: Mapping[str, Any]) -> list[str]:
     compute = data["equal_compute"]
     seeds = ", ".join(str(seed) for seed in data["seeds"])
     lines = [
-        (f"SAPO splits: {plural(data['workers'], 'worker')} per swarm, {plural(data['rounds'], 'round')}, "
-         f"{'seed' if len(data['seeds']) == 1 else 'seeds'} {seeds}."),
-        (f"Equal compute per node across splits: every node draws tasks.problems_per_round = "
-         f"{compute['tasks.problems_per_round']} problems a round and samples inference.num_completions = "
-         f"{compute['inference.num_completions']} completions of at most inference.max_new_tokens = "
-         f"{compute['inference.max_new_tokens']} tokens each; only what it trains on differs: I of its own groups "
-         "and J of its peers' (swarm.local_groups / swarm.external_groups)."),
-        (f"Cumulative reward: a node's {data['metric']} (its own rollouts' mean reward) summed over rounds, "
-         f"averaged over the swarm's nodes, then over seeds. Final pass@1: held-out {data['pass_at_1']} after the "
-         "last round (before: before training, with eval.at_start). ±: sample standard deviation over seeds, or "
-         "over every node of every seed."),
+        (
+            f"SAPO splits: {plural(data['workers'], 'worker')} per swarm, {plural(data['rounds'], 'round')}, "
+            f"{'seed' if len(data['seeds']) == 1 else 'seeds'} {seeds}."
+        ),
+        (
+            f"Equal compute per node across splits: every node draws tasks.problems_per_round = "
+            f"{compute['tasks.problems_per_round']} problems a round and samples inference.num_completions = "
+            f"{compute['inference.num_completions']} completions of at most inference.max_new_tokens = "
+            f"{compute['inference.max_new_tokens']} tokens each; only what it trains on differs: I of its own groups "
+            "and J of its peers' (swarm.local_groups / swarm.external_groups)."
+        ),
+        (
+            f"Cumulative reward: a node's {data['metric']} (its own rollouts' mean reward) summed over rounds, "
+            f"averaged over the swarm's nodes, then over seeds. Final pass@1: held-out {data['pass_at_1']} after the "
+            "last round (before: before training, with eval.at_start). ±: sample standard deviation over seeds, or "
+            "over every node of every seed."
+        ),
     ]
     trained = sorted({row["own_groups"] + row["peer_groups"] for row in data["rows"]})
     if len(trained) > 1:
-        lines.append(f"Note: these splits train on different numbers of groups a round (I + J: "
-                     f"{', '.join(map(str, trained))}); the paper's all train on 8.")
+        lines.append(
+            f"Note: these splits train on different numbers of groups a round (I + J: "
+            f"{', '.join(map(str, trained))}); the paper's all train on 8."
+        )
     if data["reference"] is None:
         lines.append("No isolated split (J = 0) in the table: no ratios.")
     if not data["complete"]:
@@ -57,10 +75,18 @@ def header(data: Mapping[str, Any]) -> list[str]:
 
 def cells(row: Mapping[str, Any]) -> list[str]:
     cumulative, passed, ratio = row["cumulative_reward"], row["final_pass_at_1"], row["ratio_to_reference"] or {}
-    return [row["split"], str(len(row["seeds"])), number(cumulative["mean"], 2), number(cumulative["std_seeds"], 2),
-            number(cumulative["std_nodes"], 2), number(row["pass_at_1_before"]), number(passed["mean"]),
-            number(passed["std_seeds"]),
-            number(ratio.get("mean")), number(ratio.get("std_seeds"))]
+    return [
+        row["split"],
+        str(len(row["seeds"])),
+        number(cumulative["mean"], 2),
+        number(cumulative["std_seeds"], 2),
+        number(cumulative["std_nodes"], 2),
+        number(row["pass_at_1_before"]),
+        number(passed["mean"]),
+        number(passed["std_seeds"]),
+        number(ratio.get("mean")),
+        number(ratio.get("std_seeds")),
+    ]
 
 
 def columns(data: Mapping[str, Any]) -> list[str]:
@@ -70,12 +96,26 @@ def columns(data: Mapping[str, Any]) -> list[str]:
 def markdown(data: Mapping[str, Any]) -> str:
     """table.md: the header, the table, the paper's numbers and the command."""
     names = columns(data)
-    lines = ["# sapo swarm table", "", *(f"{line}\n" for line in header(data)),
-             "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    lines = [
+        "# sapo swarm table",
+        "",
+        *(f"{line}\n" for line in header(data)),
+        "| " + " | ".join(names) + " |",
+        "|" + "---|" * len(names),
+    ]
     lines += ["| " + " | ".join(cells(row)) + " |" for row in data["rows"]]
     paper = ", ".join(f"{split} {value}" for split, value in PAPER.items())
-    lines += ["", f"The paper (8 x Qwen2.5-0.5B, 2000 rounds, ReasoningGYM), cumulative reward: {paper}.", "",
-              "Command:", "", "```bash", data["command"], "```", ""]
+    lines += [
+        "",
+        f"The paper (8 x Qwen2.5-0.5B, 2000 rounds, ReasoningGYM), cumulative reward: {paper}.",
+        "",
+        "Command:",
+        "",
+        "```bash",
+        data["command"],
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -95,8 +135,10 @@ def plot(data: Mapping[str, Any], output: Path) -> Path:
     for index, row in enumerate(data["rows"]):
         draw_curve(axis, row, f"C{index % 10}", report.LINESTYLES[index % len(report.LINESTYLES)])
     seeds = len(data["seeds"])
-    axis.set_title(f"sapo swarm table: {plural(data['workers'], 'worker')} per swarm, {plural(seeds, 'seed')}, "
-                   "band: ± 1 std over seeds")
+    axis.set_title(
+        f"sapo swarm table: {plural(data['workers'], 'worker')} per swarm, {plural(seeds, 'seed')}, "
+        "band: ± 1 std over seeds"
+    )
     axis.set_xlabel("round")
     axis.set_ylabel(f"cumulative reward\n(sum of {data['metric']}, nodes' mean)")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -117,12 +159,25 @@ def draw_curve(axis: Any, row: Mapping[str, Any], color: str, style: str) -> Non
     rounds = [0, *(report.x_of(r) for r in range(len(curve["mean"])))]  # counted from 1, as every display does
     means = [0.0, *curve["mean"]]
     seeds = len(row["seeds"])
-    axis.plot(rounds, means, color=color, linestyle=style, marker="o", markersize=3,
-              label=f"{row['split']} ({plural(seeds, 'seed')})")
+    axis.plot(
+        rounds,
+        means,
+        color=color,
+        linestyle=style,
+        marker="o",
+        markersize=3,
+        label=f"{row['split']} ({plural(seeds, 'seed')})",
+    )
     if all(std is not None for std in curve["std_seeds"]):  # one seed has no spread to draw
         spreads = [0.0, *curve["std_seeds"]]
-        axis.fill_between(rounds, [m - s for m, s in zip(means, spreads)], [m + s for m, s in zip(means, spreads)],
-                          color=color, alpha=0.2, linewidth=0)
+        axis.fill_between(
+            rounds,
+            [m - s for m, s in zip(means, spreads)],
+            [m + s for m, s in zip(means, spreads)],
+            color=color,
+            alpha=0.2,
+            linewidth=0,
+        )
 
 
 def summary(data: Mapping[str, Any]) -> Any:

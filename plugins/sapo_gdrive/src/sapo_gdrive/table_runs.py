@@ -90,8 +90,13 @@ def _gpu_memory_gib() -> tuple[float, ...]:
     if shutil.which("nvidia-smi") is None:
         return ()
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
         return tuple(float(line) / 1024 for line in out.split() if line.strip())
     except (OSError, subprocess.SubprocessError, ValueError):
         return ()
@@ -138,8 +143,21 @@ class SwarmRun:
 
 def swarm_command(table: Table, job: SwarmJob, threads: int) -> list[str]:
     """The `sapo swarm run` of one swarm: the table's settings plus its split and seed."""
-    command = [sys.executable, "-m", "sapo_core", "swarm", "run", "--nodes", str(table.workers), "--root",
-               str(job.root), "--rounds", str(table.rounds), "--threads", str(threads)]
+    command = [
+        sys.executable,
+        "-m",
+        "sapo_core",
+        "swarm",
+        "run",
+        "--nodes",
+        str(table.workers),
+        "--root",
+        str(job.root),
+        "--rounds",
+        str(table.rounds),
+        "--threads",
+        str(threads),
+    ]
     if table.config_file:
         command += ["--config", table.config_file]
     return command + [part for item in (*table.sets, *job.sets) for part in ("--set", item)]
@@ -149,8 +167,15 @@ def start_swarm(table: Table, job: SwarmJob, threads: int, gpu: int | None) -> S
     """Start a swarm afresh (an unfinished one's folder is removed: its rounds would not resume)."""
     if job.root.exists():
         shutil.rmtree(job.root)
-    plan = plan_swarm(workers=table.workers, root=job.root, config_file=table.config_file,
-                      sets=[*table.sets, *job.sets], experiment=None, rounds=table.rounds, threads=threads)
+    plan = plan_swarm(
+        workers=table.workers,
+        root=job.root,
+        config_file=table.config_file,
+        sets=[*table.sets, *job.sets],
+        experiment=None,
+        rounds=table.rounds,
+        threads=threads,
+    )
     command = swarm_command(table, job, threads)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TTY_COMPATIBLE": "0", "COLUMNS": "160"}
     if gpu is not None:
@@ -158,8 +183,15 @@ def start_swarm(table: Table, job: SwarmJob, threads: int, gpu: int | None) -> S
     job.root.mkdir(parents=True)
     with open(job.root / OUTPUT_FILE, "ab") as output:
         # preexec_fn is unsafe with threads; this process has none (as `sapo swarm run`, which does the same).
-        popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=env,
-                                 start_new_session=True, preexec_fn=_in_child)  # noqa: PLW1509
+        popen = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_in_child,
+        )  # noqa: PLW1509
     tails = {spec.node: JsonlTail(spec.run_dir / METRICS_FILE) for spec in plan.workers}
     return SwarmRun(job, tuple(command), popen, time.monotonic(), gpu, tails)
 
@@ -182,9 +214,15 @@ class Display:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.console, self.rounds = console, rounds
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("{task.fields[detail]}"), console=console,
-                                 disable=not console.is_terminal)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=console,
+            disable=not console.is_terminal,
+        )
         self.overall = self.progress.add_task("swarms done", total=total, completed=done, detail="")
         self.bars: dict[str, Any] = {}
 
@@ -253,16 +291,30 @@ def report_failure(display: Display, run: SwarmRun, why: str) -> None:
         display.say(f"  {text}")
 
 
-def run_table(table: Table, console: Any, *, jobs: int, threads: int, command: str, keep_checkpoints: bool,
-              machine: Machine, poll_seconds: float = 1.0) -> Outcome:
+def run_table(
+    table: Table,
+    console: Any,
+    *,
+    jobs: int,
+    threads: int,
+    command: str,
+    keep_checkpoints: bool,
+    machine: Machine,
+    poll_seconds: float = 1.0,
+) -> Outcome:
     """Run the table's unfinished swarms, ``jobs`` at once, until all have ended or a signal comes."""
     swarms = table.swarms
     pending = [job for job in swarms if not finished(table, job)]
-    console.print(f"sapo swarm table: {plural(len(table.splits), 'split')} x {plural(len(table.seeds), 'seed')} = "
-                  f"{plural(len(swarms), 'swarm')} of {plural(table.workers, 'worker')}, "
-                  f"{plural(table.rounds, 'round')}; {len(swarms) - len(pending)} finished already, "
-                  f"{len(pending)} to run, {jobs} at once, {threads} torch thread(s) per worker "
-                  f"({machine.cores} cores); in {table.out}", markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"sapo swarm table: {plural(len(table.splits), 'split')} x {plural(len(table.seeds), 'seed')} = "
+        f"{plural(len(swarms), 'swarm')} of {plural(table.workers, 'worker')}, "
+        f"{plural(table.rounds, 'round')}; {len(swarms) - len(pending)} finished already, "
+        f"{len(pending)} to run, {jobs} at once, {threads} torch thread(s) per worker "
+        f"({machine.cores} cores); in {table.out}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     running: list[SwarmRun] = []
     failed: list[str] = []
     signum: int | None = None
@@ -290,13 +342,16 @@ def run_table(table: Table, console: Any, *, jobs: int, threads: int, command: s
                 signal.signal(sig, signal.SIG_IGN)
             stop(running, grace=SWARM_STOP_GRACE_SECONDS)
         if signum is not None:
-            display.say(f"{signal.Signals(signum).name}: stopped {len(running)} running swarm(s); "
-                        "the same command resumes the table")
+            display.say(
+                f"{signal.Signals(signum).name}: stopped {len(running)} running swarm(s); "
+                "the same command resumes the table"
+            )
     return Outcome(tuple(failed), signum)
 
 
-def launch(table: Table, job: SwarmJob, threads: int, machine: Machine, running: list[SwarmRun],
-           display: Display) -> None:
+def launch(
+    table: Table, job: SwarmJob, threads: int, machine: Machine, running: list[SwarmRun], display: Display
+) -> None:
     # A signal between the Popen and the append would leave that swarm unknown, so never stopped.
     blocked = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
@@ -305,4 +360,3 @@ def launch(table: Table, job: SwarmJob, threads: int, machine: Machine, running:
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
     display.started(running[-1])
-

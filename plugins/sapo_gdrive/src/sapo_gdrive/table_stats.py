@@ -92,12 +92,15 @@ def read_node(run_dir: Path, node: str, rounds: int) -> NodeResult:
     by_round = dict(zip(curve.rounds, curve.reward))
     missing = [r for r in range(rounds) if r not in by_round]
     if missing:
-        raise SapoError(f"{run_dir / METRICS_FILE}: no {REWARD} for round(s) "
-                        f"{', '.join(str(r) for r in missing[:5])}{' ...' if len(missing) > 5 else ''} of {rounds}")
+        raise SapoError(
+            f"{run_dir / METRICS_FILE}: no {REWARD} for round(s) "
+            f"{', '.join(str(r) for r in missing[:5])}{' ...' if len(missing) > 5 else ''} of {rounds}"
+        )
     evaluated = dict(zip(curve.eval_rounds, curve.pass_at_1))
     after = [r for r in evaluated if 0 <= r < rounds]
-    return NodeResult(node, tuple(by_round[r] for r in range(rounds)),
-                      evaluated[max(after)] if after else None, evaluated.get(-1))
+    return NodeResult(
+        node, tuple(by_round[r] for r in range(rounds)), evaluated[max(after)] if after else None, evaluated.get(-1)
+    )
 
 
 def read_swarm(job: SwarmJob, *, workers: int, rounds: int) -> SwarmResult:
@@ -115,8 +118,11 @@ def reference_split(splits: Iterable[Split]) -> Split | None:
 def spread(values: Mapping[int, float]) -> dict[str, Any]:
     """Per-seed values, their mean and their spread over seeds."""
     listed = [values[seed] for seed in sorted(values)]
-    return {"mean": mean(listed) if listed else None, "std_seeds": stdev(listed),
-            "per_seed": {str(seed): values[seed] for seed in sorted(values)}}
+    return {
+        "mean": mean(listed) if listed else None,
+        "std_seeds": stdev(listed),
+        "per_seed": {str(seed): values[seed] for seed in sorted(values)},
+    }
 
 
 def ratios(swarms: Sequence[SwarmResult], reference: Sequence[SwarmResult]) -> dict[str, Any]:
@@ -129,29 +135,34 @@ def ratios(swarms: Sequence[SwarmResult], reference: Sequence[SwarmResult]) -> d
     if not base:  # no seed in common, or an isolated split that earned nothing: no ratio to give
         return {"mean": None, "std_seeds": None, "per_seed": {}}
     paired = {seed: ours[seed] / theirs[seed] for seed in seeds if theirs[seed]}
-    return {"mean": mean([ours[seed] for seed in seeds]) / base, "std_seeds": stdev(list(paired.values())),
-            "per_seed": {str(seed): value for seed, value in paired.items()}}
+    return {
+        "mean": mean([ours[seed] for seed in seeds]) / base,
+        "std_seeds": stdev(list(paired.values())),
+        "per_seed": {str(seed): value for seed, value in paired.items()},
+    }
 
 
 def split_row(split: Split, swarms: Sequence[SwarmResult], reference: Sequence[SwarmResult] | None) -> dict[str, Any]:
     """One row of table.json: a split's numbers over the seeds that finished."""
     cumulative = spread({swarm.seed: swarm.cumulative for swarm in swarms})
     cumulative["std_nodes"] = stdev([node.cumulative for swarm in swarms for node in swarm.nodes])
-    cumulative["per_node"] = {str(swarm.seed): {node.node: node.cumulative for node in swarm.nodes}
-                              for swarm in swarms}
+    cumulative["per_node"] = {str(swarm.seed): {node.node: node.cumulative for node in swarm.nodes} for swarm in swarms}
     passed = spread({swarm.seed: value for swarm in swarms if (value := swarm.final_pass) is not None})
     before = [value for swarm in swarms if (value := swarm.pass_before) is not None]
     curves = [swarm.curve for swarm in swarms]
     return {
-        "split": split.label, "own_groups": split.own, "peer_groups": split.peers,
+        "split": split.label,
+        "own_groups": split.own,
+        "peer_groups": split.peers,
         "seeds": [swarm.seed for swarm in swarms],
         "cumulative_reward": cumulative,
         "final_pass_at_1": passed,
         "pass_at_1_before": mean(before) if before else None,
         "ratio_to_reference": None if reference is None else ratios(swarms, reference),
         # Index r: after metrics round r (round r + 1 as every display counts).
-        "curve": {"mean": [mean(col) for col in zip(*curves)],
-                  "std_seeds": [stdev(col) for col in zip(*curves)]} if curves else None,
+        "curve": {"mean": [mean(col) for col in zip(*curves)], "std_seeds": [stdev(col) for col in zip(*curves)]}
+        if curves
+        else None,
     }
 
 
@@ -161,14 +172,21 @@ def table_data(table: Table, results: Sequence[SwarmResult], *, command: str) ->
     reference = reference_split(table.splits)
     reference_results = by_split.get(reference) if reference is not None else None
     done = {(r.split, r.seed) for r in results}
-    missing = [{"split": job.split.label, "seed": job.seed} for job in table.swarms
-               if (job.split, job.seed) not in done]
+    missing = [
+        {"split": job.split.label, "seed": job.seed} for job in table.swarms if (job.split, job.seed) not in done
+    ]
     return {
-        "schema": SCHEMA, "command": command,
-        "workers": table.workers, "rounds": table.rounds, "seeds": list(table.seeds),
+        "schema": SCHEMA,
+        "command": command,
+        "workers": table.workers,
+        "rounds": table.rounds,
+        "seeds": list(table.seeds),
         "splits": [split.label for split in table.splits],
-        "metric": REWARD, "pass_at_1": PASS_AT_1, "equal_compute": table.equal_compute,
+        "metric": REWARD,
+        "pass_at_1": PASS_AT_1,
+        "equal_compute": table.equal_compute,
         "reference": None if reference is None else reference.label,
-        "complete": not missing, "missing": missing,
+        "complete": not missing,
+        "missing": missing,
         "rows": [split_row(split, rows, reference_results) for split, rows in by_split.items() if rows],
     }
