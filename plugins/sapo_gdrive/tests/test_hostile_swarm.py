@@ -171,6 +171,7 @@ def test_bad_files_injected_into_a_running_swarm_are_refused_and_nothing_valid_i
                 "train.backend=recorder",
                 "inference.num_completions=4",
                 f"tasks.problems_per_round={PROBLEMS}",
+                "tasks.resample=0",  # each worker publishes exactly PROBLEMS groups: the counts below are exact
                 f"run.workdir={(tmp_path / 'work').as_posix()}",
                 "swarm.transport=gdrive",
                 f"swarm.root={root.as_posix()}",
