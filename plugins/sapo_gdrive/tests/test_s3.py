@@ -49,7 +49,7 @@ if "sapo_gdrive_swarm_processes" not in sys.modules:
     sys.modules[_spec.name] = _module
     _spec.loader.exec_module(_module)
 
-from sapo_gdrive_swarm_processes import ROUND_SECONDS, Swarm, tiny_model  # noqa: E402,F401  (tiny_model: a fixture)
+from sapo_gdrive_swarm_processes import ROUND_SECONDS, SWARM_SETS, Swarm, tiny_model  # noqa: E402,F401  (tiny_model: a fixture)
 
 from sapo_core import codec  # noqa: E402
 from sapo_gdrive.folder import FolderTransport  # noqa: E402
@@ -253,16 +253,7 @@ def s3_swarm(tmp_path, tiny_model, bucket, moto_endpoint) -> Iterator[Any]:  # n
 
     def make(endpoint: str, *, secret: str = "") -> S3Swarm:
         sets = [
-            "rewards.weights={crc=1.0}",
-            "tasks.problems_per_round=2",
-            "inference.num_completions=4",
-            "inference.max_new_tokens=8",
-            "eval.every=0",
-            "checkpoint.every=1",
-            "checkpoint.backend=gdrive",
-            "swarm.local_groups=2",
-            "swarm.external_groups=4",
-            "swarm.poll_seconds=0.25",
+            *SWARM_SETS,
             "swarm.live_seconds=60",
             f"swarm.round_seconds={ROUND_SECONDS * 3}",
             f"run.workdir={(tmp_path / 'work').as_posix()}",

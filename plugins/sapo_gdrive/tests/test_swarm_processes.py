@@ -202,22 +202,28 @@ class Swarm:
         return sorted(int(p.parent.name.removeprefix("round-")) for p in folder.glob("round-*/checkpoint.json"))
 
 
+#: The settings every swarm of these tests shares (test_s3.py's too): tiny rounds, checkpoints on the folder.
+SWARM_SETS = [
+    "rewards.weights={crc=1.0}",
+    "tasks.problems_per_round=2",
+    "inference.num_completions=4",
+    "inference.max_new_tokens=8",
+    "eval.every=0",
+    "checkpoint.every=1",
+    "checkpoint.backend=gdrive",
+    "swarm.local_groups=2",
+    "swarm.external_groups=4",
+    "swarm.poll_seconds=0.25",
+]
+
+
 @pytest.fixture
 def swarm(tmp_path, tiny_model) -> Iterator[Callable[..., Swarm]]:
     made: list[Swarm] = []
 
     def make(rounds: int, *sets: str) -> Swarm:
         base = [
-            "rewards.weights={crc=1.0}",
-            "tasks.problems_per_round=2",
-            "inference.num_completions=4",
-            "inference.max_new_tokens=8",
-            "eval.every=0",
-            "checkpoint.every=1",
-            "checkpoint.backend=gdrive",
-            "swarm.local_groups=2",
-            "swarm.external_groups=4",
-            "swarm.poll_seconds=0.25",
+            *SWARM_SETS,
             f"swarm.round_seconds={ROUND_SECONDS}",
             f"run.workdir={(tmp_path / 'work').as_posix()}",
         ]
