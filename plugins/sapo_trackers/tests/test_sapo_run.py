@@ -25,36 +25,33 @@ def tiny_model(tmp_path_factory):
     return tiny_model_spec(tmp_path_factory.mktemp("tiny"))
 
 
+def small_round(tiny_model: str) -> list[str]:
+    """The settings of a round of seconds on the tiny model, with an evaluation after round 2."""
+    return [
+        f"model.name={tiny_model}",
+        "tasks.problems_per_round=2",
+        "inference.num_completions=2",
+        "inference.max_new_tokens=8",
+        "eval.problems=2",
+        "eval.every=2",
+    ]
+
+
+def as_sets(*items: str) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
 def sapo_run(tmp_path, tiny_model, report_to, *, code=None, env=None):
     """``sapo run`` for 2 rounds with an evaluation before and after; returns (run dir, stderr)."""
     run_dir = tmp_path / "run"
     start = [sys.executable, "-c", code] if code else [sys.executable, "-m", "sapo_core"]
-    command = [
-        *start,
-        "run",
-        "--rounds",
-        "2",
-        "--run-dir",
-        str(run_dir),
-        "--set",
-        f"model.name={tiny_model}",
-        "--set",
+    command = [*start, "run", "--rounds", "2", "--run-dir", str(run_dir)]
+    command += as_sets(
+        *small_round(tiny_model),
         f"run.workdir={tmp_path.as_posix()}",
-        "--set",
-        "tasks.problems_per_round=2",
-        "--set",
-        "inference.num_completions=2",
-        "--set",
-        "inference.max_new_tokens=8",
-        "--set",
-        "eval.problems=2",
-        "--set",
-        "eval.every=2",
-        "--set",
         "eval.at_start=true",
-        "--set",
         f"run.report_to={json.dumps(report_to)}",
-    ]
+    )
     # Wide lines: a warning is asserted on whole; no tracking server of the machine's environment.
     environ = {name: value for name, value in os.environ.items() if name != "MLFLOW_TRACKING_URI"}
     environ.update({"COLUMNS": "1000", **(env or {})})
@@ -97,37 +94,10 @@ def test_failing_trackers_warn_once_each_and_the_run_finishes(tmp_path, tiny_mod
 def test_the_same_flag_on_sapo_swarm_run_reaches_every_node(tmp_path, tiny_model):
     """The launcher hands each node's process the --set flags: one TensorBoard run per node."""
     root = tmp_path / "launch"
-    command = [
-        sys.executable,
-        "-m",
-        "sapo_core",
-        "swarm",
-        "run",
-        "--nodes",
-        "2",
-        "--root",
-        str(root),
-        "--rounds",
-        "2",
-        "--set",
-        f"model.name={tiny_model}",
-        "--set",
-        "tasks.problems_per_round=2",
-        "--set",
-        "inference.num_completions=2",
-        "--set",
-        "inference.max_new_tokens=8",
-        "--set",
-        "eval.problems=2",
-        "--set",
-        "eval.every=2",
-        "--set",
-        "swarm.round_seconds=60",
-        "--set",
-        "swarm.poll_seconds=0.5",
-        "--set",
-        'run.report_to=["tensorboard"]',
-    ]
+    command = [sys.executable, "-m", "sapo_core", "swarm", "run", "--nodes", "2", "--root", str(root), "--rounds", "2"]
+    command += as_sets(
+        *small_round(tiny_model), "swarm.round_seconds=60", "swarm.poll_seconds=0.5", 'run.report_to=["tensorboard"]'
+    )
     done = subprocess.run(command, env={**os.environ, "COLUMNS": "1000"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     for node in ("worker-1", "worker-2"):
