@@ -46,7 +46,6 @@ from sapo_core.interfaces import (
     Checkpointer,
     InferenceBackend,
     Learner,
-    NodeInfo,
     RewardFunction,
     Task,
     Transport,
@@ -60,8 +59,8 @@ from sapo_core.scoring import (
     completion_tokens,
     follow_curriculum,
     make_group,
+    reward_scores,
     score_batch,
-    score_functions,
 )
 
 __all__ = ["Node", "Timer", "process_rank"]
@@ -96,8 +95,7 @@ class Node:
     on_phase: Callable[[str], None] | None = None
     _evaluator: Evaluator | None = attrs.field(default=None, init=False, repr=False)
     _levels: dict[str, list[Task]] = attrs.field(factory=dict, init=False, repr=False)  # each task at every level
-    # Set when a backend asked to stop during an evaluation: the round is finished, then the run ends.
-    _stop: StopRun | None = attrs.field(default=None, init=False, repr=False)
+    _stop: StopRun | None = attrs.field(default=None, init=False, repr=False)  # asked for in an evaluation
 
     @classmethod
     def from_config(cls, config: Config, plugins: Plugins) -> Node:
@@ -106,10 +104,7 @@ class Node:
 
     def close(self) -> None:
         backends = (self.inference, self.eval_inference, self.learner, self.checkpointer, self.transport)
-        for backend in (*backends, *self.rewards.values()):
-            close = getattr(backend, "close", None)
-            if callable(close):
-                close()
+        recording.close_backends(*backends, *self.rewards.values())
 
     # ----------------------------------------------------------------------- running
 
@@ -129,89 +124,72 @@ class Node:
         return self.last_metrics
 
     @property
-    def main(self) -> bool:
+    def is_main_process(self) -> bool:
         """False in the other processes of a distributed learner (``accelerate launch``).
 
-        Every process runs the same loop on the same rollouts (the seeds make them identical;
-        a collective inference backend shares the generation out) and the learner shares the
-        training out; only the main process writes: the run directory, metrics, checkpoints,
-        payloads and heartbeats. Only it evaluates, unless `eval_collective`.
+        Every process runs the same loop on the same rollouts (the seeds make them identical) and
+        the learner shares the training out; only the main process writes (the run directory,
+        metrics, checkpoints, payloads, heartbeats) and evaluates, unless `eval_collective`.
         """
         return process_rank() == 0
 
     @property
     def eval_collective(self) -> bool:
-        """Whether every process evaluates: the evaluation's backend says that all processes must call
-        its ``generate`` together (``collective``, e.g. the local backend sharding its rows).
-        Otherwise the main process evaluates alone, so that a paid API is not asked N times."""
+        """Whether every process evaluates, as a ``collective`` backend needs (the local one shards its
+        rows); otherwise the main process evaluates alone, so that a paid API is not asked N times."""
         return bool(getattr(self.eval_inference or self.inference, "collective", False))
 
     def join(self) -> None:
         """Check this node's settings against the swarm's and announce it (idempotent)."""
         self.context.workdir.mkdir(parents=True, exist_ok=True)
-        if not self.main:
+        if not self.is_main_process:
             return
         recording.write_config(self.context.workdir, self.config, node=self.context.node)
         check_compatible(swarm_settings(self.config), self.transport.ensure_settings(swarm_settings(self.config)))
-        self.transport.heartbeat(self.info())
+        self.transport.heartbeat(peers.node_info(self.context))
 
     def work(self) -> None:
         """The worker/contributor loop."""
-        if self.main:
-            log.info("%s: run directory %s", self.context.node, self.context.workdir)
+        node, swarm = self.context.node, self.config.swarm
+        if self.is_main_process:
+            log.info("%s: run directory %s", node, self.context.workdir)
         done = self.resume() if self.config.run.resume else -1
-        evaluates = self.main or self.eval_collective
+        evaluates = self.is_main_process or self.eval_collective
         if done == -1 and self.config.eval.at_start and self.inference is not None and evaluates:
             try:
                 self.evaluate_baseline()
             except StopRun as exc:
-                log.warning("%s: %s; the run ends before round 0", self.context.node, exc)
+                log.warning("%s: %s; the run ends before round 0", node, exc)
                 return
         from sapo_core.progress import run_progress  # rich is imported only when running
 
-        label = self.label or self.context.node
-        with run_progress(self.config.run.rounds, done + 1, label=label, quiet=not self.main) as progress:
+        label = self.label or node
+        with run_progress(self.config.run.rounds, done + 1, label=label, quiet=not self.is_main_process) as progress:
             self.on_phase = progress.phase
             try:
                 while True:
-                    round = self.next_round(done)
+                    # The swarm's current round: a node that fell behind jumps ahead.
+                    round = peers.next_round(self.transport, swarm, done, node=node, beat=self.beat, sleep=self.sleep)
                     if round >= self.config.run.rounds:
                         break
                     try:
                         metrics = self.step(round)
                     except StopRun as exc:
-                        log.warning("%s: %s; the run ends before round %d", self.context.node, exc, round)
+                        log.warning("%s: %s; the run ends before round %d", node, exc, round)
                         break
                     self.finish_round(round, metrics)
                     progress.round_done(round, metrics)
                     done = round
                     if self._stop is not None:
-                        log.warning("%s: %s; the run ends after round %d", self.context.node, self._stop, round)
+                        log.warning("%s: %s; the run ends after round %d", node, self._stop, round)
                         break
             finally:
                 self.on_phase = None
 
     def beat(self, round: int) -> None:
         """Heartbeat (from the main process only)."""
-        if self.main:
-            self.transport.heartbeat(self.info(round))
-
-    def info(self, round: int = -1) -> NodeInfo:
-        now = time.time()
-        return NodeInfo(
-            node=self.context.node,
-            role=self.context.role,
-            model=self.context.model,
-            started_at=now,
-            last_seen=now,
-            round=round,
-        )
-
-    def next_round(self, done: int) -> int:
-        """The round to work on after ``done``: the swarm's current one (jumping ahead if behind)."""
-        return peers.next_round(
-            self.transport, self.config.swarm, done, node=self.context.node, beat=self.beat, sleep=self.sleep
-        )
+        if self.is_main_process:
+            self.transport.heartbeat(peers.node_info(self.context, round))
 
     # ------------------------------------------------------------------------- a round
 
@@ -261,9 +239,7 @@ class Node:
                     timer=timer,
                 )
             )
-        backends: dict[str, Any] = {"inference": self.inference, "learner": self.learner, "transport": self.transport}
-        backends.update({f"reward/{name}": reward for name, reward in self.rewards.items()})  # e.g. a judge's requests
-        metrics.update(recording.backend_metrics(backends))
+        metrics.update(recording.backend_metrics(self.inference, self.learner, self.transport, self.rewards))
         metrics.update({f"time/{name}": value for name, value in timer.seconds.items()})
         metrics["time/round"] = time.perf_counter() - start
         return metrics
@@ -284,13 +260,13 @@ class Node:
     def score(self, problem: Problem, completions: Sequence[Completion], *, node: str) -> Group:
         """Score one problem's completions with this node's rewards: a `Group` with advantages."""
         return make_group(
-            self.config, problem, completions, score_functions(self.rewards, problem, completions), node=node
+            self.config, problem, completions, reward_scores(self.rewards, problem, completions), node=node
         )
 
     def share(self, round: int, local: Sequence[Group]) -> tuple[list[Group], dict[str, int]]:
         """Publish our groups, wait for peers (bounded); their groups re-scored here, and what was
         collected and refused (``payloads/*``, ``groups/external_*``)."""
-        if self.main:
+        if self.is_main_process:
             self.transport.publish(round_payload(self.context, round, local))
         self.wait_for_peers(round)
         collected = self.transport.collect(round)
@@ -304,15 +280,14 @@ class Node:
         )
 
     def wait_for_peers(self, round: int) -> None:
-        """Until the round has closed with its payloads here, or every live peer has published, or a
-        deadline passes (`sapo_core.peers.wait_for_peers`)."""
+        """Until the round closed with its payloads here, every live peer published, or a deadline passed."""
         peers.wait_for_peers(self.transport, self.config.swarm, round, beat=self.beat, sleep=self.sleep)
 
     # --------------------------------------------------------- evaluation, records, checkpoints
 
     def eval_due(self, round: int) -> bool:
         """Whether ``round`` ends with an evaluation: every ``eval.every`` rounds and after the last."""
-        if self.inference is None or not (self.main or self.eval_collective):
+        if self.inference is None or not (self.is_main_process or self.eval_collective):
             return False
         return recording.eval_due(round, every=self.config.eval.every, rounds=self.config.run.rounds)
 
@@ -333,22 +308,11 @@ class Node:
         if stop is not None:
             raise stop
         assert results is not None
-        metrics = {
-            "round": -1,
-            "node": self.context.node,
-            "time": time.time(),
-            **evaluated,
-            "time/eval": timer.seconds["eval"],
-        }
-        if not self.main:  # it took part in a collective evaluation; the main process writes
+        started = {"round": -1, "node": self.context.node, "time": time.time()}
+        metrics = {**started, **evaluated, "time/eval": timer.seconds["eval"]}
+        if not self.is_main_process:  # it took part in a collective evaluation; the main process writes
             return metrics
         recording.write_baseline(self.context.workdir, metrics, results)
-        log.info(
-            "%s: before training: pass@1 %.3f, reward %.3f",
-            self.context.node,
-            evaluated.get("eval/pass@1", 0.0),
-            evaluated.get("eval/reward_mean", 0.0),
-        )
         # Observers see it as round -1, so a swarm's shared metrics hold the starting point too.
         self.plugins.notify("round_finished", context=self.context, round=-1, metrics=metrics)
         return metrics
@@ -362,23 +326,22 @@ class Node:
             metrics.update(evaluated)
             if stop is not None:  # the round's own work is done: keep its metrics, then stop
                 self._stop = stop
-        due = recording.checkpoint_due(round, every=self.config.checkpoint.every, rounds=self.config.run.rounds)
         # A contributor has no weights: its progress is the swarm's round, nothing to save.
-        if self.checkpointer is not None and self.learner is not None and due and self.main:
-            with timer.phase("checkpoint"):
-                recording.save_checkpoint(
-                    self.checkpointer,
-                    round,
-                    self.config,
-                    learner=self.learner,
-                    curriculum=self.curriculum,
-                    node=self.context.node,
-                )
+        if self.checkpointer is not None and self.learner is not None and self.is_main_process:
+            recording.checkpoint_if_due(
+                self.checkpointer,
+                round,
+                self.config,
+                self.learner,
+                self.curriculum,
+                node=self.context.node,
+                timer=timer,
+            )
         metrics.update({f"time/{name}": value for name, value in timer.seconds.items()})
         if "time/round" in metrics:
             metrics["time/round"] += sum(timer.seconds.values())
         self.last_metrics = metrics
-        if self.main:
+        if self.is_main_process:
             self.write_metrics(round, metrics, results)
             self.plugins.notify("round_finished", context=self.context, round=round, metrics=metrics)
 

@@ -14,7 +14,7 @@ from sapo_core import codec
 from sapo_core.config import Config, SwarmSettings
 from sapo_core.curriculum import task_variants
 from sapo_core.errors import ConfigError
-from sapo_core.interfaces import BackendContext, Collected, Task, Transport
+from sapo_core.interfaces import BackendContext, Collected, NodeInfo, Task, Transport
 from sapo_core.logsafe import printable
 from sapo_core.records import SCHEMA_VERSION, Completion, Group, Problem, RoundPayload
 
@@ -90,6 +90,14 @@ def next_round(
             log.warning("%s: no new round from the coordinator; running round %d alone", node, done + 1)
             return done + 1
         sleep(swarm.poll_seconds)
+
+
+def node_info(context: BackendContext, round: int = -1) -> NodeInfo:
+    """This node's heartbeat: who it is and the round it is on (-1 before its first)."""
+    now = time.time()
+    return NodeInfo(
+        node=context.node, role=context.role, model=context.model, started_at=now, last_seen=now, round=round
+    )
 
 
 def round_payload(context: BackendContext, round: int, local: Sequence[Group]) -> RoundPayload:

@@ -34,7 +34,7 @@ from sapo_core.interfaces import (
 from sapo_core.records import Completion, Problem
 from sapo_core.rewards import CorrectnessReward, FormatReward
 from sapo_core.rollouts import Timer
-from sapo_core.scoring import Scores, checked_scores, score_functions
+from sapo_core.scoring import Scores, checked_scores, reward_scores
 
 log = logging.getLogger("sapo.node")
 
@@ -68,7 +68,7 @@ def new_evaluator(
         extra["format"] = FormatReward()
 
     def score(problem: Problem, completions: Sequence[Completion]) -> Scores:
-        scores = score_functions(rewards, problem, completions)
+        scores = reward_scores(rewards, problem, completions)
         scores.update({n: checked_scores(n, r, problem, completions) for n, r in extra.items()})
         return scores
 
@@ -105,12 +105,25 @@ def evaluation(
     return metrics, results, stop
 
 
-def backend_metrics(backends: Mapping[str, Any]) -> dict[str, Any]:
-    """Each backend's ``round_metrics()`` since the last read, under its kind: ``{kind: backend}``."""
+def backend_metrics(
+    inference: Any, learner: Any, transport: Any, rewards: Mapping[str, RewardFunction]
+) -> dict[str, Any]:
+    """Each backend's ``round_metrics()`` since the last read, under its kind (a reward's, e.g. a
+    judge's requests, under ``reward/<name>/``)."""
+    backends: dict[str, Any] = {"inference": inference, "learner": learner, "transport": transport}
+    backends.update({f"reward/{name}": reward for name, reward in rewards.items()})
     metrics: dict[str, Any] = {}
     for kind, backend in backends.items():
         metrics.update(drained(backend, f"{kind}/"))
     return metrics
+
+
+def close_backends(*backends: Any) -> None:
+    """Call ``close()`` on each backend that has one (None and those without are skipped)."""
+    for backend in backends:
+        close = getattr(backend, "close", None)
+        if callable(close):
+            close()
 
 
 def drained(backend: Any, prefix: str) -> dict[str, Any]:
@@ -137,6 +150,8 @@ def write_baseline(workdir: Path, metrics: Mapping[str, Any], results: Sequence[
         workdir / rundir.METRICS_DIR / "eval_start.json",
         {**metrics, "problems": [result.to_data() for result in results]},
     )
+    pass_at_1, reward = metrics.get("eval/pass@1", 0.0), metrics.get("eval/reward_mean", 0.0)
+    log.info("%s: before training: pass@1 %.3f, reward %.3f", metrics.get("node"), pass_at_1, reward)
 
 
 def write_round(workdir: Path, round: int, metrics: Mapping[str, Any], results: Sequence[ProblemResult] | None) -> None:
@@ -176,6 +191,22 @@ def write_config(workdir: Path, config: Config, *, node: str) -> None:
 def checkpoint_due(round: int, *, every: int, rounds: int) -> bool:
     """Whether a checkpoint follows ``round``: every ``checkpoint.every`` rounds and after the last."""
     return (round + 1) % every == 0 or round == rounds - 1
+
+
+def checkpoint_if_due(
+    checkpointer: Checkpointer,
+    round: int,
+    config: Config,
+    learner: Learner,
+    curriculum: Curriculum | None,
+    *,
+    node: str,
+    timer: Timer,
+) -> None:
+    """`save_checkpoint` after every ``checkpoint.every`` rounds and the last, timed as ``checkpoint``."""
+    if checkpoint_due(round, every=config.checkpoint.every, rounds=config.run.rounds):
+        with timer.phase("checkpoint"):
+            save_checkpoint(checkpointer, round, config, learner=learner, curriculum=curriculum, node=node)
 
 
 def save_checkpoint(

@@ -22,9 +22,7 @@ log = logging.getLogger("sapo.node")
 Scores = dict[str, list[float]]
 
 
-def score_functions(
-    rewards: Mapping[str, RewardFunction], problem: Problem, completions: Sequence[Completion]
-) -> Scores:
+def reward_scores(rewards: Mapping[str, RewardFunction], problem: Problem, completions: Sequence[Completion]) -> Scores:
     """Each reward function's scores of one problem's completions (a broken one scores 0)."""
     return {name: checked_scores(name, reward, problem, completions) for name, reward in rewards.items()}
 
@@ -78,7 +76,7 @@ def score_batch(
     """The groups of the problems that got all their completions, and each one's scores per reward."""
     n = config.inference.num_completions
     complete = [(p, c[:n]) for p, c in zip(problems, outputs) if len(c) >= n]
-    scored = [score_functions(rewards, p, c) for p, c in complete]
+    scored = [reward_scores(rewards, p, c) for p, c in complete]
     return [make_group(config, p, c, parts, node=node) for (p, c), parts in zip(complete, scored)], scored
 
 
