@@ -10,6 +10,7 @@ import attrs
 
 from sapo_core.config import SECTIONS, is_settings_class, settings_keys
 from sapo_core.errors import PluginError
+from sapo_core.first_party import provider_of
 from sapo_core.names import BACKEND_NAME_RULE, is_backend_name
 from sapo_core.tasks.presets import PLUGIN_PREFIXES
 
@@ -125,6 +126,9 @@ class Registry:
         for prefix, distribution in PLUGIN_PREFIXES.items():
             if kind == "task" and name.startswith(prefix) and not any(k.startswith(prefix) for k in known):
                 return f"{what} {prefix} tasks come from a plugin: pip install {distribution}"
+        provider = provider_of(kind, name)
+        if provider is not None:  # sapo's own, not installed (or its plugin failed to load: see the log)
+            return f"{what} It comes with {provider}: pip install {provider}"
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.75)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         if len(known) > 20:  # reasoning-gym alone brings ~100 tasks: too many for one message

@@ -151,7 +151,8 @@ class ModelSettings:
 class InferenceSettings:
     """``[inference]``: how completions are sampled. Other keys are the backend's extras."""
 
-    backend: str = attrs.field(default="local", validator=_not_empty)  # registered inference backend name
+    # A registered inference backend; the default is sapo-local's (`sapo_core.first_party`).
+    backend: str = attrs.field(default="local", validator=_not_empty)
     num_completions: int = attrs.field(default=8, validator=_at_least(1))  # G: completions per problem
     # Below 1.0: a small model at temperature 1 writes fewer answers it can be credited for, so
     # fewer groups differ in reward and fewer give GRPO a signal (docs/benchmarks.md, "Learning signal").
@@ -243,7 +244,8 @@ class SwarmSettings:
 class TrainSettings:
     """``[train]``: the learner that updates the weights. Other keys are the learner's extras."""
 
-    backend: str = attrs.field(default="grpo", validator=_not_empty)  # registered learner name
+    # A registered learner; the default is sapo-local's (`sapo_core.first_party`).
+    backend: str = attrs.field(default="grpo", validator=_not_empty)
 
 
 @attrs.frozen
