@@ -22,7 +22,7 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
   -e '.[test,plot]' \
   -e 'plugins/sapo_local[lora,serve]' \
   -e 'plugins/sapo_openai[test]' \
-  -e plugins/sapo_vllm \
+  -e 'plugins/sapo_vllm[local]' \
   -e 'plugins/sapo_gdrive[test]' \
   -e plugins/sapo_reasoning_gym \
   -e 'plugins/sapo_trackers[all]'

@@ -14,6 +14,8 @@ A model spec is one of:
 GGUF files are de-quantised by transformers on load, which takes a while; the first load
 saves the result as safetensors under the cache folder (``SAPO_CACHE``, default
 ``~/.cache/sapo``) and later loads read that.
+
+``__all__`` is the documented surface other distributions (sapo-vllm, tests) may use; the rest is internal.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from sapo_core.errors import BackendError
 
 if TYPE_CHECKING:
     import torch
+
+__all__ = ["choose_device", "choose_dtype", "load_model", "load_tokenizer", "tiny_llama", "tiny_model_spec"]
 
 log = logging.getLogger("sapo.local")
 

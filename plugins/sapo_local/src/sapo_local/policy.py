@@ -4,6 +4,8 @@ The ``local`` inference backend and the ``grpo`` learner of one node find the sa
 in ``context.shared``, so the model that generates is the model being trained: no copy, no
 reload between rounds. With LoRA the learner wraps ``policy.model`` in place (peft injects
 its layers into the model's own modules), so generation sees the adapters too.
+
+``__all__`` is the documented surface other distributions (sapo-vllm) may use; the rest is internal.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import attrs
 
 from sapo_core.interfaces import BackendContext
 from sapo_core.records import Completion, Problem
+
+__all__ = ["SHARED_KEY", "Policy", "get_policy", "prompt_ids"]
 
 SHARED_KEY = "sapo_local.policy"
 

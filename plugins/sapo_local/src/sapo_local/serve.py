@@ -405,7 +405,20 @@ class RateLimiter:
 def create_app(service: TrainerService, api_key: str) -> Any:
     """The ASGI app: routes, the key check, the rate limit and the body-size limit."""
     settings = service.settings
+    app = FastAPI(title="sapo serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan(service))
+    app.add_exception_handler(BookError, _book_error)  # type: ignore[arg-type]  # Starlette types it for Exception
+    _add_routes(app, service)
+    # The rate limit comes before the key check, so it also slows down anyone guessing keys.
+    return Guard(
+        app,
+        limit=settings.max_body_bytes,
+        limiter=RateLimiter(settings.rate, settings.burst),
+        api_key=api_key,
+        open_paths=frozenset({"/health"}),
+    )
 
+
+def _lifespan(service: TrainerService) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -413,16 +426,18 @@ def create_app(service: TrainerService, api_key: str) -> Any:
         # code after uvicorn.run would never run, so the last checkpoint is written here.
         await asyncio.to_thread(service.stop)
 
-    app = FastAPI(title="sapo serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    return lifespan
 
-    @app.exception_handler(BookError)
-    async def book_error(request: Request, exc: BookError) -> JSONResponse:
-        body: dict[str, Any] = {"error": str(exc)}
-        if exc.ids:
-            body["rollout_ids"] = exc.ids[:100]
-        headers = {"Retry-After": "1"} if exc.kind == "busy" else None
-        return JSONResponse(body, status_code=STATUS.get(exc.kind, 503), headers=headers)
 
+async def _book_error(request: Request, exc: BookError) -> JSONResponse:
+    body: dict[str, Any] = {"error": str(exc)}
+    if exc.ids:
+        body["rollout_ids"] = exc.ids[:100]
+    headers = {"Retry-After": "1"} if exc.kind == "busy" else None
+    return JSONResponse(body, status_code=STATUS.get(exc.kind, 503), headers=headers)
+
+
+def _add_routes(app: FastAPI, service: TrainerService) -> None:
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -430,25 +445,7 @@ def create_app(service: TrainerService, api_key: str) -> Any:
     @app.post("/v1/rollouts")
     def rollouts(body: RolloutsIn) -> dict[str, Any]:
         n = body.num_completions or service.group_size
-        if n > settings.max_completions:
-            raise BookError("invalid", f"num_completions {n} is over this server's limit of {settings.max_completions}")
-        if len(body.prompts) > settings.max_prompts:
-            raise BookError("invalid", f"{len(body.prompts)} prompts in one request; at most {settings.max_prompts}")
-        chats = []
-        for position, prompt in enumerate(body.prompts):
-            if (prompt.messages is None) == (prompt.prompt is None):
-                raise BookError("invalid", f"prompts[{position}] needs exactly one of messages or prompt")
-            messages = (
-                tuple(Message(m.role, m.content) for m in prompt.messages)
-                if prompt.messages is not None
-                else (Message("user", prompt.prompt or ""),)
-            )
-            if sum(len(m.content) for m in messages) > settings.max_prompt_chars:
-                raise BookError("invalid", f"prompts[{position}] is over {settings.max_prompt_chars} characters")
-            if not any(m.role == "user" and m.content.strip() for m in messages):
-                raise BookError("invalid", f"prompts[{position}] has no non-empty user message")
-            chats.append(messages)
-        return service.rollouts(chats, n)
+        return service.rollouts(_chats(body, n, service.settings), n)
 
     @app.post("/v1/rewards")
     def rewards(body: RewardsIn) -> dict[str, Any]:
@@ -470,11 +467,25 @@ def create_app(service: TrainerService, api_key: str) -> Any:
     def list_checkpoints() -> dict[str, Any]:
         return service.checkpoints()
 
-    # The rate limit comes before the key check, so it also slows down anyone guessing keys.
-    return Guard(
-        app,
-        limit=settings.max_body_bytes,
-        limiter=RateLimiter(settings.rate, settings.burst),
-        api_key=api_key,
-        open_paths=frozenset({"/health"}),
-    )
+
+def _chats(body: RolloutsIn, n: int, settings: ServeSettings) -> list[tuple[Message, ...]]:
+    """The request's prompts as chats, within this server's limits (BookError "invalid" beyond them)."""
+    if n > settings.max_completions:
+        raise BookError("invalid", f"num_completions {n} is over this server's limit of {settings.max_completions}")
+    if len(body.prompts) > settings.max_prompts:
+        raise BookError("invalid", f"{len(body.prompts)} prompts in one request; at most {settings.max_prompts}")
+    chats = []
+    for position, prompt in enumerate(body.prompts):
+        if (prompt.messages is None) == (prompt.prompt is None):
+            raise BookError("invalid", f"prompts[{position}] needs exactly one of messages or prompt")
+        messages = (
+            tuple(Message(m.role, m.content) for m in prompt.messages)
+            if prompt.messages is not None
+            else (Message("user", prompt.prompt or ""),)
+        )
+        if sum(len(m.content) for m in messages) > settings.max_prompt_chars:
+            raise BookError("invalid", f"prompts[{position}] is over {settings.max_prompt_chars} characters")
+        if not any(m.role == "user" and m.content.strip() for m in messages):
+            raise BookError("invalid", f"prompts[{position}] has no non-empty user message")
+        chats.append(messages)
+    return chats

@@ -8,13 +8,17 @@ from __future__ import annotations
 import ipaddress
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from sapo_core.cli import fail, resolve, run_options, setup_logging
 from sapo_core.errors import SapoError
 from sapo_core.keys import find_key
+
+if TYPE_CHECKING:
+    from sapo_core.config import Config
+    from sapo_local.serve import ServeSettings
 
 log = logging.getLogger("sapo.serve")
 
@@ -88,33 +92,13 @@ def serve(
     The run's folder (config.json, metrics.jsonl, checkpoints/) is made as for `sapo run`
     offline. See docs/serve.md for the API and sapo_core.remote.RemoteTrainer for the client.
     """
-    found = find_key(api_key_env)
-    api_key = found[0] if found else ""
-    if len(api_key) < MIN_KEY_CHARS:
-        raise click.ClickException(
-            f"sapo serve needs an API key of at least {MIN_KEY_CHARS} characters in {api_key_env}, e.g.\n"
-            f"  export {api_key_env}=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')\n"
-            f"(or `sapo keys set {api_key_env}`), and the same key on the clients."
-        )
-    try:
-        if not ipaddress.ip_address(host).is_loopback:
-            log.warning(
-                "binding %s: the trainer is reachable from other machines over plain HTTP; "
-                "put a TLS proxy in front of it",
-                host,
-            )
-    except ValueError:
-        pass  # a host name: uvicorn resolves it
-    from sapo_core.node import Node
-    from sapo_core.plugins import get_plugins
-
+    api_key = _api_key(api_key_env)
+    _warn_if_exposed(host)
     flags["transport"] = "none"  # one process owns the policy; clients are not swarm nodes
     try:
         config = resolve(config_file, sets, **flags)
         setup_logging(config.run.log_level)
-        import uvicorn
-
-        from sapo_local.serve import ServeSettings, TrainerService, create_app
+        from sapo_local.serve import ServeSettings
 
         settings = ServeSettings(
             host=host,
@@ -127,17 +111,7 @@ def serve(
             rate=rate,
             burst=burst,
         )
-        node = Node.from_config(config, get_plugins())
-        service = TrainerService(node, settings)
-        service.start(resume=config.run.resume)
-        click.echo(
-            f"sapo serve: {config.model.name} on http://{host}:{port} (run folder {node.context.workdir})", err=True
-        )
-        try:
-            uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning", access_log=False)
-        finally:
-            service.stop()  # already done by the app's shutdown, unless uvicorn failed to start
-            node.close()
+        _host_trainer(config, settings, api_key)
     except ImportError as exc:
         raise click.ClickException(
             f"sapo serve needs FastAPI and uvicorn: pip install 'sapo-local[serve]' ({exc})"
@@ -145,3 +119,57 @@ def serve(
     except SapoError as exc:
         fail(exc)
     sys.stdout.flush()
+
+
+def _api_key(api_key_env: str) -> str:
+    """The key clients must send, from ``api_key_env`` (or sapo's key store); refuses a short or missing one."""
+    found = find_key(api_key_env)
+    api_key = found[0] if found else ""
+    if len(api_key) < MIN_KEY_CHARS:
+        raise click.ClickException(
+            f"sapo serve needs an API key of at least {MIN_KEY_CHARS} characters in {api_key_env}, e.g.\n"
+            f"  export {api_key_env}=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')\n"
+            f"(or `sapo keys set {api_key_env}`), and the same key on the clients."
+        )
+    return api_key
+
+
+def _warn_if_exposed(host: str) -> None:
+    try:
+        if not ipaddress.ip_address(host).is_loopback:
+            log.warning(
+                "binding %s: the trainer is reachable from other machines over plain HTTP; "
+                "put a TLS proxy in front of it",
+                host,
+            )
+    except ValueError:
+        pass  # a host name: uvicorn resolves it
+
+
+def _host_trainer(config: Config, settings: ServeSettings, api_key: str) -> None:
+    """Build the node and its service, and serve them until uvicorn returns."""
+    import uvicorn
+
+    from sapo_core.node import Node
+    from sapo_core.plugins import get_plugins
+    from sapo_local.serve import TrainerService, create_app
+
+    node = Node.from_config(config, get_plugins())
+    service = TrainerService(node, settings)
+    service.start(resume=config.run.resume)
+    click.echo(
+        f"sapo serve: {config.model.name} on http://{settings.host}:{settings.port} "
+        f"(run folder {node.context.workdir})",
+        err=True,
+    )
+    try:
+        uvicorn.run(
+            create_app(service, api_key),
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            access_log=False,
+        )
+    finally:
+        service.stop()  # already done by the app's shutdown, unless uvicorn failed to start
+        node.close()

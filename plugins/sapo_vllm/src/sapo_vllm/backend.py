@@ -32,9 +32,10 @@ from sapo_core.keys import find_key
 from sapo_core.records import Completion, Problem
 from sapo_core.seeding import derive_seed
 from sapo_core.throughput import TokenMeter
+from sapo_vllm.local_policy import load_tokenizer, prompt_ids, shared_policy
 from sapo_vllm.servers import Server, ServerPool
 from sapo_vllm.settings import ServerSettings
-from sapo_vllm.weightsync import ENGINES, POLICY_KEY, WeightSync
+from sapo_vllm.weightsync import ENGINES, WeightSync
 
 log = logging.getLogger("sapo.vllm")
 
@@ -75,9 +76,9 @@ class ServerInference:
         if not self._ready:
             self.pool.wait_ready(self.settings.startup_timeout)
             self._ready = True
-        self.sync.before_generate(self.context.shared.get(POLICY_KEY))
+        self.sync.before_generate(shared_policy(self.context))
         tokenizer = self.tokenizer()
-        prompts = [self._prompt_ids(tokenizer, p) for p in problems]
+        prompts = [prompt_ids(tokenizer, p) for p in problems]
         jobs = [(p, i) for p in range(len(problems)) for i in range(n)]
         results = asyncio.run(
             self._run([(prompts[p], derive_seed(params.seed, problems[p].id, i)) for p, i in jobs], params)
@@ -108,25 +109,12 @@ class ServerInference:
 
     def tokenizer(self) -> Any:
         """The learner's tokenizer when this node trains (the ids must be its ids), else one loaded for the model."""
-        policy = self.context.shared.get(POLICY_KEY)
+        policy = shared_policy(self.context)
         if policy is not None:
             return policy.tokenizer
         if self._tokenizer is None:
-            try:
-                from sapo_local.models import load_tokenizer
-            except ImportError as exc:
-                raise BackendError(
-                    "the vllm/sglang backends render prompts to token ids with the model's tokenizer: "
-                    "pip install sapo-local"
-                ) from exc
             self._tokenizer = load_tokenizer(self.context.model)
         return self._tokenizer
-
-    @staticmethod
-    def _prompt_ids(tokenizer: Any, problem: Problem) -> list[int]:
-        from sapo_local.policy import prompt_ids  # the learner's own rendering: one chat template, one truth
-
-        return prompt_ids(tokenizer, problem)
 
     # --------------------------------------------------------------------------- requests
 

@@ -54,49 +54,62 @@ def build_launch(
         raise click.BadParameter(
             f"unknown engine {engine!r}. Choose one of: {', '.join(INSTALL)}", param_hint="--engine"
         )
-    env: dict[str, str] = {}
+    command = _vllm_command if engine == "vllm" else _sglang_command
+    argv, env = command(
+        python, model, host=host, port=port, seed=seed, lora=lora, max_lora_rank=max_lora_rank, api_key_env=api_key_env
+    )
     if gpu:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    if engine == "vllm":
-        argv = [
-            python,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            model,
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--seed",
-            str(seed),
-        ]
-        # /collective_rpc (full reloads) and /reset_prefix_cache are development routes.
-        env["VLLM_SERVER_DEV_MODE"] = "1"
-        if lora:
-            argv += ["--enable-lora", "--max-lora-rank", str(max_lora_rank)]
-            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
-        if api_key_env:  # vLLM reads its key from VLLM_API_KEY: the key never shows in the process list
-            env["VLLM_API_KEY"] = f"${api_key_env}"
-    else:
-        argv = [
-            python,
-            "-m",
-            "sglang.launch_server",
-            "--model-path",
-            model,
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--random-seed",
-            str(seed),
-        ]
-        if lora:
-            argv += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--lora-target-modules", "all"]
-        if api_key_env:  # SGLang takes it as a flag only
-            argv += ["--api-key", f"${api_key_env}"]
     return Launch(argv=(*argv, *extra), env=env)
+
+
+def _vllm_command(
+    python: str, model: str, *, host: str, port: int, seed: int, lora: bool, max_lora_rank: int, api_key_env: str
+) -> tuple[list[str], dict[str, str]]:
+    argv = [
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--seed",
+        str(seed),
+    ]
+    # /collective_rpc (full reloads) and /reset_prefix_cache are development routes.
+    env = {"VLLM_SERVER_DEV_MODE": "1"}
+    if lora:
+        argv += ["--enable-lora", "--max-lora-rank", str(max_lora_rank)]
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    if api_key_env:  # vLLM reads its key from VLLM_API_KEY: the key never shows in the process list
+        env["VLLM_API_KEY"] = f"${api_key_env}"
+    return argv, env
+
+
+def _sglang_command(
+    python: str, model: str, *, host: str, port: int, seed: int, lora: bool, max_lora_rank: int, api_key_env: str
+) -> tuple[list[str], dict[str, str]]:
+    argv = [
+        python,
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        model,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--random-seed",
+        str(seed),
+    ]
+    if lora:
+        argv += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--lora-target-modules", "all"]
+    if api_key_env:  # SGLang takes it as a flag only
+        argv += ["--api-key", f"${api_key_env}"]
+    return argv, {}
 
 
 def _expand(value: str, environ: Mapping[str, str]) -> str:

@@ -1,5 +1,6 @@
 """The entry point of sapo-vllm (group ``sapo``): the ``vllm`` and ``sglang`` inference backends and
-``sapo vllm launch``. Torch-free: the servers generate; httpx talks to them."""
+``sapo vllm launch``. Torch-free: the servers generate; httpx talks to them. The backends render
+prompts with sapo-local's tokenizer, the ``local`` extra (`sapo_vllm.local_policy`)."""
 
 from __future__ import annotations
 

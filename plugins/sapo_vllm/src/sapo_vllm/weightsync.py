@@ -35,9 +35,6 @@ from sapo_vllm.servers import ServerPool
 
 log = logging.getLogger("sapo.vllm")
 
-#: Where sapo-local's learner and inference share the policy (`sapo_local.policy.SHARED_KEY`).
-POLICY_KEY = "sapo_local.policy"
-
 
 @attrs.frozen
 class Engine:
