@@ -9,6 +9,8 @@ import pytest
 from sapo_core.errors import PluginError
 from sapo_core.plugins import Plugins, describe
 
+pytest_plugins = ["pytester"]  # test_fixture_registration_is_gone_in_the_next_test runs a session
+
 GOOD = """
 from sapo_core import hookimpl
 
@@ -245,19 +247,44 @@ def test_sapo_plugins_fixture_registers_for_one_test(sapo_plugins):
     sapo_plugins.register(Temporary(), name="temporary")
     assert get_plugins() is sapo_plugins
     assert "temporary" in get_plugins().registry.names("task")
-    _FIXTURE_MANAGERS.append(sapo_plugins)
 
 
-_FIXTURE_MANAGERS: list = []  # the manager the test above got, for the one below
+FIXTURE_THEN_NONE = """
+from sapo_core import hookimpl
+from sapo_core.plugins import get_plugins
+
+SEEN = []  # the manager the first test got, for the second
 
 
-def test_fixture_registration_is_gone_in_the_next_test():
-    from sapo_core.plugins import get_plugins
+class Temporary:
+    @hookimpl
+    def register_tasks(self, register):
+        register("temporary", lambda s, c: None)
 
-    if not _FIXTURE_MANAGERS:
-        pytest.skip("runs after test_sapo_plugins_fixture_registers_for_one_test (pytest keeps file order)")
-    assert get_plugins() is not _FIXTURE_MANAGERS[-1]  # the process's manager was put back
+
+def test_registers(sapo_plugins):
+    sapo_plugins.register(Temporary(), name="temporary")
+    SEEN.append(sapo_plugins)
+    assert "temporary" in get_plugins().registry.names("task")
+
+
+def test_after():
+    assert get_plugins() is not SEEN[0]
     assert "temporary" not in get_plugins().registry.names("task")
+"""
+
+
+def test_fixture_registration_is_gone_in_the_next_test(pytester, monkeypatch):
+    # A pytest session of its own: this suite's autouse reset of the manager (conftest.py)
+    # would hide a fixture that leaves its manager behind.
+    from sapo_core import plugins as plugins_module
+
+    outer = loaded()
+    monkeypatch.setattr(plugins_module, "_plugins", outer)
+    pytester.makepyfile(FIXTURE_THEN_NONE)
+    result = pytester.inline_run("-p", "no:randomly", "-p", "no:cacheprovider")
+    result.assertoutcome(passed=2)  # both ran, in file order, and the second saw no leak
+    assert plugins_module._plugins is outer  # the process's manager was put back, not dropped
 
 
 # ------------------------------------------------------------- hooks without the marker

@@ -1,4 +1,9 @@
-"""The `sapo` command line. Plugins add subcommands through the ``register_commands`` hook."""
+"""The `sapo` command line. Plugins add subcommands through the ``register_commands`` hook.
+
+`__all__` is what a plugin's command may use (docs/plugins.md, "Adding a command"): the
+configuration flags and their resolution, the log setup and the error exit of ``sapo run``.
+The rest of this module may change without notice.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -19,6 +24,11 @@ from sapo_core.errors import PluginError, SapoError
 from sapo_core.interfaces import BackendContext
 from sapo_core.keys import keys_command
 from sapo_core.plugins import describe, get_plugins
+
+if TYPE_CHECKING:  # imported when a sweep runs: the other commands start without it
+    from sapo_core.sweep import Combination, Grid
+
+__all__ = ["build_cli", "fail", "main", "resolve", "run_options", "setup_logging"]
 
 log = logging.getLogger("sapo")
 
@@ -39,6 +49,7 @@ RUN_FLAGS = {
 
 
 def setup_logging(level: str = "info") -> None:
+    """Send the ``sapo`` loggers to stderr at ``level`` (config ``run.log_level``), above any progress bar."""
     from rich.logging import RichHandler
 
     from sapo_core.progress import stderr_console  # one console for logs and progress
@@ -49,12 +60,13 @@ def setup_logging(level: str = "info") -> None:
     root.propagate = False
 
 
-def fail(exc: BaseException) -> None:
+def fail(exc: BaseException) -> NoReturn:
+    """Exit the command with status 1 and ``exc``'s message (secrets redacted), without a traceback."""
     raise click.ClickException(redaction.redact(str(exc))) from exc
 
 
 def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The configuration flags, in precedence between the environment and --set."""
+    """Add `sapo run`'s configuration flags (--config, --inference, ..., --set) to ``command``, for `resolve`."""
     options = [
         click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file."),
         click.option("--inference", help="Inference backend name (see `sapo plugins`)."),
@@ -89,8 +101,9 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def resolve(
     config_file: str | None, sets: Sequence[str], extra: Mapping[str, tuple[Any, str]] | None = None, **flags: Any
 ) -> Config:
-    """The config from a file, the environment, the flags of `run_options`, ``extra`` flags
-    (dotted key -> (value, label)) and ``--set`` items."""
+    """The `Config` of `run_options`' flags, ``extra`` ones (dotted key -> (value, label)) and ``--set`` items.
+
+    In increasing precedence: the defaults, the config file, the environment, the flags, ``--set``."""
     given = dict(extra or {})
     for name, value in flags.items():
         if value is None:
@@ -148,7 +161,7 @@ def run(config_file: str | None, sets: tuple[str, ...], **flags: Any) -> None:
         metrics = node.run()
     except SapoError as exc:
         fail(exc)
-    if node.main:  # under accelerate launch the other processes would print the same line again
+    if node.is_main_process:  # under accelerate launch the other processes would print the same line again
         click.echo(json.dumps(metrics, sort_keys=True, default=str))
 
 
@@ -318,31 +331,9 @@ def sweep(
     folder_flag = flags.pop("run_dir")
     try:
         grid = parse_grid(sets)
-        configs = []
-        for combination in grid.combinations:
-            try:
-                configs.append(resolve(config_file, combination.sets, **flags))
-            except SapoError as exc:
-                what = f" (combination {combination.describe()})" if combination.values else ""
-                raise SapoError(f"{exc}{what}") from exc
+        configs = _combination_configs(grid, config_file, flags)
         base = configs[0]
-        for config in configs:
-            if config.swarm.transport != "none":
-                raise SapoError(
-                    f"sapo sweep runs offline, but swarm.transport is {config.swarm.transport!r} "
-                    f"(from {config.source('swarm.transport')}); use --transport none"
-                )
-        if base.source("run.dir") == "--set":
-            raise SapoError("sapo sweep: give the sweep's folder with --run-dir, not --set run.dir")
-        folder_flag = folder_flag or base.run.dir or None  # run.dir from a config file or SAPO_RUN_DIR
-        if base.run.resume and not folder_flag:
-            raise SapoError(
-                "sapo sweep --resume needs the sweep's folder: --run-dir <workdir>/<experiment>/sweep-<timestamp>"
-            )
-        if folder_flag and not base.run.resume and (Path(folder_flag) / "sweep.json").exists():
-            raise SapoError(
-                f"{folder_flag} already holds a sweep: continue it with --resume, or give another --run-dir"
-            )
+        folder_flag = _sweep_folder_flag(configs, folder_flag)
     except SapoError as exc:
         fail(exc)
     folder = Path(folder_flag) if folder_flag else base.experiment_dir / f"sweep-{rundir.timestamp()}"
@@ -354,23 +345,7 @@ def sweep(
     if not folder_flag:
         folder = rundir.new_dir(base.experiment_dir, folder.name)
     log.info("sweep: %d combination(s) in %s", len(grid.combinations), folder)
-
-    def run_one(combination: Any, run_dir: Path) -> None:
-        from sapo_core.node import Node
-
-        extra = {"run.dir": (str(run_dir), "sapo sweep")}
-        config = fit_device(
-            resolve(config_file, combination.sets, extra, **flags), config_file, combination.sets, extra, **flags
-        )
-        node = Node.from_config(config, get_plugins())
-        node.label = combination.name
-        try:
-            node.run()
-        finally:  # let the backends' memory (a model on the GPU) go before the next combination
-            del node
-            gc.collect()
-
-    results = run_sweep(grid, folder, run_one)
+    results = run_sweep(grid, folder, functools.partial(_run_combination, config_file, flags))
     summary_path = folder / "summary.json"
     if as_json:
         click.echo(summary_path.read_text(encoding="utf-8").rstrip())
@@ -383,6 +358,59 @@ def sweep(
     if failed:
         click.echo(f"{len(failed)} of {len(results)} combinations failed", err=True)
         ctx.exit(1)
+
+
+def _combination_configs(grid: Grid, config_file: str | None, flags: Mapping[str, Any]) -> list[Config]:
+    """Each combination's config, resolved before anything runs; a bad one names its combination."""
+    configs = []
+    for combination in grid.combinations:
+        try:
+            configs.append(resolve(config_file, combination.sets, **flags))
+        except SapoError as exc:
+            what = f" (combination {combination.describe()})" if combination.values else ""
+            raise SapoError(f"{exc}{what}") from exc
+    return configs
+
+
+def _sweep_folder_flag(configs: Sequence[Config], folder_flag: str | None) -> str | None:
+    """The sweep's folder as the user gave it (--run-dir, else run.dir), checked against --resume;
+    None: a new one. SapoError for a combination that is not offline."""
+    base = configs[0]
+    for config in configs:
+        if config.swarm.transport != "none":
+            raise SapoError(
+                f"sapo sweep runs offline, but swarm.transport is {config.swarm.transport!r} "
+                f"(from {config.source('swarm.transport')}); use --transport none"
+            )
+    if base.source("run.dir") == "--set":
+        raise SapoError("sapo sweep: give the sweep's folder with --run-dir, not --set run.dir")
+    folder_flag = folder_flag or base.run.dir or None  # run.dir from a config file or SAPO_RUN_DIR
+    if base.run.resume and not folder_flag:
+        raise SapoError(
+            "sapo sweep --resume needs the sweep's folder: --run-dir <workdir>/<experiment>/sweep-<timestamp>"
+        )
+    if folder_flag and not base.run.resume and (Path(folder_flag) / "sweep.json").exists():
+        raise SapoError(f"{folder_flag} already holds a sweep: continue it with --resume, or give another --run-dir")
+    return folder_flag
+
+
+def _run_combination(
+    config_file: str | None, flags: Mapping[str, Any], combination: Combination, run_dir: Path
+) -> None:
+    """Run one combination of a sweep in ``run_dir``, as `sapo run` would."""
+    from sapo_core.node import Node
+
+    extra = {"run.dir": (str(run_dir), "sapo sweep")}
+    config = fit_device(
+        resolve(config_file, combination.sets, extra, **flags), config_file, combination.sets, extra, **flags
+    )
+    node = Node.from_config(config, get_plugins())
+    node.label = combination.name
+    try:
+        node.run()
+    finally:  # let the backends' memory (a model on the GPU) go before the next combination
+        del node
+        gc.collect()
 
 
 def _number(value: Any, fmt: str) -> str:
@@ -529,6 +557,7 @@ def build_cli() -> click.Group:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The ``sapo`` executable: run the command line ``argv`` (default: the process's arguments)."""
     redaction.install()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:

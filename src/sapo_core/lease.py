@@ -94,6 +94,12 @@ class LeaseKeeper:
             return self.lease
         self.lease = None
         current = self.transport.read_lease()
+        if not self._may_take(current):
+            return None
+        return self._claim(current)
+
+    def _may_take(self, current: Lease | None) -> bool:
+        """Whether the policy lets this node take the epoch after ``current`` now; logs why not, once."""
         if current is None:
             waited = self.monotonic() - self._since
             if self.standby and waited < self.seconds:
@@ -103,7 +109,7 @@ class LeaseKeeper:
                     self.node,
                     self.seconds - waited,
                 )
-                return None
+                return False
         elif current.holder == self.node and self._renewed_by_another_process(current):
             self._say(
                 ("twin", current.epoch),
@@ -112,7 +118,7 @@ class LeaseKeeper:
                 self.node,
                 current.epoch,
             )
-            return None
+            return False
         elif current.holder == self.node:
             log.info(
                 "%s: taking back its own coordinator lease (epoch %d, from an earlier run of this node)",
@@ -128,7 +134,7 @@ class LeaseKeeper:
                 current.epoch,
                 time.strftime("%H:%M:%S", time.localtime(current.expires_at or current.renewed_at + self.seconds)),
             )
-            return None
+            return False
         else:
             log.warning(
                 "%s: the coordinator lease of %s (epoch %d) has expired; taking over",
@@ -136,6 +142,10 @@ class LeaseKeeper:
                 current.holder or "an unreadable lease file",
                 current.epoch,
             )
+        return True
+
+    def _claim(self, current: Lease | None) -> Lease | None:
+        """The epoch after ``current``, created exclusively for this node; None: another node took it first."""
         started, now = self.monotonic(), self.clock()
         candidate = Lease(
             epoch=0 if current is None else current.epoch + 1,

@@ -186,99 +186,111 @@ def figure_of(curves: Sequence[Curve], title: str) -> Any:
     Each curve has its own colour, marker and line style, and its points are shifted slightly
     sideways, so no curve hides another; the swarm mean is a wide grey band under the nodes'
     reward lines and a black bar across each evaluation's markers."""
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
-    evaluated = any(curve.eval_rounds for curve in curves)
-    if evaluated:
-        figure, (rewards, passes) = plt.subplots(
-            2, 1, sharex=True, figsize=(10, 6.5), dpi=120, gridspec_kw={"height_ratios": (3, 2)}
-        )
-        axes: tuple[Any, ...] = (rewards, passes)
-    else:
-        figure, rewards = plt.subplots(figsize=(10, 4.5), dpi=120)
-        passes, axes = None, (rewards,)
+    figure, rewards, passes = _figure_and_axes(evaluated=any(curve.eval_rounds for curve in curves))
     nodes = [curve for curve in curves if not curve.mean]
     xs = [x_of(r) for c in curves for r in (*c.rounds, *c.eval_rounds)] or [1]
     first, span = min(xs), max(xs)
-    handles = []
-    for index, curve in enumerate(nodes):
-        color, marker = f"C{index % 10}", MARKERS[index % len(MARKERS)]
-        style, shift = LINESTYLES[index % len(LINESTYLES)], dodge(index, len(nodes), span)
-        if curve.rounds:
-            rewards.plot(
-                [x_of(r) + shift for r in curve.rounds],
-                curve.reward,
-                color=color,
-                marker=marker,
-                markersize=4,
-                linewidth=1.5,
-                linestyle=style,
-                alpha=0.85,
-                zorder=3,
-            )
-        if curve.eval_rounds:
-            passes.scatter(
-                [x_of(r) + shift for r in curve.eval_rounds],
-                curve.pass_at_1,
-                marker=marker,
-                s=60,
-                facecolors="none",
-                edgecolors=color,
-                linewidths=1.8,
-                zorder=4,
-            )
-        handles.append(Line2D([], [], color=color, marker=marker, linestyle=style, label=curve.label))
-    for curve in curves:
-        if not curve.mean:
-            continue
-        if curve.rounds:  # under the nodes' lines, so it hides none of them
-            rewards.plot(
-                [x_of(r) for r in curve.rounds],
-                curve.reward,
-                color="black",
-                linewidth=6,
-                alpha=0.25,
-                solid_capstyle="round",
-                zorder=2,
-            )
-        if curve.eval_rounds:
-            passes.scatter(
-                [x_of(r) for r in curve.eval_rounds],
-                curve.pass_at_1,
-                marker="_",
-                s=900,
-                color="black",
-                linewidths=2.5,
-                zorder=5,
-            )
-        handles.append(
-            Line2D(
-                [],
-                [],
-                color="black",
-                linewidth=6,
-                alpha=0.25,
-                marker="_",
-                markersize=14,
-                markeredgecolor="black",
-                markeredgewidth=2.5,
-                label=f"{curve.label} (band, bar)",
-            )
-        )
+    handles = [
+        _draw_node(rewards, passes, curve, index, dodge(index, len(nodes), span)) for index, curve in enumerate(nodes)
+    ]
+    handles += [_draw_mean(rewards, passes, curve) for curve in curves if curve.mean]
     rewards.set_title(title)
     rewards.set_ylabel("reward\n(each round's rollouts)")
-    if evaluated:
+    if passes is not None:
         passes.set_ylabel("held-out pass@1\n(evaluations only)")
     _from_zero(rewards, [v for c in curves for v in c.reward])
     if passes is not None:
         _from_zero(passes, [v for c in curves for v in c.pass_at_1])
+    axes = (rewards,) if passes is None else (rewards, passes)
     for axis in axes:
         axis.grid(alpha=0.3)
     _round_axis(figure, axes[-1], first, span)
     rewards.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     figure.tight_layout()
     return figure
+
+
+def _figure_and_axes(*, evaluated: bool) -> tuple[Any, Any, Any]:
+    """The figure, its reward axis and, when anything was evaluated, the pass@1 axis below it (else None)."""
+    import matplotlib.pyplot as plt
+
+    if not evaluated:
+        figure, rewards = plt.subplots(figsize=(10, 4.5), dpi=120)
+        return figure, rewards, None
+    figure, (rewards, passes) = plt.subplots(
+        2, 1, sharex=True, figsize=(10, 6.5), dpi=120, gridspec_kw={"height_ratios": (3, 2)}
+    )
+    return figure, rewards, passes
+
+
+def _draw_node(rewards: Any, passes: Any, curve: Curve, index: int, shift: float) -> Any:
+    """Node curve number ``index``, shifted sideways by ``shift`` rounds; its legend handle."""
+    from matplotlib.lines import Line2D
+
+    color, marker = f"C{index % 10}", MARKERS[index % len(MARKERS)]
+    style = LINESTYLES[index % len(LINESTYLES)]
+    if curve.rounds:
+        rewards.plot(
+            [x_of(r) + shift for r in curve.rounds],
+            curve.reward,
+            color=color,
+            marker=marker,
+            markersize=4,
+            linewidth=1.5,
+            linestyle=style,
+            alpha=0.85,
+            zorder=3,
+        )
+    if curve.eval_rounds:
+        passes.scatter(
+            [x_of(r) + shift for r in curve.eval_rounds],
+            curve.pass_at_1,
+            marker=marker,
+            s=60,
+            facecolors="none",
+            edgecolors=color,
+            linewidths=1.8,
+            zorder=4,
+        )
+    return Line2D([], [], color=color, marker=marker, linestyle=style, label=curve.label)
+
+
+def _draw_mean(rewards: Any, passes: Any, curve: Curve) -> Any:
+    """The swarm mean: a wide grey band and a black bar at each evaluation; its legend handle."""
+    from matplotlib.lines import Line2D
+
+    if curve.rounds:  # under the nodes' lines, so it hides none of them
+        rewards.plot(
+            [x_of(r) for r in curve.rounds],
+            curve.reward,
+            color="black",
+            linewidth=6,
+            alpha=0.25,
+            solid_capstyle="round",
+            zorder=2,
+        )
+    if curve.eval_rounds:
+        passes.scatter(
+            [x_of(r) for r in curve.eval_rounds],
+            curve.pass_at_1,
+            marker="_",
+            s=900,
+            color="black",
+            linewidths=2.5,
+            zorder=5,
+        )
+    return Line2D(
+        [],
+        [],
+        color="black",
+        linewidth=6,
+        alpha=0.25,
+        marker="_",
+        markersize=14,
+        markeredgecolor="black",
+        markeredgewidth=2.5,
+        label=f"{curve.label} (band, bar)",
+    )
 
 
 def _from_zero(axis: Any, values: Sequence[float]) -> None:
