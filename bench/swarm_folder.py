@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
+import fsspec.core
 from rich import box
 from rich.console import Console
 from rich.progress import Progress
@@ -140,6 +141,10 @@ def collect_rows(
         root = f"{s3_root.rstrip('/')}/{uuid.uuid4().hex}"
     else:
         root = f"memory://bench-{uuid.uuid4().hex}"
+    # The folder through fsspec itself, not the transport's internals: the same lines then run
+    # against an older FolderTransport too (docs/benchmarks.md's before and after).
+    fs, base = fsspec.core.url_to_fs(root)
+    folder = f"{base.rstrip('/')}/{EXPERIMENT}"
     per_node: list[float] = []
     rows = []
     for payload in payloads:
@@ -162,7 +167,7 @@ def collect_rows(
                     collect_s = min(collect_s, seconds)
                 else:
                     recollect_s = min(recollect_s, seconds)
-        size = sum(int(entry["size"]) for entry in reader.fs.ls(reader.path("rounds", "0"), detail=True))
+        size = sum(int(entry["size"]) for entry in fs.ls(f"{folder}/rounds/0", detail=True, refresh=True))
         rows.append(
             {
                 "nodes": n,
@@ -174,7 +179,7 @@ def collect_rows(
             }
         )
         advance()
-    reader.fs.rm(reader.folder, recursive=True)
+    fs.rm(folder, recursive=True)
     return rows
 
 

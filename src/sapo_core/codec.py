@@ -3,7 +3,10 @@
 Records (`sapo_core.records`) become plain JSON values with `to_data` and come back through the
 typed decoders (`payload_from_data`, `problem_from_data`, ...). A round payload travels as UTF-8
 JSON (`encode_payload` / `decode_payload`), gzipped on disk (`write_gz` / `read_gz`), optionally
-signed with a swarm secret (`sign_payload` / `verify_signature`).
+signed with a swarm secret (`sign_payload` / `verify_signature`). The control documents a
+shared-storage transport keeps beside the payloads (swarm state, heartbeats, leases) come back
+through `swarm_state_from_data`, `node_info_from_data` and `lease_from_data`, signed with
+`sign_document` / `verify_document`.
 
 Contracts
 ---------
@@ -52,6 +55,7 @@ import attrs
 
 from sapo_core import names, records
 from sapo_core.errors import PayloadError
+from sapo_core.interfaces import Lease, NodeInfo, SwarmState
 from sapo_core.records import SCHEMA_VERSION, Completion, Group, Message, Problem, RoundPayload
 
 __all__ = [
@@ -65,12 +69,15 @@ __all__ = [
     "decode_payload",
     "encode_payload",
     "group_from_data",
+    "lease_from_data",
     "message_from_data",
+    "node_info_from_data",
     "payload_from_data",
     "problem_from_data",
     "read_gz",
     "sign_document",
     "sign_payload",
+    "swarm_state_from_data",
     "to_data",
     "validate_experiment_name",
     "validate_node_id",
@@ -692,6 +699,94 @@ def completion_from_data(data: object, limits: Limits = DEFAULT_LIMITS) -> Compl
 def message_from_data(data: object, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Validate parsed JSON (untrusted) as a `Message`, or raise PayloadError."""
     return _message(data, "", limits)
+
+
+# ------------------------------------------------------------- control documents: data -> record
+# What a shared-storage transport keeps beside the payloads: the coordinator's `SwarmState`, each
+# node's `NodeInfo` heartbeat and the coordinator's `Lease`. Their JSON is ``attrs.asdict`` of the
+# record; peers write it, so it is decoded as untrusted as a payload is.
+
+
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@_untrusted
+def swarm_state_from_data(data: object) -> SwarmState:
+    """Validate parsed JSON (untrusted) as a `SwarmState`, or raise PayloadError."""
+    if not isinstance(data, dict):
+        _fail("", "not a JSON object")
+    round_, deadline = data.get("round"), data.get("deadline")
+    updated_at, coordinator = data.get("updated_at", 0.0), data.get("coordinator", "")
+    if type(round_) is not int or round_ < 0:
+        _fail("", f"round: expected a non-negative integer, got {round_!r}")
+    if deadline is not None and not _is_finite_number(deadline):
+        _fail("", "deadline: expected a finite number or null")
+    if not _is_finite_number(updated_at):
+        _fail("", "updated_at: expected a finite number")
+    if not isinstance(coordinator, str):
+        _fail("", "coordinator: expected a string")
+    closed_with = data.get("closed_with", [])
+    if not isinstance(closed_with, list) or not all(isinstance(node, str) for node in closed_with):
+        _fail("", "closed_with: expected a list of node ids")
+    return SwarmState(
+        round=round_,
+        deadline=None if deadline is None else float(deadline),
+        updated_at=float(updated_at),
+        coordinator=coordinator,
+        closed_with=tuple(validate_node_id(node) for node in closed_with),
+    )
+
+
+@_untrusted
+def node_info_from_data(data: object) -> NodeInfo:
+    """Validate parsed JSON (untrusted) as a `NodeInfo` (a heartbeat), or raise PayloadError."""
+    if not isinstance(data, dict):
+        _fail("", "not a JSON object")
+    node, role, model = data.get("node"), data.get("role"), data.get("model", "")
+    if not isinstance(node, str):
+        _fail("", "node: expected a string")
+    validate_node_id(node)
+    if not isinstance(role, str) or not isinstance(model, str):
+        _fail("", "role and model: expected strings")
+    times = {key: data.get(key, 0.0) for key in ("started_at", "last_seen")}
+    if not all(_is_finite_number(v) for v in times.values()):
+        _fail("", "started_at and last_seen: expected finite numbers")
+    round_ = data.get("round", -1)
+    if type(round_) is not int:
+        _fail("", "round: expected an integer")
+    return NodeInfo(
+        node=node,
+        role=role,
+        model=model,
+        started_at=float(times["started_at"]),
+        last_seen=float(times["last_seen"]),
+        round=round_,
+    )
+
+
+@_untrusted
+def lease_from_data(data: object) -> Lease:
+    """Validate parsed JSON (untrusted) as a `Lease`, or raise PayloadError."""
+    if not isinstance(data, dict):
+        _fail("", "not a JSON object")
+    epoch, holder, token = data.get("epoch"), data.get("holder"), data.get("token", "")
+    if type(epoch) is not int or epoch < 0:
+        _fail("", f"epoch: expected a non-negative integer, got {epoch!r}")
+    if not isinstance(holder, str) or not isinstance(token, str):
+        _fail("", "holder and token: expected strings")
+    validate_node_id(holder)
+    times = {key: data.get(key, 0.0) for key in ("acquired_at", "renewed_at", "expires_at")}
+    if not all(_is_finite_number(v) for v in times.values()):
+        _fail("", "acquired_at, renewed_at and expires_at: expected finite numbers")
+    return Lease(
+        epoch=epoch,
+        holder=holder,
+        token=token,
+        acquired_at=float(times["acquired_at"]),
+        renewed_at=float(times["renewed_at"]),
+        expires_at=float(times["expires_at"]),
+    )
 
 
 # ------------------------------------------------------------------------------ bytes / JSON

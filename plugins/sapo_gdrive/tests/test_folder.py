@@ -24,7 +24,8 @@ from sapo_core.node import Node
 from sapo_core.plugins import Plugins
 from sapo_core.records import Completion, Group, Message, Problem, RoundPayload
 from sapo_core.testing import check_transport
-from sapo_gdrive.folder import FolderTransport, build_folder_transport, parse_name
+from sapo_gdrive.folder import FolderTransport, build_folder_transport
+from sapo_gdrive.layout import parse_name
 
 # ------------------------------------------------------------------------------- helpers
 
@@ -281,7 +282,9 @@ def test_fifos_in_place_of_control_files_never_block_a_reader(tmp_path, monkeypa
         results["state"] = t.read_state()
         results["lease"] = t.read_lease()
         # The listing said "file"; a FIFO took its place before the read (the swap race).
-        results["swapped"] = t._examine({"name": str(pipe), "type": "file", "size": 0}, pipe.name, 0, None, 0.0)
+        results["swapped"] = t.payloads._examine(
+            {"name": str(pipe), "type": "file", "size": 0}, pipe.name, 0, None, 0.0
+        )
         results["collected"] = t.collect(0)
 
     reader = threading.Thread(target=read_everything, daemon=True)
@@ -305,12 +308,12 @@ def test_big_and_bracket_heavy_control_files_are_refused_before_they_are_parsed(
     t.heartbeat(NodeInfo(node="alice", role="worker"))
     big = json.dumps({"node": "bob", "role": "worker", "last_seen": time.time(), "pad": "x" * 2_000_000})
     arrays = json.dumps({"node": "carol", "role": "worker", "last_seen": time.time(), "pad": [[]] * 200_000})
-    t.fs.pipe_file(t.path("nodes", "bob.json"), big.encode())
-    t.fs.pipe_file(t.path("nodes", "carol.json"), arrays.encode())
+    t.store.fs.pipe_file(t.store.path("nodes", "bob.json"), big.encode())
+    t.store.fs.pipe_file(t.store.path("nodes", "carol.json"), arrays.encode())
     with pytest.raises(ValueError, match="bytes"):
-        t.read_json(t.path("nodes", "bob.json"))
+        t.store.read_json(t.store.path("nodes", "bob.json"))
     with pytest.raises(ValueError, match="arrays and objects"):
-        t.read_json(t.path("nodes", "carol.json"))
+        t.store.read_json(t.store.path("nodes", "carol.json"))
     assert [n.node for n in t.live_nodes(60)] == ["alice"]
 
 
@@ -587,7 +590,7 @@ def test_a_refused_file_is_checked_again_when_it_changes_or_after_a_while(tmp_pa
     assert [p.node for p in t.collect(0).payloads] == ["carol"]
     _rewrite_in_place(dave, good)  # complete, and the listing looks the same
     assert [p.node for p in t.collect(0).payloads] == ["carol"]
-    monkeypatch.setattr("sapo_gdrive.folder.REFUSED_RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr("sapo_gdrive.payloads.REFUSED_RECHECK_SECONDS", 0.0)
     assert [p.node for p in t.collect(0).payloads] == ["carol", "dave"]
 
 
@@ -597,10 +600,12 @@ def test_an_unchanged_refused_file_is_read_again_less_and_less_often(tmp_path, m
     bad = tmp_path / "exp/rounds/0/mallory.json.gz"
     bad.write_bytes(gzip.compress(b"[" * 10))
     reads = []
-    examine = t._examine
-    monkeypatch.setattr(t, "_examine", lambda entry, name, *rest: (reads.append(name), examine(entry, name, *rest))[1])
+    examine = t.payloads._examine
+    monkeypatch.setattr(
+        t.payloads, "_examine", lambda entry, name, *rest: (reads.append(name), examine(entry, name, *rest))[1]
+    )
     clock = [1000.0]
-    monkeypatch.setattr("sapo_gdrive.folder.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("sapo_gdrive.payloads.time.monotonic", lambda: clock[0])
     for _ in range(400):  # 400 s of polls a second apart
         assert [p.node for p in t.collect(0).payloads] == ["alice"]
         clock[0] += 1.0
@@ -615,7 +620,7 @@ def test_collect_keeps_only_the_round_read_last(tmp_path):
     for round in range(3):
         t.publish(payload("alice", round))
         assert [p.round for p in t.collect(round).payloads] == [round]
-    assert list(t._examined) == [2], "payloads of past rounds are not held in memory"
+    assert list(t.payloads._examined) == [2], "payloads of past rounds are not held in memory"
     assert [p.round for p in t.collect(0).payloads] == [0], "an older round is read again"
 
 

@@ -234,7 +234,8 @@ class RunningPopen:
 
 
 def node_process(tmp_path: Path, node: str, lines: list[dict], output: str):
-    from sapo_gdrive.launcher import JsonlTail, NodeProcess, NodeSpec
+    from sapo_gdrive.processes import JsonlTail
+    from sapo_gdrive.swarm_run import NodeProcess, NodeSpec
 
     spec = NodeSpec(node, "coordinator" if node == "coordinator" else "worker", tmp_path / node, ("true",))
     spec.run_dir.mkdir(parents=True)
@@ -253,7 +254,7 @@ def shown(renderable) -> str:
 
 
 def test_the_live_table_counts_rounds_like_the_lines_and_shows_what_a_person_reads(tmp_path):
-    from sapo_gdrive.launcher import Plan, line_for, table
+    from sapo_gdrive.swarm_run import Plan, line_for, table
 
     before = {"round": -1, "eval/pass@1": 0.167}
     worker = node_process(

@@ -208,7 +208,7 @@ class S3Swarm(Swarm):
             self.env["SAPO_SWARM_SECRET"] = secret  # as a user keeps it out of the command line
         self.options = s3_options(server)
         self.transport = FolderTransport(self.root, "default", secret=secret, storage_options=self.options)
-        self.fs = self.transport.fs
+        self.fs = self.transport.store.fs
 
     def key(self, *parts: str) -> str:
         return "/".join((self.base, "default", *parts))

@@ -186,9 +186,9 @@ def test_non_local_storage_rewrites_the_whole_file_and_buffers_info(info_logs):
     finally:
         observers.run_finished(context, {})
     transport = FolderTransport(root, "default")
-    text = transport.fs.cat_file(transport.path("logs", "n1.log")).decode()
+    text = transport.store.fs.cat_file(transport.store.path("logs", "n1.log")).decode()
     assert "hello world" in text and "buffered until the end" in text and SECRET not in text and "<redacted>" in text
-    lines = transport.fs.cat_file(transport.path("metrics", "n1.jsonl")).decode().splitlines()
+    lines = transport.store.fs.cat_file(transport.store.path("metrics", "n1.jsonl")).decode().splitlines()
     assert [json.loads(line)["round"] for line in lines] == [0, 1]
 
 

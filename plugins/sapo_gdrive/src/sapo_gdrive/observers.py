@@ -29,7 +29,7 @@ from typing import Any
 import sapo_core
 from sapo_core import codec, redaction
 from sapo_core.interfaces import BackendContext
-from sapo_gdrive.folder import FolderTransport
+from sapo_gdrive.store import FolderStore
 
 log = logging.getLogger("sapo.gdrive.observers")
 
@@ -47,10 +47,10 @@ _guard = threading.local()  # set while a sink writes or warns: no recursion int
 class SharedFile:
     """Appends lines to one file of the swarm folder; never raises for a failed write."""
 
-    def __init__(self, transport: FolderTransport, path: str, *, flush_seconds: float) -> None:
-        self.transport = transport
+    def __init__(self, store: FolderStore, path: str, *, flush_seconds: float) -> None:
+        self.store = store
         self.path = path
-        self.flush_seconds = 0.0 if transport.local else flush_seconds
+        self.flush_seconds = 0.0 if store.local else flush_seconds
         self._pending: list[str] = []
         self._lock = threading.Lock()
         self._last_flush = time.monotonic()
@@ -85,8 +85,8 @@ class SharedFile:
             return True
 
     def _append(self, data: bytes) -> None:
-        fs = self.transport.fs
-        if self.transport.local:
+        fs = self.store.fs
+        if self.store.local:
             fs.makedirs(posixpath.dirname(self.path), exist_ok=True)
             with open(self.path, "ab") as fh:
                 fh.write(data)
@@ -97,7 +97,7 @@ class SharedFile:
             old = b""
         if old and not old.endswith(b"\n"):
             old += b"\n"  # a torn last line stays torn, but the next ones start clean
-        self.transport.write_atomic(self.path, old + data)
+        self.store.write_atomic(self.path, old + data)
 
 
 def _warn(message: str, *args: Any) -> None:
@@ -147,33 +147,33 @@ def _attached() -> list[FolderLogHandler]:
         return [handler for handler, _ in _nodes.values()]
 
 
-def _transport_for(context: BackendContext) -> FolderTransport | None:
+def _store_for(context: BackendContext) -> FolderStore | None:
     swarm = context.config.get("swarm", {}) or {}
     if str(swarm.get("transport") or "") not in TRANSPORTS:
         return None
     root = str(swarm.get("root") or "").strip()
     if not root:
         return None
-    return FolderTransport(root, context.experiment)
+    return FolderStore(root, context.experiment)
 
 
-def _file(transport: FolderTransport, folder: str, node: str, suffix: str) -> SharedFile:
+def _file(store: FolderStore, folder: str, node: str, suffix: str) -> SharedFile:
     name = f"{codec.validate_node_id(node)}{suffix}"
-    return SharedFile(transport, transport.path(folder, name), flush_seconds=REMOTE_FLUSH_SECONDS)
+    return SharedFile(store, store.path(folder, name), flush_seconds=REMOTE_FLUSH_SECONDS)
 
 
 @sapo_core.hookimpl
 def run_started(context: BackendContext) -> None:
     try:
-        transport = _transport_for(context)
+        store = _store_for(context)
     except Exception as exc:  # noqa: BLE001 - a bad root is the transport's error to report, not ours
         _warn("no shared log for %s: %s", context.node, exc)
         return
-    if transport is None:
+    if store is None:
         return
     swarm = context.config.get("swarm", {}) or {}
-    handler = FolderLogHandler(_file(transport, LOGS_DIR, context.node, ".log"), secret=str(swarm.get("secret") or ""))
-    metrics = _file(transport, METRICS_DIR, context.node, ".jsonl")
+    handler = FolderLogHandler(_file(store, LOGS_DIR, context.node, ".log"), secret=str(swarm.get("secret") or ""))
+    metrics = _file(store, METRICS_DIR, context.node, ".jsonl")
     key = (context.experiment, context.node)
     with _nodes_lock:
         previous = _nodes.pop(key, None)

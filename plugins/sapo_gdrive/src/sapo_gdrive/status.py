@@ -18,19 +18,20 @@ from typing import Any
 
 import click
 
-import sapo_core
 from sapo_core import codec
+from sapo_core.interfaces import Lease, SwarmState
 from sapo_core.logsafe import printable, unquoted
-from sapo_gdrive.folder import ROUNDS_DIR, SETTINGS_FILE, FolderTransport, parse_name
+from sapo_gdrive.folder import FolderTransport
+from sapo_gdrive.layout import ROUNDS_DIR, SETTINGS_FILE, parse_name
 
 DEFAULT_LIVE_SECONDS = 120.0
 
 
 def _experiments(transport: FolderTransport) -> list[str]:
     """The experiment folders under the root (folders holding swarm.json or state.json first-class)."""
-    base = posixpath.dirname(transport.folder)
+    base = posixpath.dirname(transport.store.folder)
     try:
-        entries = transport.fs.ls(base, detail=True)
+        entries = transport.store.fs.ls(base, detail=True)
     except (FileNotFoundError, NotADirectoryError):
         return []
     return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory")
@@ -39,7 +40,7 @@ def _experiments(transport: FolderTransport) -> list[str]:
 def _round_numbers(transport: FolderTransport) -> list[int]:
     """The round folders under ``rounds/``, newest first."""
     try:
-        entries = transport.fs.ls(transport.path(ROUNDS_DIR), detail=True)
+        entries = transport.store.fs.ls(transport.store.path(ROUNDS_DIR), detail=True)
     except (FileNotFoundError, NotADirectoryError):
         return []
     numbers = []
@@ -53,7 +54,7 @@ def _round_numbers(transport: FolderTransport) -> list[int]:
 def _sizes(transport: FolderTransport, round: int) -> dict[str, int | None]:
     """File name -> size of the files in one round folder."""
     try:
-        entries = transport.fs.ls(transport.path(ROUNDS_DIR, str(round)), detail=True)
+        entries = transport.store.fs.ls(transport.store.path(ROUNDS_DIR, str(round)), detail=True)
     except (FileNotFoundError, NotADirectoryError):
         return {}
     return {posixpath.basename(str(e["name"])): e.get("size") for e in entries if e.get("type") != "directory"}
@@ -127,42 +128,12 @@ def swarm_status(
     now: float | None = None,
 ) -> dict[str, Any]:
     """The status as plain data (what ``--json`` prints); click.ClickException for a missing experiment."""
-    try:
-        transport = FolderTransport(root, experiment, secret=secret)
-    except (ValueError, codec.PayloadError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    if not transport.fs.isdir(transport.folder):
-        found = _experiments(transport)
-        listed = ", ".join(found) if found else "none"
-        raise click.ClickException(f"no experiment {experiment!r} under {root} (experiments found there: {listed})")
+    transport = _open(root, experiment, secret)
     now = time.time() if now is None else now
-    state = transport.read_state()
-    lease = transport.read_lease()
-    settings: Any = None
-    try:
-        settings = transport.read_json(transport.path(SETTINGS_FILE))
-    except FileNotFoundError:
-        settings = None
-    except ValueError as exc:
-        settings = {"error": f"unreadable: {exc}"}
-    heartbeats = transport.live_nodes(math.inf)  # every readable heartbeat; last_seen = max(claim, mtime)
-    nodes = []
-    for info in heartbeats:
-        ago = now - info.last_seen
-        nodes.append(
-            {
-                "node": info.node,
-                "role": info.role,
-                "model": info.model,
-                "round": info.round,
-                "last_seen": info.last_seen,
-                "last_seen_ago": ago,
-                "live": ago <= live_seconds,
-            }
-        )
-    workers = {n["node"] for n in nodes if n["role"] != "coordinator"}
+    state, lease, settings = transport.read_state(), transport.read_lease(), _settings(transport)
+    by_node = {row["node"]: row for row in _heartbeat_rows(transport, now, live_seconds)}
+    workers = {node for node, row in by_node.items() if row["role"] != "coordinator"}
     payloads, strays = last_payloads(transport, workers)
-    by_node = {n["node"]: n for n in nodes}
     for node in payloads:
         if node not in by_node:  # a payload without a heartbeat: still worth showing
             by_node[node] = {
@@ -174,34 +145,80 @@ def swarm_status(
                 "last_seen_ago": None,
                 "live": False,
             }
-    for node, entry in by_node.items():
-        entry["last_payload"] = payloads.get(node)
+    for node, row in by_node.items():
+        row["last_payload"] = payloads.get(node)
     return {
         "root": root,
         "experiment": experiment,
-        "folder": transport.folder,
+        "folder": transport.store.folder,
         "now": now,
         "live_seconds": live_seconds,
-        "state": None
-        if state is None
-        else {
-            "round": state.round,
-            "deadline": state.deadline,
-            "deadline_in": None if state.deadline is None else state.deadline - now,
-            "updated_ago": now - state.updated_at,
-            "coordinator": state.coordinator,
-        },
-        "lease": None
-        if lease is None
-        else {
-            "epoch": lease.epoch,
-            "holder": lease.holder or None,  # None: the lease file is unreadable
-            "expires_in": lease.expires_at - now,
-        },
+        "state": None if state is None else _state_data(state, now),
+        "lease": None if lease is None else _lease_data(lease, now),
         "settings": settings,
         "nodes": [by_node[name] for name in sorted(by_node)],
-        "live": sorted(name for name, n in by_node.items() if n["live"]),
+        "live": sorted(name for name, row in by_node.items() if row["live"]),
         "rejected_other": strays,
+    }
+
+
+def _open(root: str, experiment: str, secret: str) -> FolderTransport:
+    """The experiment's transport; click.ClickException, naming the experiments there, when it has no folder."""
+    try:
+        transport = FolderTransport(root, experiment, secret=secret)
+    except (ValueError, codec.PayloadError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not transport.store.fs.isdir(transport.store.folder):
+        found = _experiments(transport)
+        listed = ", ".join(found) if found else "none"
+        raise click.ClickException(f"no experiment {experiment!r} under {root} (experiments found there: {listed})")
+    return transport
+
+
+def _settings(transport: FolderTransport) -> Any:
+    """swarm.json as stored; None when missing, ``{"error": ...}`` when unreadable."""
+    try:
+        return transport.store.read_json(transport.store.path(SETTINGS_FILE))
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        return {"error": f"unreadable: {exc}"}
+
+
+def _heartbeat_rows(transport: FolderTransport, now: float, live_seconds: float) -> list[dict[str, Any]]:
+    """One row per readable heartbeat (``last_seen``: the later of the node's claim and the file's mtime)."""
+    rows = []
+    for info in transport.live_nodes(math.inf):
+        ago = now - info.last_seen
+        rows.append(
+            {
+                "node": info.node,
+                "role": info.role,
+                "model": info.model,
+                "round": info.round,
+                "last_seen": info.last_seen,
+                "last_seen_ago": ago,
+                "live": ago <= live_seconds,
+            }
+        )
+    return rows
+
+
+def _state_data(state: SwarmState, now: float) -> dict[str, Any]:
+    return {
+        "round": state.round,
+        "deadline": state.deadline,
+        "deadline_in": None if state.deadline is None else state.deadline - now,
+        "updated_ago": now - state.updated_at,
+        "coordinator": state.coordinator,
+    }
+
+
+def _lease_data(lease: Lease, now: float) -> dict[str, Any]:
+    return {
+        "epoch": lease.epoch,
+        "holder": lease.holder or None,  # None: the lease file is unreadable
+        "expires_in": lease.expires_at - now,
     }
 
 
@@ -227,14 +244,20 @@ def _size(value: object) -> str:
 def print_status(data: Mapping[str, Any]) -> None:
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
     console = Console() if os.isatty(1) else Console(width=200)
+    for line in _summary_lines(data):
+        console.print(line)
+    console.print(_nodes_table(data))
+    for stray in data["rejected_other"]:
+        console.print(f"[yellow]refused[/] {escape(stray)}")  # a peer's file name is no markup
+
+
+def _summary_lines(data: Mapping[str, Any]) -> list[str]:
+    """The state, the lease and swarm.json, one line each (rich markup)."""
     state = data["state"]
     if state is None:
-        console.print(
-            f"[bold]{data['experiment']}[/] at {data['folder']}: no state.json yet (no coordinator has started)"
-        )
+        lines = [f"[bold]{data['experiment']}[/] at {data['folder']}: no state.json yet (no coordinator has started)"]
     else:
         deadline = state["deadline_in"]
         when = (
@@ -242,23 +265,31 @@ def print_status(data: Mapping[str, Any]) -> None:
             if deadline is None
             else (f"in {duration(deadline)}" if deadline >= 0 else f"passed {duration(-deadline)} ago")
         )
-        console.print(
+        lines = [
             f"[bold]{data['experiment']}[/] at {data['folder']}: round {state['round']}, deadline {when}, "
             f"coordinator {state['coordinator'] or '-'} (state updated {duration(state['updated_ago'])} ago)"
-        )
+        ]
     lease = data["lease"]
     if lease is not None:
         left = lease["expires_in"]
-        console.print(
+        lines.append(
             f"coordinator lease: epoch {lease['epoch']}, held by {lease['holder'] or '(unreadable file)'}, "
             + (f"expires in {duration(left)}" if left > 0 else f"expired {duration(-left)} ago")
         )
     settings = data["settings"]
     if isinstance(settings, dict):
         summary = ", ".join(f"{k}={v}" for k, v in sorted(settings.items()) if not isinstance(v, (dict, list)))
-        console.print(f"swarm.json: {summary or '(empty)'}")
+        lines.append(f"swarm.json: {summary or '(empty)'}")
     else:
-        console.print("swarm.json: missing")
+        lines.append("swarm.json: missing")
+    return lines
+
+
+def _nodes_table(data: Mapping[str, Any]) -> Any:
+    """One row per node: its heartbeat and its newest payload."""
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(
         "node",
         "role",
@@ -289,17 +320,10 @@ def print_status(data: Mapping[str, Any]) -> None:
             size,
             verdict,
         )
-    console.print(table)
-    for stray in data["rejected_other"]:
-        console.print(f"[yellow]refused[/] {escape(stray)}")  # a peer's file name is no markup
+    return table
 
 
-@click.group(name="swarm")
-def swarm() -> None:
-    """Look at a swarm in its shared folder (transport gdrive / fs)."""
-
-
-@swarm.command(name="status")
+@click.command(name="status")
 @click.option(
     "--root",
     envvar="GDRIVE_PATH",
@@ -321,7 +345,7 @@ def swarm() -> None:
     help="A node is live if its heartbeat is this recent.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def status(root: str, experiment: str, live_seconds: float, as_json: bool) -> None:
+def status_command(root: str, experiment: str, live_seconds: float, as_json: bool) -> None:
     """Round, deadline, nodes (live or not) and each node's newest payload.
 
     In a signed swarm, set SAPO_SWARM_SECRET to check the payloads' signatures too.
@@ -331,8 +355,3 @@ def status(root: str, experiment: str, live_seconds: float, as_json: bool) -> No
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
         print_status(data)
-
-
-@sapo_core.hookimpl
-def register_commands(cli: click.Group) -> None:
-    cli.add_command(swarm)

@@ -38,8 +38,7 @@ import click
 
 from sapo_core import rundir
 from sapo_core.errors import SapoError
-from sapo_gdrive.launcher import LAUNCHER_KEYS, RUNS_DIR
-from sapo_gdrive.status import swarm
+from sapo_gdrive.swarm_run import LAUNCHER_KEYS, RUNS_DIR
 from sapo_gdrive.table_stats import SwarmResult, read_swarm, table_data
 
 DEFAULT_SPLITS = ("8/0", "6/2", "4/4", "2/6")
@@ -399,7 +398,30 @@ def _seeds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
         raise click.BadParameter(str(exc)) from exc
 
 
-@swarm.command(name="table")
+def _checked_plan(
+    *,
+    out: Path,
+    workers: int,
+    splits: Sequence[Split],
+    seeds: Sequence[int],
+    rounds: int | None,
+    config_file: str | None,
+    sets: Sequence[str],
+) -> Table:
+    """`plan_table` and `check_folder`, what the user must change as click's errors."""
+    try:
+        table = plan_table(
+            out=out, workers=workers, splits=splits, seeds=seeds, rounds=rounds, config_file=config_file, sets=sets
+        )
+        check_folder(table)
+    except SplitError as exc:
+        raise click.BadParameter(str(exc), param_hint="--split") from exc
+    except SapoError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return table
+
+
+@click.command(name="table")
 @click.option(
     "--workers",
     type=int,
@@ -478,15 +500,9 @@ def table_command(
 
     out = (out or Path("runs") / "table" / rundir.timestamp()).absolute()
     config_file = str(Path(config_file).absolute()) if config_file else None
-    try:
-        table = plan_table(
-            out=out, workers=workers, splits=splits, seeds=seeds, rounds=rounds, config_file=config_file, sets=sets
-        )
-        check_folder(table)
-    except SplitError as exc:
-        raise click.BadParameter(str(exc), param_hint="--split") from exc
-    except SapoError as exc:
-        raise click.ClickException(str(exc)) from exc
+    table = _checked_plan(
+        out=out, workers=workers, splits=splits, seeds=seeds, rounds=rounds, config_file=config_file, sets=sets
+    )
     command = command_line(table, jobs=jobs, threads=threads, keep_checkpoints=keep_checkpoints)
     write_start(table, command)
     console = Console() if sys.stdout.isatty() else Console(width=200)

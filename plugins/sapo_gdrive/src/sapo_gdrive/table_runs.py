@@ -23,21 +23,19 @@ import attrs
 
 from sapo_core.errors import SapoError
 from sapo_core.rundir import METRICS_FILE
-from sapo_gdrive.launcher import (
-    OUTPUT_FILE,
-    RUNS_DIR,
+from sapo_gdrive.processes import (
     STOP_GRACE_SECONDS,
     Interrupted,
     JsonlTail,
-    _in_child,
     cpu_count,
     exit_reason,
-    plan_swarm,
+    in_child,
     signals_interrupt,
     stop,
     tail_lines,
 )
 from sapo_gdrive.status import duration
+from sapo_gdrive.swarm_run import OUTPUT_FILE, RUNS_DIR, plan_swarm
 from sapo_gdrive.table import SwarmJob, Table, finished, mark_done
 from sapo_gdrive.table_render import plural
 from sapo_gdrive.table_stats import read_swarm
@@ -190,7 +188,7 @@ def start_swarm(table: Table, job: SwarmJob, threads: int, gpu: int | None) -> S
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=_in_child,
+            preexec_fn=in_child,
         )  # noqa: PLW1509
     tails = {spec.node: JsonlTail(spec.run_dir / METRICS_FILE) for spec in plan.workers}
     return SwarmRun(job, tuple(command), popen, time.monotonic(), gpu, tails)

@@ -23,7 +23,7 @@ import attrs
 from sapo_core.errors import SapoError
 from sapo_core.report import curve_from_lines
 from sapo_core.rundir import METRICS_FILE, read_metrics
-from sapo_gdrive.launcher import RUNS_DIR
+from sapo_gdrive.swarm_run import RUNS_DIR
 
 if TYPE_CHECKING:
     from sapo_gdrive.table import Split, SwarmJob, Table

@@ -32,10 +32,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import click
@@ -44,27 +43,27 @@ from sapo_core import rundir
 from sapo_core.errors import SapoError
 from sapo_gdrive.folder import FolderTransport
 from sapo_gdrive.observers import METRICS_DIR
-from sapo_gdrive.status import duration, swarm
+from sapo_gdrive.processes import (
+    Interrupted,
+    JsonlTail,
+    cpu_count,
+    exit_reason,
+    in_child,
+    signals_interrupt,
+    stop,
+    tail_lines,
+)
+from sapo_gdrive.status import duration
 
 COORDINATOR = "coordinator"
 RUNS_DIR = "runs"
 OUTPUT_FILE = "output.log"
-#: Seconds a node has to exit after SIGINT (flushing its logs) before it is killed.
-STOP_GRACE_SECONDS = 10.0
 #: Seconds the coordinator may outlive the last worker (it has nothing left to coordinate).
 COORDINATOR_GRACE_SECONDS = 15.0
 #: Rounds shown as columns in the live table (the newest).
 SHOWN_ROUNDS = 8
 #: Keys the launcher sets on each node; a --set of one of them would break the swarm it builds.
 LAUNCHER_KEYS = ("swarm.transport", "swarm.root", "run.experiment", "run.role", "run.node_id", "run.dir")
-
-
-def cpu_count() -> int:
-    """Cores this process may run on (a container's or taskset's limit, not the machine's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @attrs.frozen
@@ -162,48 +161,7 @@ def plan_swarm(
     return Plan(root=root, experiment=name, rounds=config.run.rounds, threads=threads, nodes=tuple(nodes))
 
 
-# ---------------------------------------------------------------------------------- reading
-
-
-class JsonlTail:
-    """The JSON-object lines appended to a file since the last read (a torn last line waits)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-
-    def read(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self._offset)
-                data = fh.read()
-        except FileNotFoundError:
-            return []
-        end = data.rfind(b"\n")
-        if end < 0:
-            return []
-        self._offset += end + 1
-        lines = []
-        for text in data[: end + 1].decode("utf-8", "replace").splitlines():
-            try:
-                line = json.loads(text)
-            except ValueError:
-                continue
-            if isinstance(line, dict) and isinstance(line.get("round"), int):
-                lines.append(line)
-        return lines
-
-
-def tail_lines(path: Path, count: int) -> list[str]:
-    """The last ``count`` non-empty lines of a (possibly large) text file; [] when there is none."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 64 * 1024))
-            text = fh.read().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return []
-    return [line.rstrip() for line in text.splitlines() if line.strip()][-count:]
+# ---------------------------------------------------------------------------------- output
 
 
 def is_metrics_line(text: str) -> bool:
@@ -223,17 +181,6 @@ def last_words(path: Path, lines: int = 20) -> str:
 
 
 # ---------------------------------------------------------------------------------- processes
-
-
-def _in_child() -> None:
-    """In the child, before exec: take signals again (the launcher blocks them while it starts
-    nodes, and the mask is inherited), and on Linux get SIGTERM when the launcher dies, even by SIGKILL."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    if sys.platform == "linux":
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @attrs.define
@@ -280,30 +227,9 @@ def start(plan: Plan, spec: NodeSpec, metrics_dir: Path) -> NodeProcess:
             stderr=subprocess.STDOUT,
             env=node_env(plan, spec),
             start_new_session=True,
-            preexec_fn=_in_child,
+            preexec_fn=in_child,
         )
     return NodeProcess(spec, popen, time.time(), JsonlTail(metrics_dir / f"{spec.node}.jsonl"))
-
-
-class Stoppable(Protocol):
-    """A started process that `stop` can end: a node, or a whole swarm's launcher (`sapo swarm table`)."""
-
-    popen: subprocess.Popen[bytes]
-
-    def signal(self, signum: int) -> None: ...
-
-
-def stop(processes: Sequence[Stoppable], *, grace: float = STOP_GRACE_SECONDS) -> None:
-    """SIGINT (a node flushes its logs on the way out), then SIGKILL whoever is still there."""
-    for process in processes:
-        process.signal(signal.SIGINT)
-    deadline = time.monotonic() + grace
-    for process in processes:
-        try:
-            process.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.signal(signal.SIGKILL)
-            process.popen.wait()
 
 
 def start_all(plan: Plan, specs: Sequence[NodeSpec], into: list[NodeProcess], metrics_dir: Path) -> None:
@@ -321,30 +247,6 @@ def joined(transport: FolderTransport, plan: Plan) -> bool:
     """Whether every worker has registered in the swarm folder (it does so once its model is loaded)."""
     registered = {info.node for info in transport.live_nodes(math.inf)}
     return {spec.node for spec in plan.workers} <= registered
-
-
-class Interrupted(Exception):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM raise `Interrupted` in the main loop (so `finally` stops the nodes)."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        # Once: a second signal while the nodes are being stopped must not cut that short.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
-        raise Interrupted(signum)
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 # ---------------------------------------------------------------------------------- display
@@ -450,80 +352,88 @@ class Outcome:
     signum: int | None = None
 
 
+@attrs.define
+class Supervisor:
+    """The launcher's main loop over one swarm's node processes: start them, show their progress
+    (a live table on a terminal, else a line per node and round), notice the end."""
+
+    plan: Plan
+    console: Any
+    live: Any  # a rich Live on a terminal, else None
+    transport: FolderTransport
+    started: float = attrs.field(factory=time.time)
+    processes: list[NodeProcess] = attrs.field(factory=list)
+
+    def show(self) -> None:
+        if self.live is not None:
+            self.live.update(table(self.plan, self.processes, self.transport.read_state(), self.started), refresh=True)
+
+    def read_metrics(self) -> None:
+        """Each node's newly finished rounds; without a live table, one line each."""
+        for process in self.processes:
+            for line in process.metrics.read():
+                process.lines[line["round"]] = line
+                if self.live is None:
+                    self.console.print(
+                        line_for(process, line["round"], self.plan.rounds, line),
+                        highlight=False,
+                        markup=False,
+                        soft_wrap=True,
+                    )
+
+    def watch(self, poll_seconds: float) -> Outcome:
+        """Until every node exits, one fails, or only the coordinator is left past its grace."""
+        metrics_dir = self.plan.folder / METRICS_DIR
+        start_all(self.plan, self.plan.workers, self.processes, metrics_dir)
+        coordinator = [spec for spec in self.plan.nodes if spec.role == COORDINATOR]
+        if self.live is not None:
+            self.live.start()
+        workers_done_at: float | None = None
+        while True:
+            self.read_metrics()
+            if coordinator and joined(self.transport, self.plan):
+                # Only now: a round the coordinator opened before every worker had loaded its
+                # model would close on the quorum of those already there, leaving the others behind.
+                start_all(self.plan, coordinator, self.processes, metrics_dir)
+                coordinator = []
+            self.show()
+            failed = tuple(p for p in self.processes if p.returncode not in (None, 0))
+            if failed:
+                return Outcome(failed=failed)
+            running = [p for p in self.processes if p.returncode is None]
+            if not running:
+                return Outcome()
+            if all(p.spec.role == COORDINATOR for p in running):
+                # Every worker is done; the coordinator would only wait out deadlines for nobody.
+                workers_done_at = workers_done_at or time.monotonic()
+                if time.monotonic() - workers_done_at > COORDINATOR_GRACE_SECONDS:
+                    return Outcome()
+            time.sleep(poll_seconds)
+
+
 def supervise(plan: Plan, console: Any, *, poll_seconds: float = 1.0) -> tuple[Outcome, list[NodeProcess]]:
     """Start the nodes, show their progress until they all exit (or one fails, or a signal), stop
     whoever is left. Returns what happened and the node processes."""
     from rich.live import Live
 
-    transport = FolderTransport(str(plan.root), plan.experiment)
-    metrics_dir = plan.folder / METRICS_DIR
-    processes: list[NodeProcess] = []
-    started = time.time()
     live = Live(console=console, auto_refresh=False, transient=False) if console.is_terminal else None
+    supervisor = Supervisor(plan, console, live, FolderTransport(str(plan.root), plan.experiment))
     outcome = Outcome()
     with signals_interrupt():
         try:
-            start_all(plan, plan.workers, processes, metrics_dir)
-            coordinator = [spec for spec in plan.nodes if spec.role == COORDINATOR]
-            if live is not None:
-                live.start()
-            workers_done_at: float | None = None
-            while True:
-                for process in processes:
-                    for line in process.metrics.read():
-                        process.lines[line["round"]] = line
-                        if live is None:
-                            console.print(
-                                line_for(process, line["round"], plan.rounds, line),
-                                highlight=False,
-                                markup=False,
-                                soft_wrap=True,
-                            )
-                if coordinator and joined(transport, plan):
-                    # Only now: a round the coordinator opened before every worker had loaded its
-                    # model would close on the quorum of those already there, leaving the others behind.
-                    start_all(plan, coordinator, processes, metrics_dir)
-                    coordinator = []
-                if live is not None:
-                    live.update(table(plan, processes, transport.read_state(), started), refresh=True)
-                failed = tuple(p for p in processes if p.returncode not in (None, 0))
-                if failed:
-                    outcome = Outcome(failed=failed)
-                    break
-                running = [p for p in processes if p.returncode is None]
-                if not running:
-                    break
-                if all(p.spec.role == COORDINATOR for p in running):
-                    # Every worker is done; the coordinator would only wait out deadlines for nobody.
-                    workers_done_at = workers_done_at or time.monotonic()
-                    if time.monotonic() - workers_done_at > COORDINATOR_GRACE_SECONDS:
-                        break
-                time.sleep(poll_seconds)
+            outcome = supervisor.watch(poll_seconds)
         except Interrupted as exc:
             outcome = Outcome(signum=exc.signum)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):  # the nodes are stopped anyway: let nothing cut it short
                 signal.signal(sig, signal.SIG_IGN)
             try:
-                stop(processes)
+                stop(supervisor.processes)
             finally:
                 if live is not None:
-                    live.update(table(plan, processes, transport.read_state(), started), refresh=True)
+                    supervisor.show()
                     live.stop()
-    return outcome, processes
-
-
-def exit_reason(code: int, *, hint: bool = True) -> str:
-    if code >= 0:
-        return f"exit code {code}"
-    name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
-    # Nobody here sends SIGKILL before the stop: the kernel's out-of-memory killer is the usual one.
-    why = (
-        "; out of memory? fewer --nodes or a smaller train.micro_batch_tokens"
-        if hint and -code == signal.SIGKILL
-        else ""
-    )
-    return f"killed by {name}{why}"
+    return outcome, supervisor.processes
 
 
 def report_failure(console: Any, failed: Sequence[NodeProcess], lines: int = 25) -> None:
@@ -616,7 +526,7 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
     return value
 
 
-@swarm.command(name="run")
+@click.command(name="run")
 @click.option(
     "--nodes",
     type=int,
