@@ -182,7 +182,10 @@ def test_explicit_worker_without_a_learner_is_an_error(tmp_path, sapo_plugins, b
     cfg = load_config(
         env={}, sets=["inference.backend=oracle", "run.role=worker", f"run.workdir={tmp_path.as_posix()}"]
     )
-    with pytest.raises(PluginError, match=r"Unknown learner 'grpo'\. Choose one of: recorder"):
+    with pytest.raises(
+        PluginError,
+        match=r"Unknown learner 'grpo'\. It comes with sapo-local: pip install sapo-local\. Installed: recorder",
+    ):
         Node.from_config(cfg, sapo_plugins)
 
 

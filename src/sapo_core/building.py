@@ -122,7 +122,7 @@ def backend_context(config: Config, role: str, workdir: Path) -> BackendContext:
         model=config.model.name,
         seed=run.seed,
         workdir=workdir,
-        config=config.to_dict(redact=False),
+        config=config,
     )
 
 

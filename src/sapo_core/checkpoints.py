@@ -326,7 +326,5 @@ class FolderCheckpointer:
 
 def build_folder(settings: FolderCheckpointSettings | None, context: BackendContext) -> FolderCheckpointer:
     folder = Path(settings.dir) if settings and settings.dir else context.workdir / "checkpoints"
-    checkpoint = context.config.get("checkpoint", {})
-    return FolderCheckpointer(
-        folder, keep=int(checkpoint.get("keep", 3)), optimizer_state=str(checkpoint.get("optimizer_state", "newest"))
-    )
+    checkpoint = context.config.checkpoint
+    return FolderCheckpointer(folder, keep=checkpoint.keep, optimizer_state=checkpoint.optimizer_state)

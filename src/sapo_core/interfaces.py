@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from sapo_core.config import Config
 from sapo_core.records import Completion, Group, Problem, RoundPayload, as_tuple
 
 # --------------------------------------------------------------------------------- records
@@ -104,7 +105,8 @@ class BackendContext:
 
     ``shared`` lets the backends of one node hand objects to each other (the local plugin's
     learner trains the very model its inference backend generates with). ``config`` is the
-    whole resolved configuration as plain values, secrets included: never log it.
+    whole resolved, typed configuration (``context.config.swarm.root``), secrets included: never
+    log it (``config.to_dict()`` is its redacted plain form).
     """
 
     experiment: str = "default"
@@ -113,7 +115,7 @@ class BackendContext:
     model: str = ""
     seed: int = 0
     workdir: Path = attrs.field(factory=lambda: Path("runs") / "default" / "node-0", converter=Path)
-    config: Mapping[str, Any] = attrs.field(factory=dict)
+    config: Config = attrs.field(factory=Config)
     tasks: Mapping[str, Task] = attrs.field(factory=dict)
     shared: dict[str, Any] = attrs.field(factory=dict)
 

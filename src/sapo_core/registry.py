@@ -128,7 +128,7 @@ class Registry:
                 return f"{what} {prefix} tasks come from a plugin: pip install {distribution}"
         provider = provider_of(kind, name)
         if provider is not None:  # sapo's own, not installed (or its plugin failed to load: see the log)
-            return f"{what} It comes with {provider}: pip install {provider}"
+            return f"{what} It comes with {provider}: pip install {provider}. Installed: {', '.join(known) or 'none'}"
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.75)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         if len(known) > 20:  # reasoning-gym alone brings ~100 tasks: too many for one message
@@ -165,8 +165,8 @@ def _check_settings(registration: Registration) -> None:
             raise PluginError(
                 f"Plugin {registration.plugin!r} registered {what} with the settings class "
                 f"{settings.__module__}.{settings.__qualname__}, whose field {key!r} is named like sapo's own key "
-                f"{section}.{key}: the config would never set it. Rename the field; the core value is in "
-                f"context.config[{section!r}][{key!r}]."
+                f"{section}.{key}: the config would never set it. Rename the field; the core value is "
+                f"context.config.{section}.{key}."
             )
 
 

@@ -32,7 +32,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import attrs
 
 from sapo_core import hookimpl
 from sapo_core import plugins as plugins_module
+from sapo_core.config import Config, load_config
 from sapo_core.interfaces import (
     InferenceBackend,
     Lease,
@@ -130,6 +131,15 @@ class HashReward:
 def register_rewards(register):
     register("hash", lambda settings, context: HashReward())
 """
+
+
+def config_of(sections: Mapping[str, Mapping[str, Any]]) -> Config:
+    """The resolved `Config` of nested plain values, e.g. ``config_of({"swarm": {"root": "/srv/swarm"}})``,
+    validated as ``--set`` values are: the ``config`` a factory's test hands to `BackendContext`."""
+    flags = {
+        f"{section}.{key}": (value, "test") for section, values in sections.items() for key, value in values.items()
+    }
+    return load_config(env={}, flags=flags)
 
 
 def free_port() -> int:

@@ -158,5 +158,5 @@ def build_offline(settings: object, context: BackendContext) -> OfflineTransport
 
 
 def build_memory(settings: object, context: BackendContext) -> MemoryTransport:
-    swarm = context.config.get("swarm", {})
-    return MemoryTransport(str(swarm.get("root", "")), context.experiment, secret=str(swarm.get("secret", "")))
+    swarm = context.config.swarm
+    return MemoryTransport(swarm.root, context.experiment, secret=swarm.secret)

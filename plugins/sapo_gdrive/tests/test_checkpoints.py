@@ -18,6 +18,7 @@ from sapo_core.errors import ConfigError
 from sapo_core.interfaces import BackendContext, Checkpointer
 from sapo_core.node import Node
 from sapo_core.plugins import Plugins
+from sapo_core.testing import config_of
 from sapo_gdrive.checkpoints import FolderCheckpointer, build_folder_checkpointer
 
 
@@ -189,11 +190,11 @@ def test_unsafe_node_ids_and_experiments_are_refused(tmp_path, node):
 
 
 def test_factory_reads_root_keep_and_explains_a_missing_root(tmp_path):
-    config = {"swarm": {"root": tmp_path.as_posix()}, "checkpoint": {"keep": 1}}
+    config = config_of({"swarm": {"root": tmp_path.as_posix()}, "checkpoint": {"keep": 1}})
     cp = build_folder_checkpointer(None, BackendContext(experiment="exp", node="bob", config=config))
     assert cp.keep == 1 and cp.folder == (tmp_path / "exp" / "checkpoints" / "bob").as_posix()
     with pytest.raises(ConfigError, match="--root.*GDRIVE_PATH"):
-        build_folder_checkpointer(None, BackendContext(experiment="exp", config={"swarm": {"root": ""}}))
+        build_folder_checkpointer(None, BackendContext(experiment="exp", config=config_of({"swarm": {"root": ""}})))
     with pytest.raises(ConfigError, match="node"):
         build_folder_checkpointer(None, BackendContext(experiment="exp", node="../x", config=config))
 
@@ -204,7 +205,7 @@ def test_registered_as_gdrive_and_fs_and_usable_through_the_registry(monkeypatch
     plugins.load()
     root = memory_root()
     context = BackendContext(
-        experiment="exp", node="alice", config={"swarm": {"root": root}, "checkpoint": {"keep": 2}}
+        experiment="exp", node="alice", config=config_of({"swarm": {"root": root}, "checkpoint": {"keep": 2}})
     )
     for name in ("gdrive", "fs"):
         registration = plugins.registry.get("checkpointer", name)

@@ -23,7 +23,7 @@ from sapo_core.logsafe import quoted, unquoted
 from sapo_core.node import Node
 from sapo_core.plugins import Plugins
 from sapo_core.records import Completion, Group, Message, Problem, RoundPayload
-from sapo_core.testing import check_transport
+from sapo_core.testing import check_transport, config_of
 from sapo_gdrive.folder import FolderTransport, build_folder_transport
 from sapo_gdrive.layout import parse_name
 
@@ -433,12 +433,12 @@ def test_ensure_settings_first_writer_wins_under_a_race(tmp_path):
 
 
 def test_factory_reads_root_and_secret_and_explains_a_missing_root(tmp_path):
-    context = BackendContext(experiment="exp", config={"swarm": {"root": str(tmp_path), "secret": "k"}})
+    context = BackendContext(experiment="exp", config=config_of({"swarm": {"root": str(tmp_path), "secret": "k"}}))
     transport = build_folder_transport(None, context)
     transport.publish(payload("alice"))
     assert codec.read_gz((tmp_path / "exp/rounds/0/alice.json.gz").read_bytes()).signature is not None
     with pytest.raises(ConfigError, match="--root.*GDRIVE_PATH"):
-        build_folder_transport(None, BackendContext(experiment="exp", config={"swarm": {"root": ""}}))
+        build_folder_transport(None, BackendContext(experiment="exp", config=config_of({"swarm": {"root": ""}})))
 
 
 def test_registered_as_gdrive_and_fs(monkeypatch):

@@ -6,6 +6,7 @@ import logging
 
 from sapo_core import redaction
 from sapo_core.interfaces import BackendContext
+from sapo_core.testing import config_of
 from sapo_gdrive import observers
 
 CANARY = "sk-canary-in-the-shared-log-7"
@@ -17,7 +18,7 @@ def test_a_key_logged_by_any_code_path_is_redacted_in_the_shared_log(tmp_path, m
     context = BackendContext(
         node="w1",
         experiment="exp",
-        config={"swarm": {"transport": "gdrive", "root": str(tmp_path), "secret": "swarm-s3cret"}},
+        config=config_of({"swarm": {"transport": "gdrive", "root": str(tmp_path), "secret": "swarm-s3cret"}}),
     )
     observers.run_started(context=context)
     try:

@@ -16,6 +16,7 @@ from sapo_core.cli import build_cli
 from sapo_core.config import load_config
 from sapo_core.interfaces import BackendContext
 from sapo_core.node import Node
+from sapo_core.testing import config_of
 from sapo_gdrive import observers
 from sapo_gdrive.folder import FolderTransport
 
@@ -162,7 +163,9 @@ def test_a_swarm_writes_logs_and_metrics_and_status_and_report_read_them(tmp_pat
 def test_the_fs_alias_writes_the_shared_files_too_and_other_transports_do_not(tmp_path, plugins):
     root = run_swarm(tmp_path, plugins, transport="fs")
     assert files_under(root / "default" / "metrics") == ["alice.jsonl", "bob.jsonl", "coord.jsonl"]
-    context = BackendContext(node="n1", config={"swarm": {"transport": "none", "root": (tmp_path / "x").as_posix()}})
+    context = BackendContext(
+        node="n1", config=config_of({"swarm": {"transport": "none", "root": (tmp_path / "x").as_posix()}})
+    )
     observers.run_started(context)
     observers.round_finished(context, 0, {"reward/mean": 1.0})
     observers.run_finished(context, {})
@@ -170,7 +173,9 @@ def test_the_fs_alias_writes_the_shared_files_too_and_other_transports_do_not(tm
 
 
 def context_for(root: str, node: str = "n1") -> BackendContext:
-    return BackendContext(node=node, config={"swarm": {"transport": "gdrive", "root": root, "secret": SECRET}})
+    return BackendContext(
+        node=node, config=config_of({"swarm": {"transport": "gdrive", "root": root, "secret": SECRET}})
+    )
 
 
 def test_non_local_storage_rewrites_the_whole_file_and_buffers_info(info_logs):

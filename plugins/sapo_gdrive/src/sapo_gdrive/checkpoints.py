@@ -291,15 +291,13 @@ class FolderCheckpointer:
 
 def build_folder_checkpointer(settings: FolderCheckpointSettings | None, context: BackendContext) -> FolderCheckpointer:
     """The ``gdrive`` / ``fs`` factory: ``checkpoint.root`` or else ``swarm.root`` is the shared folder."""
-    swarm = context.config.get("swarm", {}) or {}
-    root = str((settings.root if settings else "") or swarm.get("root") or "").strip()
+    root = ((settings.root if settings else "") or context.config.swarm.root).strip()
     if not root:
         raise ConfigError(
             "checkpoint backend 'gdrive' needs the swarm's shared folder: pass --root PATH (a mounted Google "
             "Drive folder, any shared path, or an fsspec URL such as s3://bucket/swarms) or set GDRIVE_PATH"
         )
-    checkpoint = context.config.get("checkpoint", {}) or {}
-    keep, optimizer_state = int(checkpoint.get("keep", 3)), str(checkpoint.get("optimizer_state", "newest"))
+    keep, optimizer_state = context.config.checkpoint.keep, context.config.checkpoint.optimizer_state
     try:
         return FolderCheckpointer(root, context.experiment, context.node, keep=keep, optimizer_state=optimizer_state)
     except codec.PayloadError as exc:

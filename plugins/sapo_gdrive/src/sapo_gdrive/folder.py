@@ -180,15 +180,15 @@ class FolderTransport:
 
 def build_folder_transport(settings: object, context: BackendContext) -> FolderTransport:
     """The ``gdrive`` / ``fs`` factory: ``swarm.root`` is the folder, ``swarm.secret`` signs payloads."""
-    swarm = context.config.get("swarm", {}) or {}
-    root = str(swarm.get("root") or "").strip()
+    swarm = context.config.swarm
+    root = swarm.root.strip()
     if not root:
         raise ConfigError(
             "transport 'gdrive' needs the swarm's shared folder: pass --root PATH (a mounted Google Drive "
             "folder, any shared path, or an fsspec URL such as s3://bucket/swarms) or set GDRIVE_PATH"
         )
     try:
-        return FolderTransport(root, context.experiment, secret=str(swarm.get("secret") or ""))
+        return FolderTransport(root, context.experiment, secret=swarm.secret)
     except codec.PayloadError as exc:
         raise ConfigError(f"run.experiment: {exc}") from exc
 

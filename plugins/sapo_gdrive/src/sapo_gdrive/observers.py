@@ -148,10 +148,10 @@ def _attached() -> list[FolderLogHandler]:
 
 
 def _store_for(context: BackendContext) -> FolderStore | None:
-    swarm = context.config.get("swarm", {}) or {}
-    if str(swarm.get("transport") or "") not in TRANSPORTS:
+    swarm = context.config.swarm
+    if swarm.transport not in TRANSPORTS:
         return None
-    root = str(swarm.get("root") or "").strip()
+    root = swarm.root.strip()
     if not root:
         return None
     return FolderStore(root, context.experiment)
@@ -171,8 +171,7 @@ def run_started(context: BackendContext) -> None:
         return
     if store is None:
         return
-    swarm = context.config.get("swarm", {}) or {}
-    handler = FolderLogHandler(_file(store, LOGS_DIR, context.node, ".log"), secret=str(swarm.get("secret") or ""))
+    handler = FolderLogHandler(_file(store, LOGS_DIR, context.node, ".log"), secret=context.config.swarm.secret)
     metrics = _file(store, METRICS_DIR, context.node, ".jsonl")
     key = (context.experiment, context.node)
     with _nodes_lock:

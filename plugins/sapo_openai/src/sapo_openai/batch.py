@@ -51,10 +51,10 @@ def wait_seconds(settings: APISettings, context: BackendContext) -> float:
     """How long a round waits for its batch (see ``APISettings.batch_wait_s``)."""
     if settings.batch_wait_s:
         return settings.batch_wait_s
-    swarm = context.config.get("swarm") or {}
-    if swarm.get("transport", "none") == "none":
+    swarm = context.config.swarm
+    if swarm.transport == "none":
         return DAY_S  # offline: no deadline but the provider's own
-    return max(1.0, SWARM_WAIT_SHARE * float(swarm.get("round_seconds", 300.0)) - settings.batch_cancel_wait_s)
+    return max(1.0, SWARM_WAIT_SHARE * swarm.round_seconds - settings.batch_cancel_wait_s)
 
 
 def _atomic_write(path: Path, text: str) -> None:

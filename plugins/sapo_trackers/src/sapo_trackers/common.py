@@ -57,20 +57,18 @@ class RunInfo:
 
     @classmethod
     def of(cls, context: BackendContext) -> RunInfo:
-        run = context.config.get("run", {}) or {}
         return cls(
             experiment=context.experiment,
             node=context.node,
             role=context.role,
             run_dir=Path(context.workdir),
-            workdir=Path(str(run.get("workdir") or "runs")),
-            config=redacted(context.config),
+            workdir=Path(context.config.run.workdir),
+            config=redacted(context.config.to_dict()),
         )
 
 
 def redacted(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A copy of the resolved config (``context.config``, which holds the real secrets) that shows
-    none: a key the config itself treats as secret (`sapo_core.config.is_secret`: ``swarm.secret``,
+    """A copy of the resolved config as plain data (``Config.to_dict``) that shows no secret: a key the config itself treats as secret (`sapo_core.config.is_secret`: ``swarm.secret``,
     an extra named like a key or token) reads ``"***"`` as in ``sapo config``, and any registered
     secret value (an API key found in the environment) inside another string reads ``<redacted>``."""
     out: dict[str, Any] = {}

@@ -80,9 +80,7 @@ _lock = threading.Lock()
 
 def requested(context: BackendContext) -> list[str]:
     """The known tracker names of ``run.report_to``, in order, once each; a warning for any other."""
-    names = (context.config.get("run", {}) or {}).get("report_to") or ()
-    if isinstance(names, str):
-        names = [names]
+    names = context.config.run.report_to
     known: list[str] = []
     for name in names:
         name = str(name).strip().lower()
