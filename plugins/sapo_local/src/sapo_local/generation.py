@@ -15,12 +15,10 @@ tempered, filtered distribution (the Gumbel-max trick). Greedy decoding then pic
 
 What stays floating point: the logits themselves. The same model on another device, or the
 same row padded differently in another batch, gives logits that differ in the last bits, which
-changes a token only where two noisy scores tie to that precision (rare: a tiny fp32 model gave
-the same 24 completions of 32 tokens on a CPU and on an H100).
+changes a token only where two noisy scores tie to that precision, which is rare.
 
 Speed: on the CPU only the tokens that can still win get noise (see `GumbelSampler`); on CUDA
-the noise for all tokens is one torch.compile'd kernel. Either way the draw costs about what
-``generate(do_sample=True)``'s softmax + multinomial does.
+the noise for all tokens is one torch.compile'd kernel.
 
 ``temperature == 0`` is plain greedy decoding, without noise.
 
@@ -207,9 +205,8 @@ class GumbelSampler(LogitsProcessor):
     Only the tokens within the noise span (about 20) of their row's best score can win, so
     computing noise for those alone is the same draw with a fraction of the work; finding them
     costs a host sync. ``sparse``: True always does that, False never (noise for every token),
-    None (default) does it on the CPU when at most half of the scores are candidates (a real
-    LM at temperature 0.7: a few percent; at 1.0: about half), and never on other devices,
-    where the sync costs more than the noise.
+    None (default) does it on the CPU when at most half of the scores are candidates, and never
+    on other devices, where the sync costs more than the noise.
 
     ``compile``: draw over all tokens with a torch.compile'd kernel (the same numbers, one pass
     instead of ~30 over rows x vocab). None (default): on CUDA only. Compiling takes a few
@@ -414,7 +411,7 @@ def _quiet_generate() -> Iterator[None]:
 
 @attrs.define
 class _Row:
-    problem: int  # index in the problems of the call
+    problem_index: int  # in the problems of the call
     replicate: int
     prompt: list[int]
     seed: int
@@ -460,7 +457,7 @@ class LocalInference:
             results = self._generate_shared(problems, n, params, rows, order, rank, size)
         out: list[list[Completion]] = [[] for _ in problems]
         for row, completion in zip(rows, results):
-            out[row.problem].append(completion)
+            out[row.problem_index].append(completion)
         # Every process holds the whole call's completions: the meter counts all of them over
         # the call's wall time, the throughput of all processes together.
         self.meter.add(results, time.perf_counter() - started)
@@ -577,7 +574,6 @@ class LocalInference:
         self, rows: Sequence[_Row], params: SamplingParams, progress: TokenProgress | None = None
     ) -> list[Completion]:
         policy = self.policy
-        device = policy.device
         pad_id = policy.tokenizer.pad_token_id
         eos_ids = policy.eos_ids
         if pad_id is None:
@@ -587,21 +583,42 @@ class LocalInference:
             # The compiled graphs are specialised on shapes: round the width up so that batches
             # of nearby prompt lengths share them instead of compiling anew.
             width = -(-width // _STATIC_WIDTH_STEP) * _STATIC_WIDTH_STEP
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):  # left padding
-            input_ids[i, width - len(row.prompt) :] = torch.tensor(row.prompt, dtype=torch.long)
-            attention_mask[i, width - len(row.prompt) :] = 1
-        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        context = getattr(getattr(policy.model, "config", None), "max_position_embeddings", None)
-        if isinstance(context, int) and width + params.max_new_tokens > context and not self._warned_context:
+        input_ids, attention_mask = _left_padded([r.prompt for r in rows], width, pad_id, policy.device)
+        self._warn_past_context(width, params.max_new_tokens)
+        processors = self._logits_processors(rows, width, params, progress)
+        criteria = StoppingCriteriaList()
+        recorder: _StopStringRecorder | None = None
+        stops = [s for s in params.stop if s]
+        if stops:
+            recorder = _StopStringRecorder(StopStringCriteria(policy.tokenizer, stops), width, len(rows), policy.device)
+            criteria.append(recorder)
+        config = self.generation_config(params.max_new_tokens)
+        with _quiet_generate():
+            output = policy.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=config,
+                logits_processor=processors,
+                stopping_criteria=criteria,
+            )
+        fired = recorder.fired_at.tolist() if recorder is not None else [-1] * len(rows)
+        return _completions(output[:, width:].tolist(), fired, eos_ids, stops, policy.tokenizer)
+
+    def _warn_past_context(self, width: int, max_new_tokens: int) -> None:
+        context = getattr(getattr(self.policy.model, "config", None), "max_position_embeddings", None)
+        if isinstance(context, int) and width + max_new_tokens > context and not self._warned_context:
             self._warned_context = True  # transformers' own warning is silenced with the rest
             log.warning(
                 "prompt (%d tokens) + max_new_tokens (%d) exceed the model's context (%d)",
                 width,
-                params.max_new_tokens,
+                max_new_tokens,
                 context,
             )
+
+    def _logits_processors(
+        self, rows: Sequence[_Row], width: int, params: SamplingParams, progress: TokenProgress | None
+    ) -> LogitsProcessorList:
+        """The progress counter where progress is shown, then the seeded sampler unless decoding is greedy."""
         processors = LogitsProcessorList()
         if progress is not None and progress.shown:
             processors.append(_TokenCounter(progress, len(rows)))
@@ -614,50 +631,60 @@ class LocalInference:
                     top_k=params.top_k,
                     top_p=params.top_p,
                     max_steps=params.max_new_tokens,
-                    device=device,
+                    device=self.policy.device,
                     compile=None if self.settings.compile_sampler else False,
                 )
             )
-        criteria = StoppingCriteriaList()
-        recorder: _StopStringRecorder | None = None
-        stops = [s for s in params.stop if s]
+        return processors
+
+
+def _left_padded(
+    prompts: Sequence[Sequence[int]], width: int, pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts left-padded to ``width``, as input ids and attention mask on ``device``."""
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        input_ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        attention_mask[i, width - len(prompt) :] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def _completions(
+    generated: Sequence[list[int]],
+    fired: Sequence[int],
+    eos_ids: Sequence[int],
+    stops: Sequence[str],
+    tokenizer: Any,
+) -> list[Completion]:
+    """Each row's new tokens up to its end, decoded; ``fired``: how many it had when a stop string matched, or -1.
+
+    A row ends at its first EOS id (kept), at the token that completed a stop string (whose text
+    is then cut off), or at ``max_new_tokens`` (finish reason ``length``).
+    """
+    eos = set(eos_ids)
+    kept: list[list[int]] = []
+    reasons: list[str] = []
+    for ids, stop_at in zip(generated, fired):
+        end = next((j for j, t in enumerate(ids) if t in eos), None)
+        if stop_at > 0 and (end is None or stop_at <= end):
+            kept.append(ids[:stop_at])  # a stop string ended it (the padding after it may be EOS ids)
+            reasons.append("stop")
+        elif end is not None:
+            kept.append(ids[: end + 1])
+            reasons.append("stop")
+        else:
+            kept.append(ids)
+            reasons.append("length")
+    texts = tokenizer.batch_decode(kept, skip_special_tokens=True)
+    completions = []
+    for ids, text, reason in zip(kept, texts, reasons):
         if stops:
-            recorder = _StopStringRecorder(StopStringCriteria(policy.tokenizer, stops), width, len(rows), device)
-            criteria.append(recorder)
-        config = self.generation_config(params.max_new_tokens)
-        with _quiet_generate():
-            output = policy.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=config,
-                logits_processor=processors,
-                stopping_criteria=criteria,
-            )
-        generated = output[:, width:].tolist()
-        fired = recorder.fired_at.tolist() if recorder is not None else [-1] * len(rows)
-        eos = set(eos_ids)
-        kept: list[list[int]] = []
-        reasons: list[str] = []
-        for ids, stop_at in zip(generated, fired):
-            end = next((j for j, t in enumerate(ids) if t in eos), None)
-            if stop_at > 0 and (end is None or stop_at <= end):
-                kept.append(ids[:stop_at])  # a stop string ended it (the padding after it may be EOS ids)
-                reasons.append("stop")
-            elif end is not None:
-                kept.append(ids[: end + 1])
-                reasons.append("stop")
-            else:
-                kept.append(ids)
-                reasons.append("length")
-        texts = policy.tokenizer.batch_decode(kept, skip_special_tokens=True)
-        completions = []
-        for ids, text, reason in zip(kept, texts, reasons):
-            if stops:
-                cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-                if cut >= 0:
-                    text, reason = text[:cut], "stop"
-            completions.append(Completion(text=text, finish_reason=reason, num_tokens=len(ids), token_ids=tuple(ids)))
-        return completions
+            cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+            if cut >= 0:
+                text, reason = text[:cut], "stop"
+        completions.append(Completion(text=text, finish_reason=reason, num_tokens=len(ids), token_ids=tuple(ids)))
+    return completions
 
 
 def _oom_errors() -> tuple[type[BaseException], ...]:

@@ -2,8 +2,10 @@
 
 One `train` call is one learner step (``num_iterations`` optimizer updates on the same
 rollouts). The batch is split into micro-batches by a token budget, sorted by length so
-little is padding; gradients accumulate over them with a normaliser computed on the whole
-batch, so the result does not depend on how the batch was split (see `sapo_local.loss`).
+little is padding (`sapo_local.batching`); gradients accumulate over them with a normaliser
+computed on the whole batch, so the result does not depend on how the batch was split (see
+`sapo_local.loss`). The step's metrics are summed on the device (`sapo_local.step_metrics`);
+checkpoints are written in safe formats (`sapo_local.learner_state`).
 
 Under ``accelerate launch`` every process runs the same node loop (same seeds, so the same
 rollouts) and trains on its own share of the completions; DDP averages the gradients.
@@ -16,43 +18,27 @@ import copy
 import json
 import logging
 import math
-import random
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
 import torch
-from safetensors.torch import load_file, save_file
 
 from sapo_core.checkpoints import OPTIMIZER_DIR
 from sapo_core.errors import TrainingError
 from sapo_core.interfaces import BackendContext
 from sapo_core.records import Group
-from sapo_local import memory
+from sapo_local import learner_state, memory
+from sapo_local.batching import Example, MicroBatch, micro_batches, process_share
 from sapo_local.logprobs import selected_logprobs
 from sapo_local.loss import grpo_loss, loss_normalizer, truncated_is_weights
 from sapo_local.policy import Policy, completion_ids, get_policy, prompt_ids
 from sapo_local.settings import GRPOSettings
+from sapo_local.step_metrics import StepTotals, sum_over_processes, token_means
 
 log = logging.getLogger("sapo.local")
-
-
-@attrs.frozen
-class Example:
-    """One completion to train on: its tokens, advantage and where it came from."""
-
-    prompt: tuple[int, ...]
-    completion: tuple[int, ...]
-    advantage: float
-    external: bool
-    sampler_logprobs: tuple[float, ...] | None = None  # the generating engine's, one per completion token
-
-    @property
-    def length(self) -> int:
-        return len(self.prompt) + len(self.completion)
 
 
 class CompletionLogprobs(torch.nn.Module):
@@ -101,77 +87,14 @@ class CompletionLogprobs(torch.nn.Module):
         )
 
 
-@attrs.frozen
-class MicroBatch:
-    input_ids: torch.Tensor  # [B, L] right-padded prompt + completion
-    attention_mask: torch.Tensor
-    rows: torch.Tensor  # [N] row of each completion token
-    positions: torch.Tensor  # [N] its position in the row
-    targets: torch.Tensor  # [N] its token id
-    mask: torch.Tensor  # [B, T] 1 on real completion tokens
-    advantages: torch.Tensor  # [B]
-    tokens: int
-    slots: torch.Tensor  # [N] where each completion token lands in the flattened [B, T]
-    completion_tokens: int  # N
-    sampler: torch.Tensor | None = None  # [B, T] the sampler's log-probs where known ...
-    known: torch.Tensor | None = None  # [B, T] ... that is, where this is 1
-
-    def to_padded(self, flat: torch.Tensor) -> torch.Tensor:
-        """[N] per-token values -> [B, T] with zeros on padding."""
-        # Indices made at collate time: a boolean-mask assignment would wait for the GPU to count the mask.
-        return flat.new_zeros(self.mask.numel()).index_put((self.slots,), flat).view(self.mask.shape)
-
-
-def micro_batches(examples: Sequence[Example], budget: int, pad_id: int, device: torch.device) -> list[MicroBatch]:
-    """Length-sorted micro-batches whose padded size (rows x longest row) stays within ``budget``."""
-    order = sorted(examples, key=lambda e: e.length)
-    batches: list[list[Example]] = []
-    for example in order:
-        current = batches[-1] if batches else None
-        # Sorted ascending, so the newest example is the longest of its batch.
-        if current is not None and (len(current) + 1) * example.length <= budget:
-            current.append(example)
-        else:
-            batches.append([example])
-    return [_collate(batch, pad_id, device) for batch in batches]
-
-
-def _collate(batch: Sequence[Example], pad_id: int, device: torch.device) -> MicroBatch:
-    width = max(e.length for e in batch)
-    longest = max(len(e.completion) for e in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    mask = torch.zeros((len(batch), longest), dtype=torch.float32)
-    rows, positions, targets = [], [], []
-    with_sampler = any(e.sampler_logprobs is not None for e in batch)
-    sampler = torch.zeros((len(batch), longest), dtype=torch.float32) if with_sampler else None
-    known = torch.zeros((len(batch), longest), dtype=torch.float32) if with_sampler else None
-    for i, example in enumerate(batch):
-        ids = [*example.prompt, *example.completion]
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention[i, : len(ids)] = 1
-        mask[i, : len(example.completion)] = 1
-        if sampler is not None and known is not None and example.sampler_logprobs is not None:
-            sampler[i, : len(example.completion)] = torch.tensor(example.sampler_logprobs, dtype=torch.float32)
-            known[i, : len(example.completion)] = 1
-        start = len(example.prompt)
-        rows += [i] * len(example.completion)
-        positions += range(start, start + len(example.completion))
-        targets += example.completion
-    return MicroBatch(
-        input_ids=input_ids.to(device),
-        attention_mask=attention.to(device),
-        rows=torch.tensor(rows, device=device),
-        positions=torch.tensor(positions, device=device),
-        targets=torch.tensor(targets, device=device),
-        mask=mask.to(device),
-        advantages=torch.tensor([e.advantage for e in batch], dtype=torch.float32, device=device),
-        tokens=int(attention.sum()),
-        slots=mask.flatten().nonzero().squeeze(1).to(device),
-        completion_tokens=len(targets),
-        sampler=None if sampler is None else sampler.to(device),
-        known=None if known is None else known.to(device),
-    )
+def enable_activation_checkpointing(model: Any) -> None:
+    """Recompute each layer's activations in backward instead of keeping them: the same operations
+    on the same inputs, so the same gradients, for less memory."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # transformers 4's, deprecated in 5
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
 
 
 def lr_lambda(settings: GRPOSettings, total_steps: int) -> Any:
@@ -220,20 +143,14 @@ class GRPOLearner:
         checkpointing = settings.gradient_checkpointing
         self.gradient_checkpointing = policy.device.type == "cpu" if checkpointing == "auto" else bool(checkpointing)
         if self.gradient_checkpointing:
-            # Recomputation repeats the same operations on the same inputs: the gradients are the same.
-            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
-                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
+            enable_activation_checkpointing(model)
         # With LoRA the reference is the base model with adapters off: nothing to copy.
         self.reference = None
         if settings.beta > 0 and not settings.lora:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        # The fused kernel updates every parameter in one pass (TRL's default on CUDA too); on the CPU it
-        # is also about 10x faster than foreach, which makes whole-model temporaries (one more copy of
-        # the weights at the step's peak).
+        # The fused kernel updates every parameter in one pass (TRL's default on CUDA too); foreach makes
+        # whole-model temporaries (one more copy of the weights at the step's peak).
         optimizer = torch.optim.AdamW(
             trainable,
             lr=settings.lr,
@@ -256,9 +173,9 @@ class GRPOLearner:
         """End the distributed process group, if this learner's launch has one.
 
         Left to the interpreter's exit, gloo's threads are torn down in no set order, and a
-        process that finished first aborted ("terminate called without an active exception")
-        in about one run in four while another still wrote its checkpoint. So the processes
-        wait for each other, then end the group together. Not after an error (the node closes
+        process that finished first can abort ("terminate called without an active exception")
+        while another still writes its checkpoint. So the processes wait for each other, then
+        end the group together. Not after an error (the node closes
         its backends on the way out of one): the others may be inside another collective, and
         a barrier there would never return.
         """
@@ -327,131 +244,72 @@ class GRPOLearner:
             [len(e.completion) for e in examples], settings.loss_type, self.max_completion_length
         )
         # Every process holds the same rollouts; each trains on its own share of them.
-        shard = examples[accelerator.process_index :: accelerator.num_processes]
-        # Fewer completions than processes: a rank without a share still has to take part in
-        # DDP's gradient all-reduce, or the others wait for it forever. It runs one completion
-        # with weight 0: no gradient, no metrics, no tokens of its own.
-        weight = 1.0 if shard else 0.0
-        shard = shard or examples[:1]
+        shard, participates = process_share(examples, accelerator.process_index, accelerator.num_processes)
         batches = micro_batches(
             shard, settings.micro_batch_tokens, self.policy.tokenizer.pad_token_id, accelerator.device
         )
         old = self._logprobs(batches) if settings.num_iterations > 1 else [None] * len(batches)
         ref = self._reference_logprobs(batches) if settings.beta > 0 else [None] * len(batches)
         self.module.train()
-        # Metrics stay on the device until the step is done: reading one back mid-step would stall
-        # the CPU until the GPU caught up, between the forward and the backward of every micro-batch.
-        totals: dict[str, torch.Tensor] = {}
-        ratio_max = torch.zeros((), device=accelerator.device)
-
-        def add(key: str, value: torch.Tensor) -> None:
-            totals[key] = totals[key] + value if key in totals else value
-
+        totals = StepTotals(accelerator.device, participates=participates)
         for _ in range(settings.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            loss_sum = torch.zeros((), device=accelerator.device)
             for index, (batch, old_lp, ref_lp) in enumerate(zip(batches, old, ref)):
                 last = index == len(batches) - 1
                 # Gradients are all-reduced once, on the last micro-batch.
                 with accelerator.no_sync(self.module) if not last else contextlib.nullcontext():
                     with accelerator.autocast():
-                        flat = self.module(
-                            batch.input_ids, batch.attention_mask, batch.rows, batch.positions, batch.targets
-                        )
+                        flat = self.module(*batch.model_inputs())
                     logprobs = batch.to_padded(flat)
-                    is_weights = None
-                    if batch.sampler is not None and batch.known is not None:
-                        is_weights = truncated_is_weights(
-                            logprobs if old_lp is None else old_lp,
-                            batch.sampler,
-                            batch.known,
-                            cap=settings.importance_sampling_cap,
-                        )
-                        add("is_weight_sum", (is_weights * batch.known).sum() * weight)
-                        add("is_tokens", batch.known.sum() * weight)
-                    loss, metrics = grpo_loss(
-                        logprobs,
-                        old_lp,
-                        batch.advantages,
-                        batch.mask,
-                        normalizer=normalizer,
-                        loss_type=settings.loss_type,
-                        epsilon_low=settings.epsilon_low,
-                        epsilon_high=settings.epsilon_high,
-                        beta=settings.beta,
-                        ref_logprobs=ref_lp,
-                        is_weights=is_weights,
-                    )
+                    loss, metrics, is_weights = micro_batch_loss(logprobs, old_lp, ref_lp, batch, settings, normalizer)
                     # DDP averages gradients over processes; the normaliser already covers the whole batch.
-                    accelerator.backward(loss * (accelerator.num_processes * weight))
-                for key, value in metrics.items():
-                    if key == "ratio_max":
-                        ratio_max = torch.maximum(ratio_max, value.float() * weight)
-                    else:  # means over real tokens: weight by them
-                        add(key, value.float() * (batch.completion_tokens * weight))
-                loss_sum = loss_sum + loss.detach().float() * weight
-            # A non-finite loss gives non-finite gradients on every rank (the all-reduce spreads them):
-            # checked here, once, before anything is applied.
-            loss_value = float(loss_sum)
-            if not math.isfinite(loss_value):
-                self.optimizer.zero_grad(set_to_none=True)
-                raise TrainingError(
-                    f"round {round}: the loss is {loss_value} (not finite); no update was applied. "
-                    "Lower train.lr, check the rewards, or resume from the last checkpoint."
-                )
-            add("loss", loss_sum)
-            grad_norm = self._clip()
-            if not math.isfinite(grad_norm):
-                self.optimizer.zero_grad(set_to_none=True)
-                raise TrainingError(f"round {round}: the gradient norm is {grad_norm}; no update was applied")
-            self.optimizer.step()
-            self.scheduler.step()
-            # The gradients are dead until the next backward makes them anew (zero_grad above would
-            # drop them then): freed now, they take no memory while the node generates and evaluates.
-            self.optimizer.zero_grad(set_to_none=True)
+                    accelerator.backward(loss * (accelerator.num_processes * float(participates)))
+                totals.add_micro_batch(loss, metrics, batch.completion_tokens, is_weights, batch.known)
+            grad_norm = self._update(totals.end_iteration(), round)
         self.policy.version += 1
-        values = torch.stack(list(totals.values())).tolist() if totals else []  # one read for all of them
-        summed = dict(zip(totals, map(float, values)))
-        summed.setdefault("is_weight_sum", 0.0)  # every process reports the same keys, whatever its share held
-        summed.setdefault("is_tokens", 0.0)
-        summed["tokens"] = float(sum(b.completion_tokens for b in batches) * settings.num_iterations * weight)
-        totals = self._sum_over_processes(summed)
+        trained_tokens = sum(b.completion_tokens for b in batches) * settings.num_iterations
+        summed = sum_over_processes(accelerator, totals.read(trained_tokens))
         seconds = time.perf_counter() - started
-        iterations = settings.num_iterations
-        is_sum, is_tokens = totals.pop("is_weight_sum", 0.0), totals.pop("is_tokens", 0.0)
-        out = {
-            key: value / max(1.0, totals["tokens"]) for key, value in totals.items() if key not in ("loss", "tokens")
-        }
-        if is_tokens:  # the mean truncated-IS weight over the tokens that had the sampler's log-probs
-            out["is_weight_mean"] = is_sum / is_tokens
+        out = token_means(summed)
         out.update(
             {
-                "loss": totals["loss"] / iterations,
+                "loss": summed["loss"] / settings.num_iterations,
                 "grad_norm": grad_norm,
-                "ratio_max": float(ratio_max),
+                "ratio_max": float(totals.ratio_max),
                 "lr": self.scheduler.get_last_lr()[0],
                 "completions": float(len(examples)),
                 "external_completions": float(sum(e.external for e in examples)),
                 "micro_batches": float(len(batches)),
-                "tokens": totals["tokens"],
+                "tokens": summed["tokens"],
                 "seconds": seconds,
-                "tokens_per_second": totals["tokens"] / seconds if seconds > 0 else 0.0,
+                "tokens_per_second": summed["tokens"] / seconds if seconds > 0 else 0.0,
             }
         )
         if self.policy.device.type == "cpu":
             memory.release()  # the step's freed activations, back to the system before generation
         return out
 
-    def _sum_over_processes(self, totals: dict[str, float]) -> dict[str, float]:
-        """Each process saw its share of the batch: the figures of the step are the sums."""
-        if self.accelerator.num_processes == 1:
-            return totals
-        keys = sorted(totals)
-        summed = self.accelerator.reduce(
-            torch.tensor([totals[k] for k in keys], device=self.accelerator.device, dtype=torch.float64),
-            reduction="sum",
-        )
-        return dict(zip(keys, summed.tolist()))
+    def _update(self, loss: torch.Tensor, round: int) -> float:
+        """One optimizer update from the accumulated gradients, unless the loss or their norm is not finite."""
+        # A non-finite loss gives non-finite gradients on every rank (the all-reduce spreads them):
+        # checked here, once, before anything is applied.
+        loss_value = float(loss)
+        if not math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(
+                f"round {round}: the loss is {loss_value} (not finite); no update was applied. "
+                "Lower train.lr, check the rewards, or resume from the last checkpoint."
+            )
+        grad_norm = self._clip()
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(f"round {round}: the gradient norm is {grad_norm}; no update was applied")
+        self.optimizer.step()
+        self.scheduler.step()
+        # The gradients are dead until the next backward makes them anew (zero_grad above would
+        # drop them then): freed now, they take no memory while the node generates and evaluates.
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
 
     def _clip(self) -> float:
         params = [p for p in self.module.parameters() if p.requires_grad]
@@ -464,12 +322,7 @@ class GRPOLearner:
     def _logprobs(self, batches: Sequence[MicroBatch]) -> list[torch.Tensor]:
         """The current policy's log-probs, frozen: pi_old for num_iterations > 1."""
         self.module.eval()
-        return [
-            batch.to_padded(
-                self.module(batch.input_ids, batch.attention_mask, batch.rows, batch.positions, batch.targets)
-            ).detach()
-            for batch in batches
-        ]
+        return [batch.to_padded(self.module(*batch.model_inputs())).detach() for batch in batches]
 
     @torch.no_grad()
     def _reference_logprobs(self, batches: Sequence[MicroBatch]) -> list[torch.Tensor]:
@@ -483,12 +336,7 @@ class GRPOLearner:
             temperature=unwrapped.temperature,
             compile=unwrapped.compile,
         )
-        return [
-            batch.to_padded(
-                reference(batch.input_ids, batch.attention_mask, batch.rows, batch.positions, batch.targets)
-            )
-            for batch in batches
-        ]
+        return [batch.to_padded(reference(*batch.model_inputs())) for batch in batches]
 
     # ------------------------------------------------------------------------ state
 
@@ -502,18 +350,12 @@ class GRPOLearner:
         model.save_pretrained(folder / "model", safe_serialization=True)
         self.policy.tokenizer.save_pretrained(folder / "model")
         if optimizer:
-            tensors, structure = _flatten_optimizer(self.optimizer.state_dict())
-            (folder / OPTIMIZER_DIR).mkdir(exist_ok=True)
-            save_file(tensors, str(folder / OPTIMIZER_DIR / "optimizer.safetensors"))
-            (folder / OPTIMIZER_DIR / "optimizer.json").write_text(json.dumps(structure, indent=1, sort_keys=True))
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng.update({f"cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
-        save_file(rng, str(folder / "rng.safetensors"))
+            learner_state.save_optimizer(folder / OPTIMIZER_DIR, self.optimizer)
+        learner_state.save_rng(folder / "rng.safetensors")
         state = {
             "scheduler": self.scheduler.state_dict(),  # its lr_lambdas are plain functions: stored as null
             "policy_version": self.policy.version,
-            "python_random": _jsonable_random_state(random.getstate()),
+            "python_random": learner_state.python_random_state(),
             "lora": self.settings.lora,
         }
         (folder / "learner.json").write_text(json.dumps(state, indent=1, sort_keys=True))
@@ -526,15 +368,12 @@ class GRPOLearner:
                 f"train.lora={self.settings.lora}"
             )
         model = self.accelerator.unwrap_model(self.module).model
-        _load_weights(model, folder / "model", lora=self.settings.lora)
+        learner_state.load_weights(model, folder / "model", lora=self.settings.lora)
         fresh = False
         if (folder / OPTIMIZER_DIR / "optimizer.safetensors").is_file():
-            tensors = load_file(str(folder / OPTIMIZER_DIR / "optimizer.safetensors"), device="cpu")
-            structure = json.loads((folder / OPTIMIZER_DIR / "optimizer.json").read_text())
-            self.optimizer.load_state_dict(_unflatten_optimizer(tensors, structure))
+            learner_state.load_optimizer(folder / OPTIMIZER_DIR, self.optimizer)
         elif (folder / "optimizer.safetensors").is_file():  # the layout before OPTIMIZER_DIR
-            tensors = load_file(str(folder / "optimizer.safetensors"), device="cpu")
-            self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+            learner_state.load_optimizer(folder, self.optimizer, skeleton=state["optimizer"])
         else:
             # The checkpoint after a run's last round, or checkpoint.optimizer_state = "none".
             log.warning(
@@ -548,88 +387,53 @@ class GRPOLearner:
             for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
                 group["lr"] = lr
         self.policy.version = int(state["policy_version"])
-        random.setstate(_random_state_from_json(state["python_random"]))
-        rng = load_file(str(folder / "rng.safetensors"))
-        torch.set_rng_state(rng["torch"])
-        if torch.cuda.is_available():
-            states = [rng[key] for key in sorted(rng) if key.startswith("cuda.")]
-            if states:
-                torch.cuda.set_rng_state_all(states)
+        learner_state.set_python_random_state(state["python_random"])
+        learner_state.load_rng(folder / "rng.safetensors")
 
 
-def _flatten_optimizer(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """An optimizer state_dict as named tensors (safetensors) and a JSON skeleton."""
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
-    for index, entries in state["state"].items():
-        slots = {}
-        for name, value in entries.items():
-            if torch.is_tensor(value):
-                key = f"{index}.{name}"
-                tensors[key] = value.detach().to("cpu").contiguous()
-                slots[name] = {"tensor": key}
-            else:
-                slots[name] = {"value": value}
-        skeleton["state"][str(index)] = slots
-    return tensors, skeleton
-
-
-def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], skeleton: Mapping[str, Any]) -> dict[str, Any]:
-    state = {}
-    for index, slots in skeleton["state"].items():
-        state[int(index)] = {
-            name: tensors[slot["tensor"]] if "tensor" in slot else slot["value"] for name, slot in slots.items()
-        }
-    return {"state": state, "param_groups": skeleton["param_groups"]}
-
-
-def _jsonable_random_state(state: tuple[Any, ...]) -> list[Any]:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
-
-
-def _random_state_from_json(data: Sequence[Any]) -> tuple[Any, ...]:
-    return (data[0], tuple(data[1]), data[2])
-
-
-def _load_weights(model: Any, folder: Path, *, lora: bool) -> None:
-    """Weights saved by save_pretrained back into the live model (tensors only: no pickle)."""
-    if lora:
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
-        return
-    index = folder / "model.safetensors.index.json"
-    files = (
-        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
-    )
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        state.update(load_file(str(folder / name)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = (
-        {key for key in missing if key.endswith("lm_head.weight")}
-        if getattr(model.config, "tie_word_embeddings", False)
-        else set()
-    )
-    if unexpected or set(missing) - tied:
-        raise TrainingError(
-            f"{folder}: checkpoint does not match the model (missing {sorted(set(missing) - tied)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]})"
+def micro_batch_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor | None,
+    ref_logprobs: torch.Tensor | None,
+    batch: MicroBatch,
+    settings: GRPOSettings,
+    normalizer: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+    """`grpo_loss` of one micro-batch, its metrics, and its truncated-IS weights where the sampler's log-probs are known."""
+    is_weights = None
+    if batch.sampler is not None and batch.known is not None:
+        is_weights = truncated_is_weights(
+            logprobs if old_logprobs is None else old_logprobs,
+            batch.sampler,
+            batch.known,
+            cap=settings.importance_sampling_cap,
         )
+    loss, metrics = grpo_loss(
+        logprobs,
+        old_logprobs,
+        batch.advantages,
+        batch.mask,
+        normalizer=normalizer,
+        loss_type=settings.loss_type,
+        epsilon_low=settings.epsilon_low,
+        epsilon_high=settings.epsilon_high,
+        beta=settings.beta,
+        ref_logprobs=ref_logprobs,
+        is_weights=is_weights,
+    )
+    return loss, metrics, is_weights
 
 
 def build_grpo(settings: GRPOSettings, context: BackendContext) -> GRPOLearner:
     config = context.config
     policy = get_policy(context, device=settings.device, dtype=settings.dtype)
-    rounds = int(config.get("run", {}).get("rounds", 1))
-    inference = config.get("inference", {})
     return GRPOLearner(
         policy,
         settings,
-        total_steps=settings.total_steps or rounds * settings.num_iterations,
-        temperature=float(inference.get("temperature", 1.0)) or 1.0,
-        max_completion_length=int(inference.get("max_new_tokens", 256)),
+        total_steps=settings.total_steps or config.run.rounds * settings.num_iterations,
+        # The learner's log-probs are of the distribution generation sampled from; greedy (0) has none.
+        temperature=config.inference.temperature or 1.0,
+        max_completion_length=config.inference.max_new_tokens,
         seed=context.seed,
         node=context.node,
     )

@@ -64,8 +64,7 @@ def grpo_loss(
     -A_i logp_it (the plain policy gradient), weighted as above. Padding may hold anything.
     """
     _check(logprobs, old_logprobs, advantages, mask, ref_logprobs, is_weights, loss_type, beta, normalizer)
-    if not (0.0 <= epsilon_low < 1.0 and epsilon_high >= 0.0):
-        raise ValueError(f"need 0 <= epsilon_low < 1 and epsilon_high >= 0, got {epsilon_low}, {epsilon_high}")
+    _check_clip_range(epsilon_low, epsilon_high)
     m = mask.bool()
     zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
     # Padding may hold -inf / nan (engines pad that way): exp() of it would leak nan into the
@@ -80,35 +79,55 @@ def grpo_loss(
     if is_weights is not None:  # engine/learner mismatch correction, a constant per token
         surrogate = surrogate * torch.where(m, is_weights.detach().to(logp.dtype), zero)
     per_token = -surrogate
+    kl = None
     if ref_logprobs is not None:
         ref = torch.where(m, ref_logprobs.detach().to(logp.dtype), zero)
         kl = torch.exp(ref - logp) - (ref - logp) - 1.0
         per_token = per_token + beta * kl
 
-    mf = m.to(logp.dtype)
-    lengths = mf.sum(1, keepdim=True)
+    loss = _aggregate(per_token, m.to(logp.dtype), loss_type, normalizer)
+    return loss, _metrics(ratio, A, logp, m, kl, epsilon_low=epsilon_low, epsilon_high=epsilon_high)
+
+
+def _aggregate(per_token: Tensor, mask: Tensor, loss_type: str, normalizer: float) -> Tensor:
+    """sum_i sum_t c_i m_it l_it / normalizer: the token aggregation of `grpo_loss`."""
+    lengths = mask.sum(1, keepdim=True)
     # grpo weighs each sequence equally (1/|o_i| per token): short right answers get more push per
     # token and long wrong ones less blame, a length bias (Dr. GRPO); dr_grpo and dapo weigh every
     # token equally. The constant denominator is what makes micro-batches add up exactly.
     c = 1.0 / lengths.clamp(min=1.0) if loss_type == "grpo" else torch.ones_like(lengths)
-    loss = (per_token * c * mf).sum() / normalizer
+    return (per_token * c * mask).sum() / normalizer
 
-    with torch.no_grad():
-        n = mf.sum().clamp(min=1.0)
-        metrics = {
-            # As TRL: tokens whose gradient the clip zeroes, ratio below 1 - eps_low with A < 0 ...
-            "clip_ratio_low": (((ratio < 1.0 - epsilon_low) & (A < 0)).to(mf.dtype) * mf).sum() / n,
-            # ... or above 1 + eps_high with A > 0.
-            "clip_ratio_high": (((ratio > 1.0 + epsilon_high) & (A > 0)).to(mf.dtype) * mf).sum() / n,
-            "ratio_mean": (ratio * mf).sum() / n,
-            "ratio_max": torch.where(m, ratio, zero).max() if m.numel() else zero,
-            # -log p of the sampled tokens: for the policy's own temperature-1 samples, the Monte
-            # Carlo estimate of its per-token entropy, the first sign of a collapsing policy.
-            "entropy": -(logp * mf).sum() / n,
-        }
-        if ref_logprobs is not None:
-            metrics["kl"] = (kl * mf).sum() / n
-    return loss, {k: v.detach() for k, v in metrics.items()}
+
+@torch.no_grad()
+def _metrics(
+    ratio: Tensor,
+    A: Tensor,
+    logp: Tensor,
+    m: Tensor,
+    kl: Tensor | None,
+    *,
+    epsilon_low: float,
+    epsilon_high: float,
+) -> dict[str, Tensor]:
+    """Means over the real tokens (``m``) of the clipping, the ratio, the entropy and the KL; detached."""
+    mf = m.to(logp.dtype)
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    n = mf.sum().clamp(min=1.0)
+    metrics = {
+        # As TRL: tokens whose gradient the clip zeroes, ratio below 1 - eps_low with A < 0 ...
+        "clip_ratio_low": (((ratio < 1.0 - epsilon_low) & (A < 0)).to(mf.dtype) * mf).sum() / n,
+        # ... or above 1 + eps_high with A > 0.
+        "clip_ratio_high": (((ratio > 1.0 + epsilon_high) & (A > 0)).to(mf.dtype) * mf).sum() / n,
+        "ratio_mean": (ratio * mf).sum() / n,
+        "ratio_max": torch.where(m, ratio, zero).max() if m.numel() else zero,
+        # -log p of the sampled tokens: for the policy's own temperature-1 samples, the Monte
+        # Carlo estimate of its per-token entropy, the first sign of a collapsing policy.
+        "entropy": -(logp * mf).sum() / n,
+    }
+    if kl is not None:
+        metrics["kl"] = (kl * mf).sum() / n
+    return {k: v.detach() for k, v in metrics.items()}
 
 
 def truncated_is_weights(old_logprobs: Tensor, sampler_logprobs: Tensor, known: Tensor, *, cap: float) -> Tensor:
@@ -139,7 +158,17 @@ def truncated_is_weights(old_logprobs: Tensor, sampler_logprobs: Tensor, known: 
     return torch.where(k, torch.exp(delta).clamp(max=cap), torch.ones_like(delta))
 
 
-def _check(logprobs, old, advantages, mask, ref, is_weights, loss_type, beta, normalizer) -> None:
+def _check(
+    logprobs: Tensor,
+    old: Tensor | None,
+    advantages: Tensor,
+    mask: Tensor,
+    ref: Tensor | None,
+    is_weights: Tensor | None,
+    loss_type: str,
+    beta: float,
+    normalizer: float,
+) -> None:
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
     if beta < 0 or (beta > 0 and ref is None):
@@ -156,3 +185,8 @@ def _check(logprobs, old, advantages, mask, ref, is_weights, loss_type, beta, no
             raise ValueError(f"{name} must have the shape of logprobs {(B, T)}, got {tuple(t.shape)}")
     if tuple(advantages.shape) != (B,):
         raise ValueError(f"advantages must be [B] = {(B,)}, one per completion, got {tuple(advantages.shape)}")
+
+
+def _check_clip_range(epsilon_low: float, epsilon_high: float) -> None:
+    if not (0.0 <= epsilon_low < 1.0 and epsilon_high >= 0.0):
+        raise ValueError(f"need 0 <= epsilon_low < 1 and epsilon_high >= 0, got {epsilon_low}, {epsilon_high}")
