@@ -749,20 +749,11 @@ def node_info_from_data(data: object) -> NodeInfo:
     validate_node_id(node)
     if not isinstance(role, str) or not isinstance(model, str):
         _fail("", "role and model: expected strings")
-    times = {key: data.get(key, 0.0) for key in ("started_at", "last_seen")}
-    if not all(_is_finite_number(v) for v in times.values()):
-        _fail("", "started_at and last_seen: expected finite numbers")
+    times = _times(data, "started_at", "last_seen")
     round_ = data.get("round", -1)
     if type(round_) is not int:
         _fail("", "round: expected an integer")
-    return NodeInfo(
-        node=node,
-        role=role,
-        model=model,
-        started_at=float(times["started_at"]),
-        last_seen=float(times["last_seen"]),
-        round=round_,
-    )
+    return NodeInfo(node=node, role=role, model=model, round=round_, **times)
 
 
 @_untrusted
@@ -776,17 +767,15 @@ def lease_from_data(data: object) -> Lease:
     if not isinstance(holder, str) or not isinstance(token, str):
         _fail("", "holder and token: expected strings")
     validate_node_id(holder)
-    times = {key: data.get(key, 0.0) for key in ("acquired_at", "renewed_at", "expires_at")}
+    return Lease(epoch=epoch, holder=holder, token=token, **_times(data, "acquired_at", "renewed_at", "expires_at"))
+
+
+def _times(data: dict[str, Any], *keys: str) -> dict[str, float]:
+    """The timestamps ``keys`` of ``data`` (0.0 where absent), or PayloadError unless all are finite numbers."""
+    times = {key: data.get(key, 0.0) for key in keys}
     if not all(_is_finite_number(v) for v in times.values()):
-        _fail("", "acquired_at, renewed_at and expires_at: expected finite numbers")
-    return Lease(
-        epoch=epoch,
-        holder=holder,
-        token=token,
-        acquired_at=float(times["acquired_at"]),
-        renewed_at=float(times["renewed_at"]),
-        expires_at=float(times["expires_at"]),
-    )
+        _fail("", f"{', '.join(keys[:-1])} and {keys[-1]}: expected finite numbers")
+    return {key: float(value) for key, value in times.items()}
 
 
 # ------------------------------------------------------------------------------ bytes / JSON

@@ -8,20 +8,18 @@ against what the installed distributions register.
 
 from __future__ import annotations
 
+_BY_DISTRIBUTION = {
+    "sapo-local": ["inference:local", "learner:grpo"],
+    "sapo-openai": ["inference:openai", "inference:deepseek", "inference:anthropic", "reward:llm-judge"],
+    "sapo-vllm": ["inference:vllm", "inference:sglang"],
+    "sapo-gdrive": ["transport:gdrive", "transport:fs", "checkpointer:gdrive", "checkpointer:fs"],
+}
+
 #: (kind, name) -> the distribution that registers it.
 FIRST_PARTY: dict[tuple[str, str], str] = {
-    ("inference", "local"): "sapo-local",
-    ("learner", "grpo"): "sapo-local",
-    ("inference", "openai"): "sapo-openai",
-    ("inference", "deepseek"): "sapo-openai",
-    ("inference", "anthropic"): "sapo-openai",
-    ("reward", "llm-judge"): "sapo-openai",
-    ("inference", "vllm"): "sapo-vllm",
-    ("inference", "sglang"): "sapo-vllm",
-    ("transport", "gdrive"): "sapo-gdrive",
-    ("transport", "fs"): "sapo-gdrive",
-    ("checkpointer", "gdrive"): "sapo-gdrive",
-    ("checkpointer", "fs"): "sapo-gdrive",
+    (kind, name): distribution
+    for distribution, backends in _BY_DISTRIBUTION.items()
+    for kind, name in (backend.split(":") for backend in backends)
 }
 
 

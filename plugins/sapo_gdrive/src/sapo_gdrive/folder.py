@@ -59,7 +59,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Unpack
 
 import attrs
 
@@ -74,7 +74,7 @@ from sapo_gdrive.heartbeats import HeartbeatFiles
 from sapo_gdrive.layout import SETTINGS_FILE, STATE_FILE
 from sapo_gdrive.leases import LeaseFiles
 from sapo_gdrive.payloads import PayloadFiles
-from sapo_gdrive.store import FolderStore, json_bytes
+from sapo_gdrive.store import FolderStore, StoreOptions, json_bytes
 
 log = logging.getLogger("sapo.transport.gdrive")
 
@@ -96,16 +96,8 @@ class FolderTransport:
 
     shared = True
 
-    def __init__(
-        self,
-        root: str,
-        experiment: str,
-        *,
-        secret: str = "",
-        limits: codec.Limits = codec.DEFAULT_LIMITS,
-        storage_options: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.store = FolderStore(root, experiment, secret=secret, limits=limits, storage_options=storage_options)
+    def __init__(self, root: str, experiment: str, **options: Unpack[StoreOptions]) -> None:
+        self.store = FolderStore(root, experiment, **options)
         self.experiment = self.store.experiment
         self.payloads = PayloadFiles(self.store)
         self.heartbeats = HeartbeatFiles(self.store)

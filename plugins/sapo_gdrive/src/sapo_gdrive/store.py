@@ -16,7 +16,7 @@ import stat
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 import fsspec.core
 from fsspec.implementations.local import LocalFileSystem
@@ -62,6 +62,14 @@ def json_bytes(data: Any) -> bytes:
 
 def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
+
+
+class StoreOptions(TypedDict, total=False):
+    """`FolderStore`'s keyword options, which `FolderTransport` passes through."""
+
+    secret: str
+    limits: codec.Limits
+    storage_options: Mapping[str, Any] | None
 
 
 class FolderStore:

@@ -398,21 +398,10 @@ def _seeds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
         raise click.BadParameter(str(exc)) from exc
 
 
-def _checked_plan(
-    *,
-    out: Path,
-    workers: int,
-    splits: Sequence[Split],
-    seeds: Sequence[int],
-    rounds: int | None,
-    config_file: str | None,
-    sets: Sequence[str],
-) -> Table:
-    """`plan_table` and `check_folder`, what the user must change as click's errors."""
+def _checked_plan(**plan: Any) -> Table:
+    """`plan_table` (of ``plan``, its arguments) and `check_folder`, what the user must change as click's errors."""
     try:
-        table = plan_table(
-            out=out, workers=workers, splits=splits, seeds=seeds, rounds=rounds, config_file=config_file, sets=sets
-        )
+        table = plan_table(**plan)
         check_folder(table)
     except SplitError as exc:
         raise click.BadParameter(str(exc), param_hint="--split") from exc

@@ -66,19 +66,8 @@ def build_launch(
 def _vllm_command(
     python: str, model: str, *, host: str, port: int, seed: int, lora: bool, max_lora_rank: int, api_key_env: str
 ) -> tuple[list[str], dict[str, str]]:
-    argv = [
-        python,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        model,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--seed",
-        str(seed),
-    ]
+    argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
+    argv += ["--host", host, "--port", str(port), "--seed", str(seed)]
     # /collective_rpc (full reloads) and /reset_prefix_cache are development routes.
     env = {"VLLM_SERVER_DEV_MODE": "1"}
     if lora:
@@ -92,19 +81,8 @@ def _vllm_command(
 def _sglang_command(
     python: str, model: str, *, host: str, port: int, seed: int, lora: bool, max_lora_rank: int, api_key_env: str
 ) -> tuple[list[str], dict[str, str]]:
-    argv = [
-        python,
-        "-m",
-        "sglang.launch_server",
-        "--model-path",
-        model,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--random-seed",
-        str(seed),
-    ]
+    argv = [python, "-m", "sglang.launch_server", "--model-path", model]
+    argv += ["--host", host, "--port", str(port), "--random-seed", str(seed)]
     if lora:
         argv += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--lora-target-modules", "all"]
     if api_key_env:  # SGLang takes it as a flag only
