@@ -32,15 +32,7 @@ from click.testing import CliRunner
 from sapo_core import hookspecs, interfaces, testing
 from sapo_core import plugins as plugins_module
 from sapo_core.config import load_config
-from sapo_core.interfaces import (
-    BackendContext,
-    Checkpointer,
-    InferenceBackend,
-    Learner,
-    RewardFunction,
-    Task,
-    Transport,
-)
+from sapo_core.interfaces import BackendContext
 from sapo_core.node import Node
 from sapo_core.plugins import Plugins
 from sapo_core.records import Completion, Group
@@ -221,23 +213,23 @@ def group_of(completions: list[Completion], rewards: list[float]) -> Group:
 
 def check_backend(kind: str, name: str, backend: Any, tmp_path: Path) -> None:
     if kind == "task":
-        assert isinstance(backend, Task)
+        assert isinstance(backend, interfaces.Task)
         problem = backend.generate(7)
         assert problem == backend.generate(7) and problem.task == name
         for hostile in ("", "x" * 100_000, "\x00\u202e", str(problem.answer) * 1000):
             assert 0.0 <= backend.verify(problem, hostile) <= 1.0
         assert backend.verify(problem, str(problem.answer)) == 1.0
     elif kind == "inference":
-        assert isinstance(backend, InferenceBackend)
+        assert isinstance(backend, interfaces.InferenceBackend)
         assert all(len(completions) == 3 for completions in check_inference(backend, n=3))
     elif kind == "reward":
-        assert isinstance(backend, RewardFunction)
+        assert isinstance(backend, interfaces.RewardFunction)
         check_reward(backend, sample_problems()[0], ["<think>because</think>\n<answer>2</answer>"])
     elif kind == "transport":
-        assert isinstance(backend, Transport)
+        assert isinstance(backend, interfaces.Transport)
         check_transport(backend)
     elif kind == "checkpointer":
-        assert isinstance(backend, Checkpointer)
+        assert isinstance(backend, interfaces.Checkpointer)
         for round in range(5):
             backend.save(round, lambda folder, r=round: (folder / "w.json").write_text(str(r)), {"round": round})
         saved = backend.list()
@@ -246,7 +238,7 @@ def check_backend(kind: str, name: str, backend: Any, tmp_path: Path) -> None:
         info = backend.restore(into)
         assert info is not None and info.round == 4 and (into / "w.json").read_text() == "4"
     elif kind == "learner":
-        assert isinstance(backend, Learner)
+        assert isinstance(backend, interfaces.Learner)
         metrics = backend.train([group_of([Completion("a"), Completion("b")], [1.0, 0.0])], 0)
         assert all(isinstance(value, (int, float)) for value in metrics.values())
         backend.save(tmp_path)

@@ -41,18 +41,9 @@ import click
 
 from sapo_core import rundir
 from sapo_core.errors import SapoError
+from sapo_gdrive import processes
 from sapo_gdrive.folder import FolderTransport
 from sapo_gdrive.observers import METRICS_DIR
-from sapo_gdrive.processes import (
-    Interrupted,
-    JsonlTail,
-    cpu_count,
-    exit_reason,
-    in_child,
-    signals_interrupt,
-    stop,
-    tail_lines,
-)
 from sapo_gdrive.status import duration
 
 COORDINATOR = "coordinator"
@@ -135,7 +126,7 @@ def plan_swarm(
         )
     if (root / name).exists():
         raise SapoError(f"{root / name} already exists (an earlier swarm): choose another --experiment or --root")
-    threads = threads or max(1, cpu_count() // workers)
+    threads = threads or max(1, processes.cpu_count() // workers)
     base = [
         sys.executable,
         "-m",
@@ -177,7 +168,7 @@ def is_metrics_line(text: str) -> bool:
 
 def last_words(path: Path, lines: int = 20) -> str:
     """The newest line of a node's output that is for a person (metrics JSON skipped); '' for none."""
-    return next((text for text in reversed(tail_lines(path, lines)) if not is_metrics_line(text.strip())), "")
+    return next((text for text in reversed(processes.tail_lines(path, lines)) if not is_metrics_line(text.strip())), "")
 
 
 # ---------------------------------------------------------------------------------- processes
@@ -188,7 +179,7 @@ class NodeProcess:
     spec: NodeSpec
     popen: subprocess.Popen[bytes]
     started: float
-    metrics: JsonlTail
+    metrics: processes.JsonlTail
     lines: dict[int, dict[str, Any]] = attrs.field(factory=dict)  # round -> metrics
 
     @property
@@ -227,9 +218,9 @@ def start(plan: Plan, spec: NodeSpec, metrics_dir: Path) -> NodeProcess:
             stderr=subprocess.STDOUT,
             env=node_env(plan, spec),
             start_new_session=True,
-            preexec_fn=in_child,
+            preexec_fn=processes.in_child,
         )
-    return NodeProcess(spec, popen, time.time(), JsonlTail(metrics_dir / f"{spec.node}.jsonl"))
+    return NodeProcess(spec, popen, time.time(), processes.JsonlTail(metrics_dir / f"{spec.node}.jsonl"))
 
 
 def start_all(plan: Plan, specs: Sequence[NodeSpec], into: list[NodeProcess], metrics_dir: Path) -> None:
@@ -256,7 +247,7 @@ def _status(process: NodeProcess) -> str:
     code = process.returncode
     if code is None:
         return "[cyan]running[/]" if process.lines else "[cyan]starting[/]"
-    return "[green]done[/]" if code == 0 else f"[red]{exit_reason(code, hint=False)}[/]"
+    return "[green]done[/]" if code == 0 else f"[red]{processes.exit_reason(code, hint=False)}[/]"
 
 
 def _is_number(value: Any) -> bool:
@@ -419,16 +410,16 @@ def supervise(plan: Plan, console: Any, *, poll_seconds: float = 1.0) -> tuple[O
     live = Live(console=console, auto_refresh=False, transient=False) if console.is_terminal else None
     supervisor = Supervisor(plan, console, live, FolderTransport(str(plan.root), plan.experiment))
     outcome = Outcome()
-    with signals_interrupt():
+    with processes.signals_interrupt():
         try:
             outcome = supervisor.watch(poll_seconds)
-        except Interrupted as exc:
+        except processes.Interrupted as exc:
             outcome = Outcome(signum=exc.signum)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):  # the nodes are stopped anyway: let nothing cut it short
                 signal.signal(sig, signal.SIG_IGN)
             try:
-                stop(supervisor.processes)
+                processes.stop(supervisor.processes)
             finally:
                 if live is not None:
                     supervisor.show()
@@ -439,10 +430,10 @@ def supervise(plan: Plan, console: Any, *, poll_seconds: float = 1.0) -> tuple[O
 def report_failure(console: Any, failed: Sequence[NodeProcess], lines: int = 25) -> None:
     for process in failed:
         console.print(
-            f"[red bold]{process.spec.node} failed[/] ({exit_reason(process.returncode or 0)}); "
+            f"[red bold]{process.spec.node} failed[/] ({processes.exit_reason(process.returncode or 0)}); "
             f"the end of its output, {process.spec.output}:"
         )
-        for text in tail_lines(process.spec.output, lines):
+        for text in processes.tail_lines(process.spec.output, lines):
             console.print(f"  {text}", markup=False, highlight=False)
 
 
@@ -600,13 +591,13 @@ def run_swarm(
     console = Console() if sys.stdout.isatty() else Console(width=200)
     console.print(
         f"sapo swarm: 1 coordinator + {nodes} workers, {plan.rounds} rounds, {plan.threads} torch "
-        f"thread(s) per worker ({cpu_count()} cores), in {root}"
+        f"thread(s) per worker ({processes.cpu_count()} cores), in {root}"
     )
     began = time.monotonic()
-    outcome, processes = supervise(plan, console)
+    outcome, nodes_run = supervise(plan, console)
     if outcome.signum is not None:
         console.print(
-            f"[yellow]{signal.Signals(outcome.signum).name}[/]: stopped all {len(processes)} node processes; "
+            f"[yellow]{signal.Signals(outcome.signum).name}[/]: stopped all {len(nodes_run)} node processes; "
             f"what they wrote is in {root}"
         )
         sys.exit(128 + outcome.signum)
