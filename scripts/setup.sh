@@ -12,13 +12,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # pip runs only when what it installs from changed: the stamp is a hash of those files.
 stamp=.venv/.sapo-setup
-inputs=$(cat scripts/setup.sh constraints/cpu.txt pyproject.toml plugins/*/pyproject.toml | sha256sum | cut -d' ' -f1)
+inputs=$(cat scripts/setup.sh constraints/*.txt pyproject.toml plugins/*/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" = "$inputs" ]; then
   exit 0
 fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
-"${pip[@]}" install --upgrade pip
-"${pip[@]}" install -c constraints/cpu.txt \
+"${pip[@]}" install pip==26.3
+"${pip[@]}" install -c constraints/cpu.txt -c constraints/lock.txt \
   -e '.[test,plot]' \
   -e 'plugins/sapo_local[lora,serve]' \
   -e 'plugins/sapo_openai[test]' \

@@ -11,7 +11,7 @@ bash scripts/setup.sh
 # crash the server (general protection fault in ldtilecfg); there, CMAKE_ARGS=-DGGML_NATIVE=OFF avoids
 # that, but that build failed the tests' same-seed determinism checks under load: not made the default.
 if ! .venv/bin/python -c "import llama_cpp.server.app" 2>/dev/null; then
-  .venv/bin/python -m pip --disable-pip-version-check -q install 'llama-cpp-python[server]==0.3.36'
+  .venv/bin/python -m pip --disable-pip-version-check -q install -c constraints/lock.txt 'llama-cpp-python[server]==0.3.36'
 fi
 # Style first, as llm's CI does (settings in pyproject.toml): lint, the format check, types of sapo-core.
 .venv/bin/ruff check .
