@@ -9,7 +9,8 @@
 # The swarms: WORKERS (4) workers, SPLITS ("8/0 4/4"), SEEDS (0,1,2), ROUNDS (40) rounds of 8 problems x
 # 8 completions x 96 tokens of arithmetic level 1 on the bundled SmolLM2-135M, 64 held-out problems at the
 # start, every 10 rounds and after the last; CACHE (static) is inference.cache_implementation, CACHE= the
-# default cache (the CPU). EXTRA: more `--set KEY=VALUE` words, applied last.
+# default cache (the CPU). EXTRA: more `--set KEY=VALUE` words, applied last. SYNC=1: every swarm over a
+# synced folder (--drive-sync: every second worker on a second copy, a simulated Drive client between).
 # sapo-core, sapo-local and sapo-gdrive must be importable (wheels in PYTHONPATH: see RECIPES.md).
 set -uo pipefail
 py=${PYTHON:-python3}
@@ -20,6 +21,7 @@ table_args=(--workers "${WORKERS:-4}" "${splits[@]}" --seeds "${SEEDS:-0,1,2}" -
   --set 'tasks.names=["arithmetic"]' --set tasks.arithmetic.difficulty=1 --set tasks.problems_per_round=8
   --set inference.num_completions=8 --set inference.max_new_tokens=96 --set eval.problems=64
   --set eval.every=10 --set eval.at_start=true "${extra[@]}")
+if [ -n "${SYNC:-}" ]; then table_args+=(--drive-sync --set swarm.live_seconds=60); fi
 cache=${CACHE-static}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 case "${1:?usage: start MODEL TABLE [PARTIAL.tgz] | collect TABLE OUT [SECONDS]}" in

@@ -118,6 +118,35 @@ def test_a_swarm_of_processes_runs_its_rounds_and_draws_the_report(tiny_model, t
 
 @needs_model
 @pytest.mark.slow
+def test_with_drive_sync_the_second_copy_of_the_folder_still_shares_every_round(tiny_model, tmp_path):
+    """--drive-sync: worker-2 on a second copy of the folder, the simulated Drive client between the
+    copies; each worker still trains on the other's payload in every round, and the sync stops with the swarm."""
+    root = tmp_path / "launch"
+    args = ("--nodes", "2", "--rounds", "3", "--experiment", "synced", "--drive-sync", *tiny(tiny_model))
+    result = subprocess.run(
+        launcher(root, *args, "--set", "swarm.live_seconds=60"),
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    copy = root / "drive-copy" / "synced"
+    assert f"every second worker on {copy}" in " ".join(result.stdout.split())
+    config = json.loads((root / "runs" / "worker-2" / "config.json").read_text())
+    assert config["swarm"]["root"] == str(root / "drive-copy")
+    for node, folder in (("worker-1", root / "synced"), ("worker-2", copy)):
+        lines = metrics(folder, node)
+        assert [line["round"] for line in lines] == [0, 1, 2], f"{node} ran every round once"
+        assert [line["payloads/peers"] for line in lines] == [1, 1, 1], f"{node}: a peer's payload did not arrive"
+    carried = (root / "drive_sync.log").read_text()
+    assert "synced -> synced: nodes/worker-2" in carried or "-> synced: nodes/worker-2" in carried, carried[:2000]
+    assert "worker-2 round 3/3: reward" in result.stdout, "copy B's worker is shown as it runs"
+    no_process_left(root, within=0)
+
+
+@needs_model
+@pytest.mark.slow
 def test_without_matplotlib_a_finished_swarm_warns_names_the_extra_and_exits_0(tiny_model, tmp_path):
     shadow = tmp_path / "no-matplotlib" / "matplotlib"  # first on the path: `import matplotlib` fails, as uninstalled
     shadow.mkdir(parents=True)

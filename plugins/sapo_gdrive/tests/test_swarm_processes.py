@@ -337,7 +337,7 @@ def test_a_restarted_coordinator_keeps_the_round_and_a_standby_takes_over_when_i
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_two_copies_of_the_folder_under_a_lagging_non_atomic_sync_still_share_every_round(swarm, seed):
     """The coordinator and w1 on one copy of the folder, w2 on another, a Drive-like sync between
-    them (drive_sync.py: 0.5-5 s lag, files rewritten in place in pieces, conflict copies, out of
+    them (sapo_gdrive.drive_sync: 0.5-5 s lag, files rewritten in place in pieces, conflict copies, out of
     order): each worker trains on the other's groups in every round."""
     rounds = 3
     s = swarm(rounds, "swarm.live_seconds=60", "swarm.round_seconds=45")
@@ -348,7 +348,8 @@ def test_two_copies_of_the_folder_under_a_lagging_non_atomic_sync_still_share_ev
         sync = subprocess.Popen(
             [
                 sys.executable,
-                str(Path(__file__).with_name("drive_sync.py")),
+                "-m",
+                "sapo_gdrive.drive_sync",
                 str(s.root),
                 str(other),
                 "--seed",

@@ -459,3 +459,30 @@ def test_gpus_are_found_with_nvidia_smi_and_swarms_spread_over_them(tmp_path, mo
     assert table_runs.free_gpu(machine, on) == 1 and table_runs.free_gpu(machine, []) == 0
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # the user chose: every swarm gets what they chose
     assert table_runs.free_gpu(machine, []) is None
+
+
+@needs_model
+@pytest.mark.slow
+def test_a_table_over_a_synced_folder_shares_through_the_simulated_drive_and_says_so(tiny_model, env, tmp_path):
+    """--drive-sync: each swarm's worker-2 on the second copy of its folder; the peers' payloads still
+    arrive every round, the header says how the table was run, and a resume must say it too."""
+    out = tmp_path / "synced"
+    command = table_command(out, tiny_model, "--drive-sync", "--set", "swarm.live_seconds=60")
+    splits_at = command.index("--split")
+    command[splits_at : splits_at + 2 * len(SPLITS)] = ["--split", "1/1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    root = swarm_root(out, "1/1")
+    config = json.loads((root / "runs" / "worker-2" / "config.json").read_text())
+    assert config["swarm"]["root"] == str(root / "drive-copy")
+    for node in ("worker-1", "worker-2"):
+        lines = [line for line in node_lines(root / "runs" / node) if line["round"] >= 0]
+        assert [line["payloads/peers"] for line in lines] == [1] * ROUNDS, f"{node}: a peer's payload did not arrive"
+    assert " -> " in (root / "drive_sync.log").read_text(), "the sync carried files"
+    assert json.loads((out / "settings.json").read_text())["drive_sync"] is True
+    assert json.loads((out / "table.json").read_text())["drive_sync"] is True
+    assert "Over a synced folder (--drive-sync)" in (out / "table.md").read_text()
+    assert "--drive-sync" in (out / "command.txt").read_text().splitlines()[-1].split()
+    plain = [part for part in command if part != "--drive-sync"]
+    refused = subprocess.run(plain, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert refused.returncode == 1 and "drive_sync" in refused.stdout + refused.stderr

@@ -9,6 +9,9 @@ shared folder (transport ``gdrive``) under one launch folder (``--root``, defaul
     <root>/runs/<node>/           each node's run directory (config.json, metrics.jsonl, checkpoints/)
     <root>/runs/<node>/output.log the node process's stdout and stderr
     <root>/reward.png             every node's reward per round and the swarm mean (-o; needs matplotlib)
+    <root>/drive-copy/<experiment>/  with --drive-sync: the second copy of the swarm folder, where
+                                  every second worker runs (worker-2, worker-4, ...)
+    <root>/drive_sync.log         with --drive-sync: every file the simulated Drive client carried
 
 The workers start first; the coordinator, which opens round 0, once every worker has loaded
 its model and registered, so no worker misses the first rounds. While it runs, a table shows each node's reward per round from ``metrics/<node>.jsonl`` and
@@ -41,7 +44,7 @@ import click
 
 from sapo_core import rundir
 from sapo_core.errors import SapoError
-from sapo_gdrive import processes
+from sapo_gdrive import drive_sync, processes
 from sapo_gdrive.folder import FolderTransport
 from sapo_gdrive.observers import METRICS_DIR
 from sapo_gdrive.status import duration
@@ -65,6 +68,7 @@ class NodeSpec:
     role: str
     run_dir: Path
     command: tuple[str, ...]
+    folder: Path | None = None  # the copy of the swarm folder it runs on, when not the plan's (--drive-sync)
 
     @property
     def output(self) -> Path:
@@ -80,10 +84,16 @@ class Plan:
     rounds: int
     threads: int
     nodes: tuple[NodeSpec, ...]
+    drive_sync_seed: int | None = None  # with --drive-sync: the simulated client's seed (run.seed)
 
     @property
     def folder(self) -> Path:
         return self.root / self.experiment
+
+    @property
+    def copy_folder(self) -> Path:
+        """With --drive-sync, the second copy of the swarm folder, which the sync keeps in step with `folder`."""
+        return self.root / drive_sync.COPY_DIR / self.experiment
 
     @property
     def workers(self) -> tuple[NodeSpec, ...]:
@@ -99,9 +109,11 @@ def plan_swarm(
     experiment: str | None,
     rounds: int | None,
     threads: int | None,
+    synced: bool = False,
 ) -> Plan:
     """Resolve the nodes' configuration once (bad settings fail here, before anything starts) and
-    build each node's command. SapoError for what the user must change."""
+    build each node's command. SapoError for what the user must change. With ``synced``,
+    every second worker's folder is the second copy (`Plan.copy_folder`)."""
     from sapo_core.cli import resolve
 
     label = "sapo swarm run"
@@ -127,29 +139,34 @@ def plan_swarm(
     if (root / name).exists():
         raise SapoError(f"{root / name} already exists (an earlier swarm): choose another --experiment or --root")
     threads = threads or max(1, processes.cpu_count() // workers)
-    base = [
-        sys.executable,
-        "-m",
-        "sapo_core",
-        "run",
-        "--transport",
-        "gdrive",
-        "--root",
-        str(root),
-        "--experiment",
-        name,
+    launch = ["--experiment", name, *(["--config", config_file] if config_file else [])]
+    launch += [
+        *(["--rounds", str(rounds)] if rounds is not None else []),
+        *(p for item in sets for p in ("--set", item)),
     ]
-    if config_file:
-        base += ["--config", config_file]
-    if rounds is not None:
-        base += ["--rounds", str(rounds)]
+    nodes = node_specs(workers, root, name, launch, synced=synced)
+    seed = config.run.seed if synced else None
+    return Plan(
+        root=root, experiment=name, rounds=config.run.rounds, threads=threads, nodes=nodes, drive_sync_seed=seed
+    )
+
+
+def node_specs(
+    workers: int, root: Path, experiment: str, launch: Sequence[str], *, synced: bool
+) -> tuple[NodeSpec, ...]:
+    """The coordinator and each worker, as ``sapo run`` commands; ``synced`` puts every second
+    worker on the second copy of the folder."""
     nodes = []
-    for node, role in [(COORDINATOR, "coordinator"), *((f"worker-{i}", "worker") for i in range(1, workers + 1))]:
+    for index, (node, role) in enumerate(
+        [(COORDINATOR, "coordinator"), *((f"worker-{i}", "worker") for i in range(1, workers + 1))]
+    ):
         run_dir = root / RUNS_DIR / node
-        command = [*base, "--role", role, "--node-id", node, "--run-dir", str(run_dir)]
-        command += [part for item in sets for part in ("--set", item)]
-        nodes.append(NodeSpec(node, role, run_dir, tuple(command)))
-    return Plan(root=root, experiment=name, rounds=config.run.rounds, threads=threads, nodes=tuple(nodes))
+        copy = synced and index > 0 and index % 2 == 0
+        node_root = root / drive_sync.COPY_DIR if copy else root
+        command = [sys.executable, "-m", "sapo_core", "run", "--transport", "gdrive", "--root", str(node_root)]
+        command += [*launch, "--role", role, "--node-id", node, "--run-dir", str(run_dir)]
+        nodes.append(NodeSpec(node, role, run_dir, tuple(command), node_root / experiment if copy else None))
+    return tuple(nodes)
 
 
 # ---------------------------------------------------------------------------------- output
@@ -208,7 +225,7 @@ def node_env(plan: Plan, spec: NodeSpec) -> dict[str, str]:
     return env
 
 
-def start(plan: Plan, spec: NodeSpec, metrics_dir: Path) -> NodeProcess:
+def start(plan: Plan, spec: NodeSpec) -> NodeProcess:
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     with open(spec.output, "ab") as output:
         popen = subprocess.Popen(
@@ -220,16 +237,18 @@ def start(plan: Plan, spec: NodeSpec, metrics_dir: Path) -> NodeProcess:
             start_new_session=True,
             preexec_fn=processes.in_child,
         )
-    return NodeProcess(spec, popen, time.time(), processes.JsonlTail(metrics_dir / f"{spec.node}.jsonl"))
+    # Read on the node's own copy of the folder: a synced copy of the file may be half rewritten.
+    metrics = (spec.folder or plan.folder) / METRICS_DIR / f"{spec.node}.jsonl"
+    return NodeProcess(spec, popen, time.time(), processes.JsonlTail(metrics))
 
 
-def start_all(plan: Plan, specs: Sequence[NodeSpec], into: list[NodeProcess], metrics_dir: Path) -> None:
+def start_all(plan: Plan, specs: Sequence[NodeSpec], into: list[NodeProcess]) -> None:
     # A signal between a Popen and its append would leave that node unknown, so never stopped.
     blocked = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
         for spec in specs:
-            into.append(start(plan, spec, metrics_dir))
+            into.append(start(plan, spec))
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
 
@@ -374,8 +393,7 @@ class Supervisor:
 
     def watch(self, poll_seconds: float) -> Outcome:
         """Until every node exits, one fails, or only the coordinator is left past its grace."""
-        metrics_dir = self.plan.folder / METRICS_DIR
-        start_all(self.plan, self.plan.workers, self.processes, metrics_dir)
+        start_all(self.plan, self.plan.workers, self.processes)
         coordinator = [spec for spec in self.plan.nodes if spec.role == COORDINATOR]
         if self.live is not None:
             self.live.start()
@@ -385,7 +403,7 @@ class Supervisor:
             if coordinator and joined(self.transport, self.plan):
                 # Only now: a round the coordinator opened before every worker had loaded its
                 # model would close on the quorum of those already there, leaving the others behind.
-                start_all(self.plan, coordinator, self.processes, metrics_dir)
+                start_all(self.plan, coordinator, self.processes)
                 coordinator = []
             self.show()
             failed = tuple(p for p in self.processes if p.returncode not in (None, 0))
@@ -410,8 +428,13 @@ def supervise(plan: Plan, console: Any, *, poll_seconds: float = 1.0) -> tuple[O
     live = Live(console=console, auto_refresh=False, transient=False) if console.is_terminal else None
     supervisor = Supervisor(plan, console, live, FolderTransport(str(plan.root), plan.experiment))
     outcome = Outcome()
+    sync = None
     with processes.signals_interrupt():
         try:
+            if plan.drive_sync_seed is not None:
+                sync = drive_sync.start(
+                    plan.folder, plan.copy_folder, seed=plan.drive_sync_seed, log=plan.root / drive_sync.LOG_FILE
+                )
             outcome = supervisor.watch(poll_seconds)
         except processes.Interrupted as exc:
             outcome = Outcome(signum=exc.signum)
@@ -420,6 +443,8 @@ def supervise(plan: Plan, console: Any, *, poll_seconds: float = 1.0) -> tuple[O
                 signal.signal(sig, signal.SIG_IGN)
             try:
                 processes.stop(supervisor.processes)
+                if sync is not None:
+                    drive_sync.stop(sync)
             finally:
                 if live is not None:
                     supervisor.show()
@@ -552,6 +577,14 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
     type=click.Path(dir_okay=False, path_type=Path),
     help="PNG of the reward curves (default: <root>/reward.png).",
 )
+@click.option(
+    "--drive-sync",
+    "synced",
+    is_flag=True,
+    help="Run every second worker on a second copy of the swarm folder, kept in step by a simulated "
+    "Drive client (changes arrive 0.5-5 s late, rewritten in place in pieces, with conflict copies): "
+    "a recipe tried under what a Drive user's swarm goes through.",
+)
 def run_swarm(
     nodes: int,
     config_file: str | None,
@@ -561,6 +594,7 @@ def run_swarm(
     threads: int | None,
     sets: tuple[str, ...],
     output: Path | None,
+    synced: bool,
 ) -> None:
     """Start a coordinator and --nodes workers as processes on a local folder; show each node's
     reward per round; draw the reward curves at the end (without matplotlib, the ``plot``
@@ -569,6 +603,7 @@ def run_swarm(
     \b
     sapo swarm run --nodes 3 --config configs/swarm.toml
     sapo swarm run --nodes 4 --config configs/swarm.toml --rounds 20 --set inference.max_new_tokens=128
+    sapo swarm run --nodes 2 --config configs/swarm.toml --drive-sync
     """
     from rich.console import Console
 
@@ -584,6 +619,7 @@ def run_swarm(
             experiment=experiment,
             rounds=rounds,
             threads=threads,
+            synced=synced,
         )
     except SapoError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -592,6 +628,7 @@ def run_swarm(
     console.print(
         f"sapo swarm: 1 coordinator + {nodes} workers, {plan.rounds} rounds, {plan.threads} torch "
         f"thread(s) per worker ({processes.cpu_count()} cores), in {root}"
+        + (f"; every second worker on {plan.copy_folder}, a simulated Drive sync between" if synced else "")
     )
     began = time.monotonic()
     outcome, nodes_run = supervise(plan, console)

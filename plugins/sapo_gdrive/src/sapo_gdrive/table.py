@@ -143,6 +143,7 @@ class Table:
     config_file: str | None
     sets: tuple[str, ...]
     config: dict[str, Any]  # the resolved settings every swarm shares (flat, redacted)
+    synced: bool = False  # --drive-sync: each swarm over two copies of its folder, a simulated Drive between
 
     @property
     def swarms(self) -> tuple[SwarmJob, ...]:
@@ -166,6 +167,7 @@ class Table:
             "seeds": list(self.seeds),
             "rounds": self.rounds,
             "config": self.config,
+            **({"drive_sync": True} if self.synced else {}),
         }
 
 
@@ -178,6 +180,7 @@ def plan_table(
     rounds: int | None,
     config_file: str | None,
     sets: Sequence[str],
+    synced: bool = False,
 ) -> Table:
     """Resolve the settings the swarms share and check them against the splits. SapoError for
     what the user must change (`SplitError` for a split that cannot run)."""
@@ -222,6 +225,7 @@ def plan_table(
         config_file=config_file,
         sets=tuple(sets),
         config=shared,
+        synced=synced,
     )
 
 
@@ -287,7 +291,7 @@ def command_line(table: Table, *, jobs: int | None, threads: int | None, keep_ch
     if table.config_file:
         parts += ["--config", table.config_file]
     parts += [part for item in table.sets for part in ("--set", item)]
-    parts += ["--out", str(table.out)]
+    parts += ["--out", str(table.out)] + (["--drive-sync"] if table.synced else [])
     for option, value in (("--jobs", jobs), ("--threads", threads)):
         if value is not None:
             parts += [option, str(value)]
@@ -464,6 +468,13 @@ def _checked_plan(**plan: Any) -> Table:
     is_flag=True,
     help="Keep each finished swarm's checkpoints (default: removed; the table needs only the metrics).",
 )
+@click.option(
+    "--drive-sync",
+    "synced",
+    is_flag=True,
+    help="Run each swarm as `sapo swarm run --drive-sync` does: every second worker on a second copy of "
+    "the folder, a simulated Drive client between the copies.",
+)
 def table_command(
     workers: int,
     splits: tuple[Split, ...],
@@ -475,6 +486,7 @@ def table_command(
     jobs: int | None,
     threads: int | None,
     keep_checkpoints: bool,
+    synced: bool,
 ) -> None:
     """Run one swarm per split and seed and write the table: cumulative reward and final held-out
     pass@1 per split, and its ratio to the isolated split (J = 0), with their spread over seeds.
@@ -490,7 +502,14 @@ def table_command(
     out = (out or Path("runs") / "table" / rundir.timestamp()).absolute()
     config_file = str(Path(config_file).absolute()) if config_file else None
     table = _checked_plan(
-        out=out, workers=workers, splits=splits, seeds=seeds, rounds=rounds, config_file=config_file, sets=sets
+        out=out,
+        workers=workers,
+        splits=splits,
+        seeds=seeds,
+        rounds=rounds,
+        config_file=config_file,
+        sets=sets,
+        synced=synced,
     )
     command = command_line(table, jobs=jobs, threads=threads, keep_checkpoints=keep_checkpoints)
     write_start(table, command)

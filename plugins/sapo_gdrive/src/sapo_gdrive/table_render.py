@@ -59,6 +59,12 @@ def header(data: Mapping[str, Any]) -> list[str]:
             "over every node of every seed."
         ),
     ]
+    if data.get("drive_sync"):
+        lines.append(
+            "Over a synced folder (--drive-sync): in each swarm every second worker ran on a second copy of the "
+            "swarm folder, a simulated Drive client between the copies (changes 0.5-5 s late, rewritten in place "
+            "in pieces, conflict copies)."
+        )
     trained = sorted({row["own_groups"] + row["peer_groups"] for row in data["rows"]})
     if len(trained) > 1:
         lines.append(

@@ -158,6 +158,8 @@ def swarm_command(table: Table, job: SwarmJob, threads: int) -> list[str]:
     ]
     if table.config_file:
         command += ["--config", table.config_file]
+    if table.synced:
+        command.append("--drive-sync")
     return command + [part for item in (*table.sets, *job.sets) for part in ("--set", item)]
 
 
@@ -173,6 +175,7 @@ def start_swarm(table: Table, job: SwarmJob, threads: int, gpu: int | None) -> S
         experiment=None,
         rounds=table.rounds,
         threads=threads,
+        synced=table.synced,
     )
     command = swarm_command(table, job, threads)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TTY_COMPATIBLE": "0", "COLUMNS": "160"}

@@ -182,6 +182,7 @@ def table_data(table: Table, results: Sequence[SwarmResult], *, command: str) ->
         "rounds": table.rounds,
         "seeds": list(table.seeds),
         "splits": [split.label for split in table.splits],
+        "drive_sync": table.synced,
         "metric": REWARD,
         "pass_at_1": PASS_AT_1,
         "equal_compute": table.equal_compute,

@@ -1,4 +1,5 @@
-"""A Drive-like two-way sync between two folders, as its own process: ``python drive_sync.py A B --seed 0``.
+"""A simulated Drive client: a two-way sync between two folders, as its own process
+(``python -m sapo_gdrive.drive_sync A B --seed 0``; `sapo swarm run --drive-sync` starts one).
 
 It does to a swarm what a Drive (Dropbox, OneDrive) client does to two machines' copies of a
 shared folder, the conditions every Drive user's swarm runs under:
@@ -21,13 +22,41 @@ import argparse
 import contextlib
 import os
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+from sapo_gdrive import processes
+
 SCAN_SECONDS = 0.1
 CHUNKS = (2, 4)  # a copy is written in this many pieces
 CHUNK_PAUSE = (0.02, 0.15)  # seconds between two pieces
+LAG_SECONDS = (0.5, 5.0)
+#: Under a `sapo swarm run --drive-sync` launch folder: the second copy's root, and the sync's log.
+COPY_DIR = "drive-copy"
+LOG_FILE = "drive_sync.log"
+
+
+def start(a: Path, b: Path, *, seed: int, log: Path) -> subprocess.Popen[bytes]:
+    """The sync between ``a`` and ``b`` as a process in its own session, every copy logged to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sapo_gdrive.drive_sync", str(a), str(b), "--seed", str(seed)],
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+            preexec_fn=processes.in_child,
+        )  # noqa: PLW1509
+
+
+def stop(sync: subprocess.Popen[bytes]) -> None:
+    """End the sync (after the nodes: it carries their last files until then)."""
+    sync.kill()
+    sync.wait(timeout=30)
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -111,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("a", type=Path)
     parser.add_argument("b", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lag", type=float, nargs=2, default=(0.5, 5.0), metavar=("MIN", "MAX"))
+    parser.add_argument("--lag", type=float, nargs=2, default=LAG_SECONDS, metavar=("MIN", "MAX"))
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     a, b = Side(args.a), Side(args.b)
