@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+__all__ = ["ZERO_VARIANCE_TOLERANCE", "group_advantages", "is_zero_variance"]
+
 #: Rewards this close to each other count as equal (the same tolerance as `Group.zero_variance`).
 ZERO_VARIANCE_TOLERANCE = 1e-12
 

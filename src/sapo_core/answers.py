@@ -12,6 +12,20 @@ import unicodedata
 
 from sapo_core.records import Message
 
+__all__ = [
+    "ANSWER_CLOSE",
+    "ANSWER_OPEN",
+    "MAX_SCAN_CHARS",
+    "SYSTEM_PROMPT",
+    "THINK_CLOSE",
+    "THINK_OPEN",
+    "build_messages",
+    "extract_answer",
+    "format_score",
+    "last_integer",
+    "normalize_answer",
+]
+
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 

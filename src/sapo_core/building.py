@@ -24,6 +24,21 @@ from sapo_core.errors import ConfigError, SapoError
 from sapo_core.interfaces import BackendContext, Checkpointer, RewardFunction, Task
 from sapo_core.plugins import Plugins
 
+__all__ = [
+    "TRACKERS_PLUGIN",
+    "backend_context",
+    "backend_label",
+    "build_backends",
+    "build_curriculum",
+    "check_gate",
+    "node_role",
+    "planned_workdir",
+    "process_rank",
+    "resumable_run",
+    "run_context",
+    "warn_if_untracked",
+]
+
 log = logging.getLogger("sapo.node")
 #: The entry-point name of sapo-trackers, the plugin that reports to the trackers of ``run.report_to``.
 TRACKERS_PLUGIN = "sapo_trackers"

@@ -34,6 +34,30 @@ from sapo_core.errors import SapoError
 from sapo_core.interfaces import BackendContext, CheckpointInfo
 from sapo_core.logsafe import printable, quoted
 
+__all__ = [
+    "FolderCheckpointSettings",
+    "FolderCheckpointer",
+    "IncompleteCheckpoint",
+    "MARKER",
+    "MAX_MARKER_BYTES",
+    "OPTIMIZER_DIR",
+    "build_folder",
+    "check_sizes",
+    "drop_optimizer_state",
+    "file_sizes",
+    "fsync_dir",
+    "fsync_tree",
+    "keeps_optimizer_state",
+    "marker_bytes",
+    "parse_marker",
+    "replace_durably",
+    "restore_newest",
+    "seal",
+    "without_optimizer_state",
+    "write_durably",
+    "write_learner_state",
+]
+
 log = logging.getLogger("sapo.checkpoint")
 
 MARKER = "checkpoint.json"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["BackendError", "ConfigError", "PayloadError", "PluginError", "SapoError", "StopRun", "TrainingError"]
+
 
 class SapoError(Exception):
     """Base class of sapo's errors; the CLI prints them without a traceback."""

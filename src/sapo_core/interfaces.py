@@ -23,6 +23,23 @@ import attrs
 from sapo_core.config import Config
 from sapo_core.records import Completion, Group, Problem, RoundPayload, as_tuple
 
+__all__ = [
+    "BackendContext",
+    "CheckpointInfo",
+    "Checkpointer",
+    "Collected",
+    "InferenceBackend",
+    "Learner",
+    "Lease",
+    "Leases",
+    "NodeInfo",
+    "RewardFunction",
+    "SamplingParams",
+    "SwarmState",
+    "Task",
+    "Transport",
+]
+
 # --------------------------------------------------------------------------------- records
 
 

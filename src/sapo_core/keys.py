@@ -22,6 +22,21 @@ import click
 from sapo_core import redaction
 from sapo_core.errors import BackendError, ConfigError
 
+__all__ = [
+    "KEYS_FILE_ENV",
+    "find_key",
+    "keys_command",
+    "keys_list",
+    "keys_path",
+    "keys_path_command",
+    "keys_set",
+    "keys_unset",
+    "read_keys",
+    "require_key",
+    "set_key",
+    "unset_key",
+]
+
 #: Overrides the keys file's path (tests, several profiles on one machine).
 KEYS_FILE_ENV = "SAPO_KEYS_FILE"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+__all__ = ["printable", "quoted", "unquoted"]
+
 
 def printable(text: object) -> str:
     """``str(text)`` with every character that is not printable escaped as JSON would (``\\n``,

@@ -30,6 +30,17 @@ from sapo_core import hookspecs
 from sapo_core.errors import PluginError
 from sapo_core.registry import KINDS, Factory, NameClashError, Registration, Registry
 
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "GROUP",
+    "PluginInfo",
+    "Plugins",
+    "REGISTRY_HOOKS",
+    "describe",
+    "get_plugins",
+    "reset_plugins",
+]
+
 log = logging.getLogger("sapo.plugins")
 
 GROUP = "sapo"

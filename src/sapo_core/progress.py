@@ -43,6 +43,22 @@ from rich.progress import (
 )
 from rich.text import Text
 
+__all__ = [
+    "BAR_SECONDS",
+    "BEFORE_TRAINING",
+    "LINE_SECONDS",
+    "RunProgress",
+    "SUMMARY",
+    "TokenProgress",
+    "duration",
+    "round_name",
+    "run_progress",
+    "stderr_console",
+    "summary",
+    "summary_line",
+    "token_progress",
+]
+
 #: Label -> metric keys (the first present wins) -> format, in the order they are shown.
 SUMMARY: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("reward", ("reward/mean",), ".3f"),

@@ -14,6 +14,18 @@ from typing import Any, Literal, cast
 
 import attrs
 
+__all__ = [
+    "Completion",
+    "FinishReason",
+    "Group",
+    "Message",
+    "Problem",
+    "Role",
+    "RoundPayload",
+    "SCHEMA_VERSION",
+    "as_tuple",
+]
+
 #: Bumped whenever a field changes meaning or a required field is added.
 SCHEMA_VERSION = 1
 

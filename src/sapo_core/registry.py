@@ -14,6 +14,8 @@ from sapo_core.first_party import provider_of
 from sapo_core.names import BACKEND_NAME_RULE, is_backend_name
 from sapo_core.tasks.presets import PLUGIN_PREFIXES
 
+__all__ = ["Factory", "KINDS", "NameClashError", "Register", "Registration", "Registry", "SHARED_SECTIONS"]
+
 #: Every kind of backend, with the words used for it in messages.
 KINDS: Mapping[str, str] = {
     "task": "task",

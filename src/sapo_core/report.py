@@ -27,6 +27,28 @@ from sapo_core.errors import SapoError
 from sapo_core.progress import BEFORE_TRAINING
 from sapo_core.rundir import METRICS_FILE, read_jsonl, read_metrics
 
+__all__ = [
+    "Curve",
+    "LINESTYLES",
+    "MARKERS",
+    "PLOT_EXTRA",
+    "PlotUnavailable",
+    "SWARM_MEAN",
+    "SWARM_METRICS_DIR",
+    "curve_from_lines",
+    "dodge",
+    "figure_of",
+    "find_runs",
+    "labels_for",
+    "load_curve",
+    "plot",
+    "round_label",
+    "swarm_curves",
+    "swarm_mean",
+    "table_rows",
+    "x_of",
+]
+
 SWARM_METRICS_DIR = "metrics"
 SWARM_MEAN = "swarm mean"
 

@@ -28,6 +28,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "CONFIG_FILE",
+    "METRICS_DIR",
+    "METRICS_FILE",
+    "config_changes",
+    "discard_if_empty",
+    "flatten",
+    "holds_run",
+    "iter_file",
+    "new_dir",
+    "read_jsonl",
+    "read_metrics",
+    "stamped_runs",
+    "timestamp",
+    "write_json",
+]
+
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 METRICS_DIR = "metrics"

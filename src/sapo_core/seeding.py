@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+__all__ = ["derive_seed"]
+
 
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any parts (ints, strings), stable across machines and Python versions."""

@@ -55,6 +55,25 @@ from sapo_core.plugins import Plugins
 from sapo_core.records import Completion, Group, Message, Problem, RoundPayload
 from sapo_core.seeding import derive_seed
 
+__all__ = [
+    "CoinFlipInference",
+    "HASH_REWARD",
+    "HashReward",
+    "HashRewardPlugin",
+    "ORACLE_INFERENCE",
+    "RecordingLearner",
+    "check_inference",
+    "check_leases",
+    "check_reward",
+    "check_transport",
+    "config_of",
+    "free_port",
+    "install_plugin",
+    "sample_problems",
+    "sapo_cli",
+    "sapo_plugins",
+]
+
 
 def sapo_plugins() -> Iterator[Plugins]:
     """A fresh `Plugins`, installed as the process's plugin manager for this test only."""

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 from sapo_core.records import Completion
 
+__all__ = ["TokenMeter"]
+
 
 class TokenMeter:
     """Counts generated tokens and the seconds spent generating them, until the next `read`."""

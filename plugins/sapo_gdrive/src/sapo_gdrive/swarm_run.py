@@ -462,6 +462,20 @@ def report_failure(console: Any, failed: Sequence[NodeProcess], lines: int = 25)
             console.print(f"  {text}", markup=False, highlight=False)
 
 
+def exit_if_stopped(console: Any, outcome: Outcome, started: int, root: Path) -> None:
+    """Exit (128 + the signal, or 1 after a node failed, its output shown) unless every node finished."""
+    if outcome.signum is not None:
+        console.print(
+            f"[yellow]{signal.Signals(outcome.signum).name}[/]: stopped all {started} node processes; "
+            f"what they wrote is in {root}"
+        )
+        sys.exit(128 + outcome.signum)
+    if outcome.failed:
+        report_failure(console, outcome.failed)
+        console.print(f"stopped the other nodes; everything is in {root}")
+        sys.exit(1)
+
+
 def report_curves(plan: Plan) -> list[Any]:
     """Each worker's curve and the swarm mean.
 
@@ -632,16 +646,7 @@ def run_swarm(
     )
     began = time.monotonic()
     outcome, nodes_run = supervise(plan, console)
-    if outcome.signum is not None:
-        console.print(
-            f"[yellow]{signal.Signals(outcome.signum).name}[/]: stopped all {len(nodes_run)} node processes; "
-            f"what they wrote is in {root}"
-        )
-        sys.exit(128 + outcome.signum)
-    if outcome.failed:
-        report_failure(console, outcome.failed)
-        console.print(f"stopped the other nodes; everything is in {root}")
-        sys.exit(1)
+    exit_if_stopped(console, outcome, len(nodes_run), root)
     try:
         curves = report_curves(plan)
     except SapoError as exc:

@@ -530,11 +530,16 @@ def table_command(
     except SapoError as exc:  # a swarm that could not start (its running peers were stopped)
         raise click.ClickException(str(exc)) from exc
     write_table(table, console, command=command)
-    if outcome.signum is not None:
-        sys.exit(128 + outcome.signum)
-    if outcome.failed:
+    _exit_unless_complete(console, outcome.signum, outcome.failed)
+
+
+def _exit_unless_complete(console: Any, signum: int | None, failed: Sequence[str]) -> None:
+    """Exit 128 + the signal that stopped the table, or 1 when a swarm failed (the same command reruns it)."""
+    if signum is not None:
+        sys.exit(128 + signum)
+    if failed:
         console.print(
-            f"{len(outcome.failed)} swarm(s) failed: {', '.join(outcome.failed)}; the same command runs them again",
+            f"{len(failed)} swarm(s) failed: {', '.join(failed)}; the same command runs them again",
             markup=False,
             soft_wrap=True,
         )
