@@ -29,6 +29,9 @@ VARIANTS = {
     "lora": ["train.lora=true"],
     "kl": ["train.beta=0.04", "train.loss_type=dapo"],
     "checkpointing": ["train.gradient_checkpointing=true"],
+    "static": ["inference.cache_implementation=static"],
+    "master-weights": ["inference.generation_dtype=master"],
+    "static-master-weights": ["inference.cache_implementation=static", "inference.generation_dtype=master"],
 }
 
 
@@ -81,7 +84,7 @@ def bench_config(
 
 
 def run_variant(args: argparse.Namespace, sets: Sequence[str], workdir: str) -> dict:
-    config, plugins = bench_config(args, sets, workdir)
+    config, plugins = bench_config(args, sets, workdir, rounds=args.rounds)
     started = time.perf_counter()
     metrics = Node.from_config(config, plugins).run()
     metrics["time/total_with_setup"] = time.perf_counter() - started
@@ -95,6 +98,7 @@ def main() -> None:
     parser.add_argument("--completions", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--micro-batch-tokens", type=int, default=16384)
+    parser.add_argument("--rounds", type=int, default=1, help="rounds per variant; the table shows the last")
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS))
     parser.add_argument(
         "--set", dest="sets", action="append", default=[], help="extra config, e.g. inference.batch_size=32"

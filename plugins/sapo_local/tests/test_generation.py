@@ -145,7 +145,7 @@ def test_shapes_records_and_length(policy, tokenizer):
         for c in cs:
             assert c.finish_reason == "length"
             assert c.num_tokens == len(c.token_ids) == 7
-            assert c.logprobs is None
+            assert len(c.logprobs) == 7 and all(lp <= 0 for lp in c.logprobs)  # the sampler's, one per token
             assert c.text == tokenizer.decode(list(c.token_ids), skip_special_tokens=True)
     assert backend(policy).generate([], 3, params) == []
     assert backend(policy).generate([P1], 0, params) == [[]]

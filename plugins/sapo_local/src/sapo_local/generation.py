@@ -22,6 +22,18 @@ the noise for all tokens is one torch.compile'd kernel.
 
 ``temperature == 0`` is plain greedy decoding, without noise.
 
+Sampler log-probs: every sampled completion carries ``Completion.logprobs``, one per token, the
+log-probability of that token under the distribution it was drawn from: the logits divided by
+the temperature, then truncated by top-k / top-p and renormalised over what is left (the very
+scores the Gumbel-max draw used). With the default top_k = 0 and top_p = 1 nothing is truncated
+and they are the learner's log-probs of the same tokens under the weights generation ran on;
+with truncation they exceed the learner's (untruncated) ones by minus the log of the kept mass,
+so the learner's importance weights exp(learner - sampler) also account for the truncation.
+The learner uses them as it does a vLLM server's (truncated importance sampling,
+`sapo_local.loss.truncated_is_weights`): they matter where generation runs on a bf16 copy of
+fp32 master weights (`sapo_local.generation_weights`). Cost: one gather and one logsumexp per
+decode step, kept on the device and read once per batch. Greedy decoding records none.
+
 Under a distributed launch (``accelerate launch``: a process group of several processes) a call
 is sharded: each process generates every n-th row of the call, then all exchange their
 completions (`sapo_local.distributed`), so every process returns the whole, identical result.
@@ -67,6 +79,7 @@ from sapo_core.records import Completion, Problem
 from sapo_core.seeding import derive_seed
 from sapo_core.throughput import TokenMeter
 from sapo_local import distributed, memory
+from sapo_local.generation_weights import GenerationWeights, generation_dtype
 from sapo_local.policy import Policy, get_policy, prompt_ids
 from sapo_local.settings import LocalInferenceSettings
 
@@ -247,6 +260,8 @@ class GumbelSampler(LogitsProcessor):
         self.rows = self.seeds.shape[0]
         # (rows, steps): computed once, so a decode step only looks its column up.
         self.key1, self.key2 = noise_keys(self.seeds, torch.arange(self.max_steps, dtype=torch.int64, device=device))
+        # (rows, steps): each step's drawn token's log-prob, filled by `_record`.
+        self.logprobs = torch.zeros((self.rows, self.max_steps), dtype=torch.float32, device=device)
 
     def step_of(self, input_ids: torch.Tensor) -> int:
         step = input_ids.shape[1] - self.prompt_length
@@ -318,11 +333,27 @@ class GumbelSampler(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = self.step_of(input_ids)
         if self.warpers:
-            chosen = self.choose(self.warp(input_ids, scores), step)
+            warped = self.warp(input_ids, scores)
+            chosen = self.choose(warped, step)
+            self._record(step, warped, chosen, 1.0)
         else:  # the division by the temperature waits until only the candidates are left
-            chosen = self.choose(scores.float(), step, self.temperature)
+            raw = scores.float()
+            chosen = self.choose(raw, step, self.temperature)
+            self._record(step, raw, chosen, self.temperature)
         out = torch.full_like(scores, -math.inf).scatter_(1, chosen[:, None], 0.0)
         return cast(torch.FloatTensor, out)
+
+    def _record(self, step: int, scores: torch.Tensor, chosen: torch.Tensor, temperature: float) -> None:
+        """The chosen tokens' log-probs under ``scores / temperature``, the distribution drawn from.
+
+        One gather and one logsumexp a step, kept on the device (no sync): read once per batch.
+        """
+        picked = scores.gather(1, chosen[:, None]).squeeze(1)
+        if temperature != 1.0:
+            picked, scores = picked / temperature, scores / temperature
+        if step >= self.logprobs.shape[1]:  # past max_steps, which generate never goes: grown, not dropped
+            self.logprobs = torch.cat([self.logprobs, torch.zeros_like(self.logprobs)], dim=1)
+        self.logprobs[:, step] = picked - torch.logsumexp(scores, dim=-1)
 
 
 class _TokenCounter(LogitsProcessor):
@@ -418,7 +449,8 @@ class _Row:
 
 
 class LocalInference:
-    """Generates with the node's shared `Policy` (the very model the learner trains)."""
+    """Generates with the node's shared `Policy` (the very model the learner trains), or with a
+    lower-precision copy of its weights kept up to date (`sapo_local.generation_weights`)."""
 
     def __init__(self, policy: Policy, settings: LocalInferenceSettings | None = None) -> None:
         self.policy = policy
@@ -427,6 +459,7 @@ class LocalInference:
         self.meter = TokenMeter()
         self._warned_foreign = False
         self._warned_context = False
+        self.weights = GenerationWeights(policy, generation_dtype(self.settings.generation_dtype, policy))
 
     # ---------------------------------------------------------------------------- protocol
 
@@ -505,7 +538,7 @@ class LocalInference:
     ) -> dict[int, Completion]:
         """The completions of ``rows[i]`` for each of ``indices``, batched in that order."""
         results: dict[int, Completion] = {}
-        model = self.policy.model
+        model = self.weights.model()
         was_training = model.training
         model.eval()
         # Only rank 0 shows progress; RANK says it too where no process group is open (a
@@ -594,7 +627,7 @@ class LocalInference:
             criteria.append(recorder)
         config = self.generation_config(params.max_new_tokens)
         with _quiet_generate():
-            output = policy.model.generate(
+            output = self.weights.model().generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 generation_config=config,
@@ -602,7 +635,10 @@ class LocalInference:
                 stopping_criteria=criteria,
             )
         fired = recorder.fired_at.tolist() if recorder is not None else [-1] * len(rows)
-        return _completions(output[:, width:].tolist(), fired, eos_ids, stops, policy.tokenizer)
+        generated = output[:, width:]
+        sampler = next((p for p in processors if isinstance(p, GumbelSampler)), None)
+        logprobs = sampler.logprobs[:, : generated.shape[1]].tolist() if sampler is not None else None
+        return _completions(generated.tolist(), fired, eos_ids, stops, policy.tokenizer, logprobs)
 
     def _warn_past_context(self, width: int, max_new_tokens: int) -> None:
         context = getattr(getattr(self.policy.model, "config", None), "max_position_embeddings", None)
@@ -656,11 +692,13 @@ def _completions(
     eos_ids: Sequence[int],
     stops: Sequence[str],
     tokenizer: Any,
+    logprobs: Sequence[list[float]] | None = None,
 ) -> list[Completion]:
     """Each row's new tokens up to its end, decoded; ``fired``: how many it had when a stop string matched, or -1.
 
     A row ends at its first EOS id (kept), at the token that completed a stop string (whose text
-    is then cut off), or at ``max_new_tokens`` (finish reason ``length``).
+    is then cut off), or at ``max_new_tokens`` (finish reason ``length``). ``logprobs``: the
+    sampler's, one per generated token of each row, kept for the row's kept tokens.
     """
     eos = set(eos_ids)
     kept: list[list[int]] = []
@@ -678,12 +716,20 @@ def _completions(
             reasons.append("length")
     texts = tokenizer.batch_decode(kept, skip_special_tokens=True)
     completions = []
-    for ids, text, reason in zip(kept, texts, reasons):
+    for row, (ids, text, reason) in enumerate(zip(kept, texts, reasons)):
         if stops:
             cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
             if cut >= 0:
                 text, reason = text[:cut], "stop"
-        completions.append(Completion(text=text, finish_reason=reason, num_tokens=len(ids), token_ids=tuple(ids)))
+        row_logprobs = None if logprobs is None else tuple(logprobs[row][: len(ids)])
+        # A row with no finite score (token 0 by default) has no usable q, and a peer would refuse it.
+        if row_logprobs is not None and not all(math.isfinite(v) for v in row_logprobs):
+            row_logprobs = None
+        completions.append(
+            Completion(
+                text=text, finish_reason=reason, num_tokens=len(ids), token_ids=tuple(ids), logprobs=row_logprobs
+            )
+        )
     return completions
 
 

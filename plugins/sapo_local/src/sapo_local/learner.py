@@ -166,6 +166,7 @@ class GRPOLearner:
             compile=None if settings.compile_logprobs else False,
         )
         self.module, self.optimizer = self.accelerator.prepare(module, optimizer)
+        self.policy.weights_changed()  # DDP's start broadcasts rank 0's weights into the model
         self.scheduler = scheduler
         self._prompts: dict[str, tuple[int, ...]] = {}
 
@@ -305,6 +306,7 @@ class GRPOLearner:
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingError(f"round {round}: the gradient norm is {grad_norm}; no update was applied")
         self.optimizer.step()
+        self.policy.weights_changed()
         self.scheduler.step()
         # The gradients are dead until the next backward makes them anew (zero_grad above would
         # drop them then): freed now, they take no memory while the node generates and evaluates.
@@ -369,6 +371,7 @@ class GRPOLearner:
             )
         model = self.accelerator.unwrap_model(self.module).model
         learner_state.load_weights(model, folder / "model", lora=self.settings.lora)
+        self.policy.weights_changed()
         fresh = False
         if (folder / OPTIMIZER_DIR / "optimizer.safetensors").is_file():
             learner_state.load_optimizer(folder / OPTIMIZER_DIR, self.optimizer)

@@ -30,6 +30,13 @@ class Policy:
     device: Any  # torch.device
     dtype: Any  # torch.dtype
     version: int = 0  # learner steps taken; generation records it for staleness checks
+    # Bumped by whatever changes the weights (each optimizer update, a checkpoint load): a copy of
+    # them made for generation (`sapo_local.generation_weights`) is stale when this has moved on.
+    # Not `version`, which a resume sets back to a saved value that a stale copy may share.
+    revision: int = 0
+
+    def weights_changed(self) -> None:
+        self.revision += 1
 
     @property
     def eos_ids(self) -> list[int]:

@@ -8,6 +8,7 @@ import attrs
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 SCHEDULES = ("constant", "linear", "cosine")
+GENERATION_DTYPES = ("auto", "master", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32")
 
 
 @attrs.frozen
@@ -63,3 +64,7 @@ class LocalInferenceSettings:
     # decoding a small model is bound by per-step launch overhead, which the graphs remove.
     # Prompts are left-padded to a multiple of 64 tokens so later rounds reuse the graphs.
     cache_implementation: str = attrs.field(default="dynamic", validator=attrs.validators.in_(("dynamic", "static")))
+    # The weights generation runs on. "auto": a bf16 copy on CUDA when the master weights are fp32
+    # (a training node), refreshed in place after every learner step; none elsewhere (the CPU keeps
+    # generating with the fp32 weights). "master": never a copy; a dtype name: a copy in that dtype.
+    generation_dtype: str = attrs.field(default="auto", validator=attrs.validators.in_(GENERATION_DTYPES))
