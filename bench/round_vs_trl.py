@@ -40,14 +40,14 @@ Equal settings, both sides:
   micro-rows x the widest row of the run (prompt + N);
 * precision: fp32 master weights, trained under bf16 autocast on CUDA (sapo's learner on a GPU;
   TRL's ``bf16=True``), plain fp32 on the CPU. Each side generates as it does by default: on CUDA
-  TRL under its bf16 autocast, sapo (``inference.dtype = auto`` on a training node) with the fp32
-  weights as they are (issue 16, item 2, is to make that bf16); on the CPU both in fp32;
+  TRL under its bf16 autocast, sapo from a bf16 copy of its fp32 weights (``inference.generation_dtype
+  = auto``); on the CPU both in fp32;
 * gradient checkpointing off in both (sapo's ``auto`` turns it on on the CPU; TRL's own default is on).
 
-Variants: ``sapo`` (the node's defaults for everything not listed above), ``sapo-static`` (the same
-with ``inference.cache_implementation = static``: transformers compiles the decode step with CUDA
-graphs; on the CPU it runs eagerly and buys nothing, so it runs there only when asked),
-``sapo-dynamic`` (``cache_implementation = dynamic`` forced, when asked) and ``trl``.
+Variants: ``sapo`` (the node's defaults for everything not listed above: on CUDA that is the static
+cache, ``inference.cache_implementation = auto``), ``sapo-static`` (``static`` forced: transformers
+compiles the decode step with CUDA graphs; on the CPU it runs eagerly and buys nothing, so it runs
+there only when asked), ``sapo-dynamic`` (``dynamic`` forced, the pre-issue-16 default) and ``trl``.
 
 Reported per variant: the first step apart (compilation, CUDA graphs, allocator warm-up), the
 median of ``--steps`` steps after ``--warmup`` steps, its generation part (sapo's ``time/generate``;
@@ -216,7 +216,7 @@ def run_sapo(args: argparse.Namespace, folder: Path, dev: Any) -> dict[str, Any]
         "generate_s": median(m["time/generate"] for m in timed),
         "tokens": [int(m.get("inference/tokens", 0)) for m in per_round],
         "micro_batches": [m.get("train/micro_batches") for m in per_round],
-        "cache_implementation": inference.settings.cache_implementation,
+        "cache_implementation": "static" if inference.static_cache else "dynamic",
     }
 
 

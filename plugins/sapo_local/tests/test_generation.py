@@ -24,6 +24,7 @@ from sapo_local.generation import (
     build_local_inference,
     fmix32,
     gumbel_noise,
+    static_cache,
 )
 from sapo_local.models import load_tokenizer, tiny_llama
 from sapo_local.policy import SHARED_KEY, Policy, prompt_ids
@@ -189,6 +190,15 @@ def test_static_cache_gives_the_dynamic_caches_completions(policy):
     assert {c.finish_reason for cs in out for c in cs} == {"stop", "length"}
     with pytest.raises(ValueError):
         LocalInferenceSettings(cache_implementation="paged")
+
+
+def test_the_cache_is_static_by_default_on_cuda_only(policy):
+    """``auto`` (the default) compiles the decode step where it pays, on CUDA; an explicit choice is kept."""
+    assert LocalInferenceSettings().cache_implementation == "auto"
+    assert backend(policy, batch_size=4).static_cache is False  # this policy is on the CPU
+    assert static_cache("auto", torch.device("cuda")) is True
+    assert static_cache("dynamic", torch.device("cuda")) is False
+    assert static_cache("static", torch.device("cpu")) is True
 
 
 def test_temperature_zero_is_hf_greedy(policy, tokenizer):

@@ -460,6 +460,7 @@ class LocalInference:
         self._warned_foreign = False
         self._warned_context = False
         self.weights = GenerationWeights(policy, generation_dtype(self.settings.generation_dtype, policy))
+        self.static_cache = static_cache(self.settings.cache_implementation, policy.device)
 
     # ---------------------------------------------------------------------------- protocol
 
@@ -598,7 +599,7 @@ class LocalInference:
                     ", ".join(foreign),
                 )
         with _quiet_generate():
-            static = {"cache_implementation": "static"} if self.settings.cache_implementation == "static" else {}
+            static = {"cache_implementation": "static"} if self.static_cache else {}
             return GenerationConfig(
                 **_NEUTRAL, max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id, **static
             )
@@ -612,7 +613,7 @@ class LocalInference:
         if pad_id is None:
             pad_id = eos_ids[0]
         width = max(len(r.prompt) for r in rows)
-        if self.settings.cache_implementation == "static":
+        if self.static_cache:
             # The compiled graphs are specialised on shapes: round the width up so that batches
             # of nearby prompt lengths share them instead of compiling anew.
             width = -(-width // _STATIC_WIDTH_STEP) * _STATIC_WIDTH_STEP
@@ -684,6 +685,11 @@ def _left_padded(
         input_ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
         attention_mask[i, width - len(prompt) :] = 1
     return input_ids.to(device), attention_mask.to(device)
+
+
+def static_cache(preference: str, device: Any) -> bool:
+    """Whether ``inference.cache_implementation`` (``auto``, ``static`` or ``dynamic``) means a static cache on ``device``."""
+    return preference == "static" or (preference == "auto" and getattr(device, "type", None) == "cuda")
 
 
 def _completions(

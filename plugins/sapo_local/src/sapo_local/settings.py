@@ -63,7 +63,11 @@ class LocalInferenceSettings:
     # "static": a preallocated KV cache, which transformers compiles with CUDA graphs on a GPU:
     # decoding a small model is bound by per-step launch overhead, which the graphs remove.
     # Prompts are left-padded to a multiple of 64 tokens so later rounds reuse the graphs.
-    cache_implementation: str = attrs.field(default="dynamic", validator=attrs.validators.in_(("dynamic", "static")))
+    # "auto": static on CUDA, where it measured several times faster inside a training run
+    # (docs/benchmarks.md), and dynamic elsewhere (on the CPU it runs eagerly and buys nothing).
+    cache_implementation: str = attrs.field(
+        default="auto", validator=attrs.validators.in_(("auto", "dynamic", "static"))
+    )
     # The weights generation runs on. "auto": a bf16 copy on CUDA when the master weights are fp32
     # (a training node), refreshed in place after every learner step; none elsewhere (the CPU keeps
     # generating with the fp32 weights). "master": never a copy; a dtype name: a copy in that dtype.
