@@ -201,6 +201,21 @@ def test_the_cache_is_static_by_default_on_cuda_only(policy):
     assert static_cache("static", torch.device("cpu")) is True
 
 
+def test_the_first_static_cache_call_says_it_compiles(policy, monkeypatch):
+    """The label of the first static-cache call's bar says why it may stand still; later ones do not."""
+    import sapo_local.generation as generation
+
+    labels = []
+    real = generation.token_progress
+    monkeypatch.setattr(
+        generation, "token_progress", lambda label, *a, **k: labels.append(label) or real(label, *a, **k)
+    )
+    static = LocalInference(policy, LocalInferenceSettings(batch_size=4, cache_implementation="static"))
+    for _ in range(2):
+        static.generate([P1], 1, SamplingParams(max_new_tokens=3, seed=1))
+    assert labels == ["generate (compiling the decode step, once per run)", "generate"]
+
+
 def test_temperature_zero_is_hf_greedy(policy, tokenizer):
     out = backend(policy, batch_size=4).generate([P1, P2, P3], 2, SamplingParams(temperature=0.0, max_new_tokens=9))
     for p, cs in zip([P1, P2, P3], out):

@@ -461,6 +461,7 @@ class LocalInference:
         self._warned_context = False
         self.weights = GenerationWeights(policy, generation_dtype(self.settings.generation_dtype, policy))
         self.static_cache = static_cache(self.settings.cache_implementation, policy.device)
+        self._compiled = False  # whether a static-cache call has compiled the decode step yet
 
     # ---------------------------------------------------------------------------- protocol
 
@@ -545,10 +546,15 @@ class LocalInference:
         # Only rank 0 shows progress; RANK says it too where no process group is open (a
         # contributor under accelerate launch generates every row itself, in every process).
         quiet = distributed.world()[0] != 0 or process_rank() != 0
+        # The first static-cache call compiles the decode step (tens of seconds on a GPU, once per
+        # run): said in the bar's label, so a bar standing still at 0 does not look like a hang.
+        compiling = self.static_cache and not self._compiled
+        description = "generate (compiling the decode step, once per run)" if compiling else "generate"
+        started = time.perf_counter()
         try:
             with (
                 torch.inference_mode(),
-                token_progress("generate", len(indices) * params.max_new_tokens, quiet=quiet) as progress,
+                token_progress(description, len(indices) * params.max_new_tokens, quiet=quiet) as progress,
             ):
                 start = 0
                 while start < len(indices):
@@ -575,6 +581,9 @@ class LocalInference:
                     start += len(chunk)
         finally:
             model.train(was_training)
+        if compiling:
+            self._compiled = True
+            log.info("the first generation call took %.1f s, compile included", time.perf_counter() - started)
         return results
 
     def round_metrics(self) -> dict[str, float]:
