@@ -72,3 +72,36 @@ def test_a_learner_step_in_bf16_autocast_keeps_fp32_weights_and_changes_them():
     changed = sum(not torch.equal(before[k], v) for k, v in policy.model.named_parameters())
     assert changed > 0
     assert all(v.dtype == torch.float32 for v in policy.model.parameters())
+
+
+def test_the_cuda_default_fast_path_samples_on_policy_across_learner_steps():
+    """On CUDA a training node generates from a bf16 copy of its fp32 weights with the static cache
+    (both defaults); the log-probs it samples with stay those of the learner's bf16-autocast forward
+    after each step, so the rollouts are on-policy up to bf16 rounding."""
+    from sapo_local.batching import micro_batches
+
+    policy = policy_for("worker")
+    inference = LocalInference(policy, LocalInferenceSettings())
+    assert inference.static_cache and inference.weights.dtype == torch.bfloat16
+    learner = GRPOLearner(
+        policy, GRPOSettings(lr=1e-4, micro_batch_tokens=8192), total_steps=8, max_completion_length=32, node="me"
+    )
+    gaps = []
+    for round in range(3):
+        out = inference.generate(problems(), 4, SamplingParams(temperature=1.0, max_new_tokens=32, seed=round))
+        groups = [
+            Group(problem=p, completions=cs, rewards=[0.0] * 4, advantages=[1.0, -1.0, 0.5, -0.5], node="me")
+            for p, cs in zip(problems(), out)
+        ]
+        examples = learner.examples(groups)
+        assert all(e.sampler_logprobs is not None for e in examples)
+        batches = micro_batches(examples, 8192, policy.tokenizer.pad_token_id, policy.device)
+        recomputed = learner._logprobs(batches)
+        sampler = torch.cat([b.sampler[b.known.bool()] for b in batches])
+        ours = torch.cat([lp[b.known.bool()] for b, lp in zip(batches, recomputed)]).float()
+        gap = (sampler - ours).abs()
+        gaps.append((float(gap.mean()), float(gap.quantile(0.99))))
+        learner.train(groups, round)
+    # bf16 rounding on both sides: a mean gap of hundredths; a stale copy (one step behind) is far off.
+    assert all(mean < 0.02 and p99 < 0.1 for mean, p99 in gaps), gaps
+    assert inference.weights.refreshes >= 2
