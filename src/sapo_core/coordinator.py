@@ -33,6 +33,7 @@ from sapo_core.config import Config
 from sapo_core.errors import ConfigError, SapoError
 from sapo_core.interfaces import SwarmState, Transport
 from sapo_core.lease import MIN_POLLS_PER_LEASE, LeaseKeeper, supports_leases
+from sapo_core.polling import Backoff
 
 log = logging.getLogger("sapo.coordinator")
 
@@ -100,6 +101,7 @@ class Coordinator:
         swarm, rounds = self.config.swarm, self.config.run.rounds
         state: SwarmState | None = None  # while this node holds the lease, it is the only writer
         idle = 0  # round deadlines in a row that passed with no live worker and no payload
+        backoff, heard = Backoff(swarm.poll_seconds, self.sleep), 0  # heard: payloads of the round seen so far
         while not self.stopped():
             if keeper is not None and not keeper.keep():
                 state = None
@@ -107,6 +109,7 @@ class Coordinator:
                     current = self.transport.read_state()
                     if current is not None and current.round >= rounds:
                         return  # another coordinator finished the run
+                    # A full interval: taking over is paced by the lease, not by the polls.
                     self.sleep(swarm.poll_seconds)
                     continue
             if state is None:
@@ -114,12 +117,17 @@ class Coordinator:
                 if state is None:
                     state = self._advance_to(0)
                 log.info("%s: coordinating from round %d", self.node, state.round)
+                backoff.reset()
+                heard = 0
             if state.round >= rounds:
                 return
             if self.beat is not None:
                 self.beat(state.round)
             live = {n.node for n in self.transport.live_nodes(swarm.live_seconds) if n.role != "coordinator"}
             published = {p.node for p in self.transport.collect(state.round).payloads}
+            if len(published) > heard:
+                backoff.nudge()  # the round closes at its last payload, soon after this one in a swarm in step
+            heard = len(published)
             quorum = math.ceil(swarm.quorum * len(live)) if live else None
             reached = quorum is not None and len(published & live) >= quorum
             idle = 0 if live or published else idle
@@ -127,29 +135,37 @@ class Coordinator:
                 if keeper is not None and not keeper.holds():
                     continue  # the lease lapsed while it looked: the loop's top decides who writes
                 if not reached and not live and not published:
-                    # Nobody to wait for and nothing to close: closing would burn the run's rounds
-                    # while every worker is away. Hold the round open for those who come back,
-                    # for a while: a coordinator nobody joins must not wait unseen for ever.
                     idle += 1
-                    self._stop_if_idle(idle, state.round)
-                    log.warning(
-                        "%s: round %d: no live worker and no payload at its deadline; holding it open%s",
-                        self.node,
-                        state.round,
-                        self._idle_note(idle),
-                    )
-                    state = self._advance_to(state.round)
+                    state = self._hold_open(idle, state.round)
                     continue
-                why = "quorum" if reached else "deadline"
-                log.info("%s: round %d closed by %s (%d published)", self.node, state.round, why, len(published))
-                closed, state = state.round, self._advance_to(state.round + 1, closed_with=sorted(published))
-                # Told after the write: a round reported closed has advanced, even if this process dies now.
-                if self.on_closed is not None:
-                    self.on_closed(
-                        closed, {"round": closed, "closed_by": why, "published": len(published), "live": len(live)}
-                    )
+                state = self._close(state.round, "quorum" if reached else "deadline", published, live)
+                backoff.reset()
+                heard = 0
                 continue
-            self.sleep(swarm.poll_seconds)
+            backoff.pause()
+
+    def _hold_open(self, idle: int, round: int) -> SwarmState:
+        """Give ``round`` a new deadline: nobody to wait for and nothing to close; `IdleSwarm` after a while.
+
+        Closing would burn the run's rounds while every worker is away. Hold the round open for those
+        who come back, for a while: a coordinator nobody joins must not wait unseen for ever."""
+        self._stop_if_idle(idle, round)
+        log.warning(
+            "%s: round %d: no live worker and no payload at its deadline; holding it open%s",
+            self.node,
+            round,
+            self._idle_note(idle),
+        )
+        return self._advance_to(round)
+
+    def _close(self, round: int, why: str, published: set[str], live: set[str]) -> SwarmState:
+        """Close ``round`` (by ``why``: quorum or deadline) with the payloads ``published``; the next round's state."""
+        log.info("%s: round %d closed by %s (%d published)", self.node, round, why, len(published))
+        state = self._advance_to(round + 1, closed_with=sorted(published))
+        # Told after the write: a round reported closed has advanced, even if this process dies now.
+        if self.on_closed is not None:
+            self.on_closed(round, {"round": round, "closed_by": why, "published": len(published), "live": len(live)})
+        return state
 
     @property
     def idle_limit(self) -> int:

@@ -16,6 +16,7 @@ from sapo_core.curriculum import task_variants
 from sapo_core.errors import ConfigError
 from sapo_core.interfaces import BackendContext, Collected, NodeInfo, Task, Transport
 from sapo_core.logsafe import printable
+from sapo_core.polling import Backoff
 from sapo_core.records import SCHEMA_VERSION, Completion, Group, Problem, RoundPayload
 
 log = logging.getLogger("sapo.node")
@@ -75,6 +76,7 @@ def next_round(
     if not transport.shared:
         return done + 1
     waited_since = time.monotonic()
+    backoff = Backoff(swarm.poll_seconds, sleep)
     while True:
         beat(done)
         state = transport.read_state()
@@ -89,7 +91,7 @@ def next_round(
         if time.monotonic() - waited_since > patience:
             log.warning("%s: no new round from the coordinator; running round %d alone", node, done + 1)
             return done + 1
-        sleep(swarm.poll_seconds)
+        backoff.pause()
 
 
 def node_info(context: BackendContext, round: int = -1) -> NodeInfo:
@@ -128,6 +130,7 @@ def wait_for_peers(
     if deadline is None:
         deadline = time.time() + swarm.round_seconds
     closed_seen: float | None = None
+    backoff = Backoff(swarm.poll_seconds, sleep)
     while True:
         beat(round)
         state = transport.read_state()
@@ -147,7 +150,7 @@ def wait_for_peers(
                 peers = {n.node for n in transport.live_nodes(swarm.live_seconds) if n.role != "coordinator"}
                 if peers <= published:
                     return
-        sleep(swarm.poll_seconds)
+        backoff.pause()
 
 
 def take_in(
