@@ -136,6 +136,8 @@ def test_the_table_adds_up_the_run_folders_metrics(made):
         "tasks.problems_per_round": 2,
         "inference.num_completions": 2,
         "inference.max_new_tokens": 8,
+        "tasks.resample": 0,
+        "tasks.curriculum": False,
     }
     rows = {row["split"]: row for row in data["rows"]}
     cumulative: dict[str, float] = {}
@@ -169,6 +171,7 @@ def test_the_table_adds_up_the_run_folders_metrics(made):
     assert rows["2/0"]["ratio_to_reference"]["mean"] == pytest.approx(1.0)
     markdown = (out / "table.md").read_text()
     assert "Equal compute per node across splits" in markdown and "tasks.problems_per_round = 2" in markdown
+    assert "No dynamic sampling (tasks.resample = 0)" in markdown
     assert f"| 1/1 | 1 | {cumulative['1/1']:.2f} |" in markdown and "1093.31" in markdown
     command = (out / "command.txt").read_text().splitlines()[-1]
     assert command.startswith("sapo swarm table --workers 2 --split 2/0 --split 1/1 --seeds 0 --rounds 3")
@@ -176,6 +179,7 @@ def test_the_table_adds_up_the_run_folders_metrics(made):
     assert (out / "cumulative_reward.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Not a terminal: a line per swarm and round, then the summary.
     assert "1/1 seed 0: round 3/3" in stdout and "2/0 seed 0: done in" in stdout and "ratio to 2/0" in stdout
+    assert "partial table: " in stdout, "after each finished swarm, for a copy taken mid-run"
 
 
 def processes_naming(path: Path) -> list[str]:
@@ -310,6 +314,32 @@ def test_a_folder_with_another_table_or_other_files_is_refused(made, tiny_model,
 # ---------------------------------------------------------------------------------- without a model
 
 
+def test_dynamic_sampling_and_the_curriculum_are_off_unless_asked_for_and_the_header_says_so(tmp_path):
+    from sapo_gdrive.table import parse_split, plan_table
+    from sapo_gdrive.table_render import header
+
+    def plan(*sets: str):
+        splits = [parse_split("2/0"), parse_split("1/1")]
+        return plan_table(out=tmp_path, workers=2, splits=splits, seeds=[0], rounds=2, config_file=None, sets=sets)
+
+    def said(table) -> str:
+        data = {"workers": 2, "rounds": 2, "seeds": [0], "equal_compute": table.equal_compute, "rows": []}
+        data |= {"metric": "reward/mean", "pass_at_1": "eval/pass@1", "reference": "2/0", "complete": True}
+        return " ".join(header(data))
+
+    table = plan("tasks.problems_per_round=2")
+    # Spelled out, so the command and each swarm's say it: an isolated node may not make up with
+    # extra batches for the peers' groups a sharing one trains on.
+    assert table.sets == ("tasks.problems_per_round=2", "tasks.resample=0", "tasks.curriculum=false")
+    assert (table.equal_compute["tasks.resample"], table.equal_compute["tasks.curriculum"]) == (0, False)
+    assert "No dynamic sampling (tasks.resample = 0)" in said(table)
+    assert "at the configured difficulty (tasks.curriculum = false)" in said(table)
+    asked = plan("tasks.problems_per_round=2", "tasks.resample=2", "tasks.curriculum=true")
+    assert asked.sets == ("tasks.problems_per_round=2", "tasks.resample=2", "tasks.curriculum=true")
+    assert "dynamic sampling is on (tasks.resample = 2), so compute is not equal" in said(asked)
+    assert "The curriculum is on (tasks.curriculum = true)" in said(asked)
+
+
 def fake_table(out: Path, rewards: dict[tuple[str, int], list[list[float]]], *, seeds=(0, 1)):
     """A table whose swarms' run folders hold ``rewards[(split, seed)]``: per worker, per round."""
     from sapo_gdrive.table import Table, parse_split
@@ -323,7 +353,13 @@ def fake_table(out: Path, rewards: dict[tuple[str, int], list[list[float]]], *, 
         rounds=2,
         config_file=None,
         sets=(),
-        config={"tasks.problems_per_round": 8, "inference.num_completions": 8, "inference.max_new_tokens": 96},
+        config={
+            "tasks.problems_per_round": 8,
+            "inference.num_completions": 8,
+            "inference.max_new_tokens": 96,
+            "tasks.resample": 0,
+            "tasks.curriculum": False,
+        },
     )
     for job in table.swarms:
         if (job.split.label, job.seed) not in rewards:
@@ -371,6 +407,34 @@ def test_spreads_and_ratios_over_seeds_and_a_partial_table(tmp_path):
     markdown = (tmp_path / "table.md").read_text()
     assert "Incomplete: not run yet: 2/6 seed 1" in markdown and "| 4/4 | 2 | 6.00 | 0.00 | 1.63 |" in markdown
     assert (tmp_path / "cumulative_reward.png").stat().st_size > 5000
+
+
+def test_report_writes_the_table_from_a_copied_folder_alone(tmp_path):
+    from sapo_gdrive.table import write_start
+
+    copy = tmp_path / "copied"
+    table = fake_table(copy, {("8/0", 0): [[1, 1], [1, 3]], ("4/4", 0): [[2, 2], [4, 4]]})
+    write_start(table, "sapo swarm table --workers 2 --out /on/the/gpu/box")
+    result = invoke("--report", "--out", str(copy))
+    assert result.exit_code == 0, result.output
+    data = json.loads((copy / "table.json").read_text())
+    rows = {row["split"]: row for row in data["rows"]}
+    assert rows["4/4"]["ratio_to_reference"]["mean"] == pytest.approx(6.0 / 3.0)
+    assert data["command"] == "sapo swarm table --workers 2 --out /on/the/gpu/box", "the command that made it"
+    assert data["missing"] == [{"split": "8/0", "seed": 1}, {"split": "4/4", "seed": 1}]
+    assert (copy / "cumulative_reward.png").is_file() and not list(copy.glob(".*partial*")), "no leftovers"
+    # Settings come from the folder: an option given besides would be ignored, so it is refused.
+    refused = invoke("--report", "--out", str(copy), "--workers", "4")
+    assert refused.exit_code == 2 and "drop --workers" in refused.output
+    assert "--report needs --out" in invoke("--report").output
+    missing = invoke("--report", "--out", str(tmp_path / "nothing"))
+    assert missing.exit_code == 1 and "does not exist: give --out the folder that" in " ".join(missing.output.split())
+    (tmp_path / "empty").mkdir()
+    empty = invoke("--report", "--out", str(tmp_path / "empty"))
+    assert empty.exit_code == 1 and "holds no table (settings.json)" in empty.output
+    (copy / "settings.json").write_text('{"schema": 1, "workers": 2}')
+    broken = invoke("--report", "--out", str(copy))
+    assert broken.exit_code == 1 and "is not the settings of a table this sapo reads" in broken.output
 
 
 def test_without_an_isolated_split_or_its_reward_there_is_no_ratio(tmp_path):

@@ -20,18 +20,20 @@ The output folder (``--out``)::
 A re-run of the same command on the same folder skips the swarms that have ``done.json`` (and
 whose workers' metrics hold every round) and starts the others afresh; a folder made with other
 settings is refused. Numbers come from the run folders only (`sapo_gdrive.table_stats`), so a
-table is recomputed identically from the same folders.
+table is recomputed identically from the same folders: after each finished swarm (a partial table,
+for a copy taken mid-run), at the end, and by ``--report`` from a folder alone (its settings.json).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import click
@@ -40,6 +42,9 @@ from sapo_core import rundir
 from sapo_core.errors import SapoError
 from sapo_gdrive.swarm_run import LAUNCHER_KEYS, RUNS_DIR
 from sapo_gdrive.table_stats import SwarmResult, read_swarm, table_data
+
+if TYPE_CHECKING:
+    from sapo_gdrive.table_runs import Outcome
 
 DEFAULT_SPLITS = ("8/0", "6/2", "4/4", "2/6")
 DEFAULT_SEEDS = "0,1,2"
@@ -59,7 +64,22 @@ TABLE_KEYS: Mapping[str, str] = {
     "run.seed": "--seeds",
 }
 #: What a node generates a round: equal across splits (the table header says so).
-EQUAL_COMPUTE = ("tasks.problems_per_round", "inference.num_completions", "inference.max_new_tokens")
+EQUAL_COMPUTE = (
+    "tasks.problems_per_round",
+    "inference.num_completions",
+    "inference.max_new_tokens",
+    "tasks.resample",
+    "tasks.curriculum",
+)
+#: The table's own defaults, given to every swarm as ``--set`` items where neither the config file nor
+#: a ``--set`` names the key, as in the paper's setting:
+#: - dynamic sampling off (``tasks.resample``): it draws more batches until a node's own groups carry a
+#:   learning signal, which is what peers' groups bring in SAPO, so an isolated node would get from extra
+#:   generation what a sharing one gets from its peers, and nodes would generate different amounts;
+#: - the curriculum off (``tasks.curriculum``): cumulative reward adds up the reward of a node's own
+#:   rollouts, comparable across splits only at one difficulty; a node that learns faster would climb to
+#:   harder problems and score less for it.
+TABLE_DEFAULTS: Mapping[str, object] = {"tasks.resample": 0, "tasks.curriculum": "false"}
 #: Settings that do not change a table's numbers: a resume may change them.
 UNCOUNTED = ("run.log_level",)
 
@@ -192,6 +212,10 @@ def plan_table(
         for key, value in zip(TABLE_KEYS, (first.split.own, first.split.peers, first.seed))
     }
     config = resolve(config_file, sets, extra=extra, rounds=rounds)
+    defaults = [f"{key}={value}" for key, value in TABLE_DEFAULTS.items() if config.source(key) == "default"]
+    if defaults:  # as --set items, so that the command and every swarm's spell them out
+        sets = [*sets, *defaults]
+        config = resolve(config_file, sets, extra=extra, rounds=rounds)
     for key, option in TABLE_KEYS.items():
         if config.source(key) == "--set":
             raise SapoError(f"--set {key}: sapo swarm table sets it for each swarm from {option}; drop the --set")
@@ -337,30 +361,55 @@ def mark_done(job: SwarmJob, *, command: Sequence[str], table_command: str, seco
     )
 
 
-def write_table(table: Table, console: Any, *, command: str) -> None:
+def save_table(table: Table, *, command: str) -> tuple[dict[str, Any], Path | None] | None:
     """table.json, table.md and cumulative_reward.png from the finished swarms' run folders (a
-    partial table says what is missing), then the summary. Without matplotlib, a warning: the
-    numbers are written, so a missing picture is no failure."""
-    from rich.markup import escape
-
+    partial table says what is missing): the numbers and the PNG's path, None without matplotlib
+    (the numbers are written, so a missing picture is no failure); None when no swarm has finished.
+    Each file is renamed over the last one, so a copy taken while the table runs gets a whole one."""
     from sapo_core import report
     from sapo_gdrive import table_render
 
     results = [result for job in table.swarms if (result := result_of(table, job)) is not None]
     if not results:
+        return None
+    data = table_data(table, results, command=command)
+    rundir.write_json(table.out / TABLE_JSON, data)
+    _replace(table.out / TABLE_MD, lambda path: path.write_text(table_render.markdown(data), encoding="utf-8"))
+    try:
+        png: Path | None = _replace(table.out / PLOT_FILE, lambda path: table_render.plot(data, path))
+    except report.PlotUnavailable:
+        png = None
+    return data, png
+
+
+def _replace(path: Path, write: Callable[[Path], object]) -> Path:
+    # The same suffix: matplotlib chooses the format by it.
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def write_table(table: Table, console: Any, *, command: str) -> None:
+    """`save_table`, then the summary and where the files are (or that there is no table yet)."""
+    from rich.markup import escape
+
+    from sapo_core import report
+    from sapo_gdrive import table_render
+
+    saved = save_table(table, command=command)
+    if saved is None:
         console.print(
-            f"no swarm has finished yet: no table written; the same command resumes ({table.out})",
+            f"no swarm has finished yet: no table written; the command in {COMMAND_FILE} resumes ({table.out})",
             markup=False,
             soft_wrap=True,
         )
         return
-    data = table_data(table, results, command=command)
-    rundir.write_json(table.out / TABLE_JSON, data)
-    (table.out / TABLE_MD).write_text(table_render.markdown(data), encoding="utf-8")
-    try:
-        png: Path | None = table_render.plot(data, table.out / PLOT_FILE)
-    except report.PlotUnavailable:
-        png = None
+    data, png = saved
+    if png is None:
         console.print(
             f"[yellow]warning[/]: {PLOT_FILE} was not drawn: matplotlib is not installed "
             f"({escape(report.PLOT_EXTRA)}, then the same command redraws it)",
@@ -374,6 +423,47 @@ def write_table(table: Table, console: Any, *, command: str) -> None:
         ("command:", table.out / COMMAND_FILE),
     ):
         console.print(f"{label:<10}{path}", markup=False, highlight=False, soft_wrap=True)
+
+
+def read_table(out: Path) -> tuple[Table, str]:
+    """The table a folder holds and the command that made it, from its settings.json and command.txt
+    (not from a config: the model it names need not be on this machine); SapoError saying what to give."""
+    path = out / SETTINGS_FILE
+    if not path.is_file():
+        what = "does not exist" if not out.exists() else f"holds no table ({SETTINGS_FILE})"
+        raise SapoError(
+            f"{out} {what}: give --out the folder that `sapo swarm table` wrote (it holds {SETTINGS_FILE} "
+            f"and {SWARMS_DIR}/), e.g. a copy of one from another machine"
+        )
+    stored = _read_json(path)
+    try:
+        if stored["schema"] != SCHEMA:
+            raise ValueError(f"schema {stored['schema']}, this sapo reads {SCHEMA}")
+        table = Table(
+            out=out,
+            workers=int(stored["workers"]),
+            splits=tuple(parse_split(label) for label in stored["splits"]),
+            seeds=tuple(int(seed) for seed in stored["seeds"]),
+            rounds=int(stored["rounds"]),
+            config_file=None,
+            sets=(),
+            config=dict(stored["config"]),
+            synced=bool(stored.get("drive_sync", False)),
+        )
+        missing = [key for key in EQUAL_COMPUTE if key not in table.config]  # the header names them
+        if missing:
+            raise KeyError(missing[0])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SapoError(f"{path} is not the settings of a table this sapo reads ({exc!r})") from exc
+    commands = [line for line in _text(out / COMMAND_FILE).splitlines() if line.strip() and not line.startswith("#")]
+    return table, commands[-1] if commands else f"(not known: no {COMMAND_FILE} in {out})"
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
 
 
 # ---------------------------------------------------------------------------------- the command
@@ -475,7 +565,15 @@ def _checked_plan(**plan: Any) -> Table:
     help="Run each swarm as `sapo swarm run --drive-sync` does: every second worker on a second copy of "
     "the folder, a simulated Drive client between the copies.",
 )
+@click.option(
+    "--report",
+    is_flag=True,
+    help="Run no swarm: write the table from what --out holds (its settings.json), e.g. a folder copied "
+    "back from another machine; needs only --out.",
+)
+@click.pass_context
 def table_command(
+    ctx: click.Context,
     workers: int,
     splits: tuple[Split, ...],
     seeds: tuple[int, ...],
@@ -487,6 +585,7 @@ def table_command(
     threads: int | None,
     keep_checkpoints: bool,
     synced: bool,
+    report: bool,
 ) -> None:
     """Run one swarm per split and seed and write the table: cumulative reward and final held-out
     pass@1 per split, and its ratio to the isolated split (J = 0), with their spread over seeds.
@@ -494,11 +593,14 @@ def table_command(
     \b
     sapo swarm table --rounds 40 --set tasks.problems_per_round=8 --set inference.max_new_tokens=96
     sapo swarm table --workers 2 --split 2/0 --split 1/1 --seeds 0 --rounds 4 --config configs/swarm.toml
+    sapo swarm table --report --out runs/table/h200
     """
     from rich.console import Console
 
-    from sapo_gdrive import table_runs
-
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    if report:
+        _report(ctx, out, console)
+        return
     out = (out or Path("runs") / "table" / rundir.timestamp()).absolute()
     config_file = str(Path(config_file).absolute()) if config_file else None
     table = _checked_plan(
@@ -513,12 +615,22 @@ def table_command(
     )
     command = command_line(table, jobs=jobs, threads=threads, keep_checkpoints=keep_checkpoints)
     write_start(table, command)
-    console = Console() if sys.stdout.isatty() else Console(width=200)
+    outcome = _run(table, console, jobs=jobs, threads=threads, command=command, keep_checkpoints=keep_checkpoints)
+    write_table(table, console, command=command)
+    _exit_unless_complete(console, outcome.signum, outcome.failed)
+
+
+def _run(
+    table: Table, console: Any, *, jobs: int | None, threads: int | None, command: str, keep_checkpoints: bool
+) -> Outcome:
+    """The table's unfinished swarms, as many at once as this machine holds unless told."""
+    from sapo_gdrive import table_runs
+
     machine = table_runs.Machine.here()
-    jobs = jobs or machine.jobs(workers)
-    threads = threads or max(1, machine.cores // (workers * jobs))
+    jobs = jobs or machine.jobs(table.workers)
+    threads = threads or max(1, machine.cores // (table.workers * jobs))
     try:
-        outcome = table_runs.run_table(
+        return table_runs.run_table(
             table,
             console,
             jobs=jobs,
@@ -529,8 +641,30 @@ def table_command(
         )
     except SapoError as exc:  # a swarm that could not start (its running peers were stopped)
         raise click.ClickException(str(exc)) from exc
+
+
+def _report(ctx: click.Context, out: Path | None, console: Any) -> None:
+    """--report: the table from --out's folder as it is; exit 0 however much has finished (it says what is missing)."""
+    from click.core import ParameterSource
+
+    # Every other option is settings.json's to give: one given here would be silently ignored.
+    given = [
+        param.opts[0]
+        for param in ctx.command.params
+        if param.name not in ("report", "out")
+        and ctx.get_parameter_source(param.name or "") == ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise click.UsageError(
+            f"--report takes the table's settings from --out's {SETTINGS_FILE}: drop {', '.join(given)}"
+        )
+    if out is None:
+        raise click.UsageError(f"--report needs --out: the table's folder (the one holding {SETTINGS_FILE})")
+    try:
+        table, command = read_table(out.absolute())
+    except SapoError as exc:
+        raise click.ClickException(str(exc)) from exc
     write_table(table, console, command=command)
-    _exit_unless_complete(console, outcome.signum, outcome.failed)
 
 
 def _exit_unless_complete(console: Any, signum: int | None, failed: Sequence[str]) -> None:

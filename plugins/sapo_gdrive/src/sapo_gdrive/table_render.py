@@ -36,6 +36,25 @@ def plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
+def _resample_note(resample: int) -> str:
+    if not resample:
+        return " No dynamic sampling (tasks.resample = 0)."
+    return (
+        f" But dynamic sampling is on (tasks.resample = {resample}), so compute is not equal: a node whose own groups lack a "
+        "learning signal draws up to that many more batches, getting from extra generation what peers' groups "
+        "would bring."
+    )
+
+
+def _curriculum_note(curriculum: bool) -> str:
+    if not curriculum:
+        return " Every node trains at the configured difficulty (tasks.curriculum = false)."
+    return (
+        " The curriculum is on (tasks.curriculum = true): each node's training difficulty follows its own "
+        "success, so its cumulative reward is summed over different difficulties."
+    )
+
+
 def header(data: Mapping[str, Any]) -> list[str]:
     """The lines above the table: what was run, what is equal across splits, what the numbers are."""
     compute = data["equal_compute"]
@@ -51,6 +70,8 @@ def header(data: Mapping[str, Any]) -> list[str]:
             f"{compute['inference.num_completions']} completions of at most inference.max_new_tokens = "
             f"{compute['inference.max_new_tokens']} tokens each; only what it trains on differs: I of its own groups "
             "and J of its peers' (swarm.local_groups / swarm.external_groups)."
+            + _resample_note(compute.get("tasks.resample", 0))
+            + _curriculum_note(compute.get("tasks.curriculum", False))
         ),
         (
             f"Cumulative reward: a node's {data['metric']} (its own rollouts' mean reward) summed over rounds, "

@@ -36,7 +36,7 @@ from sapo_gdrive.processes import (
 )
 from sapo_gdrive.status import duration
 from sapo_gdrive.swarm_run import OUTPUT_FILE, RUNS_DIR, plan_swarm
-from sapo_gdrive.table import SwarmJob, Table, finished, mark_done
+from sapo_gdrive.table import PLOT_FILE, TABLE_MD, SwarmJob, Table, finished, mark_done, save_table
 from sapo_gdrive.table_render import plural
 from sapo_gdrive.table_stats import read_swarm
 
@@ -285,6 +285,21 @@ def conclude(table: Table, run: SwarmRun, *, table_command: str, keep_checkpoint
     return None
 
 
+def write_partial(table: Table, display: Display, *, command: str) -> None:
+    """The table so far, after each finished swarm: a copy taken mid-run (bench/gpu_table.sh collect)
+    has every finished swarm in it. Quiet: the summary is for the end."""
+    try:
+        saved = save_table(table, command=command)
+    except Interrupted:
+        raise
+    except Exception as exc:  # the swarms matter more: the end writes the table again, or fails saying why
+        display.say(f"warning: the partial table was not written ({type(exc).__name__}: {exc}); the swarms go on")
+        return
+    if saved is not None:
+        drawn = "" if saved[1] else f" ({PLOT_FILE} not drawn: no matplotlib)"
+        display.say(f"partial table: {table.out / TABLE_MD}{drawn}")
+
+
 def report_failure(display: Display, run: SwarmRun, why: str) -> None:
     output = run.job.root / OUTPUT_FILE
     display.ended(run, f"failed ({why}); the end of its output, {output}:", done=False)
@@ -333,6 +348,7 @@ def run_table(
                     why = conclude(table, run, table_command=command, keep_checkpoints=keep_checkpoints)
                     if why is None:
                         display.ended(run, f"done in {duration(time.monotonic() - run.started)}", done=True)
+                        write_partial(table, display, command=command)
                     else:
                         failed.append(run.job.name)
                         report_failure(display, run, why)
