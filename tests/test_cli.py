@@ -27,7 +27,7 @@ def test_plugins_json_lists_distributions_hooks_and_names(sapo_cli):
 
 
 def test_plugins_table(sapo_cli):
-    result = sapo_cli("plugins")
+    result = sapo_cli("plugins", env={"COLUMNS": "200"})  # rows whole whatever the terminal's width
     assert result.exit_code == 0
     assert "sapo-gdrive" in result.output and "memory, none" in result.output
 
@@ -63,7 +63,7 @@ def test_tasks_show_takes_task_settings(sapo_cli):
 def test_config_shows_sources_and_redacts_secrets(sapo_cli, tmp_path):
     file = tmp_path / "sapo.toml"
     file.write_text('[inference]\ntemperature = 0.5\n[swarm]\nsecret = "file-secret"\n')
-    env = {"NODE_ID": "colab-1", "SAPO_SWARM_SECRET": "env-secret"}
+    env = {"NODE_ID": "colab-1", "SAPO_SWARM_SECRET": "env-secret", "COLUMNS": "200"}  # one row a key
     result = sapo_cli("config", "--config", str(file), "--inference", "openai", "--set", "inference.top_p=0.9", env=env)
     assert result.exit_code == 0, result.output
     assert "secret" not in result.output.replace("swarm.secret", "")
@@ -205,17 +205,20 @@ def test_run_reports_bad_input_without_a_traceback(sapo_cli, tmp_path):
     assert "Traceback" not in result.output
 
 
+class HelloCommand:
+    """A plugin that adds ``sapo hello``."""
+
+    @hookimpl
+    def register_commands(self, cli):
+        import click
+
+        @cli.command()
+        def hello():
+            click.echo("hello from a plugin")
+
+
 def test_plugins_can_add_commands(sapo_plugins, sapo_cli):
-    import click
-
-    class Commands:
-        @hookimpl
-        def register_commands(self, cli):
-            @cli.command()
-            def hello():
-                click.echo("hello from a plugin")
-
-    sapo_plugins.register(Commands(), name="commands")
+    sapo_plugins.register(HelloCommand(), name="commands")
     assert sapo_cli("hello").output == "hello from a plugin\n"
 
 
@@ -237,7 +240,12 @@ def test_plugin_commands_cannot_replace_builtin_ones(sapo_plugins, sapo_cli, cap
 
 
 def test_plugin_commands_do_not_leak_between_clis(sapo_plugins, sapo_cli):
-    assert "hello" not in sapo_cli("--help").output
+    # Both CLIs in this one test, so it holds in any order (it used to rely on the test above
+    # running first, and passed on its own whatever build_cli did).
+    sapo_plugins.register(HelloCommand(), name="commands")
+    assert "hello" in sapo_cli("--help").output
+    sapo_plugins.unregister("commands")
+    assert "hello" not in sapo_cli("--help").output, "a CLI built without the plugin has no command of it"
 
 
 def test_installed_executable_survives_a_broken_plugin(install_dist, tmp_path):

@@ -186,8 +186,9 @@ def config_command(config_file: str | None, sets: tuple[str, ...], as_json: bool
     _stdout().print(table)
 
 
-@functools.cache
 def _stdout() -> Any:
+    """A console on stdout, new each call: rich fixes its width from ``COLUMNS`` when it is made,
+    so a cached one would keep the first command's width for every later in-process command."""
     from rich.console import Console
 
     return Console()
