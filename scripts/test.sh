@@ -17,4 +17,5 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+# Every test, slow ones included (pyproject's addopts skip them in a plain `pytest`); a -m given here wins.
+exec .venv/bin/python -m pytest -m "slow or not slow" "$@"
