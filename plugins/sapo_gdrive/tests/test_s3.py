@@ -357,3 +357,74 @@ def test_a_swarm_over_s3_with_latency_trains_on_every_peers_rollouts(s3_swarm, m
         proxy.stop()
     assert proxy.requests > 100, "the nodes talked to S3 through the proxy"
     check_swarm(s)
+
+
+def test_the_lease_and_swarm_json_are_conditional_writes_on_s3(bucket, moto_endpoint):
+    """S3 has no exclusive create but ``If-None-Match: *``: s3fs's ``open(mode="xb")`` sends it and the
+    server's 412 is FileExistsError. Of claimants racing for one epoch, exactly one takes it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sapo_core.interfaces import Lease
+
+    root = f"s3://{bucket}/swarms/conditional"
+    # Each claimant its own transport and s3fs filesystem (skip_instance_cache), as on separate machines.
+    transports = [
+        FolderTransport(root, "default", storage_options={**s3_options(moto_endpoint), "skip_instance_cache": True})
+        for _ in range(4)
+    ]
+    store = transports[0].store
+    path = store.path("probe.json")
+    assert store.create_exclusive(path, b'{"first": true}')
+    with pytest.raises(FileExistsError):  # the server's answer to the conditional put, not a best-effort check
+        with store.fs.open(path, "xb") as f:
+            f.write(b'{"second": true}')
+    assert not store.create_exclusive(path, b'{"second": true}')
+    assert store.fs.cat_file(path) == b'{"first": true}'
+
+    now = time.time()
+    for epoch in (1, 2):
+        claims = [
+            Lease(epoch=epoch, holder=f"coord-{i}", token=uuid.uuid4().hex, renewed_at=now, expires_at=now + 60)
+            for i in range(len(transports))
+        ]
+        with ThreadPoolExecutor(len(transports)) as pool:
+            won = list(pool.map(lambda pair: pair[0].claim_lease(pair[1]), zip(transports, claims)))
+        assert won.count(True) == 1, won
+        lease = transports[-1].read_lease()
+        assert lease is not None and lease.epoch == epoch and lease.token == claims[won.index(True)].token
+    assert not transports[0].claim_lease(Lease(epoch=1, holder="late", token="x", expires_at=now + 60))
+
+    settings = [{"node": i} for i in range(len(transports))]
+    with ThreadPoolExecutor(len(transports)) as pool:
+        stored = list(pool.map(lambda pair: pair[0].ensure_settings(pair[1]), zip(transports, settings)))
+    assert len({json.dumps(s, sort_keys=True) for s in stored}) == 1 and stored[0] in settings
+
+
+ENDPOINT_VARIABLES = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "FSSPEC_S3_ENDPOINT_URL", "FSSPEC_S3"]
+
+
+@pytest.mark.parametrize("variable", ENDPOINT_VARIABLES)
+def test_each_documented_endpoint_variable_reaches_the_store(variable, bucket, moto_endpoint, tmp_path):
+    """docs/object_storage.md, *Any S3-compatible store*: any one of these variables points a node
+    (a fresh process, the transport opened as `sapo run` opens it: no storage options) at the store."""
+    import os
+    import subprocess
+
+    seed = FolderTransport(f"s3://{bucket}/swarms/env", "default", storage_options=s3_options(moto_endpoint))
+    seed.store.fs.pipe_file(seed.store.path("probe.txt"), b"reached")
+    value = json.dumps({"endpoint_url": moto_endpoint}) if variable == "FSSPEC_S3" else moto_endpoint
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_"))}
+    environ.update(CREDENTIALS, FSSPEC_CONFIG_DIR=str(tmp_path), **{variable: value})
+    code = (
+        "import sys; from sapo_gdrive.folder import FolderTransport; "
+        "t = FolderTransport(sys.argv[1], 'default'); "
+        "sys.stdout.write(t.store.fs.cat_file(t.store.path('probe.txt')).decode())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, f"s3://{bucket}/swarms/env"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout == "reached", done.stderr[-2000:]
