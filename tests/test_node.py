@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 
 import pytest
 
@@ -252,6 +253,24 @@ def run_threads(nodes):
         thread.join(timeout=60)
     assert not any(thread.is_alive() for thread in threads), "a node hung"
     assert not errors, errors
+
+
+def test_heartbeats_are_written_once_a_poll_interval_and_at_once_for_a_new_round(
+    tmp_path, sapo_plugins, backends, monkeypatch
+):
+    node = Node.from_config(
+        swarm_config(tmp_path, f"swarm-{tmp_path.name}", "alice", "worker", "swarm.poll_seconds=0.2"), sapo_plugins
+    )
+    written: list[int] = []
+    monkeypatch.setattr(node.transport, "heartbeat", lambda info: written.append(info.round))
+    for _ in range(5):  # a wait's fast first polls
+        node.beat(0)
+    assert written == [0], "one write, not one a poll"
+    node.beat(1)
+    assert written == [0, 1], "a new round is told at once"
+    time.sleep(0.25)
+    node.beat(1)
+    assert written == [0, 1, 1], "and the same round again once a poll interval has passed"
 
 
 def test_a_swarm_shares_rollouts_and_each_worker_trains_on_its_peers(tmp_path, sapo_plugins, backends):

@@ -96,6 +96,7 @@ class Node:
     _evaluator: Evaluator | None = attrs.field(default=None, init=False, repr=False)
     _levels: dict[str, list[Task]] = attrs.field(factory=dict, init=False, repr=False)  # each task at every level
     _stop: StopRun | None = attrs.field(default=None, init=False, repr=False)  # asked for in an evaluation
+    _last_beat: tuple[int, float] | None = attrs.field(default=None, init=False, repr=False)  # (round, monotonic)
 
     @classmethod
     def from_config(cls, config: Config, plugins: Plugins) -> Node:
@@ -187,9 +188,17 @@ class Node:
                 self.on_phase = None
 
     def beat(self, round: int) -> None:
-        """Heartbeat (from the main process only)."""
-        if self.is_main_process:
-            self.transport.heartbeat(peers.node_info(self.context, round))
+        """Heartbeat (from the main process only): at once for a new round, else at most once a
+        ``swarm.poll_seconds``. Waits poll faster than that at first (`sapo_core.polling`), and on
+        shared storage each heartbeat is a write (an upload on Drive, several requests on S3)."""
+        if not self.is_main_process:
+            return
+        now = time.monotonic()
+        last = self._last_beat
+        if last is not None and last[0] == round and now - last[1] < self.config.swarm.poll_seconds:
+            return
+        self.transport.heartbeat(peers.node_info(self.context, round))
+        self._last_beat = (round, now)
 
     # ------------------------------------------------------------------------- a round
 
