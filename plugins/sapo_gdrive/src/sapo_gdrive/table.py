@@ -79,7 +79,7 @@ EQUAL_COMPUTE = (
 #: - the curriculum off (``tasks.curriculum``): cumulative reward adds up the reward of a node's own
 #:   rollouts, comparable across splits only at one difficulty; a node that learns faster would climb to
 #:   harder problems and score less for it.
-TABLE_DEFAULTS: Mapping[str, object] = {"tasks.resample": 0, "tasks.curriculum": "false"}
+TABLE_DEFAULTS: Mapping[str, str] = {"tasks.resample": "0", "tasks.curriculum": "false"}
 #: Settings that do not change a table's numbers: a resume may change them.
 UNCOUNTED = ("run.log_level",)
 
