@@ -322,3 +322,41 @@ def test_sampler_logprobs_of_other_tokens_are_ignored(tokenizer):
     ]
     assert all(e.sampler_logprobs is None for e in learner.examples(external))
     assert all(e.sampler_logprobs is not None for e in learner.examples(sampled_groups(tokenizer, -100.0)))
+
+
+def test_compiled_layers_give_the_same_update_and_leave_the_model_as_it_was(tokenizer):
+    eager, compiled = (
+        make_learner(tokenizer, gradient_checkpointing=False),
+        make_learner(tokenizer, gradient_checkpointing=False, compile_layers=True),
+    )
+    layers = compiled.policy.model.get_decoder().layers
+    keys = set(compiled.policy.model.state_dict())
+    for round, count in enumerate((3, 2)):  # two batch widths: dynamic shapes, no second compile needed
+        eager.train(groups(count=count), round)
+        compiled.train(groups(count=count), round)
+    assert_same(weights(eager), weights(compiled), atol=1e-5)
+    runner = compiled.accelerator.unwrap_model(compiled.module).compiled_layers
+    assert runner.working and not runner.failed, "the compiled layers ran"
+    assert compiled.policy.model.get_decoder().layers is layers, "the model's own layers are back after the step"
+    assert set(compiled.policy.model.state_dict()) == keys, "no compiled wrapper in the state dict"
+
+
+def test_a_failed_compile_is_reported_and_the_step_runs_eagerly(tokenizer, monkeypatch, caplog):
+    # torch.compile itself, with a backend that fails as inductor does on a machine without a C compiler.
+    def no_compiler(graph, example_inputs):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+    real_compile = torch.compile
+    monkeypatch.setattr(
+        torch, "compile", lambda module, **options: real_compile(module, backend=no_compiler, **options)
+    )
+    eager = make_learner(tokenizer, gradient_checkpointing=False)
+    fallen_back = make_learner(tokenizer, gradient_checkpointing=False, compile_layers=True)
+    with caplog.at_level(logging.WARNING, logger="sapo.local"):
+        eager.train(groups(), 0)
+        fallen_back.train(groups(), 0)
+        fallen_back.train(groups(), 1)
+    warnings = [r.getMessage() for r in caplog.records if "compile_layers" in r.getMessage()]
+    assert len(warnings) == 1 and "No working C++ compiler" in warnings[0] and "eager layers" in warnings[0]
+    eager.train(groups(), 1)
+    assert_same(weights(eager), weights(fallen_back), atol=0)

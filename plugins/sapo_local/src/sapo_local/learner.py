@@ -32,6 +32,7 @@ from sapo_core.interfaces import BackendContext
 from sapo_core.records import Group
 from sapo_local import learner_state, memory
 from sapo_local.batching import Example, MicroBatch, micro_batches, process_share
+from sapo_local.compiled_layers import CompiledLayers
 from sapo_local.logprobs import selected_logprobs
 from sapo_local.loss import grpo_loss, loss_normalizer, truncated_is_weights
 from sapo_local.policy import Policy, completion_ids, get_policy, prompt_ids
@@ -48,7 +49,15 @@ class CompletionLogprobs(torch.nn.Module):
     chunks, so the full [tokens, vocab] logits never exist at once.
     """
 
-    def __init__(self, model: Any, *, chunk_size: int, temperature: float, compile: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        chunk_size: int,
+        temperature: float,
+        compile: bool | None = None,
+        compile_layers: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
@@ -56,6 +65,8 @@ class CompletionLogprobs(torch.nn.Module):
         self.compile = compile  # of the per-chunk log-prob kernels; None: on CUDA (see selected_logprobs)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.softcap = getattr(base.config, "final_logit_softcapping", None)
+        # A plain attribute, not a submodule: the compiled layers hold the same parameters.
+        self.compiled_layers = CompiledLayers(base.get_decoder().layers) if compile_layers else None
 
     def _base(self) -> Any:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -69,9 +80,12 @@ class CompletionLogprobs(torch.nn.Module):
         targets: torch.Tensor,
     ) -> torch.Tensor:
         base = self._base()
-        hidden = base.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        ).last_hidden_state
+        decoder = base.get_decoder()
+
+        def run() -> Any:
+            return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+        hidden = self.compiled_layers.run(decoder, run) if self.compiled_layers is not None else run()
         # The hidden state at position p predicts the token at p + 1.
         picked = hidden[rows, positions - 1]
         head = base.get_output_embeddings()
@@ -164,6 +178,7 @@ class GRPOLearner:
             chunk_size=settings.logprob_chunk_size,
             temperature=temperature,
             compile=None if settings.compile_logprobs else False,
+            compile_layers=settings.compile_layers,
         )
         self.module, self.optimizer = self.accelerator.prepare(module, optimizer)
         self.policy.weights_changed()  # DDP's start broadcasts rank 0's weights into the model
