@@ -40,8 +40,9 @@ import shapes  # noqa: E402
 IMPLEMENTATIONS = ("sapo", "trl")
 # Run only when asked: sapo with its log-prob pass before the fused chunk kernels (`previous_logprobs`),
 # sapo with those kernels torch.compile'd on any device (the default compiles them on CUDA only),
-# and sapo with its decoder layers compiled (``train.compile_layers``, `sapo_local.compiled_layers`).
-VARIANTS = ("sapo-previous", "sapo-compiled", "sapo-layers")
+# and sapo with its decoder layers compiled on any device (``train.compile_layers``, on CUDA by default) or
+# on none: `sapo-eager`, the step before `sapo_local.compiled_layers`.
+VARIANTS = ("sapo-previous", "sapo-compiled", "sapo-layers", "sapo-eager")
 
 
 def rollouts(tokenizer: Any, args: argparse.Namespace) -> list[Any]:
@@ -133,7 +134,7 @@ def run_sapo(args: argparse.Namespace, folder: Path, dev: Any) -> tuple[list[flo
         micro_batch_tokens=args.micro_rows * widest,
         gradient_checkpointing=args.gradient_checkpointing,
         logprob_chunk_size=args.logprob_chunk_size,
-        compile_layers=args.worker == "sapo-layers",
+        compile_layers={"sapo-layers": True, "sapo-eager": False}.get(args.worker, "auto"),
     )
     learner = GRPOLearner(
         policy, settings, total_steps=args.warmup + args.steps, max_completion_length=args.tokens, seed=0, node="bench"

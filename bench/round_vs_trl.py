@@ -48,7 +48,8 @@ Variants: ``sapo`` (the node's defaults for everything not listed above: on CUDA
 cache, ``inference.cache_implementation = auto``), ``sapo-static`` (``static`` forced: transformers
 compiles the decode step with CUDA graphs; on the CPU it runs eagerly and buys nothing, so it runs
 there only when asked), ``sapo-dynamic`` (``dynamic`` forced, the pre-issue-16 default),
-``sapo-layers`` (the defaults plus ``train.compile_layers``: the learner's decoder layers compiled) and ``trl``.
+``sapo-eager`` (``train.compile_layers=false``: the learner's decoder layers not compiled, the CUDA default
+before 2026-12-07), ``sapo-layers`` (``true``: compiled on the CPU too) and ``trl``.
 
 Reported per variant: the first step apart (compilation, CUDA graphs, allocator warm-up), the
 median of ``--steps`` steps after ``--warmup`` steps, its generation part (sapo's ``time/generate``;
@@ -78,6 +79,7 @@ SAPO_VARIANTS = {
     "sapo": [],
     "sapo-static": ["inference.cache_implementation=static"],
     "sapo-dynamic": ["inference.cache_implementation=dynamic"],
+    "sapo-eager": ["train.compile_layers=false"],
     "sapo-layers": ["train.compile_layers=true"],
 }
 VARIANTS = (*SAPO_VARIANTS, "trl")

@@ -339,6 +339,8 @@ def test_compiled_layers_give_the_same_update_and_leave_the_model_as_it_was(toke
     assert runner.working and not runner.failed, "the compiled layers ran"
     assert compiled.policy.model.get_decoder().layers is layers, "the model's own layers are back after the step"
     assert set(compiled.policy.model.state_dict()) == keys, "no compiled wrapper in the state dict"
+    auto = make_learner(tokenizer)
+    assert auto.accelerator.unwrap_model(auto.module).compiled_layers is None, "auto: compiled on CUDA only"
 
 
 def test_a_failed_compile_is_reported_and_the_step_runs_eagerly(tokenizer, monkeypatch, caplog):

@@ -178,7 +178,9 @@ class GRPOLearner:
             chunk_size=settings.logprob_chunk_size,
             temperature=temperature,
             compile=None if settings.compile_logprobs else False,
-            compile_layers=settings.compile_layers,
+            compile_layers=policy.device.type == "cuda"
+            if settings.compile_layers == "auto"
+            else settings.compile_layers,
         )
         self.module, self.optimizer = self.accelerator.prepare(module, optimizer)
         self.policy.weights_changed()  # DDP's start broadcasts rank 0's weights into the model

@@ -39,9 +39,9 @@ class GRPOSettings:
     # takes seconds once per process; falls back to plain torch if it fails).
     compile_logprobs: bool = True
     # torch.compile each decoder layer for the learner's forward and backward (fewer kernel launches,
-    # where a GPU step waits on them; sapo_local.compiled_layers). Off until a GPU measurement says
-    # it pays: the first step compiles (seconds to a minute).
-    compile_layers: bool = False
+    # where a GPU step waits on them; sapo_local.compiled_layers). "auto": on CUDA, where it measured
+    # faster and smaller (docs/benchmarks.md); off on the CPU. The first step compiles.
+    compile_layers: bool | Literal["auto"] = "auto"
     # Recompute each layer's activations in backward instead of keeping them: "auto" on the CPU,
     # where they dominate a learner step's memory, for one more forward pass; the same gradients.
     gradient_checkpointing: bool | Literal["auto"] = "auto"
