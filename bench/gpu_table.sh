@@ -11,6 +11,8 @@
 # start, every 10 rounds and after the last; CACHE (static) is inference.cache_implementation, CACHE= the
 # default cache (the CPU). EXTRA: more `--set KEY=VALUE` words, applied last. SYNC=1: every swarm over a
 # synced folder (--drive-sync: every second worker on a second copy, a simulated Drive client between).
+# MPS=1: start the CUDA MPS daemon first, if it starts and a client can use it, so that the swarms'
+# processes share the GPU concurrently rather than by time slices (not measured yet: compare time/generate).
 # sapo-core, sapo-local and sapo-gdrive must be importable (wheels in PYTHONPATH: see RECIPES.md).
 set -uo pipefail
 py=${PYTHON:-python3}
@@ -30,6 +32,14 @@ start)
   mkdir -p "$table"
   if [ -n "$partial" ]; then tar xzf "$partial" -C "$table" || exit 1; fi
   "$py" -c 'import sys, torch; from sapo_local.models import load_model; load_model(sys.argv[1], device=torch.device("cpu"), dtype=torch.float32)' "$model" || exit 1
+  if [ -n "${MPS:-}" ]; then
+    if nvidia-cuda-mps-control -d && timeout 60 "$py" -c 'import torch; torch.ones(1, device="cuda").sum().item()'; then
+      echo "MPS on" | tee "$table.mps"
+    else
+      echo quit | nvidia-cuda-mps-control 2> /dev/null
+      echo "MPS could not start: the processes share the GPU by time slices" | tee "$table.mps"
+    fi
+  fi
   setsid nohup "$py" -m sapo_core swarm table "${table_args[@]}" --set "model.name=$model" ${cache:+--set "inference.cache_implementation=$cache"} \
     --out "$table" > "$table.log" 2>&1 < /dev/null &
   sleep 5
@@ -42,7 +52,7 @@ collect)
   end=$((SECONDS + wait))
   while [ $SECONDS -lt $end ] && pgrep -f "sapo_core swarm table" > /dev/null; do sleep 10; done
   cp "$table"/table.md "$table"/table.json "$table"/cumulative_reward.png "$table"/command.txt "$out"/ 2>/dev/null
-  tail -c 4000 "$table.log" > "$out/table.log"
+  { cat "$table.mps" 2> /dev/null; tail -c 4000 "$table.log"; } > "$out/table.log"
   tar czf "$out/table.tgz" -C "$table" --exclude='checkpoints' .
   cat "$out/table.md" 2>/dev/null
   command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
