@@ -36,7 +36,7 @@ class CompiledLayers:
     def __init__(self, layers: torch.nn.ModuleList) -> None:
         self.source = layers
         self.compiled = torch.nn.ModuleList(torch.compile(layer, dynamic=True) for layer in layers)
-        self.working = False  # a forward and backward have run compiled
+        self.working = False  # a forward has run compiled (later exceptions are not compile failures)
         self.failed = False  # compiling failed: the eager layers from then on
 
     def run(self, decoder: Any, forward: Callable[[], T]) -> T:
