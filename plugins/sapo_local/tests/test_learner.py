@@ -331,9 +331,13 @@ def test_compiled_layers_give_the_same_update_and_leave_the_model_as_it_was(toke
     )
     layers = compiled.policy.model.get_decoder().layers
     keys = set(compiled.policy.model.state_dict())
+    graphs = [torch._dynamo.utils.counters["stats"]["unique_graphs"]]
     for round, count in enumerate((3, 2)):  # two batch widths: dynamic shapes, no second compile needed
         eager.train(groups(count=count), round)
         compiled.train(groups(count=count), round)
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert graphs[1] > graphs[0], "the first step ran compiled graphs"
+    assert graphs[2] == graphs[1], "another batch width compiled nothing new"
     assert_same(weights(eager), weights(compiled), atol=1e-5)
     runner = compiled.accelerator.unwrap_model(compiled.module).compiled_layers
     assert runner.working and not runner.failed, "the compiled layers ran"

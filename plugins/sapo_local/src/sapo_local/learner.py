@@ -111,6 +111,11 @@ def enable_activation_checkpointing(model: Any) -> None:
     model.config.use_cache = False
 
 
+def resolve_auto(setting: bool | str, default: bool) -> bool:
+    """A ``bool | "auto"`` setting's value: ``default`` (what measured best on this device) for "auto"."""
+    return default if setting == "auto" else bool(setting)
+
+
 def lr_lambda(settings: GRPOSettings, total_steps: int) -> Any:
     """Learning-rate multiplier per optimizer update: linear warm-up, then the schedule."""
 
@@ -154,8 +159,8 @@ class GRPOLearner:
         if settings.lora:
             self._add_lora()
         model = policy.model
-        checkpointing = settings.gradient_checkpointing
-        self.gradient_checkpointing = policy.device.type == "cpu" if checkpointing == "auto" else bool(checkpointing)
+        on_cpu = policy.device.type == "cpu"
+        self.gradient_checkpointing = resolve_auto(settings.gradient_checkpointing, on_cpu)
         if self.gradient_checkpointing:
             enable_activation_checkpointing(model)
         # With LoRA the reference is the base model with adapters off: nothing to copy.
@@ -178,9 +183,7 @@ class GRPOLearner:
             chunk_size=settings.logprob_chunk_size,
             temperature=temperature,
             compile=None if settings.compile_logprobs else False,
-            compile_layers=policy.device.type == "cuda"
-            if settings.compile_layers == "auto"
-            else settings.compile_layers,
+            compile_layers=resolve_auto(settings.compile_layers, policy.device.type == "cuda"),
         )
         self.module, self.optimizer = self.accelerator.prepare(module, optimizer)
         self.policy.weights_changed()  # DDP's start broadcasts rank 0's weights into the model
