@@ -133,6 +133,7 @@ def run_sapo(args: argparse.Namespace, folder: Path, dev: Any) -> tuple[list[flo
         loss_type=args.loss_type,
         micro_batch_tokens=args.micro_rows * widest,
         gradient_checkpointing=args.gradient_checkpointing,
+        checkpoint_layers=args.checkpoint_layers,
         logprob_chunk_size=args.logprob_chunk_size,
         compile_layers={"sapo-layers": True, "sapo-eager": False}.get(args.worker, "auto"),
     )
@@ -337,6 +338,12 @@ def worker(args: argparse.Namespace) -> None:
     )
 
 
+def checkpointing(args: argparse.Namespace) -> str:
+    if not args.gradient_checkpointing:
+        return "off"
+    return "on" if args.checkpoint_layers == 1 else f"on (sapo: {args.checkpoint_layers:.0%} of the layers, TRL: all)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     shapes.add_arguments(parser, tokens_help="completion length (every completion)")
@@ -345,6 +352,9 @@ def main() -> None:
     parser.add_argument("--micro-rows", type=int, default=16, help="completions per micro-batch, both learners")
     parser.add_argument("--loss-type", default="grpo", choices=("grpo", "dr_grpo", "dapo"))
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument(
+        "--checkpoint-layers", type=float, default=1.0, help="sapo's train.checkpoint_layers (with checkpointing on)"
+    )
     parser.add_argument("--logprob-chunk-size", type=int, default=1024, help="sapo's train.logprob_chunk_size")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--profile", help="write a torch.profiler table of one more step to PROFILE.<learner>.txt")
@@ -376,7 +386,7 @@ def main() -> None:
     ]
     print(
         f"\n{args.shape}, {args.problems}x{args.completions}x{args.tokens} tokens, {args.micro_rows} rows per "
-        f"micro-batch, loss {args.loss_type}, checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
+        f"micro-batch, loss {args.loss_type}, checkpointing {checkpointing(args)}, "
         f"{next(iter(ok.values()))['device']}"
     )
     print(measure.table(header, body))

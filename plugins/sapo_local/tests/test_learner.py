@@ -259,6 +259,40 @@ def test_gradient_checkpointing_gives_the_same_update(tokenizer):
     assert make_learner(tokenizer).gradient_checkpointing, "auto: on the CPU, where activations dominate memory"
 
 
+def saved_bytes(learner: GRPOLearner) -> int:
+    """Bytes of the tensors autograd keeps from the forward pass of a training batch for the backward."""
+    batches = micro_batches(
+        learner.examples(groups()), 100_000, learner.policy.tokenizer.pad_token_id, torch.device("cpu")
+    )
+    learner.module.train()
+    total = 0
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        for batch in batches:
+            learner.module(*batch.model_inputs())
+    return total
+
+
+def test_checkpointing_part_of_the_layers_keeps_less_and_gives_the_same_update(tokenizer):
+    kept = {
+        fraction: make_learner(tokenizer, gradient_checkpointing=True, checkpoint_layers=fraction)
+        for fraction in (0.0, 0.5, 1.0)
+    }
+    assert [learner.checkpointed_layers for learner in kept.values()] == [0, 1, 2]  # of the tiny model's 2
+    sizes = [saved_bytes(learner) for learner in kept.values()]
+    assert sizes[0] > sizes[1] > sizes[2], sizes  # each recomputed layer keeps only its input
+    half, plain = kept[0.5], make_learner(tokenizer, gradient_checkpointing=False)
+    for round in range(2):
+        half.train(groups(), round)
+        plain.train(groups(), round)
+    assert_same(weights(plain), weights(half), atol=0)
+
+
 def test_the_gradients_are_freed_after_a_step(tokenizer):
     learner = make_learner(tokenizer)
     learner.train(groups(), 0)

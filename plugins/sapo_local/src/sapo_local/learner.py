@@ -63,13 +63,9 @@ class CompletionLogprobs(torch.nn.Module):
         self.chunk_size = chunk_size
         self.temperature = temperature
         self.compile = compile  # of the per-chunk log-prob kernels; None: on CUDA (see selected_logprobs)
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.softcap = getattr(base.config, "final_logit_softcapping", None)
+        self.softcap = getattr(base_model(model).config, "final_logit_softcapping", None)
         # A plain attribute, not a submodule: the compiled layers hold the same parameters.
-        self.compiled_layers = CompiledLayers(base.get_decoder().layers) if compile_layers else None
-
-    def _base(self) -> Any:
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self.compiled_layers = CompiledLayers(decoder_layers(model)) if compile_layers else None
 
     def forward(
         self,
@@ -79,7 +75,7 @@ class CompletionLogprobs(torch.nn.Module):
         positions: torch.Tensor,
         targets: torch.Tensor,
     ) -> torch.Tensor:
-        base = self._base()
+        base = base_model(self.model)
         decoder = base.get_decoder()
 
         def run() -> Any:
@@ -101,14 +97,32 @@ class CompletionLogprobs(torch.nn.Module):
         )
 
 
-def enable_activation_checkpointing(model: Any) -> None:
-    """Recompute each layer's activations in backward instead of keeping them: the same operations
-    on the same inputs, so the same gradients, for less memory."""
+def enable_activation_checkpointing(model: Any, fraction: float = 1.0) -> int:
+    """Recompute the activations of the first ``fraction`` of the decoder's layers in backward
+    instead of keeping them: the same operations on the same inputs, so the same gradients, for
+    less memory. Returns how many layers recompute."""
     if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:  # transformers 4's, deprecated in 5
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    layers = decoder_layers(model)
+    # Every layer keeps activations of the same size, so which ones recompute does not change the
+    # peak; a layer's own flag is what transformers' GradientCheckpointingLayer reads.
+    count = round(fraction * len(layers))
+    for index, layer in enumerate(layers):
+        layer.gradient_checkpointing = index < count
+    return count
+
+
+def base_model(model: Any) -> Any:
+    """The causal LM itself, under its LoRA adapters if it has them."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def decoder_layers(model: Any) -> Any:
+    """The decoder's ``layers`` of a causal LM, with or without LoRA adapters."""
+    return base_model(model).get_decoder().layers
 
 
 def resolve_auto(setting: bool | str, default: bool) -> bool:
@@ -161,8 +175,9 @@ class GRPOLearner:
         model = policy.model
         on_cpu = policy.device.type == "cpu"
         self.gradient_checkpointing = resolve_auto(settings.gradient_checkpointing, on_cpu)
+        self.checkpointed_layers = 0
         if self.gradient_checkpointing:
-            enable_activation_checkpointing(model)
+            self.checkpointed_layers = enable_activation_checkpointing(model, settings.checkpoint_layers)
         # With LoRA the reference is the base model with adapters off: nothing to copy.
         self.reference = None
         if settings.beta > 0 and not settings.lora:

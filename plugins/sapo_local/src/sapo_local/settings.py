@@ -45,6 +45,9 @@ class GRPOSettings:
     # Recompute each layer's activations in backward instead of keeping them: "auto" on the CPU,
     # where they dominate a learner step's memory, for one more forward pass; the same gradients.
     gradient_checkpointing: bool | Literal["auto"] = "auto"
+    # With checkpointing on, the fraction of the decoder's layers that recompute (the first ones):
+    # a memory budget between all activations kept (0) and one forward pass more (1).
+    checkpoint_layers: float = attrs.field(default=1.0, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
