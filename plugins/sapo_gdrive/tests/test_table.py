@@ -165,6 +165,23 @@ def test_the_table_adds_up_the_run_folders_metrics(made):
             if line["round"] >= 0
         ]
         assert max(trained) == (row["own_groups"], row["peer_groups"]), "each swarm trained on its split"
+        per_node = [
+            [
+                (line["groups/trained_local"], line["groups/trained_external"])
+                for line in node_lines(swarm_root(out, split) / "runs" / node)
+                if line["round"] >= 0
+            ]
+            for node in ("worker-1", "worker-2")
+        ]
+        assert row["trained_groups"] == pytest.approx(
+            {
+                "own": statistics.mean(statistics.mean(own for own, _ in rounds) for rounds in per_node),
+                "peers": statistics.mean(statistics.mean(peers for _, peers in rounds) for rounds in per_node),
+                "rounds_without_step": statistics.mean(
+                    statistics.mean(float(own + peers == 0) for own, peers in rounds) for rounds in per_node
+                ),
+            }
+        )
         assert not list(swarm_root(out, split).glob("runs/*/checkpoints")), "a finished swarm's checkpoints go"
         assert json.loads((swarm_root(out, split) / "done.json").read_text())["split"] == split
     assert rows["1/1"]["ratio_to_reference"]["mean"] == pytest.approx(cumulative["1/1"] / cumulative["2/0"])
@@ -368,6 +385,9 @@ def fake_table(out: Path, rewards: dict[tuple[str, int], list[list[float]]], *, 
             run_dir = job.root / "runs" / f"worker-{index}"
             run_dir.mkdir(parents=True)
             lines = [{"round": r, "reward/mean": value} for r, value in enumerate(per_round)]
+            if job.split.label == "8/0":  # what it trained on: own groups only, none in one round of four
+                for line, own in zip(lines, (2, 0) if index == 1 else (2, 2)):
+                    line.update({"groups/trained_local": own, "groups/trained_external": 0})
             lines[-1]["eval/pass@1"] = 0.5 * index
             (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
         job.done_file.write_text("{}")
@@ -406,6 +426,8 @@ def test_spreads_and_ratios_over_seeds_and_a_partial_table(tmp_path):
     assert not data["complete"] and data["missing"] == [{"split": "2/6", "seed": 1}]
     markdown = (tmp_path / "table.md").read_text()
     assert "Incomplete: not run yet: 2/6 seed 1" in markdown and "| 4/4 | 2 | 6.00 | 0.00 | 1.63 |" in markdown
+    assert rows["8/0"]["trained_groups"] == {"own": 1.5, "peers": 0.0, "rounds_without_step": 0.25}
+    assert "| 1.5 + 0.0 | 25% |" in markdown and rows["4/4"]["trained_groups"] is None, "not logged: none"
     assert (tmp_path / "cumulative_reward.png").stat().st_size > 5000
 
 

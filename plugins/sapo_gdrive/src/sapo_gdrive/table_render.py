@@ -25,6 +25,8 @@ COLUMNS = (
     "± seeds",
     "ratio to {ref}",
     "± seeds",
+    "groups trained a round: own + peers'",
+    "rounds without a step",
 )
 
 
@@ -102,6 +104,7 @@ def header(data: Mapping[str, Any]) -> list[str]:
 
 def cells(row: Mapping[str, Any]) -> list[str]:
     cumulative, passed, ratio = row["cumulative_reward"], row["final_pass_at_1"], row["ratio_to_reference"] or {}
+    trained = row.get("trained_groups")  # absent from a table.json of schema 1
     return [
         row["split"],
         str(len(row["seeds"])),
@@ -113,6 +116,8 @@ def cells(row: Mapping[str, Any]) -> list[str]:
         number(passed["std_seeds"]),
         number(ratio.get("mean")),
         number(ratio.get("std_seeds")),
+        "-" if trained is None else f"{trained['own']:.1f} + {trained['peers']:.1f}",
+        "-" if trained is None else f"{trained['rounds_without_step']:.0%}",
     ]
 
 

@@ -9,6 +9,10 @@ deviations): over seeds (of the swarms' means) and over nodes (every node of eve
 The *ratio* of a split is its mean cumulative reward over the isolated split's (J = 0; of several,
 the one with the largest I), over the seeds both have. Its spread is over seeds, pairing the two
 splits' swarms of one seed, which drew the same problems.
+
+Why a split wins or loses shows in what its nodes trained on: the groups with a learning signal a
+node took a round, its own and its peers' (``groups/trained_local`` / ``groups/trained_external``),
+and the share of rounds in which it had none at all and took no learner step.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ if TYPE_CHECKING:
 SCHEMA = 1
 REWARD = "reward/mean"
 PASS_AT_1 = "eval/pass@1"
+TRAINED_OWN = "groups/trained_local"
+TRAINED_PEERS = "groups/trained_external"
 
 
 @attrs.frozen
@@ -42,6 +48,7 @@ class NodeResult:
     rewards: tuple[float, ...]
     final_pass: float | None  # the newest evaluation after training began
     pass_before: float | None  # the evaluation before training (eval.at_start), if any
+    trained: tuple[tuple[int, int], ...] = ()  # per round logged: (own, peers') groups trained on
 
     @property
     def cumulative(self) -> float:
@@ -77,6 +84,19 @@ class SwarmResult:
         return mean(values) if values else None
 
 
+def training_summary(nodes: Sequence[NodeResult]) -> dict[str, float] | None:
+    """Per round, averaged over rounds then nodes: own and peers' groups trained on, and the share
+    of rounds without a learner step (no group at all). None when no node logged them."""
+    logged = [node.trained for node in nodes if node.trained]
+    if not logged:
+        return None
+    return {
+        "own": mean([mean([own for own, _ in rounds]) for rounds in logged]),
+        "peers": mean([mean([peers for _, peers in rounds]) for rounds in logged]),
+        "rounds_without_step": mean([mean([float(own + peers == 0) for own, peers in rounds]) for rounds in logged]),
+    }
+
+
 def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
@@ -88,7 +108,8 @@ def stdev(values: Sequence[float]) -> float | None:
 
 def read_node(run_dir: Path, node: str, rounds: int) -> NodeResult:
     """A worker's result from its metrics.jsonl; SapoError when a round is missing."""
-    curve = curve_from_lines(read_metrics(run_dir), node)  # a round logged twice keeps its last line
+    lines = read_metrics(run_dir)
+    curve = curve_from_lines(lines, node)  # a round logged twice keeps its last line
     by_round = dict(zip(curve.rounds, curve.reward))
     missing = [r for r in range(rounds) if r not in by_round]
     if missing:
@@ -99,8 +120,22 @@ def read_node(run_dir: Path, node: str, rounds: int) -> NodeResult:
     evaluated = dict(zip(curve.eval_rounds, curve.pass_at_1))
     after = [r for r in evaluated if 0 <= r < rounds]
     return NodeResult(
-        node, tuple(by_round[r] for r in range(rounds)), evaluated[max(after)] if after else None, evaluated.get(-1)
+        node,
+        tuple(by_round[r] for r in range(rounds)),
+        evaluated[max(after)] if after else None,
+        evaluated.get(-1),
+        trained_per_round(lines, rounds),
     )
+
+
+def trained_per_round(lines: Iterable[Mapping[str, Any]], rounds: int) -> tuple[tuple[int, int], ...]:
+    """(own, peers') groups trained on in each round that logged both; a round logged twice keeps its last."""
+    by_round: dict[int, tuple[int, int]] = {}
+    for line in lines:
+        round, own, peers = line.get("round"), line.get(TRAINED_OWN), line.get(TRAINED_PEERS)
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (round, own, peers)) and 0 <= round < rounds:
+            by_round[round] = (own, peers)
+    return tuple(by_round[r] for r in sorted(by_round))
 
 
 def read_swarm(job: SwarmJob, *, workers: int, rounds: int) -> SwarmResult:
@@ -159,6 +194,7 @@ def split_row(split: Split, swarms: Sequence[SwarmResult], reference: Sequence[S
         "final_pass_at_1": passed,
         "pass_at_1_before": mean(before) if before else None,
         "ratio_to_reference": None if reference is None else ratios(swarms, reference),
+        "trained_groups": training_summary([node for swarm in swarms for node in swarm.nodes]),
         # Index r: after metrics round r (round r + 1 as every display counts).
         "curve": {"mean": [mean(col) for col in zip(*curves)], "std_seeds": [stdev(col) for col in zip(*curves)]}
         if curves
