@@ -13,7 +13,7 @@
 # synced folder (--drive-sync: every second worker on a second copy, a simulated Drive client between).
 # MPS=1: start the CUDA MPS daemon first, if it starts and a client can use it, so that the swarms'
 # processes share the GPU concurrently rather than by time slices (2026-12-07, H100: three 4-worker swarms
-# at once, 4 minutes each for 40 rounds, against 9 minutes for two at once without it).
+# at once, 4 minutes each for 40 rounds; its gain against no MPS on the same code is not measured).
 # sapo-core, sapo-local and sapo-gdrive must be importable (wheels in PYTHONPATH: see RECIPES.md).
 set -uo pipefail
 py=${PYTHON:-python3}
