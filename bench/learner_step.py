@@ -36,6 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import measure  # noqa: E402
 import shapes  # noqa: E402
+import trl_reference  # noqa: E402
 
 IMPLEMENTATIONS = ("sapo", "trl")
 # Run only when asked: sapo with its log-prob pass before the fused chunk kernels (`previous_logprobs`),
@@ -182,19 +183,12 @@ def synchronisations(step: Callable[[], Any]) -> dict[str, int]:
     return counts
 
 
-def run_trl(args: argparse.Namespace, folder: Path, dev: Any) -> tuple[list[float], float, dict]:
+def fixed_batch(tokenizer: Any, groups: list, args: argparse.Namespace, dev: Any) -> dict[str, Any]:
+    """The rollouts as the batch TRL's ``_generate_and_score_completions`` returns: prompts left-padded."""
     import torch
-    from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
 
-    from sapo_local.models import load_model, load_tokenizer
     from sapo_local.policy import prompt_ids
 
-    spec = f"random:{folder}"
-    tokenizer = load_tokenizer(spec)
-    model = load_model(spec, device=dev, dtype=torch.float32)
-    groups = rollouts(tokenizer, args)
     rows = args.problems * args.completions
     prompts = [prompt_ids(tokenizer, g.problem) for g in groups]
     width = max(len(p) for p in prompts)
@@ -208,7 +202,7 @@ def run_trl(args: argparse.Namespace, folder: Path, dev: Any) -> tuple[list[floa
             prompt_mask[row, width - len(prompt) :] = 1
             completion_ids.append(list(completion.token_ids))
             advantages.append(advantage)
-    batch = {
+    return {
         "prompt_ids": prompt_ids_t.to(dev),
         "prompt_mask": prompt_mask.to(dev),
         "completion_ids": torch.tensor(completion_ids, device=dev),
@@ -216,6 +210,21 @@ def run_trl(args: argparse.Namespace, folder: Path, dev: Any) -> tuple[list[floa
         "advantages": torch.tensor(advantages, dtype=torch.float32, device=dev),
         "num_items_in_batch": torch.tensor(float(rows * args.tokens), device=dev),
     }
+
+
+def run_trl(args: argparse.Namespace, folder: Path, dev: Any) -> tuple[list[float], float, dict]:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from sapo_local.models import load_model, load_tokenizer
+
+    spec = f"random:{folder}"
+    tokenizer = load_tokenizer(spec)
+    model = load_model(spec, device=dev, dtype=torch.float32)
+    rows = args.problems * args.completions
+    batch = fixed_batch(tokenizer, rollouts(tokenizer, args), args, dev)
 
     class FixedRollouts(GRPOTrainer):
         """TRL's trainer with its rollout step (generate + score) replaced by the fixed batch."""
@@ -251,35 +260,14 @@ def run_trl(args: argparse.Namespace, folder: Path, dev: Any) -> tuple[list[floa
 
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
-            output_dir=out,
+            **trl_reference.equal_settings(out, dev.type, loss_type=args.loss_type),
             per_device_train_batch_size=args.micro_rows,
             gradient_accumulation_steps=rows // args.micro_rows,
             num_generations=args.completions,
             max_completion_length=args.tokens,
             max_steps=args.warmup + args.steps + bool(args.profile),
-            learning_rate=1e-5,
-            adam_beta1=0.9,
-            adam_beta2=0.99,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            lr_scheduler_type="constant",
-            loss_type=args.loss_type,
-            epsilon=0.2,
-            epsilon_high=0.28,
-            beta=0.0,
-            num_iterations=1,
             temperature=1.0,
             gradient_checkpointing=args.gradient_checkpointing,
-            bf16=dev.type == "cuda",
-            use_cpu=dev.type == "cpu",
-            logging_steps=10**6,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            seed=0,
-            log_completions=False,
-            shuffle_dataset=False,
-            dataloader_num_workers=0,
         )
         dataset = Dataset.from_dict({"prompt": [f"problem {i}" for i in range(args.problems)]})
         trainer = FixedRollouts(

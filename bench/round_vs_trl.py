@@ -74,6 +74,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import measure  # noqa: E402
 import shapes  # noqa: E402
+import trl_reference  # noqa: E402
 
 SAPO_VARIANTS = {
     "sapo": [],
@@ -272,7 +273,7 @@ def run_trl(args: argparse.Namespace, folder: Path, dev: Any) -> dict[str, Any]:
         prompts = step_prompts(args, folder, tokenizer, out)
         texts = [tokenizer.decode(ids, skip_special_tokens=False) for step in prompts for ids in step]
         config = GRPOConfig(
-            output_dir=out,
+            **trl_reference.equal_settings(out, dev.type, seed=args.seed),
             use_vllm=False,
             num_generations=args.completions,
             max_completion_length=args.tokens,
@@ -283,30 +284,9 @@ def run_trl(args: argparse.Namespace, folder: Path, dev: Any) -> dict[str, Any]:
             per_device_train_batch_size=args.micro_rows,
             gradient_accumulation_steps=rows // args.micro_rows,
             steps_per_generation=rows // args.micro_rows,
-            num_iterations=1,
             max_steps=rounds,
-            learning_rate=1e-5,
-            adam_beta1=0.9,
-            adam_beta2=0.99,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            lr_scheduler_type="constant",
-            loss_type="grpo",
-            epsilon=0.2,
-            epsilon_high=0.28,
-            beta=0.0,
             scale_rewards="group",
             gradient_checkpointing=False,
-            bf16=dev.type == "cuda",
-            use_cpu=dev.type == "cpu",
-            seed=args.seed,
-            logging_steps=10**6,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            log_completions=False,
-            shuffle_dataset=False,
-            dataloader_num_workers=0,
         )
         trainer = TimedGeneration(
             model=load_model(spec, device=dev, dtype=torch.float32),
