@@ -133,8 +133,8 @@ def run_sapo(args: argparse.Namespace, folder: Path, dev: Any) -> tuple[list[flo
     settings = GRPOSettings(
         loss_type=args.loss_type,
         micro_batch_tokens=args.micro_rows * widest,
-        gradient_checkpointing=args.gradient_checkpointing,
-        checkpoint_layers=args.checkpoint_layers,
+        gradient_checkpointing=args.gradient_checkpointing or args.checkpoint_layers is not None,
+        checkpoint_layers=1.0 if args.checkpoint_layers is None else args.checkpoint_layers,
         logprob_chunk_size=args.logprob_chunk_size,
         compile_layers={"sapo-layers": True, "sapo-eager": False}.get(args.worker, "auto"),
     )
@@ -327,9 +327,10 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def checkpointing(args: argparse.Namespace) -> str:
-    if not args.gradient_checkpointing:
-        return "off"
-    return "on" if args.checkpoint_layers == 1 else f"on (sapo: {args.checkpoint_layers:.0%} of the layers, TRL: all)"
+    both = "on" if args.gradient_checkpointing else "off"
+    if args.checkpoint_layers is None:
+        return both
+    return f"sapo: {args.checkpoint_layers:.0%} of the layers, TRL: {both}"
 
 
 def main() -> None:
@@ -339,9 +340,11 @@ def main() -> None:
     parser.add_argument("--impl", action="append", choices=IMPLEMENTATIONS + VARIANTS, help="default: sapo and trl")
     parser.add_argument("--micro-rows", type=int, default=16, help="completions per micro-batch, both learners")
     parser.add_argument("--loss-type", default="grpo", choices=("grpo", "dr_grpo", "dapo"))
-    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="every layer, both learners")
     parser.add_argument(
-        "--checkpoint-layers", type=float, default=1.0, help="sapo's train.checkpoint_layers (with checkpointing on)"
+        "--checkpoint-layers",
+        type=float,
+        help="sapo alone checkpoints this fraction of its layers (train.checkpoint_layers); TRL as --gradient-checkpointing says",
     )
     parser.add_argument("--logprob-chunk-size", type=int, default=1024, help="sapo's train.logprob_chunk_size")
     parser.add_argument("--steps", type=int, default=3)
