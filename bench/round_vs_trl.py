@@ -331,7 +331,7 @@ def worker(args: argparse.Namespace) -> None:
     )
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     shapes.add_arguments(parser, tokens_help="new tokens of every completion (EOS disabled)")
     measure.add_arguments(parser)
@@ -349,25 +349,11 @@ def main() -> None:
     )
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    rows = args.problems * args.completions
-    if args.micro_rows < 1 or rows % args.micro_rows:
-        parser.error(f"--micro-rows must divide problems x completions ({rows}); got {args.micro_rows}")
-    if args.steps < 1 or args.warmup < 0:
-        parser.error("--steps must be at least 1 and --warmup at least 0")
-    if args.worker:
-        return worker(args)
-    chosen = args.variant
-    notes = []
-    if chosen is None:
-        cuda = measure.device(args.device).type == "cuda"
-        chosen = ["sapo", "sapo-static", "trl"] if cuda else ["sapo", "trl"]
-        if not cuda:
-            notes.append(
-                "sapo-static not run: on the CPU transformers runs the static cache eagerly "
-                "(no compiled step, no CUDA graphs); ask for it with --variant sapo-static"
-            )
-    ok = measure.run_each(__file__, "--variant", chosen, timeout=args.timeout, what="variant")
+    return parser
+
+
+def report(args: argparse.Namespace, ok: dict[str, Any], notes: list[str]) -> dict[str, float]:
+    """Print the table, the verdicts and the notes (adding the checks' own); returns TRL's step over each variant's."""
     trl = ok.get("trl")
     speedups = {name: trl["step_s"] / r["step_s"] for name, r in ok.items() if trl and name != "trl"}
     header = (
@@ -422,6 +408,31 @@ def main() -> None:
     ]
     for note in notes:
         print(f"note: {note}")
+    return speedups
+
+
+def main() -> None:
+    parser = arguments()
+    args = parser.parse_args()
+    rows = args.problems * args.completions
+    if args.micro_rows < 1 or rows % args.micro_rows:
+        parser.error(f"--micro-rows must divide problems x completions ({rows}); got {args.micro_rows}")
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be at least 1 and --warmup at least 0")
+    if args.worker:
+        return worker(args)
+    chosen = args.variant
+    notes = []
+    if chosen is None:
+        cuda = measure.device(args.device).type == "cuda"
+        chosen = ["sapo", "sapo-static", "trl"] if cuda else ["sapo", "trl"]
+        if not cuda:
+            notes.append(
+                "sapo-static not run: on the CPU transformers runs the static cache eagerly "
+                "(no compiled step, no CUDA graphs); ask for it with --variant sapo-static"
+            )
+    ok = measure.run_each(__file__, "--variant", chosen, timeout=args.timeout, what="variant")
+    speedups = report(args, ok, notes)
     if args.out:
         settings = {key: value for key, value in vars(args).items() if key not in ("worker", "out")}
         Path(args.out).write_text(
