@@ -207,7 +207,7 @@ def start_moto() -> str:
     return f"s3://{bucket}/swarm"
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--max-nodes",
@@ -239,46 +239,16 @@ def main() -> None:
         help="for the s3 variants, start moto's S3 server on "
         "127.0.0.1 with a fresh bucket (pip install -e 'plugins/sapo_gdrive[test]')",
     )
-    args = parser.parse_args()
-    if args.max_nodes < 1 or args.repeat < 1:
-        parser.error("--max-nodes and --repeat must be at least 1")
-    variants = args.variant or ["local", "local+hmac", "memory"]
-    if any(VARIANTS[v][0] == "s3" for v in variants) and not (args.s3_root or args.moto):
-        parser.error("the s3 variants need --s3-root s3://bucket/prefix or --moto")
-    if args.moto:
-        args.s3_root = start_moto()
-    sizes = [2**i for i in range(int(math.log2(args.max_nodes)) + 1)]
-    shape = Shape(args.groups, args.completions, args.tokens)
-    # Wide enough for the table when the output is a file or a pipe.
-    console = Console() if sys.stdout.isatty() else Console(width=160)
-    rng = random.Random(0)
-    rows: dict[str, list[dict[str, float]]] = {}
-    with Progress(console=console, transient=True) as progress, tempfile.TemporaryDirectory() as tmp:
-        building = progress.add_task("building payloads", total=sizes[-1])
-        payloads = []
-        for i in range(sizes[-1]):
-            payloads.append(build_payload(f"node-{i:03d}", shape, rng))
-            progress.advance(building)
-        running = progress.add_task("publish + collect", total=len(variants) * len(sizes))
-        for variant in variants:
-            storage, secret = VARIANTS[variant]
-            progress.update(running, description=variant)
-            rows[variant] = collect_rows(
-                storage,
-                secret,
-                payloads,
-                sizes,
-                Path(tmp),
-                args.repeat,
-                lambda: progress.advance(running),
-                args.s3_root,
-            )
+    return parser
 
+
+def print_results(console: Console, rows: dict[str, list[dict[str, float]]], shape: Shape, *, markdown: bool) -> None:
+    """The table of every variant and size, then how each cost grows with the swarm."""
     console.print(
         f"{shape.groups} groups x {shape.completions} completions x {shape.tokens} tokens per payload; "
         f"one payload per node; the collecting node is a newcomer (cold), then polls again (re-collect)"
     )
-    table = Table(box=box.MARKDOWN if args.markdown else box.SIMPLE_HEAD)
+    table = Table(box=box.MARKDOWN if markdown else box.SIMPLE_HEAD)
     for header in (
         "variant",
         "nodes",
@@ -318,6 +288,46 @@ def main() -> None:
         )
     console.print(table)
     console.print("\n".join(summary))
+
+
+def main() -> None:
+    parser = arguments()
+    args = parser.parse_args()
+    if args.max_nodes < 1 or args.repeat < 1:
+        parser.error("--max-nodes and --repeat must be at least 1")
+    variants = args.variant or ["local", "local+hmac", "memory"]
+    if any(VARIANTS[v][0] == "s3" for v in variants) and not (args.s3_root or args.moto):
+        parser.error("the s3 variants need --s3-root s3://bucket/prefix or --moto")
+    if args.moto:
+        args.s3_root = start_moto()
+    sizes = [2**i for i in range(int(math.log2(args.max_nodes)) + 1)]
+    shape = Shape(args.groups, args.completions, args.tokens)
+    # Wide enough for the table when the output is a file or a pipe.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    rng = random.Random(0)
+    rows: dict[str, list[dict[str, float]]] = {}
+    with Progress(console=console, transient=True) as progress, tempfile.TemporaryDirectory() as tmp:
+        building = progress.add_task("building payloads", total=sizes[-1])
+        payloads = []
+        for i in range(sizes[-1]):
+            payloads.append(build_payload(f"node-{i:03d}", shape, rng))
+            progress.advance(building)
+        running = progress.add_task("publish + collect", total=len(variants) * len(sizes))
+        for variant in variants:
+            storage, secret = VARIANTS[variant]
+            progress.update(running, description=variant)
+            rows[variant] = collect_rows(
+                storage,
+                secret,
+                payloads,
+                sizes,
+                Path(tmp),
+                args.repeat,
+                lambda: progress.advance(running),
+                args.s3_root,
+            )
+
+    print_results(console, rows, shape, markdown=args.markdown)
     if args.json_path:
         with args.json_path.open("w", encoding="utf-8") as fh:
             for variant, measured in rows.items():
