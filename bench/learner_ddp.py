@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,11 +31,7 @@ import learner_step  # noqa: E402
 import measure  # noqa: E402
 import shapes  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from sapo_core.testing import accelerate_launch  # noqa: E402
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -115,24 +110,8 @@ def launch(args: argparse.Namespace, processes: int, folder: Path, out: Path, fo
     gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") else 0
     if processes > max(gpus, 1) and gpus:
         return {"error": f"{processes} processes need {processes} GPUs; this machine has {gpus}"}
-    # One process: accelerate runs it on the first GPU (or --cpu). Several: --multi_gpu goes through
-    # torchrun, one process per GPU; on a machine without GPUs the ranks join a gloo group.
-    mode = ["--multi_gpu"] if processes > 1 else ([] if gpus else ["--cpu"])
-    accelerate = Path(sys.executable).with_name("accelerate")
     command = [
-        str(accelerate) if accelerate.exists() else "accelerate",
-        "launch",
-        *mode,
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
+        *accelerate_launch(processes, gpus=bool(gpus)),
         __file__,
         "--worker",
         "--folder",

@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import socket
+import sys
 import textwrap
 import threading
 import time
@@ -166,6 +167,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def accelerate_launch(processes: int, *, gpus: bool = False) -> list[str]:
+    """``accelerate launch`` of ``processes`` processes on this machine, to which the script and its
+    arguments are appended: several go through torchrun (``--multi_gpu``; without GPUs the ranks join
+    a gloo group), one runs on the first GPU, or with ``--cpu`` where there is none. Mixed precision
+    and dynamo are the learner's to choose, not accelerate's."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    mode = ["--multi_gpu"] if processes > 1 else ([] if gpus else ["--cpu"])
+    return [
+        str(accelerate) if accelerate.exists() else "accelerate",
+        "launch",
+        *mode,
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
 
 
 class CoinFlipInference:

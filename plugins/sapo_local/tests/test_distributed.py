@@ -6,14 +6,13 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from sapo_core.testing import HASH_REWARD, free_port, install_plugin
+from sapo_core.testing import HASH_REWARD, accelerate_launch, install_plugin
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_step.py"
 
@@ -27,25 +26,8 @@ pytestmark = [
 
 def launch(out: Path, processes: int, loss_type: str, *extra: str) -> dict:
     out.mkdir()
-    port = free_port()
-    accelerate = Path(sys.executable).with_name("accelerate")
-    # accelerate's --cpu flag runs a single process; --multi_gpu goes through torchrun, and on a
-    # machine without GPUs the learner's Accelerator(cpu=True) then joins a gloo process group.
-    mode = ["--multi_gpu"] if processes > 1 else ["--cpu"]
     command = [
-        str(accelerate),
-        "launch",
-        *mode,
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(port),
+        *accelerate_launch(processes),
         str(SCRIPT),
         str(out),
         loss_type,
@@ -109,21 +91,8 @@ def test_sapo_run_under_accelerate_launch_writes_once_and_trains_on_both_ranks(t
     site = install_plugin(tmp_path / "site", "hash-reward", "hash_reward", HASH_REWARD)
     model = tiny_model_folder(tmp_path / "tiny")
     run_dir = tmp_path / "run"
-    accelerate = Path(sys.executable).with_name("accelerate")
     command = [
-        str(accelerate),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
+        *accelerate_launch(2),
         "-m",
         "sapo_core",
         "run",

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from sapo_core import codec
-from sapo_core.testing import HASH_REWARD, free_port, install_plugin
+from sapo_core.testing import HASH_REWARD, accelerate_launch, free_port, install_plugin
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -140,22 +140,8 @@ def sapo_run(tmp_path: Path, processes: int, model: str, site: Path) -> tuple[Pa
     work = tmp_path / f"p{processes}"
     work.mkdir()
     run_dir = work / "run"
-    accelerate = Path(sys.executable).with_name("accelerate")
-    mode = ["--multi_gpu"] if processes > 1 else ["--cpu"]
     command = [
-        str(accelerate),
-        "launch",
-        *mode,
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
+        *accelerate_launch(processes),
         "-m",
         "sapo_core",
         "run",
