@@ -133,8 +133,9 @@ def run_sapo(args: argparse.Namespace, folder: Path, dev: Any) -> tuple[list[flo
     settings = GRPOSettings(
         loss_type=args.loss_type,
         micro_batch_tokens=args.micro_rows * widest,
-        gradient_checkpointing=args.gradient_checkpointing or args.checkpoint_layers is not None,
+        gradient_checkpointing=sapo_checkpointing(args),
         checkpoint_layers=1.0 if args.checkpoint_layers is None else args.checkpoint_layers,
+        memory_budget_gib=args.memory_budget_gib or 0.0,
         logprob_chunk_size=args.logprob_chunk_size,
         compile_layers={"sapo-layers": True, "sapo-eager": False}.get(args.worker, "auto"),
     )
@@ -151,7 +152,9 @@ def run_sapo(args: argparse.Namespace, folder: Path, dev: Any) -> tuple[list[flo
         into = times if step >= args.warmup else []
         with measure.timed(dev, into):
             metrics = learner.train(groups, round=step)
-    extra = {"micro_batches": metrics.get("micro_batches")}
+    extra = {"micro_batches": metrics.get("micro_batches"), "checkpointed_layers": learner.checkpointed_layers}
+    if learner.memory_plan is not None:
+        extra["planned_mib"] = learner.memory_plan.peak() / 2**20
     peak = measure.peak_mib(dev)
     if args.profile:
         with profiled(dev) as report:
@@ -326,8 +329,17 @@ def worker(args: argparse.Namespace) -> None:
     )
 
 
+def sapo_checkpointing(args: argparse.Namespace) -> bool | str:
+    """sapo's train.gradient_checkpointing: "auto" plans by --memory-budget-gib; else as the flags say."""
+    if args.memory_budget_gib is not None:
+        return "auto"
+    return args.gradient_checkpointing or args.checkpoint_layers is not None
+
+
 def checkpointing(args: argparse.Namespace) -> str:
     both = "on" if args.gradient_checkpointing else "off"
+    if args.memory_budget_gib is not None:
+        return f"sapo: the fewest layers that fit {args.memory_budget_gib:g} GiB, TRL: {both}"
     if args.checkpoint_layers is None:
         return both
     return f"sapo: {args.checkpoint_layers:.0%} of the layers, TRL: {both}"
@@ -346,6 +358,12 @@ def main() -> None:
         type=float,
         help="sapo alone checkpoints this fraction of its layers (train.checkpoint_layers); TRL as --gradient-checkpointing says",
     )
+    parser.add_argument(
+        "--memory-budget-gib",
+        type=float,
+        help="sapo alone checkpoints the fewest layers that fit this budget (train.memory_budget_gib, "
+        "gradient_checkpointing auto); TRL as --gradient-checkpointing says",
+    )
     parser.add_argument("--logprob-chunk-size", type=int, default=1024, help="sapo's train.logprob_chunk_size")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--profile", help="write a torch.profiler table of one more step to PROFILE.<learner>.txt")
@@ -362,16 +380,28 @@ def main() -> None:
     if args.worker:
         return worker(args)
     ok = measure.run_each(__file__, "--impl", args.impl or IMPLEMENTATIONS, timeout=args.timeout, what="learner")
-    header = ("learner", "step s", "completion tok/s", "peak MiB", "TFLOP/s", "MFU", "micro-batches")
+    header = (
+        "learner",
+        "step s",
+        "completion tok/s",
+        "peak MiB",
+        "planned MiB",
+        "TFLOP/s",
+        "MFU",
+        "micro-batches",
+        "layers checkpointed",
+    )
     body = [
         (
             k,
             r["step_s"],
             r["completion_tok_s"],
             r["peak_mib"],
+            r.get("planned_mib", "-"),
             r["tflops"],
             f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a",
             r["micro_batches"],
+            r.get("checkpointed_layers", "-"),
         )
         for k, r in ok.items()
     ]

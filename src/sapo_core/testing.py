@@ -19,12 +19,14 @@ Contract checks, to call from a plugin's own tests: `check_inference`, `check_re
 ``python -m sapo_core``) in other processes: put the folder on their ``PYTHONPATH``.
 `HASH_REWARD` is such a plugin: a reward that needs no skill (a hash of the text), so a
 randomly initialised model's groups have advantages to train on. `free_port` picks a port on
-127.0.0.1 for a server or a process group a test starts.
+127.0.0.1 for a server or a process group a test starts. `import_by_path` makes a tests folder's
+helper module importable under pytest's ``--import-mode=importlib``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import socket
@@ -35,6 +37,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import attrs
@@ -69,6 +72,7 @@ __all__ = [
     "check_transport",
     "config_of",
     "free_port",
+    "import_by_path",
     "install_plugin",
     "sample_problems",
     "sapo_cli",
@@ -139,6 +143,7 @@ def register_inference(register):
 
 HASH_REWARD = """
 import hashlib
+import importlib.util
 from sapo_core import hookimpl
 
 
@@ -160,6 +165,19 @@ def config_of(sections: Mapping[str, Mapping[str, Any]]) -> Config:
         f"{section}.{key}": (value, "test") for section, values in sections.items() for key, value in values.items()
     }
     return load_config(env={}, flags=flags)
+
+
+def import_by_path(name: str, path: Path) -> ModuleType:
+    """The module in ``path`` as ``name`` in ``sys.modules``, executed once: a tests folder's helpers,
+    for tests run with ``--import-mode=importlib`` (where that folder is not on ``sys.path``)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"{path} is not a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def free_port() -> int:

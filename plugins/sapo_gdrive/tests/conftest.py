@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from sapo_core.testing import import_by_path
+
 # Tests run with --import-mode=importlib, so the helper module is loaded by path, once.
-if "sapo_gdrive_swarm_doubles" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location(
-        "sapo_gdrive_swarm_doubles", Path(__file__).with_name("swarm_doubles.py")
-    )
-    _module = importlib.util.module_from_spec(_spec)
-    sys.modules[_spec.name] = _module
-    _spec.loader.exec_module(_module)
+import_by_path("sapo_gdrive_swarm_doubles", Path(__file__).with_name("swarm_doubles.py"))
 
 from sapo_gdrive_swarm_doubles import Backends  # noqa: E402
 

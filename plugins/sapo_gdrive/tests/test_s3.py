@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from sapo_core.testing import import_by_path
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
@@ -41,13 +43,7 @@ pytestmark = [
 ]
 
 # The local-folder swarm's helpers (tests run with --import-mode=importlib: loaded by path, once).
-if "sapo_gdrive_swarm_processes" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location(
-        "sapo_gdrive_swarm_processes", Path(__file__).with_name("test_swarm_processes.py")
-    )
-    _module = importlib.util.module_from_spec(_spec)
-    sys.modules[_spec.name] = _module
-    _spec.loader.exec_module(_module)
+import_by_path("sapo_gdrive_swarm_processes", Path(__file__).with_name("test_swarm_processes.py"))
 
 from sapo_gdrive_swarm_processes import ROUND_SECONDS, SWARM_SETS, Swarm, tiny_model  # noqa: E402,F401  (tiny_model: a fixture)
 

@@ -1,8 +1,15 @@
-"""Fixtures shared by sapo-local's tests."""
+"""Fixtures shared by sapo-local's tests, and the learner tests' helpers (tiny_learner.py) as an importable module."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from sapo_core.testing import import_by_path
+
+# Tests run with --import-mode=importlib, so the helper module is loaded by path, once.
+import_by_path("sapo_local_tiny_learner", Path(__file__).with_name("tiny_learner.py"))
 
 
 @pytest.fixture(scope="module")

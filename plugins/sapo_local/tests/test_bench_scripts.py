@@ -27,6 +27,10 @@ pytestmark = [
 ]
 
 
+# 2 problems x 4 completions x 8 tokens of the tiny shape, 2 completions per micro-batch.
+TINY_BATCH = ["--shape", "tiny", "--tokens", "8", "--problems", "2", "--completions", "4", "--micro-rows", "2"]
+
+
 def run(script: str, *args: str, tmp_path: Path) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
@@ -78,6 +82,24 @@ def test_learner_step(tmp_path):
         assert "| trl |" in out and "sapo / TRL: tokens/s x" in out
 
 
+def test_memory_plan_errs_on_the_side_of_memory_with_none_half_and_all_layers_checkpointed(tmp_path):
+    out = run(
+        "memory_plan.py",
+        *TINY_BATCH,
+        "--shapes-root",
+        str(tmp_path),
+        tmp_path=tmp_path,
+    )
+    results = list(worker_results(out).values())
+    layers = results[0]["layers"]
+    assert [r["checkpointed"] for r in results] == [0, layers // 2, layers]
+    for r in results:
+        # The live tensors at the last step's peak, from the profiler: never above the plan.
+        assert r["planned_mib"] >= r["measured_mib"] > 0, r
+    assert "| budget GiB | layers checkpointed | planned MiB | measured MiB | planned / measured | step s |" in out
+    assert f"| roomy | 0 of {layers} |" in out
+
+
 def test_learner_step_against_sapo_before_the_fused_log_prob_kernels(tmp_path):
     out = run(
         "learner_step.py",
@@ -117,16 +139,7 @@ def test_learner_step_refuses_a_micro_batch_that_does_not_divide_the_batch(tmp_p
 def test_learner_ddp_two_gloo_processes_against_one(tmp_path):
     out = run(
         "learner_ddp.py",
-        "--shape",
-        "tiny",
-        "--tokens",
-        "8",
-        "--problems",
-        "2",
-        "--completions",
-        "4",
-        "--micro-rows",
-        "2",
+        *TINY_BATCH,
         "--steps",
         "1",
         "--shapes-root",

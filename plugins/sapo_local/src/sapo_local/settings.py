@@ -42,12 +42,17 @@ class GRPOSettings:
     # where a GPU step waits on them; sapo_local.compiled_layers). "auto": on CUDA, where it measured
     # faster and smaller (docs/benchmarks.md); off on the CPU. The first step compiles.
     compile_layers: bool | Literal["auto"] = "auto"
-    # Recompute each layer's activations in backward instead of keeping them: "auto" on the CPU,
-    # where they dominate a learner step's memory, for one more forward pass; the same gradients.
+    # Recompute layers' activations in backward instead of keeping them: the same gradients for one
+    # more forward pass of those layers. "auto": on CUDA, the fewest layers that fit memory_budget_gib
+    # (sapo_local.activation_checkpointing); on the CPU, where activations dominate a step's memory,
+    # every layer (or, given memory_budget_gib, the fewest that fit it).
     gradient_checkpointing: bool | Literal["auto"] = "auto"
-    # With checkpointing on, the fraction of the decoder's layers that recompute (the first ones):
-    # a memory budget between all activations kept (0) and one forward pass more (1).
+    # With checkpointing true, the fraction of the decoder's layers that recompute (the first ones):
+    # between all activations kept (0) and one forward pass more (1).
     checkpoint_layers: float = attrs.field(default=1.0, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
+    # The learner's memory, for gradient_checkpointing = "auto". 0: on CUDA what the process holds
+    # plus what the GPU has free before the first step; on the CPU no plan (every layer recomputes).
+    memory_budget_gib: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
