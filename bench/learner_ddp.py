@@ -61,7 +61,9 @@ def worker(args: argparse.Namespace) -> None:
     groups = learner_step.rollouts(tokenizer, args)
     widest = max(len(prompt_ids(tokenizer, g.problem)) for g in groups) + args.tokens
     settings = GRPOSettings(
-        micro_batch_tokens=args.micro_rows * widest, gradient_checkpointing=args.gradient_checkpointing
+        micro_batch_tokens=args.micro_rows * widest,
+        gradient_checkpointing=args.gradient_checkpointing,
+        shard_optimizer={"auto": "auto", "on": True, "off": False}[args.shard_optimizer],
     )
     learner = GRPOLearner(
         policy, settings, total_steps=args.warmup + args.steps, max_completion_length=args.tokens, seed=0, node="bench"
@@ -159,6 +161,12 @@ def main() -> None:
     parser.add_argument("--processes", type=int, action="append", help="processes (GPUs) per run; default 1 and 2")
     parser.add_argument("--micro-rows", type=int, default=16, help="completions per micro-batch on each rank")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument(
+        "--shard-optimizer",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="train.shard_optimizer: AdamW's moments split over the processes (auto: with several)",
+    )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--keep", help="keep each run's weights and reports under this folder")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -219,7 +227,7 @@ def main() -> None:
     print(
         f"\n{args.shape}, {args.problems}x{args.completions}x{args.tokens} tokens per step (the global batch), "
         f"{args.micro_rows} rows per micro-batch per rank, checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
-        f"{one['device']}"
+        f"optimizer sharding {args.shard_optimizer}, {one['device']}"
     )
     print(measure.table(header, body))
     failed = [n for n, r in results.items() if "error" in r]

@@ -193,6 +193,14 @@ def checkpoint_due(round: int, *, every: int, rounds: int) -> bool:
     return (round + 1) % every == 0 or round == rounds - 1
 
 
+def saves_optimizer_state(config: Config, round: int) -> bool:
+    """Whether a checkpoint holding the optimizer's state follows ``round`` (a sharded optimizer is gathered for it)."""
+    last = round == config.run.rounds - 1
+    return checkpoint_due(round, every=config.checkpoint.every, rounds=config.run.rounds) and keeps_optimizer_state(
+        config.checkpoint.optimizer_state, last_round=last
+    )
+
+
 def checkpoint_if_due(
     checkpointer: Checkpointer,
     round: int,

@@ -24,6 +24,8 @@ from typing import Any
 import attrs
 import torch
 
+from sapo_local.optimizer_sharding import local_optimizer
+
 __all__ = [
     "Footprint",
     "MemoryPlan",
@@ -162,9 +164,11 @@ def plan_step(
     model), ``chunk_tokens`` the rows of the vocabulary projection's largest chunk."""
     device = next(model.parameters()).device
     trainable = [p for p in model.parameters() if p.requires_grad]
-    state = [t for entry in optimizer.state.values() for t in entry.values() if torch.is_tensor(t) and t.dim() > 0]
+    local = local_optimizer(optimizer)  # a sharded optimizer holds this process's share of the moments
+    state = [t for entry in local.state.values() for t in entry.values() if torch.is_tensor(t) and t.dim() > 0]
+    updated = [p for group in local.param_groups for p in group["params"]]
     gradients = tensor_bytes(trainable)
-    moments = max(0, 2 * gradients - tensor_bytes(state))  # AdamW's two, unless a resume loaded them already
+    moments = max(0, 2 * tensor_bytes(updated) - tensor_bytes(state))  # AdamW's two, unless loaded already
     if device.type == "cuda":
         held = torch.cuda.memory_allocated(device)  # everything: generation's copy and cache, DDP's buckets
     else:

@@ -34,7 +34,15 @@ from sapo_core.codec import Limits
 from sapo_core.errors import BackendError
 from sapo_core.records import Completion
 
-__all__ = ["ShardError", "all_gather_json", "call_fingerprint", "exchange_completions", "shard", "world"]
+__all__ = [
+    "ShardError",
+    "all_gather_json",
+    "call_fingerprint",
+    "exchange_completions",
+    "exchange_device",
+    "shard",
+    "world",
+]
 
 # The completions come from the other processes of this very job: the limits that guard against a
 # hostile peer's payload would only refuse long generations here.
@@ -63,7 +71,7 @@ def shard(items: Sequence[int], rank: int, size: int) -> list[int]:
     return list(items[rank::size])
 
 
-def _exchange_device(device: torch.device | str) -> torch.device:
+def exchange_device(device: torch.device | str) -> torch.device:
     """Where the exchanged tensors live: the CPU when the group has gloo, else ``device`` (NCCL needs the GPU)."""
     backend = str(dist.get_backend())
     if "gloo" in backend:
@@ -85,7 +93,7 @@ def all_gather_json(value: Any, *, device: torch.device | str = "cpu") -> list[A
     rank, size = world()
     if size == 1:
         return [value]
-    where = _exchange_device(device)
+    where = exchange_device(device)
     data = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
     length = torch.tensor([len(data)], dtype=torch.int64, device=where)
     lengths = [torch.zeros_like(length) for _ in range(size)]

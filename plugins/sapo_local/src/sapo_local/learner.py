@@ -15,22 +15,24 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sapo_core import recording
 from sapo_core.checkpoints import OPTIMIZER_DIR
 from sapo_core.errors import TrainingError
 from sapo_core.interfaces import BackendContext
 from sapo_core.records import Group
-from sapo_local import activation_checkpointing, learner_state, memory
+from sapo_local import activation_checkpointing, learner_state, memory, optimizer_sharding
 from sapo_local.activation_checkpointing import base_model, decoder_layers, enable_activation_checkpointing
 from sapo_local.batching import Example, MicroBatch, micro_batches, process_share
 from sapo_local.compiled_layers import CompiledLayers
@@ -132,7 +134,10 @@ class GRPOLearner:
         max_completion_length: int | None = None,
         seed: int = 0,
         node: str = "",
+        optimizer_saved_after: Callable[[int], bool] | None = None,
     ) -> None:
+        """``optimizer_saved_after(round)``: whether a checkpoint holding the optimizer's state follows that
+        round's step (a sharded optimizer is gathered for it then); None: after every round."""
         from accelerate import Accelerator
 
         self.policy = policy
@@ -158,11 +163,15 @@ class GRPOLearner:
         self.reference = None
         if settings.beta > 0 and not settings.lora:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
-        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.trainable = [p for p in model.parameters() if p.requires_grad]  # the optimizer state's order
+        self.sharded = resolve_auto(settings.shard_optimizer, True) and self.accelerator.num_processes > 1
+        self.optimizer_saved_after = optimizer_saved_after
+        self._gathered: tuple[int, dict[str, Any]] | None = None  # (policy version, full optimizer state)
         # The fused kernel updates every parameter in one pass (TRL's default on CUDA too); foreach makes
         # whole-model temporaries (one more copy of the weights at the step's peak).
-        optimizer = torch.optim.AdamW(
-            trainable,
+        optimizer = optimizer_sharding.adamw(
+            self.trainable,
+            shard=self.sharded,
             lr=settings.lr,
             betas=settings.adam_betas,
             weight_decay=settings.weight_decay,
@@ -176,7 +185,10 @@ class GRPOLearner:
             compile=None if settings.compile_logprobs else False,
             compile_layers=resolve_auto(settings.compile_layers, policy.device.type == "cuda"),
         )
-        self.module, self.optimizer = self.accelerator.prepare(module, optimizer)
+        if self.sharded:  # accelerate's wrapper reads the state dict, which only a collective gathers here
+            self.module, self.optimizer = self.accelerator.prepare(module), optimizer
+        else:
+            self.module, self.optimizer = self.accelerator.prepare(module, optimizer)
         self.policy.weights_changed()  # DDP's start broadcasts rank 0's weights into the model
         self.scheduler = scheduler
         self._prompts: dict[str, tuple[int, ...]] = {}
@@ -281,6 +293,9 @@ class GRPOLearner:
                 totals.add_micro_batch(loss, metrics, batch.completion_tokens, is_weights, batch.known)
             grad_norm = self._update(totals.end_iteration(), round)
         self.policy.version += 1
+        if self.sharded and (self.optimizer_saved_after is None or self.optimizer_saved_after(round)):
+            gathered = optimizer_sharding.full_state(self.optimizer, self.trainable, device=accelerator.device)
+            self._gathered = None if gathered is None else (self.policy.version, gathered)
         trained_tokens = sum(b.completion_tokens for b in batches) * settings.num_iterations
         summed = sum_over_processes(accelerator, totals.read(trained_tokens))
         seconds = time.perf_counter() - started
@@ -412,8 +427,9 @@ class GRPOLearner:
         model = self.accelerator.unwrap_model(self.module).model
         model.save_pretrained(folder / "model", safe_serialization=True)
         self.policy.tokenizer.save_pretrained(folder / "model")
-        if optimizer:
-            learner_state.save_optimizer(folder / OPTIMIZER_DIR, self.optimizer)
+        state = self._optimizer_state() if optimizer else None
+        if state is not None:
+            learner_state.save_optimizer(folder / OPTIMIZER_DIR, state)
         learner_state.save_rng(folder / "rng.safetensors")
         state = {
             "scheduler": self.scheduler.state_dict(),  # its lr_lambdas are plain functions: stored as null
@@ -422,6 +438,26 @@ class GRPOLearner:
             "lora": self.settings.lora,
         }
         (folder / "learner.json").write_text(json.dumps(state, indent=1, sort_keys=True))
+
+    def _optimizer_state(self) -> dict[str, Any] | None:
+        """The optimizer's whole state dict; a sharded one's as gathered after this step, or None (with a warning)."""
+        if not self.sharded:
+            return self.optimizer.state_dict()
+        gathered, self._gathered = self._gathered, None  # the main process's copy of every share: freed once saved
+        if gathered is not None and gathered[0] == self.policy.version:
+            return gathered[1]
+        log.warning(
+            "%s: the optimizer's state is sharded over the processes and was not gathered after this step: the "
+            "checkpoint holds none (a resume from it starts AdamW's moments at zero)",
+            self.node,
+        )
+        return None
+
+    def _load_optimizer_state(self, state: dict[str, Any]) -> None:
+        if self.sharded:
+            optimizer_sharding.load_full_state(self.optimizer, self.trainable, state)
+        else:
+            self.optimizer.load_state_dict(state)
 
     def load(self, folder: Path) -> None:
         state = json.loads((folder / "learner.json").read_text())
@@ -435,9 +471,9 @@ class GRPOLearner:
         self.policy.weights_changed()
         fresh = False
         if (folder / OPTIMIZER_DIR / "optimizer.safetensors").is_file():
-            learner_state.load_optimizer(folder / OPTIMIZER_DIR, self.optimizer)
+            self._load_optimizer_state(learner_state.read_optimizer(folder / OPTIMIZER_DIR))
         elif (folder / "optimizer.safetensors").is_file():  # the layout before OPTIMIZER_DIR
-            learner_state.load_optimizer(folder, self.optimizer, skeleton=state["optimizer"])
+            self._load_optimizer_state(learner_state.read_optimizer(folder, skeleton=state["optimizer"]))
         else:
             # The checkpoint after a run's last round, or checkpoint.optimizer_state = "none".
             log.warning(
@@ -500,4 +536,5 @@ def build_grpo(settings: GRPOSettings, context: BackendContext) -> GRPOLearner:
         max_completion_length=config.inference.max_new_tokens,
         seed=context.seed,
         node=context.node,
+        optimizer_saved_after=functools.partial(recording.saves_optimizer_state, config),
     )

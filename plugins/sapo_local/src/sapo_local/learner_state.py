@@ -19,19 +19,20 @@ from safetensors.torch import load_file, save_file
 from sapo_core.errors import TrainingError
 
 
-def save_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
-    tensors, structure = _flatten_optimizer(optimizer.state_dict())
+def save_optimizer(folder: Path, state_dict: Mapping[str, Any]) -> None:
+    """An optimizer's ``state_dict()`` as named tensors and a JSON skeleton."""
+    tensors, structure = _flatten_optimizer(state_dict)
     folder.mkdir(exist_ok=True)
     save_file(tensors, str(folder / "optimizer.safetensors"))
     (folder / "optimizer.json").write_text(json.dumps(structure, indent=1, sort_keys=True))
 
 
-def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer, skeleton: Mapping[str, Any] | None = None) -> None:
-    """The state `save_optimizer` wrote; ``skeleton`` for the older layout that kept it in ``learner.json``."""
+def read_optimizer(folder: Path, skeleton: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The state dict `save_optimizer` wrote; ``skeleton`` for the older layout that kept it in ``learner.json``."""
     tensors = load_file(str(folder / "optimizer.safetensors"), device="cpu")
     if skeleton is None:
         skeleton = json.loads((folder / "optimizer.json").read_text())
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, skeleton))
+    return _unflatten_optimizer(tensors, skeleton)
 
 
 def save_rng(path: Path) -> None:

@@ -53,6 +53,9 @@ class GRPOSettings:
     # The learner's memory, for gradient_checkpointing = "auto". 0: on CUDA what the process holds
     # plus what the GPU has free before the first step; on the CPU no plan (every layer recomputes).
     memory_budget_gib: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
+    # AdamW's moments split over the processes of a distributed launch (ZeRO stage 1): each holds and
+    # updates its share, then broadcasts it; the same weights. "auto": on with several processes.
+    shard_optimizer: bool | Literal["auto"] = "auto"
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32

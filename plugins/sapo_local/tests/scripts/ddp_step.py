@@ -40,15 +40,15 @@ def groups() -> list[Group]:
     return out
 
 
-def main(out: Path, loss_type: str, completions: int | None = None) -> None:
+def tiny_policy() -> Policy:
+    """The tiny model (seed 0) with the bundled tokenizer, on the CPU in fp32: the same on every process."""
     tokenizer = load_tokenizer("smollm2-135m")
-    policy = Policy(
-        spec="tiny",
-        model=tiny_llama(len(tokenizer), seed=0),
-        tokenizer=tokenizer,
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-    )
+    model = tiny_llama(len(tokenizer), seed=0)
+    return Policy(spec="tiny", model=model, tokenizer=tokenizer, device=torch.device("cpu"), dtype=torch.float32)
+
+
+def main(out: Path, loss_type: str, completions: int | None = None) -> None:
+    policy = tiny_policy()
     learner = GRPOLearner(
         policy,
         GRPOSettings(lr=1e-3, loss_type=loss_type, micro_batch_tokens=256),
