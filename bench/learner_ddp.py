@@ -66,7 +66,13 @@ def worker(args: argparse.Namespace) -> None:
         shard_optimizer={"auto": "auto", "on": True, "off": False}[args.shard_optimizer],
     )
     learner = GRPOLearner(
-        policy, settings, total_steps=args.warmup + args.steps, max_completion_length=args.tokens, seed=0, node="bench"
+        policy,
+        settings,
+        total_steps=args.warmup + args.steps,
+        max_completion_length=args.tokens,
+        seed=0,
+        node="bench",
+        optimizer_saved_after=lambda round: False,  # no checkpoints here: a sharded optimizer is never gathered
     )
     accelerator = learner.accelerator
     times: list[float] = []
