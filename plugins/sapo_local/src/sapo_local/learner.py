@@ -323,7 +323,8 @@ class GRPOLearner:
         """Checkpoint the fewest layers that let a step fit the memory budget (`sapo_local.activation_checkpointing`)."""
         settings, device = self.settings, self.policy.device
         budget = activation_checkpointing.budget_bytes(settings.memory_budget_gib, device)
-        if budget is None:
+        if budget is None:  # not reached: plans_memory asks for CUDA or a budget
+            self.plans_memory = False
             return
         model = self.accelerator.unwrap_model(self.module).model
         largest = max(batches, key=lambda b: b.input_ids.numel())
