@@ -33,14 +33,7 @@ start)
   mkdir -p "$table"
   if [ -n "$partial" ]; then tar xzf "$partial" -C "$table" || exit 1; fi
   "$py" -c 'import sys, torch; from sapo_local.models import load_model; load_model(sys.argv[1], device=torch.device("cpu"), dtype=torch.float32)' "$model" || exit 1
-  if [ -n "${MPS:-}" ]; then
-    if nvidia-cuda-mps-control -d && timeout 60 "$py" -c 'import torch; torch.ones(1, device="cuda").sum().item()'; then
-      echo "MPS on" | tee "$table.mps"
-    else
-      echo quit | nvidia-cuda-mps-control 2> /dev/null
-      echo "MPS could not start: the processes share the GPU by time slices" | tee "$table.mps"
-    fi
-  fi
+  [ -n "${MPS:-}" ] && bash bench/gpu_mps.sh "$py" | tee "$table.mps"
   setsid nohup "$py" -m sapo_core swarm table "${table_args[@]}" --set "model.name=$model" ${cache:+--set "inference.cache_implementation=$cache"} \
     --out "$table" > "$table.log" 2>&1 < /dev/null &
   sleep 5

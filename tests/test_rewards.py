@@ -326,6 +326,14 @@ def test_last_integer_skips_digits_inside_words_and_decimals() -> None:
     assert last_integer("from 3 to 42.") == "42" and last_integer("pi is 3.14") is None
 
 
+def test_last_number_reads_decimals_and_refuses_dotted_runs() -> None:
+    from sapo_core.answers import last_number
+
+    assert last_number("0.87*7.54 = 6.5598.") == "6.5598" and last_number("so \u22122.7616") == "-2.7616"
+    assert last_number("from 3 to 42") == "42" and last_number("version 1.2.3") is None
+    assert last_number(("1a" * 50_000) + "7") is None and last_number("no number") is None
+
+
 def test_builtin_hooks_are_marked_for_pluggy() -> None:
     for hook in (builtin_tasks.register_tasks, builtin_rewards.register_rewards):
         assert hasattr(hook, "sapo_impl")

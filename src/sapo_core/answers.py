@@ -122,3 +122,16 @@ def last_integer(text: str) -> str | None:
     """
     found = _LAST_INTEGER.findall(normalize_answer(text[-MAX_SCAN_CHARS:]))
     return found[-1] if found else None
+
+
+_LAST_NUMBER = re.compile(r"(?<![\w.])-?\d{1,30}(?:\.\d{1,30})?(?![\w.]*\d)")
+
+
+def last_number(text: str) -> str | None:
+    """The last number written in the text, integer or decimal (``-2.7616``), or None.
+
+    `last_integer` for tasks whose answers may have a fractional part; a dotted run such as a
+    version (``1.2.3``) is no number.
+    """
+    found = _LAST_NUMBER.findall(normalize_answer(text[-MAX_SCAN_CHARS:]))
+    return found[-1] if found else None

@@ -125,3 +125,28 @@ def test_the_paper_preset_names_nine_registered_tasks_equally_weighted(plugins):
     assert len(config.tasks.names) == 9 and config.tasks.weights == ()
     for name in config.tasks.names:
         assert plugins.registry.get("task", name).distribution == "sapo-reasoning-gym"
+
+
+def test_an_untagged_completion_is_read_as_its_last_number_where_the_answers_are_numbers(plugins):
+    from sapo_core.records import Completion
+    from sapo_core.rewards import CorrectnessReward, CorrectnessSettings
+
+    arithmetic, calendar = build(plugins, "rg:basic_arithmetic"), build(plugins, "rg:calendar_arithmetic")
+    numbers, names = arithmetic.generate(5), calendar.generate(1)
+    assert arithmetic.numeric_answers and not calendar.numeric_answers
+    context = BackendContext(tasks={task.name: task for task in (arithmetic, calendar)})
+
+    def scores(problem, *texts, answer_tags="prefer"):
+        reward = CorrectnessReward(context, CorrectnessSettings(answer_tags=answer_tags))
+        return reward.score(problem, [Completion(text=text, finish_reason="stop") for text in texts])
+
+    right = arithmetic.reference_answer(numbers)
+    wrong = str(int(right) + 1)
+    assert scores(numbers, f"So it is {right}.", f"{right} or maybe {wrong}", f"<answer>{wrong}</answer> {right}") == [
+        1.0,
+        0.0,
+        0.0,
+    ], "the last number untagged; tags win"
+    assert scores(numbers, f"So it is {right}.", answer_tags="require") == [0.0]
+    day = calendar.reference_answer(names)
+    assert scores(names, f"It was a {day}", f"<answer>{day}</answer>") == [0.0, 1.0], "words: tagged answers only"

@@ -6,6 +6,10 @@
 * **Verifier.** reasoning-gym's own ``score_answer`` on the extracted answer, partial credit kept.
   The item it scores against is regenerated from the problem's id, never taken from a peer's
   payload, so a peer cannot send its own "reference answer".
+* **Untagged answers.** Where every sampled reference answer is a number (basic_arithmetic,
+  decimal_arithmetic, base_conversion to bases up to 10, ...), a completion without answer tags
+  is read as its last number, as sapo's own numeric tasks read it; other datasets credit tagged
+  answers only.
 * **Levels.** With ``level`` >= 1 the dataset's config comes from reasoning-gym's curriculum at
   that level, and sapo's curriculum (`sapo_core.curriculum`) moves it with the model.
 """
@@ -13,13 +17,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections import OrderedDict
 from typing import Any
 
 import attrs
 
-from sapo_core.answers import build_messages
+from sapo_core.answers import build_messages, last_number, normalize_answer
 from sapo_core.errors import ConfigError, PluginError
 from sapo_core.records import Problem
 from sapo_reasoning_gym import PREFIX, catalog
@@ -29,6 +34,9 @@ from sapo_reasoning_gym.settings import dataset_kwargs
 CACHED_ITEMS = 4096
 
 _ID = re.compile(r"(?P<level>[0-9]+)-(?P<seed>[0-9]+)")
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+#: Items whose reference answers decide whether the dataset's answers are numbers.
+ANSWER_SAMPLE = 32
 
 
 def _reasoning_gym() -> Any:
@@ -137,6 +145,23 @@ class ReasoningGymTask:
             answer=catalog.reference(item),
             metadata={"dataset": self.dataset, "level": self.settings.level},
         )
+
+    @functools.cached_property
+    def numeric_answers(self) -> bool:
+        """Whether this dataset's reference answers are numbers (the first `ANSWER_SAMPLE` items)."""
+        references = []
+        for seed in range(ANSWER_SAMPLE):
+            try:
+                references.append(catalog.reference(self.item(seed)))
+            except Exception:  # a generator that raises for a seed: judged on the others
+                continue
+        return bool(references) and all(
+            isinstance(reference, str) and _NUMBER.fullmatch(normalize_answer(reference)) for reference in references
+        )
+
+    def untagged_answer(self, text: str) -> str | None:
+        """A completion without answer tags: its last number where the answers are numbers, else none."""
+        return last_number(text) if self.numeric_answers else None
 
     def reference_answer(self, problem: Problem) -> str:
         """The answer reasoning-gym gives for ``problem`` (its verifier scores it 1.0)."""
