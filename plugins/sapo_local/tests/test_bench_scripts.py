@@ -330,3 +330,24 @@ def test_round_vs_trl(tmp_path):
     if with_trl:
         assert "| trl |" in out and "sapo / TRL: round x" in out
         assert results["sapo"]["prompts_sha"] == results["trl"]["prompts_sha"]  # the same rendered prompts
+
+
+def test_cuda_peak_replays_the_allocators_history_and_says_it_needs_a_gpu():
+    spec = importlib.util.spec_from_file_location("cuda_peak", BENCH / "cuda_peak.py")
+    assert spec is not None and spec.loader is not None
+    cuda_peak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cuda_peak)
+    history = [
+        {"action": "alloc", "addr": 1, "size": 100, "frames": [{"filename": "/x/learner.py", "line": 3, "name": "f"}]},
+        {"action": "alloc", "addr": 2, "size": 50, "frames": [{"filename": "??", "line": 0, "name": "addmm"}]},
+        {"action": "free_requested", "addr": 1, "size": 100},
+        {"action": "free_completed", "addr": 1, "size": 100},
+        {"action": "alloc", "addr": 3, "size": 30},
+        {"action": "free_requested", "addr": 9, "size": 500},  # made before the history began: not replayed
+    ]
+    peak, alive = cuda_peak.replay(history, start=1000)
+    assert peak == 1150 and sorted(alive) == [1, 2]
+    assert cuda_peak.site(alive[1]) == "learner.py:3 f" and "autograd" in cuda_peak.site(alive[2])
+    if not cuda_peak.torch.cuda.is_available():
+        done = subprocess.run([sys.executable, str(BENCH / "cuda_peak.py")], capture_output=True, text=True)
+        assert done.returncode == 1 and "needs a GPU" in done.stderr

@@ -29,6 +29,7 @@ from sapo_local.optimizer_sharding import local_optimizer
 __all__ = [
     "Footprint",
     "MemoryPlan",
+    "allocate_backward_workspace",
     "base_model",
     "budget_bytes",
     "checkpoint_first",
@@ -41,6 +42,10 @@ __all__ = [
 ]
 
 USABLE = 0.9  # of the budget, for live tensors; the allocator's caching and fragmentation take the rest
+#: What CUDA's allocator counted at a step's peak beyond the tensors alive then: 38 MB at 135M on an H100
+#: (torch 2.11; build it as docs/benchmarks.md "The memory plan on CUDA" says). Planned on CUDA as part of
+#: the workspace.
+CUDA_SCRATCH = 64 << 20
 GiB = 1 << 30
 
 
@@ -107,7 +112,8 @@ class MemoryPlan:
     budget: int
     held: int  # what the process holds before the step: weights, generation's copy and cache, optimizer state
     step: int  # what the step allocates besides activations: gradients, AdamW's moments not allocated yet
-    workspace: int  # transient in backward: the vocabulary projection's, or one layer's activations again
+    workspace: int  # transient in backward: the vocabulary projection's, or one layer's activations again;
+    # on CUDA also `CUDA_SCRATCH`
     footprint: Footprint
     checkpointed: int
 
@@ -170,6 +176,7 @@ def plan_step(
     gradients = tensor_bytes(trainable)
     moments = max(0, 2 * tensor_bytes(updated) - tensor_bytes(state))  # AdamW's two, unless loaded already
     if device.type == "cuda":
+        allocate_backward_workspace(device)
         held = torch.cuda.memory_allocated(device)  # everything: generation's copy and cache, DDP's buckets
     else:
         held = tensor_bytes([*model.parameters(), *model.buffers(), *held_also, *state])
@@ -179,8 +186,18 @@ def plan_step(
     # and their gradient with a float32 temporary, and the weight's cast, product and float32 gradient.
     head = 8 * vocab * (chunk_tokens + hidden)
     # Then each layer's backward in turn: its activations once more (recomputed, or their gradients).
-    workspace = max(head, footprint.layer)
+    workspace = max(head, footprint.layer) + (CUDA_SCRATCH if device.type == "cuda" else 0)
     return plan(budget, held=held, step=gradients + moments, workspace=workspace, footprint=footprint)
+
+
+def allocate_backward_workspace(device: torch.device) -> None:
+    """Run a tiny linear layer's backward, so that the thread autograd runs CUDA backwards on has its cuBLAS
+    handle and workspace (32 MiB on an H100) before ``held`` is read, rather than during the step."""
+    inputs = torch.ones(8, 8, device=device, requires_grad=True)
+    weight = torch.ones(8, 8, device=device, requires_grad=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        output = torch.nn.functional.linear(inputs, weight, torch.zeros(8, device=device))
+    output.float().sum().backward()
 
 
 def budget_bytes(gib: float, device: torch.device) -> int | None:
