@@ -42,9 +42,8 @@ __all__ = [
 ]
 
 USABLE = 0.9  # of the budget, for live tensors; the allocator's caching and fragmentation take the rest
-#: What CUDA's allocator counted at a step's peak beyond the tensors alive then: 38 MB at 135M on an H100
-#: (torch 2.11; build it as docs/benchmarks.md "The memory plan on CUDA" says). Planned on CUDA as part of
-#: the workspace.
+#: What CUDA's allocator counts at a step's peak beyond the tensors alive then (bench/cuda_peak.py: 36 MiB
+#: at 135M on an H100, torch 2.11). Planned on CUDA as part of the workspace.
 CUDA_SCRATCH = 64 << 20
 GiB = 1 << 30
 
