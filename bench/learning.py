@@ -42,6 +42,9 @@ import attrs
 from sapo_core import rundir
 from sapo_core.tasks.presets import PRESETS as TASK_MIXES
 
+#: Panels a line of the plot holds; more tasks wrap onto further lines.
+PLOT_COLUMNS = 4
+
 PRESETS = {
     "cpu": [
         "tasks.problems_per_round=4",
@@ -258,27 +261,36 @@ def plot(rows: Sequence[dict[str, Any]], output: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(row["task"] for row in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False, sharey=True)
-    for ax, task in zip(axes[0], tasks):
+    colours = {v: f"C{i}" for i, v in enumerate(dict.fromkeys(row["variant"] for row in rows))}
+    columns = min(len(tasks), PLOT_COLUMNS)
+    lines = -(-len(tasks) // columns)
+    fig, grid = plt.subplots(lines, columns, figsize=(4.5 * columns, 3.6 * lines), squeeze=False, sharey=True)
+    axes = grid.flatten()
+    for ax in axes[len(tasks) :]:
+        ax.set_visible(False)
+    for ax, task in zip(axes, tasks):
         for row in (r for r in rows if r["task"] == task):
             rounds = sorted({int(r) for curve in row["curves"] for r, _ in curve})
             per_round = [[v for curve in row["curves"] for r, v in curve if int(r) == x] for x in rounds]
             x = [r + 1 for r in rounds]  # evaluations after round r; 0 = before training
             mean = [statistics.fmean(v) for v in per_round]
-            (line,) = ax.plot(x, mean, marker="o", label=f"{row['variant']} (n={row['seeds']})")
+            colour = colours[row["variant"]]
+            ax.plot(x, mean, marker="o", color=colour, label=f"{row['variant']} (n={row['seeds']})")
             ax.fill_between(
                 x,
                 [min(v) for v in per_round],
                 [max(v) for v in per_round],
-                color=line.get_color(),
+                color=colour,
                 alpha=0.15,
                 linewidth=0,
             )
         ax.set_title(task)
         ax.set_xlabel("rounds trained")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("held-out pass@1 (mean, seed range)")
-    axes[0][0].legend(fontsize=8)
+    for line in grid:
+        line[0].set_ylabel("held-out pass@1 (mean, seed range)")
+    handles = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
+    axes[0].legend(handles.values(), handles.keys(), fontsize=8)
     fig.tight_layout()
     fig.savefig(output, dpi=120)
     plt.close(fig)
