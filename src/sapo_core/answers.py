@@ -23,6 +23,7 @@ __all__ = [
     "extract_answer",
     "format_score",
     "last_integer",
+    "last_number",
     "normalize_answer",
 ]
 
