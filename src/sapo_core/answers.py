@@ -121,8 +121,7 @@ def last_integer(text: str) -> str | None:
     Used as an untagged answer by numeric tasks, for models too small to follow the tag
     format yet; only the last `MAX_SCAN_CHARS` characters are looked at.
     """
-    found = _LAST_INTEGER.findall(normalize_answer(text[-MAX_SCAN_CHARS:]))
-    return found[-1] if found else None
+    return _last(_LAST_INTEGER, text)
 
 
 _LAST_NUMBER = re.compile(r"(?<![\w.])-?\d{1,30}(?:\.\d{1,30})?(?![\w.]*\d)")
@@ -134,5 +133,9 @@ def last_number(text: str) -> str | None:
     `last_integer` for tasks whose answers may have a fractional part; a dotted run such as a
     version (``1.2.3``) is no number.
     """
-    found = _LAST_NUMBER.findall(normalize_answer(text[-MAX_SCAN_CHARS:]))
+    return _last(_LAST_NUMBER, text)
+
+
+def _last(pattern: re.Pattern[str], text: str) -> str | None:
+    found = pattern.findall(normalize_answer(text[-MAX_SCAN_CHARS:]))
     return found[-1] if found else None

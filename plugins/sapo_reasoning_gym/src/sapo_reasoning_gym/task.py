@@ -34,7 +34,6 @@ from sapo_reasoning_gym.settings import dataset_kwargs
 CACHED_ITEMS = 4096
 
 _ID = re.compile(r"(?P<level>[0-9]+)-(?P<seed>[0-9]+)")
-_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 #: Items whose reference answers decide whether the dataset's answers are numbers.
 ANSWER_SAMPLE = 32
 
@@ -156,7 +155,8 @@ class ReasoningGymTask:
             except Exception:  # a generator that raises for a seed: judged on the others
                 continue
         return bool(references) and all(
-            isinstance(reference, str) and _NUMBER.fullmatch(normalize_answer(reference)) for reference in references
+            isinstance(reference, str) and last_number(reference) == normalize_answer(reference)
+            for reference in references
         )
 
     def untagged_answer(self, text: str) -> str | None:
